@@ -1,0 +1,31 @@
+# kvvm — see README.md. `make demo` and `make test` are the two commands a newcomer needs.
+SHELL := /bin/bash
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+
+.PHONY: all deps build package demo test lint bench clean
+
+all: build
+
+deps:
+	bash scripts/install-deps.sh
+
+build:
+	cargo build --release
+
+package: deps
+	bash scripts/package.sh
+
+demo: package
+	bash scripts/demo.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
+test: deps lint package
+	cargo nextest run --workspace --no-fail-fast
+
+clean:
+	cargo clean
+	rm -rf dist

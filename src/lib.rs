@@ -1,0 +1,5 @@
+//! kvvm: the Key Vault VM extension for Linux. The binary (`src/main.rs`) dispatches on the waagent verb; this
+//! library holds one module per concern so each can be tested on its own.
+
+pub mod handler;
+pub mod settings;
