@@ -1,5 +1,9 @@
 //! kvvm: the Key Vault VM extension for Linux. The binary (`src/main.rs`) dispatches on the waagent verb; this
 //! library holds one module per concern so each can be tested on its own.
 
+pub mod commands;
 pub mod handler;
+pub mod logging;
 pub mod settings;
+pub mod supervisor;
+pub mod worker;
