@@ -2,6 +2,7 @@
 //! library holds one module per concern so each can be tested on its own.
 
 pub mod commands;
+pub mod fluentd;
 pub mod handler;
 pub mod logging;
 pub mod settings;
