@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Installs what building, packaging and testing kvvm needs, and nothing that is already there.
+#
+# Run by `make deps` (so by `make test`, `make package` and CI) on a fresh Debian machine as root, and by
+# developers. Every step checks before it installs, so a machine that has everything returns in about a second
+# and never touches the network. As a non-root user it installs nothing system-wide: it prints what is missing
+# and exits non-zero.
+#
+#   apt:    acl libacl1-dev (exacl links -lacl), openssl, unzip, zip, binutils (objdump for the glibc check),
+#           nginx-light or nginx (used by later tests), python3-venv when the system python lacks it
+#   rustup: rustfmt, clippy
+#   cargo:  cargo-nextest, cargo-zigbuild (both `cargo install --locked`)
+#   .venv:  ziglang (the zig toolchain cargo-zigbuild uses to link against glibc 2.17), and the python
+#           packages of tests/sdk/requirements.txt when that file exists
+set -euo pipefail
+
+root=$(CDPATH='' cd -- "$(dirname -- "$0")/.." && pwd -P)
+venv="$root/.venv"
+[ -d "$HOME/.cargo/bin" ] && PATH="$HOME/.cargo/bin:$PATH"
+export PATH
+
+say() { printf 'deps: %s\n' "$*"; }
+is_root() { [ "$(id -u)" = 0 ]; }
+have_deb() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
+
+# ---- apt ---------------------------------------------------------------------------------------------------
+missing_deb=()
+for pkg in acl libacl1-dev openssl unzip zip binutils; do
+    have_deb "$pkg" || missing_deb+=("$pkg")
+done
+need_nginx=false
+if ! have_deb nginx-light && ! have_deb nginx && ! have_deb nginx-core && ! command -v nginx >/dev/null 2>&1; then
+    need_nginx=true
+fi
+# Debian's python3 cannot create a venv (no ensurepip) without python3-venv; a pyenv/other python can.
+need_pyvenv=false
+if ! command -v python3 >/dev/null 2>&1; then
+    missing_deb+=(python3 python3-venv)
+elif [ ! -x "$venv/bin/python" ] && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    need_pyvenv=true
+fi
+
+if [ ${#missing_deb[@]} -gt 0 ] || $need_nginx || $need_pyvenv; then
+    if ! is_root; then
+        list="${missing_deb[*]}"
+        $need_nginx && list="$list nginx-light"
+        $need_pyvenv && list="$list python3-venv"
+        say "missing Debian packages:${list:+ }${list# }"
+        say "install them as root:  apt-get update && apt-get install -y --no-install-recommends${list:+ }${list# }"
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    say "apt-get update"
+    apt-get update -qq
+    if $need_nginx; then
+        # bookworm ships nginx-light; newer releases dropped it in favour of plain nginx.
+        if [ -n "$(apt-cache policy nginx-light 2>/dev/null | sed -n 's/^ *Candidate: //p' | grep -v '(none)')" ]; then
+            missing_deb+=(nginx-light)
+        else
+            missing_deb+=(nginx)
+        fi
+    fi
+    if $need_pyvenv; then
+        pyver=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+        missing_deb+=(python3-venv "python$pyver-venv")
+    fi
+    say "apt-get install ${missing_deb[*]}"
+    apt-get install -y -qq --no-install-recommends "${missing_deb[@]}" >/dev/null
+    # nginx's package starts a server on port 80; tests start their own, so stop the packaged one if it runs.
+    if $need_nginx && command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nginx 2>/dev/null; then
+        systemctl stop nginx || true
+    fi
+fi
+
+# ---- rust components ---------------------------------------------------------------------------------------
+if ! command -v cargo >/dev/null 2>&1; then
+    say "cargo is not installed: install a Rust toolchain (rustup) first"
+    exit 1
+fi
+missing_comp=()
+cargo fmt --version >/dev/null 2>&1 || missing_comp+=(rustfmt)
+cargo clippy --version >/dev/null 2>&1 || missing_comp+=(clippy)
+if [ ${#missing_comp[@]} -gt 0 ]; then
+    say "rustup component add ${missing_comp[*]}"
+    rustup component add "${missing_comp[@]}"
+fi
+
+# ---- cargo tools -------------------------------------------------------------------------------------------
+if ! cargo nextest --version >/dev/null 2>&1; then
+    say "cargo install cargo-nextest (a few minutes)"
+    cargo install cargo-nextest --locked
+fi
+if ! command -v cargo-zigbuild >/dev/null 2>&1; then
+    say "cargo install cargo-zigbuild"
+    cargo install cargo-zigbuild --locked
+fi
+
+# ---- python venv: zig and the SDK test requirements ----------------------------------------------------------
+if [ ! -x "$venv/bin/python" ]; then
+    say "python3 -m venv .venv"
+    python3 -m venv "$venv"
+fi
+if ! "$venv/bin/python" -m ziglang version >/dev/null 2>&1; then
+    say "pip install ziglang (into .venv)"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check ziglang
+fi
+req="$root/tests/sdk/requirements.txt"
+if [ -f "$req" ]; then
+    # A stamp holding the requirements' hash keeps the no-op path off the network.
+    stamp="$venv/.requirements.sha256"
+    want=$(sha256sum "$req" | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        say "pip install -r tests/sdk/requirements.txt (into .venv)"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
+        printf '%s\n' "$want" >"$stamp"
+    fi
+fi
+
+say "ok"
