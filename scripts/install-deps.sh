@@ -11,7 +11,7 @@
 #   rustup: rustfmt, clippy
 #   cargo:  cargo-nextest, cargo-zigbuild (both `cargo install --locked`)
 #   .venv:  ziglang (the zig toolchain cargo-zigbuild uses to link against glibc 2.17), and the python
-#           packages of tests/sdk/requirements.txt when that file exists
+#           packages of tests/requirements.txt
 set -euo pipefail
 
 root=$(CDPATH='' cd -- "$(dirname -- "$0")/.." && pwd -P)
@@ -104,14 +104,15 @@ if ! "$venv/bin/python" -m ziglang version >/dev/null 2>&1; then
     say "pip install ziglang (into .venv)"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check ziglang
 fi
-req="$root/tests/sdk/requirements.txt"
+# tests/requirements.txt lists every Python package the tests use (it may include other files with -r).
+req="$root/tests/requirements.txt"
 if [ -f "$req" ]; then
     # A stamp holding the requirements' hash keeps the no-op path off the network.
     stamp="$venv/.requirements.sha256"
-    want=$(sha256sum "$req" | cut -d' ' -f1)
+    want=$(for f in "$req" "$root"/tests/*/requirements.txt; do if [ -f "$f" ]; then cat "$f"; fi; done | sha256sum | cut -d' ' -f1)
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-        say "pip install -r tests/sdk/requirements.txt (into .venv)"
-        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
+        say "pip install -r tests/requirements.txt (into .venv)"
+        (cd "$root/tests" && "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt)
         printf '%s\n' "$want" >"$stamp"
     fi
 fi

@@ -99,3 +99,61 @@ fn handler_script_finds_its_binary_from_anywhere() {
         format!("args=enable cwd={0} ext={0}", ext.display())
     );
 }
+
+/// The zip waagent downloads: manifest at the root, the entry script, and a binary that runs on glibc 2.17
+/// (Ubuntu 18.04 has 2.27, SUSE 15 has 2.26; 2.17 leaves room for every supported distro).
+#[test]
+fn package_zip_has_the_layout_and_glibc_baseline() {
+    let zip = root().join("dist").join(format!(
+        "Microsoft.Azure.KeyVault.KeyVaultForLinux-{}.zip",
+        env!("CARGO_PKG_VERSION")
+    ));
+    assert!(
+        zip.is_file(),
+        "{} is missing: run `make package` first (make test does)",
+        zip.display()
+    );
+    let out = Command::new("unzip")
+        .arg("-Z1")
+        .arg(&zip)
+        .output()
+        .expect("unzip is installed by make deps");
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["HandlerManifest.json", "bin/kvvm", "handler"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("unzip")
+        .arg("-q")
+        .arg(&zip)
+        .arg("-d")
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bin = dir.path().join("bin/kvvm");
+    let check = Command::new("bash")
+        .arg(root().join("scripts/glibc-check.sh"))
+        .arg(&bin)
+        .arg("2.17")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout).to_string()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{said}");
+    assert!(said.contains("needs GLIBC_2."), "{said}");
+    // Stripped: no symbol table left.
+    let nm = Command::new("nm").arg(&bin).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&nm.stderr).contains("no symbols"),
+        "binary is not stripped"
+    );
+    let version = Command::new(&bin).arg("--version").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("kvvm {}", env!("CARGO_PKG_VERSION"))
+    );
+}
