@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# make demo: run the freshly built package under the waagent simulator (and, as root, the local fake vault
+# and identity endpoint) and print what happens.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)
+zip="$root/dist/Microsoft.Azure.KeyVault.KeyVaultForLinux-$version.zip"
+cd "$root"
+cargo build --quiet -p kvvm-sim --bin kvvm-demo
+exec "$root/target/debug/kvvm-demo" "$zip"
