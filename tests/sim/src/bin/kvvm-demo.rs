@@ -102,6 +102,7 @@ fn main() -> anyhow::Result<()> {
         .extension
         .ok_or_else(|| anyhow::anyhow!("no extension after update"))?;
     let run = agent.uninstall(&ext, 1)?;
+    anyhow::ensure!(run.ok(), "uninstall failed:\n{}", run.describe());
 
     println!("\n== logs ({}):", agent.log_dir(&ext).display());
     for name in ["handler.log", "kvvm.log"] {
