@@ -29,3 +29,6 @@ test: deps lint package
 clean:
 	cargo clean
 	rm -rf dist
+
+bench: package
+	cargo bench --bench enable
