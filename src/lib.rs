@@ -6,5 +6,6 @@ pub mod fluentd;
 pub mod handler;
 pub mod logging;
 pub mod settings;
+pub mod state;
 pub mod supervisor;
 pub mod worker;
