@@ -152,13 +152,14 @@ pub fn run(ext: &Extension) -> Result<(), WorkerError> {
                 Err(e) => log::error!("keeping settings {}: {e}", current.seq),
             }
         }
-        if let Err(e) = ext.write_status(current.seq, &report(ext, &current)) {
-            log::error!("{e}");
-        }
+        // Heartbeat first: a status that says the worker runs implies a heartbeat is there.
         let beat = Heartbeat {
             message: format!("kvvm worker running with settings {}", current.seq),
         };
         if let Err(e) = ext.write_heartbeat(&beat) {
+            log::error!("{e}");
+        }
+        if let Err(e) = ext.write_status(current.seq, &report(ext, &current)) {
             log::error!("{e}");
         }
         signals.sleep(HEARTBEAT_EVERY);
