@@ -35,6 +35,7 @@ pub const API_VERSIONS: &[&str] = &[
     "7.5",
     "7.6",
     "2025-07-01",
+    "2026-04-01",
 ];
 
 /// A secret version to store. Build with [`SecretValue::plain`], [`SecretValue::pem`] or
@@ -641,7 +642,7 @@ fn normal(
             400,
             "BadParameter",
             &format!(
-                "The specified version ({api_version}) is not recognized. Consider using the latest supported version (2025-07-01)."
+                "The specified version ({api_version}) is not recognized. Consider using the latest supported version (2026-04-01)."
             ),
         );
     }
