@@ -157,7 +157,7 @@ pub struct ImdsRequestRecord {
 }
 
 /// Counters of a [`FakeImds`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ImdsStats {
     /// Requests to the token path.
     pub token_requests: u64,

@@ -146,7 +146,7 @@ pub struct RequestRecord {
 }
 
 /// Counters of a [`FakeVault`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct VaultStats {
     /// All requests.
     pub requests: u64,
