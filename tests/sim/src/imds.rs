@@ -549,3 +549,41 @@ fn arc_challenge(state: &Mutex<ImdsState>, dir: &Path) -> Response {
         format!("Basic realm={}", path.display()),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_normalise() {
+        for r in [
+            "https://vault.azure.net",
+            "https://vault.azure.net/",
+            "https://Vault.azure.net/.default",
+        ] {
+            assert_eq!(normalize_resource(r), "https://vault.azure.net");
+        }
+    }
+
+    #[test]
+    fn authority_checks_resource_and_expiry() {
+        let a = TokenAuthority::new();
+        let t = a.issue("https://vault.azure.net", "cid", Duration::from_secs(60));
+        assert!(a.check(&t, "https://vault.azure.net/").is_ok());
+        assert_eq!(
+            a.check(&t, "https://vault.azure.cn"),
+            Err(TokenRejection::WrongResource {
+                issued_for: "https://vault.azure.net".into()
+            })
+        );
+        assert_eq!(
+            a.check("other", "https://vault.azure.net"),
+            Err(TokenRejection::Unknown)
+        );
+        a.expire_all();
+        assert_eq!(
+            a.check(&t, "https://vault.azure.net"),
+            Err(TokenRejection::Expired)
+        );
+    }
+}

@@ -832,3 +832,41 @@ fn decode_skiptoken(t: &str) -> Option<usize> {
     let v: Value = serde_json::from_slice(&raw).ok()?;
     v.get("Offset")?.as_u64().map(|o| o as usize)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skiptoken_round_trips_and_rejects_garbage() {
+        assert_eq!(decode_skiptoken(&encode_skiptoken(25)), Some(25));
+        assert_eq!(decode_skiptoken("not a token"), None);
+    }
+
+    #[test]
+    fn default_resource_follows_the_cloud() {
+        assert_eq!(
+            default_resource("a.vault.azure.net"),
+            "https://vault.azure.net"
+        );
+        assert_eq!(
+            default_resource("a.vault.azure.cn"),
+            "https://vault.azure.cn"
+        );
+        assert_eq!(
+            default_resource("a.vault.usgovcloudapi.net"),
+            "https://vault.usgovcloudapi.net"
+        );
+        // A host that is no vault claims the public resource, as an attacker would.
+        assert_eq!(
+            default_resource("vault.evil.example"),
+            "https://vault.azure.net"
+        );
+    }
+
+    #[test]
+    fn secret_values_redact_debug() {
+        let d = format!("{:?}", SecretValue::plain("hunter2"));
+        assert!(!d.contains("hunter2"), "{d}");
+    }
+}
