@@ -59,6 +59,7 @@ fn ca_home() -> &'static CaHome {
                 .unwrap_or_else(|e| panic!("cannot load the test CA from {}: {e}", dir.display()));
             return CaHome { ca, dir };
         }
+        remove_stale_ca_dirs();
         let dir = std::env::temp_dir().join(format!(
             "kvvm-sim-ca-{}-{}",
             std::process::id(),
@@ -69,6 +70,26 @@ fn ca_home() -> &'static CaHome {
             .unwrap_or_else(|e| panic!("cannot write the test CA to {}: {e}", dir.display()));
         CaHome { ca, dir }
     })
+}
+
+/// Removes CA directories left by earlier test processes that have exited (a static is never dropped, so
+/// each process cleans up after its dead predecessors instead).
+fn remove_stale_ca_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("kvvm-sim-ca-")
+            .and_then(|r| r.split('-').next())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// The test CA: generated once per outer test process (and written to a temporary directory), loaded from that
