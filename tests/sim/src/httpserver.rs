@@ -1,0 +1,489 @@
+//! A small HTTP/1.1 server shared by the fake Key Vault (over TLS) and the fake IMDS (plain HTTP).
+//!
+//! Written by hand rather than pulled from a framework so that the fakes control every byte the client sees:
+//! they can drop a connection without answering, stall a body, or send a malformed reply, which is exactly
+//! what the client's retry and timeout code must survive. One thread per connection, keep-alive, bodies
+//! framed by `Content-Length` only (what Key Vault and IMDS clients send).
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+/// A scripted reply, consumed one per request before the service's normal handling.
+///
+/// Shared by [`crate::vault::FakeVault::script`] and [`crate::imds::FakeImds::script`]; each service renders
+/// [`Reply::Status`] with its own error body format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Handle the request normally (useful to place a scripted reply second in the queue).
+    Normal,
+    /// Answer with this status and the service's error body for it (e.g. 500, 503, 404, 410).
+    Status(u16),
+    /// 429 with `Retry-After: <whole seconds>`.
+    Throttle {
+        /// Value of the header, rounded up to whole seconds.
+        retry_after: Duration,
+    },
+    /// 429 with `Retry-After: <HTTP-date now + retry_after>`.
+    ThrottleHttpDate {
+        /// Delay from now that the date encodes.
+        retry_after: Duration,
+    },
+    /// Close the connection without sending a byte of the response.
+    Drop,
+    /// Handle normally, but send the body only `delay` after the headers.
+    SlowBody {
+        /// Pause between the header block and the body.
+        delay: Duration,
+    },
+    /// Wait `delay` before handling the request normally (a slow server, for per-try timeouts).
+    Delay {
+        /// Pause before anything is sent.
+        delay: Duration,
+    },
+    /// Send exactly this status, these headers and this body (for malformed-reply tests).
+    Raw {
+        /// Status code.
+        status: u16,
+        /// Extra headers (`Content-Length` is added).
+        headers: Vec<(String, String)>,
+        /// Body bytes.
+        body: Vec<u8>,
+    },
+}
+
+/// A parsed HTTP request.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The request target as sent, e.g. `/secrets/c1?api-version=7.4`.
+    pub target: String,
+    /// Header names and values in the order sent.
+    pub headers: Vec<(String, String)>,
+    /// The body (empty unless `Content-Length` said otherwise).
+    pub body: Vec<u8>,
+    /// The TLS server name the client sent (SNI), if any.
+    pub sni: Option<String>,
+    /// Remote address.
+    pub peer: SocketAddr,
+}
+
+impl Request {
+    /// First header with this name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The path part of the target, without the query.
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+
+    /// Decoded query parameters in order.
+    pub fn query_pairs(&self) -> Vec<(String, String)> {
+        match self.target.split_once('?') {
+            Some((_, q)) => url::form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// First decoded query parameter with this name (case-sensitive, as the services are).
+    pub fn query(&self, name: &str) -> Option<String> {
+        self.query_pairs()
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
+
+    /// The `Host` header without any port, lower-cased; falls back to SNI.
+    pub fn host(&self) -> Option<String> {
+        let h = self
+            .header("host")
+            .map(str::to_string)
+            .or_else(|| self.sni.clone())?;
+        let h = match h.rsplit_once(':') {
+            Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) && !name.is_empty() => {
+                name
+            }
+            _ => h.as_str(),
+        };
+        Some(h.to_ascii_lowercase())
+    }
+}
+
+/// A response to send.
+#[derive(Clone, Debug)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers other than `Content-Length`, `Date` and `Connection`, which the server adds.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+    /// If set, the server sends the header block, waits this long, then sends the body.
+    pub body_delay: Option<Duration>,
+}
+
+impl Response {
+    /// A JSON response (`Content-Type: application/json; charset=utf-8`).
+    pub fn json(status: u16, value: &serde_json::Value) -> Response {
+        Response {
+            status,
+            headers: vec![(
+                "Content-Type".into(),
+                "application/json; charset=utf-8".into(),
+            )],
+            body: serde_json::to_vec(value).expect("JSON values serialize"),
+            body_delay: None,
+        }
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Response {
+        self.headers.push((name.to_string(), value.into()));
+        self
+    }
+}
+
+/// What the handler wants done with a request.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Send this response.
+    Respond(Response),
+    /// Close the connection without answering.
+    Drop,
+}
+
+/// The request handler a service installs.
+pub type Handler = Arc<dyn Fn(&Request) -> Outcome + Send + Sync>;
+/// Called after every TLS handshake with the SNI name (`Ok`) or the failure text (`Err`).
+pub type HandshakeHook = Arc<dyn Fn(Result<Option<&str>, &str>) + Send + Sync>;
+
+type Conns = Arc<Mutex<std::collections::HashMap<u64, TcpStream>>>;
+
+/// A running server; stops accepting and closes open connections on drop.
+pub struct HttpServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    conns: Conns,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl HttpServer {
+    /// Binds `bind` and serves each connection on its own thread, over TLS if `tls` is given.
+    pub fn start(
+        bind: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        handler: Handler,
+        on_handshake: Option<HandshakeHook>,
+    ) -> io::Result<HttpServer> {
+        let listener = TcpListener::bind(bind)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns: Conns = Arc::default();
+        let accept = {
+            let stop = stop.clone();
+            let conns = conns.clone();
+            std::thread::Builder::new()
+                .name(format!("kvvm-sim-accept-{addr}"))
+                .spawn(move || {
+                    let mut next_id = 0u64;
+                    for stream in listener.incoming() {
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let Ok(stream) = stream else { continue };
+                        let _ = stream.set_nodelay(true);
+                        let Ok(clone) = stream.try_clone() else {
+                            continue;
+                        };
+                        next_id += 1;
+                        let id = next_id;
+                        conns.lock().unwrap().insert(id, clone);
+                        let handler = handler.clone();
+                        let tls = tls.clone();
+                        let hook = on_handshake.clone();
+                        let conns = conns.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("kvvm-sim-conn".into())
+                            .spawn(move || {
+                                serve_connection(stream, tls, handler, hook);
+                                // Close for real: the clone kept for shutdown-on-drop holds the socket open.
+                                if let Some(s) = conns.lock().unwrap().remove(&id) {
+                                    let _ = s.shutdown(Shutdown::Both);
+                                }
+                            });
+                    }
+                })?
+        };
+        Ok(HttpServer {
+            addr,
+            stop,
+            conns,
+            accept: Some(accept),
+        })
+    }
+
+    /// The bound address (useful when binding port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let wake = if self.addr.ip().is_unspecified() {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), self.addr.port())
+        } else {
+            self.addr
+        };
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+        for (_, s) in self.conns.lock().unwrap().drain() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+fn serve_connection(
+    mut tcp: TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    handler: Handler,
+    hook: Option<HandshakeHook>,
+) {
+    let peer = match tcp.peer_addr() {
+        Ok(p) => p,
+        Err(_) => return,
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(120)));
+    match tls {
+        None => serve_stream(tcp, None, peer, &handler),
+        Some(cfg) => {
+            let Ok(mut conn) = rustls::ServerConnection::new(cfg) else {
+                return;
+            };
+            while conn.is_handshaking() {
+                if let Err(e) = conn.complete_io(&mut tcp) {
+                    if let Some(h) = &hook {
+                        h(Err(&e.to_string()));
+                    }
+                    return;
+                }
+            }
+            let sni = conn.server_name().map(|s| s.to_ascii_lowercase());
+            if let Some(h) = &hook {
+                h(Ok(sni.as_deref()));
+            }
+            serve_stream(rustls::StreamOwned::new(conn, tcp), sni, peer, &handler);
+        }
+    }
+}
+
+fn serve_stream<S: Read + Write>(
+    stream: S,
+    sni: Option<String>,
+    peer: SocketAddr,
+    handler: &Handler,
+) {
+    let mut reader = BufReader::new(stream);
+    loop {
+        let req = match read_request(&mut reader, sni.clone(), peer) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(_) => {
+                let resp = Response {
+                    status: 400,
+                    headers: vec![],
+                    body: b"Bad Request".to_vec(),
+                    body_delay: None,
+                };
+                let _ = write_response(reader.get_mut(), &resp, true);
+                return;
+            }
+        };
+        let close = req
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        match handler(&req) {
+            Outcome::Drop => return,
+            Outcome::Respond(resp) => {
+                if write_response(reader.get_mut(), &resp, close).is_err() || close {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn read_request<R: BufRead>(
+    r: &mut R,
+    sni: Option<String>,
+    peer: SocketAddr,
+) -> io::Result<Option<Request>> {
+    let mut line = String::new();
+    // Skip blank lines between pipelined requests (RFC 9112 §2.2).
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        if !line.trim().is_empty() {
+            break;
+        }
+    }
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad request line",
+        ));
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "not HTTP/1.x"));
+    }
+    let (method, target) = (method.to_string(), target.to_string());
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "eof in headers",
+            ));
+        }
+        let l = line.trim_end_matches(['\r', '\n']);
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l
+            .split_once(':')
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad header"))?;
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+        if headers.len() > 200 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "too many headers",
+            ));
+        }
+    }
+    let len = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.parse::<usize>())
+        .transpose()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad content-length"))?
+        .unwrap_or(0);
+    let mut body = vec![0; len.min(16 << 20)];
+    r.read_exact(&mut body)?;
+    Ok(Some(Request {
+        method,
+        target,
+        headers,
+        body,
+        sni,
+        peer,
+    }))
+}
+
+fn write_response<W: Write>(w: &mut W, resp: &Response, close: bool) -> io::Result<()> {
+    let mut head = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
+    for (k, v) in &resp.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!(
+        "Date: {}\r\nContent-Length: {}\r\n",
+        httpdate::fmt_http_date(SystemTime::now()),
+        resp.body.len()
+    ));
+    if close {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    match resp.body_delay {
+        None => {
+            let mut all = head.into_bytes();
+            all.extend_from_slice(&resp.body);
+            w.write_all(&all)?;
+        }
+        Some(d) => {
+            w.write_all(head.as_bytes())?;
+            w.flush()?;
+            std::thread::sleep(d);
+            w.write_all(&resp.body)?;
+        }
+    }
+    w.flush()
+}
+
+/// The standard reason phrase for a status code.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        410 => "Gone",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Unknown",
+    }
+}
+
+/// A queue of scripted replies.
+#[derive(Default, Debug)]
+pub(crate) struct ReplyQueue(VecDeque<Reply>);
+
+impl ReplyQueue {
+    pub(crate) fn extend(&mut self, replies: impl IntoIterator<Item = Reply>) {
+        self.0.extend(replies);
+    }
+    pub(crate) fn pop(&mut self) -> Option<Reply> {
+        self.0.pop_front()
+    }
+}
+
+/// `Retry-After` value in whole seconds, rounded up.
+pub(crate) fn retry_after_secs(d: Duration) -> String {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    s.to_string()
+}
+
+/// `Retry-After` value as an HTTP date `d` from now.
+pub(crate) fn retry_after_date(d: Duration) -> String {
+    httpdate::fmt_http_date(SystemTime::now() + d)
+}
+
+/// Unix seconds now.
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// `n` random lower-case hex digits.
+pub(crate) fn random_hex(n: usize) -> String {
+    (0..n)
+        .map(|_| char::from_digit(fastrand::u32(0..16), 16).unwrap())
+        .collect()
+}
