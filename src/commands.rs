@@ -21,7 +21,7 @@ pub enum CommandError {
     #[error("invalid settings in {path}: {source}{kept}")]
     Settings {
         path: PathBuf,
-        source: SettingsError,
+        source: Box<SettingsError>,
         kept: String,
     },
 }
@@ -129,7 +129,7 @@ fn enable(ext: &Extension) -> Result<String, CommandError> {
             };
             let err = CommandError::Settings {
                 path: ext.settings_path(seq),
-                source,
+                source: Box::new(source),
                 kept,
             };
             ext.write_status(
