@@ -500,6 +500,33 @@ mod tests {
     }
 
     #[test]
+    fn a_half_written_environment_file_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("HandlerEnvironment.json");
+        let full = r#"[{"handlerEnvironment":{"logFolder":"/l","configFolder":"/c","statusFolder":"/s","heartbeatFile":"/h"}}]"#;
+        fs::write(&path, &full[..40]).unwrap();
+        let writer = {
+            let path = path.clone();
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(250));
+                fs::write(&path, full).unwrap();
+            })
+        };
+        let env = HandlerEnvironment::load(dir.path()).unwrap();
+        writer.join().unwrap();
+        assert_eq!(env.status_folder, PathBuf::from("/s"));
+        // A file that never becomes valid is an error naming the file, after the retries.
+        fs::write(&path, "[").unwrap();
+        let err = HandlerEnvironment::load(dir.path()).unwrap_err();
+        assert_eq!(err.reason(), "handler-environment-invalid");
+        assert!(
+            err.to_string()
+                .contains("HandlerEnvironment.json is not a valid"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn environment_rejects_empty_list_and_garbage() {
         assert_eq!(
             HandlerEnvironment::parse("[]").unwrap_err(),

@@ -35,7 +35,7 @@ pub fn init(target: &LogTarget, level: LevelFilter) -> Option<PathBuf> {
         .build();
     let mut loggers: Vec<Box<dyn SharedLogger>> = Vec::new();
     let path = target.folder.join(target.file_name);
-    let file_ok = match open_rotating(&path) {
+    let file_ok = match open_rotating(&path, ROTATE_BYTES) {
         Ok(writer) => {
             loggers.push(WriteLogger::new(level, config.clone(), writer));
             true
@@ -60,7 +60,30 @@ pub fn init(target: &LogTarget, level: LevelFilter) -> Option<PathBuf> {
     file_ok.then_some(path)
 }
 
-fn open_rotating(path: &Path) -> io::Result<FileRotate<AppendCount>> {
+/// Hands complete lines to the rotating file in one `write` each: simplelog writes a record in several pieces,
+/// and a rotation between two pieces would split the line across two files.
+struct WholeLines<W: io::Write> {
+    inner: W,
+    pending: Vec<u8>,
+}
+
+impl<W: io::Write> io::Write for WholeLines<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        if let Some(end) = self.pending.iter().rposition(|b| *b == b'\n') {
+            let rest = self.pending.split_off(end + 1);
+            let lines = std::mem::replace(&mut self.pending, rest);
+            self.inner.write_all(&lines)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn open_rotating(path: &Path, limit: usize) -> io::Result<impl io::Write + Send + 'static> {
     use std::os::unix::fs::DirBuilderExt;
     let folder = path.parent().unwrap_or(Path::new("."));
     fs::DirBuilder::new()
@@ -72,11 +95,59 @@ fn open_rotating(path: &Path) -> io::Result<FileRotate<AppendCount>> {
         .create(true)
         .append(true)
         .open(path)?;
-    Ok(FileRotate::new(
+    let file = FileRotate::new(
         path,
         AppendCount::new(ROTATED_FILES),
-        ContentLimit::BytesSurpassed(ROTATE_BYTES),
+        ContentLimit::BytesSurpassed(limit),
         Compression::None,
         None,
-    ))
+    );
+    Ok(WholeLines {
+        inner: file,
+        pending: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn rotates_by_size_keeping_whole_lines_and_a_bounded_number_of_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs/kvvm.log");
+        let mut w = open_rotating(&path, 1000).unwrap();
+        for i in 0..200 {
+            writeln!(w, "line {i:04} {}", "x".repeat(40)).unwrap();
+        }
+        w.flush().unwrap();
+        let mut names: Vec<String> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "kvvm.log",
+                "kvvm.log.1",
+                "kvvm.log.2",
+                "kvvm.log.3",
+                "kvvm.log.4",
+                "kvvm.log.5"
+            ]
+        );
+        for name in &names {
+            let text = fs::read_to_string(path.parent().unwrap().join(name)).unwrap();
+            assert!(text.len() < 1100, "{name}: {}", text.len());
+            assert!(
+                text.lines()
+                    .all(|l| l.starts_with("line ") && l.len() == 50),
+                "{name} has a split line"
+            );
+        }
+        // The newest lines are in the live file.
+        assert!(fs::read_to_string(&path).unwrap().contains("line 0199"));
+    }
 }
