@@ -4,6 +4,7 @@
 pub mod commands;
 pub mod fluentd;
 pub mod handler;
+pub mod hook;
 pub mod logging;
 pub mod settings;
 pub mod state;

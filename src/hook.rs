@@ -1,0 +1,331 @@
+//! The command to run after a new certificate version is installed (e.g. `systemctl reload nginx`), so the
+//! application loads it: Linux has no equivalent of the Windows extension's IIS rebinding. The command runs
+//! without a shell unless asked, in its own process group with a timeout (the whole group is killed when it
+//! expires), with the certificate's paths and version in its environment, and at most once per poll cycle per
+//! distinct command even when several certificates changed. Its exit code and the tail of its output are kept
+//! for the status file.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How much of the command's output is kept (its last bytes).
+pub const OUTPUT_TAIL: usize = 1024;
+/// The timeout when none is configured.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A configured command.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Hook {
+    /// Program and arguments; with `shell`, a single shell command line.
+    pub argv: Vec<String>,
+    /// Run `argv[0]` through `/bin/sh -c`.
+    pub shell: bool,
+    pub timeout: Duration,
+}
+
+/// One installed certificate, as the command sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    pub url: String,
+    pub link: PathBuf,
+    pub file: PathBuf,
+    pub version: String,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookRun {
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    pub duration: Duration,
+    /// The last `OUTPUT_TAIL` bytes of stdout and stderr together (lossy UTF-8).
+    pub output_tail: String,
+}
+
+impl HookRun {
+    pub fn success(&self) -> bool {
+        !self.timed_out && self.exit_code == Some(0)
+    }
+
+    /// One line for the substatus and the log.
+    pub fn summary(&self, hook: &Hook) -> String {
+        let outcome = match (self.timed_out, self.exit_code) {
+            (true, _) => format!(
+                "timed out after {} s and was killed",
+                hook.timeout.as_secs()
+            ),
+            (false, Some(code)) => format!("exited with {code}"),
+            (false, None) => "was killed by a signal".to_string(),
+        };
+        let tail = self.output_tail.trim();
+        let tail = if tail.is_empty() {
+            String::new()
+        } else {
+            format!("; output: {tail}")
+        };
+        format!(
+            "post-install command {:?} {outcome}{tail}",
+            hook.argv.join(" ")
+        )
+    }
+}
+
+/// Why a command could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("post-install command {argv:?} is empty: give a program and its arguments")]
+    Empty { argv: Vec<String> },
+    #[error(
+        "post-install command {program:?} could not be started: {source}; check the path and that it is executable"
+    )]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+}
+
+impl HookError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HookError::Empty { .. } => "hook-empty",
+            HookError::Spawn { .. } => "hook-spawn-failed",
+        }
+    }
+}
+
+/// Runs `hook` for the certificates that changed (the first one's paths in `KVVM_CERTIFICATE_*`, all of them in
+/// `KVVM_CHANGED_LINKS`, newline-separated).
+pub fn run(hook: &Hook, changed: &[Installed]) -> Result<HookRun, HookError> {
+    let (program, args): (&str, Vec<&str>) = if hook.shell {
+        let line = hook.argv.first().ok_or(HookError::Empty {
+            argv: hook.argv.clone(),
+        })?;
+        ("/bin/sh", vec!["-c", line])
+    } else {
+        let (first, rest) = hook.argv.split_first().ok_or(HookError::Empty {
+            argv: hook.argv.clone(),
+        })?;
+        (first, rest.iter().map(String::as_str).collect())
+    };
+    let mut command = Command::new(program);
+    command
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .current_dir("/");
+    command.process_group(0);
+    if let Some(first) = changed.first() {
+        command
+            .env("KVVM_CERTIFICATE_URL", &first.url)
+            .env("KVVM_CERTIFICATE_PATH", &first.link)
+            .env("KVVM_CERTIFICATE_FILE", &first.file)
+            .env("KVVM_CERTIFICATE_VERSION", &first.version);
+    }
+    let links: Vec<String> = changed
+        .iter()
+        .map(|c| c.link.display().to_string())
+        .collect();
+    command.env("KVVM_CHANGED_LINKS", links.join("\n"));
+
+    let started = Instant::now();
+    let mut child = command.spawn().map_err(|source| HookError::Spawn {
+        program: program.to_string(),
+        source,
+    })?;
+    let tail = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|mut stream| {
+        let tail = Arc::clone(&tail);
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+                t.extend_from_slice(&buf[..n]);
+                if t.len() > OUTPUT_TAIL {
+                    let cut = t.len() - OUTPUT_TAIL;
+                    t.drain(..cut);
+                }
+            }
+        })
+    })
+    .collect();
+
+    let pgid = child.id() as libc::pid_t;
+    let mut timed_out = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if started.elapsed() >= hook.timeout => {
+                timed_out = true;
+                // SAFETY: kill has no memory-safety preconditions; the child leads its own process group.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                break child.wait().ok();
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(10)),
+            Err(_) => break None,
+        }
+    };
+    // Grandchildren that outlive the command keep the pipes open: don't wait for them forever.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    for reader in readers {
+        let _ = reader.join();
+    }
+    let output = tail.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Ok(HookRun {
+        exit_code: status.and_then(|s| s.code()),
+        timed_out,
+        duration: started.elapsed(),
+        output_tail: String::from_utf8_lossy(&output).into_owned(),
+    })
+}
+
+/// Groups the certificates that changed in a cycle by their command, so each distinct command runs once.
+pub fn plan<'a>(
+    changes: impl IntoIterator<Item = (&'a Hook, Installed)>,
+) -> Vec<(Hook, Vec<Installed>)> {
+    let mut plan: Vec<(Hook, Vec<Installed>)> = Vec::new();
+    for (hook, installed) in changes {
+        match plan.iter_mut().find(|(h, _)| h == hook) {
+            Some((_, list)) => list.push(installed),
+            None => plan.push((hook.clone(), vec![installed])),
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn installed(name: &str) -> Installed {
+        Installed {
+            url: format!("https://v.vault.azure.net/secrets/{name}"),
+            link: PathBuf::from(format!("/store/v.{name}")),
+            file: PathBuf::from(format!("/store/v.{name}.0123")),
+            version: "0123".into(),
+        }
+    }
+
+    fn hook(argv: &[&str], shell: bool, timeout: Duration) -> Hook {
+        Hook {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            shell,
+            timeout,
+        }
+    }
+
+    #[test]
+    fn runs_without_a_shell_with_the_certificate_in_its_environment() {
+        let vars = [
+            "KVVM_CERTIFICATE_PATH",
+            "KVVM_CERTIFICATE_FILE",
+            "KVVM_CERTIFICATE_VERSION",
+            "KVVM_CERTIFICATE_URL",
+            "KVVM_CHANGED_LINKS",
+        ];
+        let argv: Vec<&str> = std::iter::once("printenv").chain(vars).collect();
+        let run = run(
+            &hook(&argv, false, DEFAULT_TIMEOUT),
+            &[installed("a"), installed("b")],
+        )
+        .unwrap();
+        assert!(run.success(), "{run:?}");
+        assert_eq!(
+            run.output_tail,
+            "/store/v.a\n/store/v.a.0123\n0123\nhttps://v.vault.azure.net/secrets/a\n/store/v.a\n/store/v.b\n"
+        );
+    }
+
+    #[test]
+    fn shell_metacharacters_are_literal_unless_shell_is_asked() {
+        let literal = run(
+            &hook(&["/bin/echo", "$HOME;", "x"], false, DEFAULT_TIMEOUT),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(literal.output_tail, "$HOME; x\n");
+        let shelled = run(
+            &hook(&["echo one; echo two >&2; exit 3"], true, DEFAULT_TIMEOUT),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(shelled.exit_code, Some(3));
+        assert!(shelled.output_tail.contains("one") && shelled.output_tail.contains("two"));
+        assert!(
+            shelled
+                .summary(&hook(&["x"], true, DEFAULT_TIMEOUT))
+                .contains("exited with 3")
+        );
+    }
+
+    #[test]
+    fn a_hung_command_and_its_children_are_killed_at_the_timeout() {
+        let h = hook(
+            &["sleep 30 & echo started; wait"],
+            true,
+            Duration::from_millis(300),
+        );
+        let run = run(&h, &[]).unwrap();
+        assert!(run.timed_out && !run.success());
+        assert!(run.duration < Duration::from_secs(10), "{:?}", run.duration);
+        assert!(run.summary(&h).contains("timed out"), "{}", run.summary(&h));
+        assert!(run.output_tail.contains("started"));
+    }
+
+    #[test]
+    fn only_the_tail_of_long_output_is_kept() {
+        let run = run(&hook(&["seq 1 100000"], true, DEFAULT_TIMEOUT), &[]).unwrap();
+        assert!(run.output_tail.len() <= OUTPUT_TAIL);
+        assert!(run.output_tail.ends_with("99999\n100000\n"));
+    }
+
+    #[test]
+    fn a_missing_program_is_a_clear_error() {
+        let err = run(&hook(&["/nonexistent/reload"], false, DEFAULT_TIMEOUT), &[]).unwrap_err();
+        assert_eq!(err.reason(), "hook-spawn-failed");
+        assert!(
+            err.to_string()
+                .starts_with("post-install command \"/nonexistent/reload\" could not be started")
+        );
+    }
+
+    #[test]
+    fn each_distinct_command_runs_once_per_cycle() {
+        let reload = hook(&["systemctl", "reload", "nginx"], false, DEFAULT_TIMEOUT);
+        let other = hook(&["/usr/local/bin/notify"], false, DEFAULT_TIMEOUT);
+        let p = plan([
+            (&reload, installed("a")),
+            (&other, installed("b")),
+            (&reload, installed("c")),
+        ]);
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].0, reload);
+        assert_eq!(
+            p[0].1
+                .iter()
+                .map(|i| i.link.display().to_string())
+                .collect::<Vec<_>>(),
+            ["/store/v.a", "/store/v.c"]
+        );
+    }
+}
