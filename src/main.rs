@@ -11,6 +11,7 @@ const USAGE: &str = "\
 kvvm — Azure Key Vault VM extension for Linux (Microsoft.Azure.KeyVault.KeyVaultForLinux)
 
 Usage: kvvm <install|enable|disable|update|uninstall>   (run by waagent through `handler`)
+       kvvm status                                      (what the worker last recorded, per certificate)
        kvvm worker                                      (started by `enable`; not for direct use)
        kvvm --help | --version
 
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         "worker" => run_worker(),
+        "status" => show_status(),
         other => match Verb::parse(other) {
             Some(verb) => run_verb(verb),
             None => {
@@ -89,6 +91,61 @@ fn run_worker() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("worker failed [{}]: {e}", e.reason());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `kvvm status`: what the worker recorded about each certificate, for an operator on the VM.
+fn show_status() -> ExitCode {
+    let ext = match Extension::locate() {
+        Ok(ext) => ext,
+        Err(e) => {
+            eprintln!("kvvm status: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let dir = ext.data_dir();
+    let path = kvvm::state::WorkerState::path(&dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => match serde_json::from_slice::<kvvm::state::WorkerState>(&bytes) {
+            Ok(state) => {
+                let running = kvvm::supervisor::Supervisor::new(&dir).state();
+                print!("{}", state.render());
+                if let Ok(kvvm::supervisor::WorkerState::Stopped) = running {
+                    println!(
+                        "\n(the worker is not running: this is what it recorded last; run enable to start it)"
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!(
+                    "kvvm status: {} is not a worker state file ({e})",
+                    path.display()
+                );
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            eprintln!(
+                "kvvm status: {} is readable by root only (waagent's folders are private): run `sudo {} status`",
+                path.display(),
+                std::env::current_exe()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| "kvvm".into())
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "kvvm status: no worker has recorded anything yet ({} is missing): is the extension enabled?",
+                path.display()
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("kvvm status: cannot read {}: {e}", path.display());
             ExitCode::FAILURE
         }
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::handler::{Extension, Heartbeat, Operation, Status, StatusReport, SubStatus};
 use crate::settings::{self, Configured, Settings};
+use crate::state::{CertificateState, WorkerState};
 use crate::supervisor::{Supervisor, SupervisorError};
 
 /// How often the heartbeat file is refreshed (waagent calls a handler unresponsive after 600 s).
@@ -98,7 +99,27 @@ fn load(ext: &Extension) -> Result<Current, WorkerError> {
     }
 }
 
-fn report(ext: &Extension, current: &Current) -> StatusReport {
+/// The certificates the settings observe, carrying over what is known of each from `previous`.
+fn certificate_states(
+    settings: &Settings,
+    previous: Option<&WorkerState>,
+) -> Vec<CertificateState> {
+    settings
+        .observed_certificates
+        .iter()
+        .map(|c| {
+            let url = c.url.as_str();
+            previous
+                .and_then(|p| p.certificate(url))
+                .cloned()
+                .unwrap_or_else(|| {
+                    CertificateState::pending(url, c.store_location.join(&c.link_name))
+                })
+        })
+        .collect()
+}
+
+fn report(current: &Current, state: &WorkerState) -> StatusReport {
     let s = &current.settings;
     let mut status = StatusReport::new(
         Operation::Enable,
@@ -120,7 +141,9 @@ fn report(ext: &Extension, current: &Current) -> StatusReport {
             message: s.warnings.join(" "),
         });
     }
-    let _ = ext;
+    status
+        .substatus
+        .extend(state.certificates.iter().map(CertificateState::substatus));
     status
 }
 
@@ -136,6 +159,13 @@ pub fn run(ext: &Extension) -> Result<(), WorkerError> {
     };
     let signals = Signals::install()?;
     let mut current = load(ext)?;
+    let data_dir = ext.data_dir();
+    let mut state = WorkerState {
+        seq: current.seq,
+        pid: std::process::id(),
+        updated: String::new(),
+        certificates: certificate_states(&current.settings, WorkerState::load(&data_dir).as_ref()),
+    };
     log::info!(
         "worker started (pid {}) with settings {}: {} observed certificate(s)",
         std::process::id(),
@@ -148,6 +178,8 @@ pub fn run(ext: &Extension) -> Result<(), WorkerError> {
                 Ok(next) => {
                     log::info!("reloaded settings {} (was {})", next.seq, current.seq);
                     current = next;
+                    state.seq = current.seq;
+                    state.certificates = certificate_states(&current.settings, Some(&state));
                 }
                 Err(e) => log::error!("keeping settings {}: {e}", current.seq),
             }
@@ -159,7 +191,11 @@ pub fn run(ext: &Extension) -> Result<(), WorkerError> {
         if let Err(e) = ext.write_heartbeat(&beat) {
             log::error!("{e}");
         }
-        if let Err(e) = ext.write_status(current.seq, &report(ext, &current)) {
+        state.updated = crate::handler::utc_timestamp(time::OffsetDateTime::now_utc());
+        if let Err(e) = state.save(&data_dir) {
+            log::error!("{e}");
+        }
+        if let Err(e) = ext.write_status(current.seq, &report(&current, &state)) {
             log::error!("{e}");
         }
         signals.sleep(HEARTBEAT_EVERY);

@@ -454,3 +454,48 @@ fn every_settings_rejection_reaches_the_status_file() {
     }
     assert_eq!(fs::read_to_string(ext.mrseq_file()).unwrap().trim(), "0");
 }
+
+/// An operator on the VM runs `kvvm status` from the installed package: it shows what the worker recorded,
+/// and the status file carries one substatus per certificate.
+#[test]
+fn kvvm_status_shows_each_observed_certificate() {
+    let vm = Vm::new();
+    let ext = vm.install(0);
+    let report = vm.settled(&ext, 0);
+    let sub = &report.substatus;
+    assert_eq!(sub.len(), 1, "{report:?}");
+    assert_eq!(sub[0].name, "https://myvault.vault.azure.net/secrets/c1");
+    assert!(
+        sub[0]
+            .message
+            .contains(&format!("link {}", vm.store().join("myvault.c1").display())),
+        "{}",
+        sub[0].message
+    );
+
+    let status = |ext: &Extension| {
+        let out = std::process::Command::new(ext.dir.join("bin/kvvm"))
+            .arg("status")
+            .current_dir("/")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = status(&ext);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("https://myvault.vault.azure.net/secrets/c1\n  status:      Pending"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("worker pid {}", vm.wait_workers(1)[0])),
+        "{text}"
+    );
+    assert!(vm.agent.disable(&ext, 0).unwrap().unwrap().success());
+    let (ok, text) = status(&ext);
+    assert!(ok && text.contains("the worker is not running"), "{text}");
+}
