@@ -6,6 +6,7 @@ pub mod fluentd;
 pub mod handler;
 pub mod hook;
 pub mod logging;
+pub mod schedule;
 pub mod settings;
 pub mod state;
 pub mod supervisor;

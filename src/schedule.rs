@@ -1,0 +1,254 @@
+//! When the worker polls, and what the overall status says. Polls are spread by jitter so a scale set whose
+//! machines start together does not hit the vault in the same second: the first poll waits a random
+//! `[0, min(interval / 10, 30 s)]`, and every later interval is stretched or shrunk by up to 10 %. With
+//! `requireInitialSync`, failed certificates are retried with growing waits (5 s, 10 s, 15 s, … capped at the
+//! polling interval) for up to 25 attempts before the status turns to `error`.
+
+use std::time::Duration;
+
+use crate::handler::Status;
+use crate::state::{CertStatus, CertificateState};
+
+/// Attempts of the initial sync before it is reported as failed (the original extension's number).
+pub const INITIAL_SYNC_ATTEMPTS: u32 = 25;
+/// Fraction of the interval by which each poll is moved, either way.
+pub const JITTER_FRACTION: f64 = 0.10;
+/// The longest first-poll delay.
+pub const MAX_FIRST_DELAY: Duration = Duration::from_secs(30);
+const INITIAL_SYNC_STEP: Duration = Duration::from_secs(5);
+
+/// A source of uniform numbers in `[0, 1)`, passed in so tests can pin it.
+pub trait Uniform {
+    fn next(&mut self) -> f64;
+}
+
+impl Uniform for fastrand::Rng {
+    fn next(&mut self) -> f64 {
+        self.f64()
+    }
+}
+
+/// Delay before the first poll after the worker starts.
+pub fn first_delay(interval: Duration, rng: &mut impl Uniform) -> Duration {
+    (interval / 10).min(MAX_FIRST_DELAY).mul_f64(rng.next())
+}
+
+/// Delay between two polls: the interval, ± 10 %.
+pub fn next_delay(interval: Duration, rng: &mut impl Uniform) -> Duration {
+    interval.mul_f64(1.0 - JITTER_FRACTION + 2.0 * JITTER_FRACTION * rng.next())
+}
+
+/// Wait after the `attempt`-th (1-based) failed initial-sync attempt.
+pub fn initial_sync_retry(attempt: u32, interval: Duration) -> Duration {
+    (INITIAL_SYNC_STEP * attempt.max(1)).min(interval)
+}
+
+/// Where the initial sync stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialSync {
+    /// Not required, or done.
+    Done,
+    /// Still trying: attempts made so far.
+    Trying { attempts: u32 },
+    /// Gave up after `INITIAL_SYNC_ATTEMPTS`; polling goes on normally.
+    Failed,
+}
+
+impl InitialSync {
+    pub fn start(required: bool) -> InitialSync {
+        if required {
+            InitialSync::Trying { attempts: 0 }
+        } else {
+            InitialSync::Done
+        }
+    }
+
+    /// Records one attempt; `all_installed` says whether every certificate is installed now.
+    pub fn after_attempt(self, all_installed: bool) -> InitialSync {
+        match self {
+            _ if all_installed => InitialSync::Done,
+            InitialSync::Trying { attempts } if attempts + 1 >= INITIAL_SYNC_ATTEMPTS => {
+                InitialSync::Failed
+            }
+            InitialSync::Trying { attempts } => InitialSync::Trying {
+                attempts: attempts + 1,
+            },
+            other => other,
+        }
+    }
+}
+
+/// The overall status and its message, from the certificates' states.
+pub fn overall(sync: InitialSync, certs: &[CertificateState]) -> (Status, String) {
+    let installed = certs
+        .iter()
+        .filter(|c| matches!(c.status, CertStatus::Installed | CertStatus::Warning))
+        .count();
+    let failing: Vec<&CertificateState> = certs
+        .iter()
+        .filter(|c| c.status == CertStatus::Failed)
+        .collect();
+    let warned: Vec<&CertificateState> = certs
+        .iter()
+        .filter(|c| c.status == CertStatus::Warning)
+        .collect();
+    let why = |list: &[&CertificateState]| {
+        list.iter()
+            .map(|c| {
+                format!(
+                    "{} ({})",
+                    c.url,
+                    c.last_error
+                        .as_deref()
+                        .or(c.note.as_deref())
+                        .unwrap_or("no detail")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let total = certs.len();
+    match sync {
+        InitialSync::Trying { attempts } => {
+            let last = failing
+                .iter()
+                .find_map(|c| c.last_error.as_deref())
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default();
+            (
+                Status::Transitioning,
+                format!(
+                    "Initial sync: {installed} of {total} certificates installed after {attempts} attempt(s){last}"
+                ),
+            )
+        }
+        InitialSync::Failed if !failing.is_empty() => (
+            Status::Error,
+            format!(
+                "Initial sync failed after {INITIAL_SYNC_ATTEMPTS} attempts: {installed} of {total} certificates installed; \
+                 failing: {}. Polling continues.",
+                why(&failing)
+            ),
+        ),
+        _ if !failing.is_empty() => (
+            Status::Warning,
+            format!(
+                "{installed} of {total} certificates up to date; failing: {}",
+                why(&failing)
+            ),
+        ),
+        _ if !warned.is_empty() => (
+            Status::Warning,
+            format!(
+                "{installed} of {total} certificates installed; needs attention: {}",
+                why(&warned)
+            ),
+        ),
+        _ => (
+            Status::Success,
+            format!("{installed} of {total} certificates installed and up to date"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    struct Fixed(f64);
+    impl Uniform for Fixed {
+        fn next(&mut self) -> f64 {
+            self.0
+        }
+    }
+
+    fn cert(name: &str, status: CertStatus, error: Option<&str>) -> CertificateState {
+        let mut c = CertificateState::pending(
+            &format!("https://v.vault.azure.net/secrets/{name}"),
+            PathBuf::from("/s"),
+        );
+        c.status = status;
+        c.last_error = error.map(str::to_string);
+        c
+    }
+
+    #[test]
+    fn jitter_bounds() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(first_delay(hour, &mut Fixed(0.0)), Duration::ZERO);
+        assert_eq!(first_delay(hour, &mut Fixed(0.5)), Duration::from_secs(15));
+        assert_eq!(
+            first_delay(Duration::from_secs(60), &mut Fixed(0.5)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(next_delay(hour, &mut Fixed(0.0)), Duration::from_secs(3240));
+        assert_eq!(next_delay(hour, &mut Fixed(0.5)), hour);
+        assert!(next_delay(hour, &mut Fixed(0.999_999)) <= Duration::from_secs(3960));
+        let mut rng = fastrand::Rng::with_seed(7);
+        let spread: Vec<Duration> = (0..100).map(|_| first_delay(hour, &mut rng)).collect();
+        assert!(
+            spread.iter().any(|d| *d < Duration::from_secs(10))
+                && spread.iter().any(|d| *d > Duration::from_secs(20))
+        );
+    }
+
+    #[test]
+    fn initial_sync_gives_up_after_25_attempts_with_growing_waits() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(initial_sync_retry(1, hour), Duration::from_secs(5));
+        assert_eq!(initial_sync_retry(3, hour), Duration::from_secs(15));
+        assert_eq!(
+            initial_sync_retry(24, Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
+        let mut s = InitialSync::start(true);
+        for _ in 0..24 {
+            s = s.after_attempt(false);
+            assert!(matches!(s, InitialSync::Trying { .. }));
+        }
+        assert_eq!(s.after_attempt(false), InitialSync::Failed);
+        assert_eq!(InitialSync::Failed.after_attempt(true), InitialSync::Done);
+        assert_eq!(InitialSync::start(false), InitialSync::Done);
+    }
+
+    #[test]
+    fn overall_status_rules() {
+        let ok = cert("a", CertStatus::Installed, None);
+        let bad = cert("b", CertStatus::Failed, Some("403 Forbidden"));
+        let (s, m) = overall(
+            InitialSync::Trying { attempts: 2 },
+            &[ok.clone(), bad.clone()],
+        );
+        assert_eq!(s, Status::Transitioning);
+        assert_eq!(
+            m,
+            "Initial sync: 1 of 2 certificates installed after 2 attempt(s); last error: 403 Forbidden"
+        );
+        let (s, m) = overall(InitialSync::Failed, &[ok.clone(), bad.clone()]);
+        assert_eq!(s, Status::Error);
+        assert!(
+            m.contains("failing: https://v.vault.azure.net/secrets/b (403 Forbidden)"),
+            "{m}"
+        );
+        assert_eq!(
+            overall(InitialSync::Done, &[ok.clone(), bad]).0,
+            Status::Warning
+        );
+        assert_eq!(
+            overall(InitialSync::Done, std::slice::from_ref(&ok)),
+            (
+                Status::Success,
+                "1 of 1 certificates installed and up to date".into()
+            )
+        );
+        let mut expiring = cert("c", CertStatus::Warning, None);
+        expiring.note = Some("expires in 3 days".into());
+        let (s, m) = overall(InitialSync::Done, &[ok, expiring]);
+        assert_eq!(s, Status::Warning);
+        assert!(
+            m.ends_with("needs attention: https://v.vault.azure.net/secrets/c (expires in 3 days)"),
+            "{m}"
+        );
+    }
+}
