@@ -165,7 +165,7 @@ fn enable(ext: &Extension) -> Result<String, CommandError> {
     for warning in &settings.warnings {
         log::warn!("settings {seq}: {warning}");
     }
-    let state = sup.state()?;
+    let mut state = sup.state()?;
     if let (WorkerState::Running { pid }, Some(done)) = (state, ext.mrseq())
         && done == seq
     {
@@ -173,6 +173,21 @@ fn enable(ext: &Extension) -> Result<String, CommandError> {
         return Ok(format!(
             "settings {seq} already applied; worker {pid} is running"
         ));
+    }
+    // The log sinks are set up when the worker starts: a loggingSettings change needs a fresh worker.
+    let previous_logging = ext
+        .mrseq()
+        .and_then(|old| ext.read_settings_text(old).ok())
+        .and_then(|text| match settings::parse_settings_file(&text) {
+            Ok(Configured::Settings(old)) => Some(old.logging),
+            _ => None,
+        });
+    if matches!(state, WorkerState::Running { .. })
+        && previous_logging.is_some_and(|old| old != settings.logging)
+    {
+        sup.stop(STOP_GRACE)?;
+        state = WorkerState::Stopped;
+        log::info!("loggingSettings changed: restarting the worker");
     }
     ext.write_mrseq(seq)?;
     let starting = StatusReport::new(

@@ -27,7 +27,11 @@ pub struct LogTarget {
 
 /// Sets up the global logger. A log folder that cannot be created is reported on stderr and logging continues
 /// there: losing the log must never stop the extension from working.
-pub fn init(target: &LogTarget, level: LevelFilter) -> Option<PathBuf> {
+pub fn init(
+    target: &LogTarget,
+    level: LevelFilter,
+    extra: Option<Box<dyn SharedLogger>>,
+) -> Option<PathBuf> {
     let config = ConfigBuilder::new()
         .set_time_format_rfc3339()
         .set_target_level(LevelFilter::Off)
@@ -56,6 +60,7 @@ pub fn init(target: &LogTarget, level: LevelFilter) -> Option<PathBuf> {
             ColorChoice::Never,
         ));
     }
+    loggers.extend(extra);
     let _ = CombinedLogger::init(loggers);
     file_ok.then_some(path)
 }

@@ -59,7 +59,7 @@ fn run_verb(verb: Verb) -> ExitCode {
         file_name: "handler.log",
         stderr: false,
     };
-    logging::init(&target, log::LevelFilter::Info);
+    logging::init(&target, log::LevelFilter::Info, None);
     match commands::run(verb, &ext) {
         Ok(message) => {
             println!("{message}");
@@ -86,7 +86,19 @@ fn run_worker() -> ExitCode {
         file_name: "kvvm.log",
         stderr: false,
     };
-    logging::init(&target, log::LevelFilter::Info);
+    // loggingSettings apply from the worker's start (a change is picked up when the worker next starts).
+    let fluentd = kvvm::worker::logging_settings(&ext).map(|l| {
+        let config = kvvm::fluentd::FluentdConfig {
+            host: l.endpoint_host,
+            port: l.endpoint_port,
+            tag: l.service_name,
+        };
+        Box::new(kvvm::fluentd::FluentdLogger::start(
+            config,
+            log::LevelFilter::Info,
+        )) as Box<dyn simplelog::SharedLogger>
+    });
+    logging::init(&target, log::LevelFilter::Info, fluentd);
     match kvvm::worker::run(&ext) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

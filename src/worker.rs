@@ -76,6 +76,11 @@ struct Current {
     settings: Settings,
 }
 
+/// The `loggingSettings` of the settings the worker will start with, if any.
+pub fn logging_settings(ext: &Extension) -> Option<crate::settings::LoggingSettings> {
+    load(ext).ok()?.settings.logging
+}
+
 fn load(ext: &Extension) -> Result<Current, WorkerError> {
     let seq = match ext.mrseq() {
         Some(seq) => seq,

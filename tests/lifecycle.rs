@@ -499,3 +499,54 @@ fn kvvm_status_shows_each_observed_certificate() {
     let (ok, text) = status(&ext);
     assert!(ok && text.contains("the worker is not running"), "{text}");
 }
+
+/// loggingSettings through the packaged worker: its records reach a Fluentd receiver (decoded by Python's
+/// msgpack), and changing loggingSettings restarts the worker so the new sink applies.
+#[test]
+fn worker_logs_reach_fluentd_and_a_logging_change_restarts_it() {
+    use std::io::{BufRead, BufReader};
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python3");
+    assert!(python.exists(), "run `make deps` (creates .venv)");
+    let mut receiver = std::process::Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fluentd/receiver.py"))
+        .args(["--count", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(receiver.stdout.take().unwrap()).lines();
+    let port: u16 = lines.next().unwrap().unwrap().trim().parse().unwrap();
+
+    let vm = Vm::new();
+    let ext = vm.install(0);
+    let first = vm.wait_workers(1)[0];
+    let with_logging = Settings::public(json!({
+        "secretsManagementSettings": {
+            "certificateStoreLocation": vm.store(),
+            "observedCertificates": ["https://myvault.vault.azure.net/secrets/c1"],
+        },
+        "loggingSettings": {"logger": "fluentd", "endpoint": format!("tcp://127.0.0.1:{port}"), "servicename": "kvvm_test"}
+    }));
+    let r = vm.agent.apply_settings(&ext, 1, &with_logging).unwrap();
+    assert!(
+        r.success() && r.stdout.contains("worker started"),
+        "{}",
+        r.output
+    );
+    let second = vm.wait_workers(1)[0];
+    assert_ne!(
+        first, second,
+        "a loggingSettings change restarts the worker"
+    );
+
+    let record: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(receiver.wait().unwrap().success());
+    assert_eq!(record["tag"], "kvvm_test");
+    assert_eq!(record["record"]["pid"], second);
+    assert!(
+        record["record"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("worker started"),
+        "{record}"
+    );
+}
