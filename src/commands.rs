@@ -18,7 +18,7 @@ pub enum CommandError {
     Handler(#[from] HandlerError),
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
-    #[error("invalid settings in {path}: {source}{kept}")]
+    #[error("invalid settings in {path}: {source}.{kept}")]
     Settings {
         path: PathBuf,
         source: Box<SettingsError>,

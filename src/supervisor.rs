@@ -40,6 +40,10 @@ pub enum SupervisorError {
     },
     #[error("the worker (pid {pid}) still holds its lock after SIGKILL")]
     Unkillable { pid: u32 },
+    #[error(
+        "a process holds the worker lock {lock} but never recorded its pid; find it with `fuser {lock}` and stop it"
+    )]
+    NoPid { lock: PathBuf },
 }
 
 impl SupervisorError {
@@ -50,6 +54,7 @@ impl SupervisorError {
             SupervisorError::DiedAtStart { .. } => "worker-died-at-start",
             SupervisorError::StartTimeout { .. } => "worker-start-timeout",
             SupervisorError::Unkillable { .. } => "worker-unkillable",
+            SupervisorError::NoPid { .. } => "worker-no-pid",
         }
     }
 }

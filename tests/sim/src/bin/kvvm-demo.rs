@@ -39,6 +39,7 @@ fn main() -> anyhow::Result<()> {
         0,
         &settings(&["https://myvault.vault.azure.net/secrets/web"]),
     )?;
+    anyhow::ensure!(run.ok(), "install/enable failed:\n{}", run.describe());
     let ext = run
         .extension
         .clone()
