@@ -550,3 +550,52 @@ fn worker_logs_reach_fluentd_and_a_logging_change_restarts_it() {
         "{record}"
     );
 }
+
+/// A worker that does not react to SIGTERM (here: stopped with SIGSTOP) is killed after the grace period, and
+/// disable says so.
+#[test]
+fn disable_escalates_to_sigkill_when_the_worker_ignores_sigterm() {
+    let vm = Vm::new();
+    let ext = vm.install(0);
+    let pid = vm.wait_workers(1)[0];
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    let r = vm.agent.disable(&ext, 0).unwrap().unwrap();
+    assert!(r.success(), "{}", r.output);
+    assert!(
+        r.stdout.contains(&format!(
+            "worker {pid} did not stop within 10s and was killed"
+        )),
+        "{}",
+        r.stdout
+    );
+    assert!(vm.workers().is_empty());
+}
+
+#[test]
+fn help_version_and_usage_errors() {
+    let vm = Vm::new();
+    let ext = vm.install(0);
+    let bin = ext.dir.join("bin/kvvm");
+    let run = |arg: &str| std::process::Command::new(&bin).arg(arg).output().unwrap();
+    let help = run("--help");
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for verb in [
+        "install",
+        "enable",
+        "disable",
+        "update",
+        "uninstall",
+        "status",
+    ] {
+        assert!(text.contains(verb), "{verb} missing from --help");
+    }
+    let version = run("--version");
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("kvvm {}", env!("CARGO_PKG_VERSION"))
+    );
+    let bad = run("frobnicate");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown command \"frobnicate\""));
+}
