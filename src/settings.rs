@@ -1188,6 +1188,7 @@ fn authentication(
 fn msi_endpoint(text: &str, path: &str) -> Result<Url, SettingsError> {
     let problem = match Url::parse(text.trim()) {
         Err(url::ParseError::EmptyHost) => "has no host".to_string(),
+        Ok(_) if empty_authority(text) => "has no host".to_string(),
         Err(e) => format!("is not a URL ({e})"),
         Ok(url) if url.scheme() != "http" && url.scheme() != "https" => {
             format!("uses {}, not http or https", url.scheme())
@@ -1344,6 +1345,12 @@ fn secret_url(text: &str, path: &str) -> Result<SecretUrl, SettingsError> {
             });
         }
     };
+    if empty_authority(text) {
+        return Err(SettingsError::UrlNoHost {
+            setting: setting(),
+            value: value(),
+        });
+    }
     if url.scheme() != "https" {
         return Err(SettingsError::UrlNotHttps {
             setting: setting(),
@@ -1493,6 +1500,14 @@ fn secret_url(text: &str, path: &str) -> Result<SecretUrl, SettingsError> {
         secret_name: name.to_string(),
         version,
     })
+}
+
+/// `scheme:///path`: the URL parser would take the first path segment as the host ("https:///secrets/x" has
+/// host "secrets"), which hides what the user actually left out.
+fn empty_authority(text: &str) -> bool {
+    text.trim_start()
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.starts_with(['/', '\\']))
 }
 
 /// Key Vault's object name rule: 1–127 characters of `[0-9A-Za-z-]`.
