@@ -806,7 +806,7 @@ pub fn parse_settings_file(text: &str) -> Result<Configured, SettingsError> {
     )?;
     let Some(public) = &handler.public_settings else {
         return Ok(Configured::Nothing {
-            reason: "publicSettings are empty".to_string(),
+            reason: "publicSettings are null or absent".to_string(),
         });
     };
     let protected_given = match &handler.protected_settings {
