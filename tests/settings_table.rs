@@ -1,366 +1,971 @@
-//! Every settings rejection, with its exact message: the message is what a user sees in the portal, so it
-//! must name the setting, the bad value and the fix. Plus every accepted shape of the KeyVaultForLinux schema.
+//! The settings schema seen from outside: every rejection's exact message (users read these in the portal, so a
+//! change of wording is a change of behaviour), and every accepted shape users deploy today.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use kvvm::settings::{
-    AclEntry, Configured, DEFAULT_STORE, Settings, parse_public_settings, parse_settings_file,
+    AclEntry, Configured, DEFAULT_STORE, Settings, SettingsError, parse_public_settings,
+    parse_settings_file,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
-/// (settings file text, reason, exact message)
-const REJECTIONS: &[(&str, &str, &str)] = &[
+/// Input of one table row.
+enum Input {
+    /// A whole `config/<seq>.settings` file.
+    File(&'static str),
+    /// publicSettings alone; also run through a settings file wrapping it.
+    Public(&'static str),
+}
+use Input::{File, Public};
+
+/// (input, reason(), setting(), exact Display).
+const REJECTIONS: &[(Input, &str, &str, &str)] = &[
+    // The file and its envelope.
     (
-        r#"not json"#,
+        File(r#"{"runtimeSettings": ["#),
         "settings-not-json",
-        r#"the settings file is not JSON (expected ident at line 1 column 2); waagent writes it from the extension's settings: check the JSON you deployed"#,
+        "",
+        "the settings file is not valid JSON (EOF while parsing a list at line 1 column 21); the extension settings must be a JSON object",
     ),
     (
-        r#""{\"secretsManagementSettings\":{\"observedCertificates\":[\"https://v.vault.azure.net/secrets/c\"]}}""#,
-        "settings-escaped-json",
-        r#"the settings file is a string that holds JSON ({"secretsManagementSettings":{"observedCertificates":["https://v.vault.azure....), not a JSON object: the settings were escaped twice, as happens when PowerShell passes a JSON string to Set-AzVMExtension -SettingString or -Settings. Pass an object instead (a hashtable for -Settings, or the unescaped JSON text for -SettingString)"#,
+        File("secretsManagementSettings=1"),
+        "settings-not-json",
+        "",
+        "the settings file is not valid JSON (expected value at line 1 column 1); the extension settings must be a JSON object",
     ),
     (
-        r#"{"runtimeSettings":[]}"#,
-        "settings-wrong-type",
-        r#"runtimeSettings must be a list with exactly one element, not []; waagent writes one runtimeSettings element per settings file"#,
+        File(r#""{\"runtimeSettings\":[{\"handlerSettings\":{}}]}""#),
+        "settings-double-encoded",
+        "",
+        r#"the settings file is a JSON string that itself holds JSON ("{\"runtimeSettings\":[{\"handlerSetting…), not an object; pass the settings as a JSON object, not as a string: in PowerShell give -Settings a hashtable (or -SettingString the output of ConvertTo-Json, converted once)"#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":"{\"secretsManagementSettings\":{}}"}}]}"#,
-        "settings-escaped-json",
-        r#"publicSettings is a string that holds JSON ({"secretsManagementSettings":{}}), not a JSON object: the settings were escaped twice, as happens when PowerShell passes a JSON string to Set-AzVMExtension -SettingString or -Settings. Pass an object instead (a hashtable for -Settings, or the unescaped JSON text for -SettingString)"#,
+        File(r#"[1]"#),
+        "setting-wrong-type",
+        "",
+        r#"the settings file must be a JSON object such as {"runtimeSettings": [{"handlerSettings": {"publicSettings": {...}}}]}; found a list"#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{}}}]}"#,
-        "settings-missing",
-        r#"secretsManagementSettings is missing; add {"secretsManagementSettings": {"observedCertificates": ["https://<vault>.vault.azure.net/secrets/<name>"]}}"#,
+        File(r#"{}"#),
+        "runtime-settings-not-one",
+        "runtimeSettings",
+        "runtimeSettings must be a list with exactly one element (waagent writes one per settings file); found no runtimeSettings",
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":"x"}}}]}"#,
-        "settings-wrong-type",
-        r#"secretsManagementSettings must be a JSON object, not "x"; write {"secretsManagementSettings": {...}} as an object"#,
+        File(r#"{"runtimeSettings": []}"#),
+        "runtime-settings-not-one",
+        "runtimeSettings",
+        "runtimeSettings must be a list with exactly one element (waagent writes one per settings file); found an empty list",
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{}}}}]}"#,
-        "settings-missing",
-        r#"secretsManagementSettings.observedCertificates is missing; list the certificates to install, e.g. ["https://myvault.vault.azure.net/secrets/mycert"]"#,
+        File(r#"{"runtimeSettings": [{}, {}]}"#),
+        "runtime-settings-not-one",
+        "runtimeSettings",
+        "runtimeSettings must be a list with exactly one element (waagent writes one per settings file); found 2 elements",
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"observedCertificates":[]}}}}]}"#,
-        "settings-no-certificates",
-        r#"secretsManagementSettings.observedCertificates is an empty list: add the URL of at least one certificate's secret, e.g. "https://myvault.vault.azure.net/secrets/mycert""#,
+        File(r#"{"runtimeSettings": {"handlerSettings": {}}}"#),
+        "runtime-settings-not-one",
+        "runtimeSettings",
+        "runtimeSettings must be a list with exactly one element (waagent writes one per settings file); found an object",
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"observedCertificates":"https://v.vault.azure.net/secrets/c"}}}}]}"#,
-        "settings-wrong-type",
-        r#"secretsManagementSettings.observedCertificates must be a list, not "https://v.vault.azure.net/secrets/c"; write ["https://myvault.vault.azure.net/secrets/mycert"] (or a list of {"url": ...} objects)"#,
+        File(r#"{"runtimeSettings": [{"handlerSettings": "x"}]}"#),
+        "setting-wrong-type",
+        "runtimeSettings[0].handlerSettings",
+        r#"runtimeSettings[0].handlerSettings must be an object such as {"publicSettings": {...}}; found the string "x""#,
+    ),
+    // publicSettings itself.
+    (
+        Public(
+            r#""{\"secretsManagementSettings\":{\"observedCertificates\":[\"https://myvault.vault.azure.net/secrets/mycert\"]}}""#,
+        ),
+        "settings-double-encoded",
+        "publicSettings",
+        r#"publicSettings is a JSON string that itself holds JSON ("{\"secretsManagementSettings\":{\"obser…), not an object; pass the settings as a JSON object, not as a string: in PowerShell give -Settings a hashtable (or -SettingString the output of ConvertTo-Json, converted once)"#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"observedCertificates":[42]}}}}]}"#,
-        "settings-wrong-type",
-        r#"secretsManagementSettings.observedCertificates[0] must be a URL string or an object with "url", not 42; write "https://myvault.vault.azure.net/secrets/mycert" or {"url": "https://myvault.vault.azure.net/secrets/mycert"}"#,
+        Public(r#"[]"#),
+        "setting-wrong-type",
+        "publicSettings",
+        r#"publicSettings must be a JSON object such as {"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}; found a list"#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"observedCertificates":["http://v.vault.azure.net/secrets/c"]}}}}]}"#,
-        "settings-bad-value",
-        r#"secretsManagementSettings.observedCertificates[0] is "http://v.vault.azure.net/secrets/c": not an https URL; Key Vault is only reached over https, so the token is never sent in clear text: write https://"#,
+        Public(r#"{}"#),
+        "setting-missing",
+        "secretsManagementSettings",
+        r#"secretsManagementSettings is missing; add "secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}"#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"observedCertificates":["https:///secrets/c"]}}}}]}"#,
-        "settings-bad-value",
-        r#"secretsManagementSettings.observedCertificates[0] is "https:///secrets/c": the URL has no host; use https://<vault>.vault.azure.net/secrets/<certificate name>, optionally followed by /<version>"#,
+        Public(
+            r#"{"secretsManagementSettings": ["https://myvault.vault.azure.net/secrets/mycert"]}"#,
+        ),
+        "setting-wrong-type",
+        "secretsManagementSettings",
+        r#"secretsManagementSettings must be an object such as {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}; found a list"#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"observedCertificates":["https://v.vault.azure.net/certificates/c"]}}}}]}"#,
-        "settings-certificates-endpoint",
-        r#"secretsManagementSettings.observedCertificates[0] is "https://v.vault.azure.net/certificates/c": it names the certificate endpoint (/certificates/), which has no private key. Use the secret endpoint of the same certificate: "https://v.vault.azure.net/secrets/c""#,
+        Public(r#"{"secretsManagementSettings": {"pollingIntervalInS": "3600"}}"#),
+        "setting-missing",
+        "secretsManagementSettings.observedCertificates",
+        r#"secretsManagementSettings.observedCertificates is missing; list the certificates, e.g. ["https://myvault.vault.azure.net/secrets/mycert"]"#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"observedCertificates":["https://v.vault.azure.net/keys/c"]}}}}]}"#,
-        "settings-bad-value",
-        r#"secretsManagementSettings.observedCertificates[0] is "https://v.vault.azure.net/keys/c": the path is not /secrets/<name>; use https://<vault>.vault.azure.net/secrets/<certificate name>, optionally followed by /<version>"#,
+        Public(r#"{"secretsManagementSettings": {"observedCertificates": null}}"#),
+        "setting-missing",
+        "secretsManagementSettings.observedCertificates",
+        r#"secretsManagementSettings.observedCertificates is missing; list the certificates, e.g. ["https://myvault.vault.azure.net/secrets/mycert"]"#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"observedCertificates":["https://v.vault.azure.net/secrets/my_cert"]}}}}]}"#,
-        "settings-bad-value",
-        r#"secretsManagementSettings.observedCertificates[0] is "https://v.vault.azure.net/secrets/my_cert": the certificate name is not a Key Vault name; names are 1-127 letters, digits and dashes"#,
+        Public(r#"{"secretsManagementSettings": {"observedCertificates": []}}"#),
+        "no-observed-certificates",
+        "secretsManagementSettings.observedCertificates",
+        r#"secretsManagementSettings.observedCertificates is empty; list at least one certificate, e.g. ["https://myvault.vault.azure.net/secrets/mycert"]"#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"observedCertificates":["https://v.vault.azure.net/secrets/c/latest"]}}}}]}"#,
-        "settings-bad-value",
-        r#"secretsManagementSettings.observedCertificates[0] is "https://v.vault.azure.net/secrets/c/latest": the version is not a Key Vault version; versions are 32 hexadecimal characters; leave the version out to follow the newest"#,
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": "https://myvault.vault.azure.net/secrets/mycert"}}"#,
+        ),
+        "setting-wrong-type",
+        "secretsManagementSettings.observedCertificates",
+        r#"secretsManagementSettings.observedCertificates must be a list of secret URLs or objects with "url", e.g. ["https://myvault.vault.azure.net/secrets/mycert"]; found the string "https://myvault.vault.azure.net/secrets/mycert""#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"observedCertificates":["https://v.vault.azure.net/secrets/c?api-version=7.4"]}}}}]}"#,
-        "settings-bad-value",
-        r#"secretsManagementSettings.observedCertificates[0] is "https://v.vault.azure.net/secrets/c?api-version=7.4": the URL has a query or fragment; remove it; use https://<vault>.vault.azure.net/secrets/<certificate name>, optionally followed by /<version>"#,
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": "[\"https://myvault.vault.azure.net/secrets/mycert\"]"}}"#,
+        ),
+        "settings-double-encoded",
+        "secretsManagementSettings.observedCertificates",
+        r#"secretsManagementSettings.observedCertificates is a JSON string that itself holds JSON ("[\"https://myvault.vault.azure.net/secr…), not an object; pass the settings as a JSON object, not as a string: in PowerShell give -Settings a hashtable (or -SettingString the output of ConvertTo-Json, converted once)"#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"observedCertificates":[{"url":"https://v.vault.azure.net/secrets/c","certificateStoreLocation":"certs"}]}}}}]}"#,
-        "settings-bad-value",
-        r#"secretsManagementSettings.observedCertificates[0].certificateStoreLocation is "certs": a relative path; use an absolute folder path such as "/var/lib/waagent/Microsoft.Azure.KeyVault.Store""#,
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/a", 42]}}"#,
+        ),
+        "setting-wrong-type",
+        "secretsManagementSettings.observedCertificates[1]",
+        r#"secretsManagementSettings.observedCertificates[1] must be a secret URL string or an object with "url", e.g. "https://myvault.vault.azure.net/secrets/mycert"; found the number 42"#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"certificateStoreLocation":"","observedCertificates":["https://v.vault.azure.net/secrets/c"]}}}}]}"#,
-        "settings-bad-value",
-        r#"secretsManagementSettings.certificateStoreLocation is "": empty; use an absolute folder path such as "/var/lib/waagent/Microsoft.Azure.KeyVault.Store""#,
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": [{"certificateStoreLocation": "/etc/ssl"}]}}"#,
+        ),
+        "setting-missing",
+        "secretsManagementSettings.observedCertificates[0].url",
+        r#"secretsManagementSettings.observedCertificates[0].url is missing; add "url": "https://myvault.vault.azure.net/secrets/mycert" to this certificate"#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"observedCertificates":[{"url":"https://v.vault.azure.net/secrets/c","customSymbolicLinkName":"../x"}]}}}}]}"#,
-        "settings-bad-value",
-        r#"secretsManagementSettings.observedCertificates[0].customSymbolicLinkName is "../x": not a plain file name; use a plain file name such as "mycert.pem": the link is created inside the store folder"#,
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": [{"url": ["https://myvault.vault.azure.net/secrets/mycert"]}]}}"#,
+        ),
+        "setting-wrong-type",
+        "secretsManagementSettings.observedCertificates[0].url",
+        r#"secretsManagementSettings.observedCertificates[0].url must be a URL string such as "https://myvault.vault.azure.net/secrets/mycert"; found a list"#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"pollingIntervalInS":"abc","observedCertificates":["https://v.vault.azure.net/secrets/c"]}}}}]}"#,
-        "settings-bad-value",
-        r#"secretsManagementSettings.pollingIntervalInS is "abc": not a positive whole number; write a whole number of seconds, e.g. "3600""#,
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/a"], "ObservedCertificates": []}}"#,
+        ),
+        "setting-given-twice",
+        "secretsManagementSettings.observedCertificates",
+        r#"secretsManagementSettings.observedCertificates is given twice (as "ObservedCertificates" and "observedCertificates"); keep only one of them"#,
+    ),
+    // Certificate URLs.
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["http://myvault.vault.azure.net/secrets/mycert"]}}"#,
+        ),
+        "certificate-url-not-https",
+        "secretsManagementSettings.observedCertificates[0]",
+        r#"secretsManagementSettings.observedCertificates[0]: "http://myvault.vault.azure.net/secrets/mycert" uses http, but https is required because the access token must never travel in clear text; write the URL with https://"#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"pollingIntervalInS":0,"observedCertificates":["https://v.vault.azure.net/secrets/c"]}}}}]}"#,
-        "settings-bad-value",
-        r#"secretsManagementSettings.pollingIntervalInS is "0": not a positive whole number; write a whole number of seconds, e.g. "3600""#,
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": [{"url": "https:///secrets/mycert"}]}}"#,
+        ),
+        "certificate-url-no-host",
+        "secretsManagementSettings.observedCertificates[0].url",
+        r#"secretsManagementSettings.observedCertificates[0].url: "https:///secrets/mycert" has no host; write it as https://<vault>.vault.azure.net/secrets/<name>"#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"pollingIntervalInS":1.5,"observedCertificates":["https://v.vault.azure.net/secrets/c"]}}}}]}"#,
-        "settings-bad-value",
-        r#"secretsManagementSettings.pollingIntervalInS is "1.5": not a positive whole number; write a whole number of seconds, e.g. "3600""#,
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/a", "https://"]}}"#,
+        ),
+        "certificate-url-no-host",
+        "secretsManagementSettings.observedCertificates[1]",
+        r#"secretsManagementSettings.observedCertificates[1]: "https://" has no host; write it as https://<vault>.vault.azure.net/secrets/<name>"#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"pollingIntervalInS":"-5","observedCertificates":["https://v.vault.azure.net/secrets/c"]}}}}]}"#,
-        "settings-bad-value",
-        r#"secretsManagementSettings.pollingIntervalInS is "-5": not a positive whole number; write a whole number of seconds, e.g. "3600""#,
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["myvault.vault.azure.net/secrets/mycert"]}}"#,
+        ),
+        "certificate-url-invalid",
+        "secretsManagementSettings.observedCertificates[0]",
+        r#"secretsManagementSettings.observedCertificates[0]: "myvault.vault.azure.net/secrets/mycert" is not a URL (relative URL without a base); write it as https://<vault>.vault.azure.net/secrets/<name>"#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"retainedVersions":0,"observedCertificates":["https://v.vault.azure.net/secrets/c"]}}}}]}"#,
-        "settings-bad-value",
-        r#"secretsManagementSettings.retainedVersions is "0": not a positive whole number; write a whole number of files per certificate, e.g. 2"#,
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://10.0.0.4/secrets/mycert"]}}"#,
+        ),
+        "certificate-url-bad-host",
+        "secretsManagementSettings.observedCertificates[0]",
+        r#"secretsManagementSettings.observedCertificates[0]: host "10.0.0.4" in "https://10.0.0.4/secrets/mycert" is an IP address, not a vault DNS name; use the vault's DNS name, e.g. https://myvault.vault.azure.net/secrets/<name>"#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"requireInitialSync":"yes","observedCertificates":["https://v.vault.azure.net/secrets/c"]}}}}]}"#,
-        "settings-bad-value",
-        r#"secretsManagementSettings.requireInitialSync is "yes": not a boolean; write true or false"#,
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/certificates/mycert"]}}"#,
+        ),
+        "certificate-url-not-secret",
+        "secretsManagementSettings.observedCertificates[0]",
+        r#"secretsManagementSettings.observedCertificates[0]: "https://myvault.vault.azure.net/certificates/mycert" points at /certificates/, which does not expose the private key (only the secret endpoint does); use "https://myvault.vault.azure.net/secrets/mycert""#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"observedCertificates":["https://v.vault.azure.net/secrets/c"]},"authenticationSettings":{"msiEndpoint":"169.254.169.254/metadata/identity"}}}}]}"#,
-        "settings-bad-value",
-        r#"authenticationSettings.msiEndpoint is "169.254.169.254/metadata/identity": not a URL; use http://169.254.169.254/metadata/identity (Azure VMs) or http://localhost:40342/metadata/identity (Azure Arc)"#,
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": [{"url": "https://myvault.vault.azure.net/certificates/mycert/0123456789abcdef0123456789abcdef"}]}}"#,
+        ),
+        "certificate-url-not-secret",
+        "secretsManagementSettings.observedCertificates[0].url",
+        r#"secretsManagementSettings.observedCertificates[0].url: "https://myvault.vault.azure.net/certificates/mycert/0123456789abcdef0123456789abcdef" points at /certificates/, which does not expose the private key (only the secret endpoint does); use "https://myvault.vault.azure.net/secrets/mycert/0123456789abcdef0123456789abcdef""#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"observedCertificates":["https://v.vault.azure.net/secrets/c"]},"authenticationSettings":{"msiEndpoint":"ftp://169.254.169.254/metadata/identity"}}}}]}"#,
-        "settings-bad-value",
-        r#"authenticationSettings.msiEndpoint is "ftp://169.254.169.254/metadata/identity": not an http(s) URL with a host; use http://169.254.169.254/metadata/identity (Azure VMs) or http://localhost:40342/metadata/identity (Azure Arc)"#,
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/keys/mykey"]}}"#,
+        ),
+        "certificate-url-bad-path",
+        "secretsManagementSettings.observedCertificates[0]",
+        r#"secretsManagementSettings.observedCertificates[0]: "https://myvault.vault.azure.net/keys/mykey" is not a Key Vault secret URL; write it as https://<vault>.vault.azure.net/secrets/<name> or .../secrets/<name>/<version>"#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"observedCertificates":["https://v.vault.azure.net/secrets/c"]},"authenticationSettings":{"msiClientId":"not-a-guid"}}}}]}"#,
-        "settings-bad-value",
-        r#"authenticationSettings.msiClientId is "not-a-guid": not a GUID; use the client ID of the user-assigned identity (a GUID such as c7373ae5-91c2-4165-8ab6-7381d6e75619), or leave it out for the system-assigned identity"#,
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/"]}}"#,
+        ),
+        "certificate-url-bad-path",
+        "secretsManagementSettings.observedCertificates[0]",
+        r#"secretsManagementSettings.observedCertificates[0]: "https://myvault.vault.azure.net/" is not a Key Vault secret URL; write it as https://<vault>.vault.azure.net/secrets/<name> or .../secrets/<name>/<version>"#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"observedCertificates":["https://v.vault.azure.net/secrets/c"]},"loggingSettings":{"logger":"syslog"}}}}]}"#,
-        "settings-bad-value",
-        r#"loggingSettings.logger is "syslog": not a known logger; the only logger is "fluentd"; leave loggingSettings out to log to files only"#,
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/my_cert"]}}"#,
+        ),
+        "certificate-name-invalid",
+        "secretsManagementSettings.observedCertificates[0]",
+        r#"secretsManagementSettings.observedCertificates[0]: secret name "my_cert" in "https://myvault.vault.azure.net/secrets/my_cert" is not a Key Vault name; names are 1 to 127 letters, digits and hyphens"#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"observedCertificates":["https://v.vault.azure.net/secrets/c"]},"loggingSettings":{"logger":"fluentd","endpoint":"localhost:24224"}}}}]}"#,
-        "settings-bad-value",
-        r#"loggingSettings.endpoint is "localhost:24224": not a tcp://host:port address; write tcp://<host>:<port>, e.g. "tcp://localhost:24224""#,
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert/v2"]}}"#,
+        ),
+        "certificate-version-invalid",
+        "secretsManagementSettings.observedCertificates[0]",
+        r#"secretsManagementSettings.observedCertificates[0]: version "v2" in "https://myvault.vault.azure.net/secrets/mycert/v2" is not a Key Vault version; a version is 32 hexadecimal characters (leave it out to follow the latest version)"#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"observedCertificates":["https://v.vault.azure.net/secrets/c"]},"loggingSettings":{"logger":"fluentd","format":"json"}}}}]}"#,
-        "settings-bad-value",
-        r#"loggingSettings.format is "json": not a known format; the only format is "forward" (the Fluentd Forward protocol)"#,
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert?api-version=7.4"]}}"#,
+        ),
+        "certificate-url-extra-parts",
+        "secretsManagementSettings.observedCertificates[0]",
+        r#"secretsManagementSettings.observedCertificates[0]: "https://myvault.vault.azure.net/secrets/mycert?api-version=7.4" has a query ("?..."); remove it, a secret URL is only https://<vault>.<vault DNS suffix>/secrets/<name>[/<version>]"#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"observedCertificates":[{"url":"https://v.vault.azure.net/secrets/c","acls":[{}]}]}}}}]}"#,
-        "settings-bad-value",
-        r#"secretsManagementSettings.observedCertificates[0].acls[0] is "{}": names neither a user nor a group; give "user", "group", or both"#,
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert#latest"]}}"#,
+        ),
+        "certificate-url-extra-parts",
+        "secretsManagementSettings.observedCertificates[0]",
+        r##"secretsManagementSettings.observedCertificates[0]: "https://myvault.vault.azure.net/secrets/mycert#latest" has a fragment ("#..."); remove it, a secret URL is only https://<vault>.<vault DNS suffix>/secrets/<name>[/<version>]"##,
+    ),
+    // Store locations and link names.
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"certificateStoreLocation": "LocalMachine", "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}"#,
+        ),
+        "store-location-invalid",
+        "secretsManagementSettings.certificateStoreLocation",
+        r#"secretsManagementSettings.certificateStoreLocation: "LocalMachine" is not an absolute path; give an absolute folder such as "/var/lib/waagent/Microsoft.Azure.KeyVault.Store""#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"observedCertificates":["https://v.vault.azure.net/secrets/c","https://v.vault.azure.net/secrets/C"]}}}}]}"#,
-        "settings-duplicate-certificate",
-        r#"secretsManagementSettings.observedCertificates[1] and secretsManagementSettings.observedCertificates[0] both observe v.vault.azure.net/C; list each certificate once"#,
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": [{"url": "https://myvault.vault.azure.net/secrets/mycert", "certificateStoreLocation": ""}]}}"#,
+        ),
+        "store-location-invalid",
+        "secretsManagementSettings.observedCertificates[0].certificateStoreLocation",
+        r#"secretsManagementSettings.observedCertificates[0].certificateStoreLocation: "" is empty; give an absolute folder such as "/var/lib/waagent/Microsoft.Azure.KeyVault.Store""#,
     ),
     (
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"secretsManagementSettings":{"observedCertificates":[{"url":"https://v.vault.azure.net/secrets/a","customSymbolicLinkName":"x.pem"},{"url":"https://v.vault.azure.net/secrets/b","customSymbolicLinkName":"x.pem"}]}}}}]}"#,
-        "settings-duplicate-link",
-        r#"secretsManagementSettings.observedCertificates[1] and secretsManagementSettings.observedCertificates[0] both use the link name "x.pem" in /var/lib/waagent/Microsoft.Azure.KeyVault.Store; give one of them another customSymbolicLinkName"#,
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": [{"url": "https://myvault.vault.azure.net/secrets/mycert", "certificateStoreLocation": "/etc/ssl/../shadow"}]}}"#,
+        ),
+        "store-location-invalid",
+        "secretsManagementSettings.observedCertificates[0].certificateStoreLocation",
+        r#"secretsManagementSettings.observedCertificates[0].certificateStoreLocation: "/etc/ssl/../shadow" contains a ".." component; give an absolute folder such as "/var/lib/waagent/Microsoft.Azure.KeyVault.Store""#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": [{"url": "https://myvault.vault.azure.net/secrets/mycert", "certificateStoreLocation": 5}]}}"#,
+        ),
+        "setting-wrong-type",
+        "secretsManagementSettings.observedCertificates[0].certificateStoreLocation",
+        r#"secretsManagementSettings.observedCertificates[0].certificateStoreLocation must be a folder path string such as "/var/lib/waagent/Microsoft.Azure.KeyVault.Store"; found the number 5"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": [{"url": "https://myvault.vault.azure.net/secrets/mycert", "customSymbolicLinkName": "../nginx.pem"}]}}"#,
+        ),
+        "link-name-invalid",
+        "secretsManagementSettings.observedCertificates[0].customSymbolicLinkName",
+        r#"secretsManagementSettings.observedCertificates[0].customSymbolicLinkName: "../nginx.pem" contains "/"; give a plain file name such as "mycert.pem", without "/""#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": [{"url": "https://myvault.vault.azure.net/secrets/mycert", "customSymbolicLinkName": ""}]}}"#,
+        ),
+        "link-name-invalid",
+        "secretsManagementSettings.observedCertificates[0].customSymbolicLinkName",
+        r#"secretsManagementSettings.observedCertificates[0].customSymbolicLinkName: "" is empty; give a plain file name such as "mycert.pem", without "/""#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": [{"url": "https://myvault.vault.azure.net/secrets/mycert", "customSymbolicLinkName": ".."}]}}"#,
+        ),
+        "link-name-invalid",
+        "secretsManagementSettings.observedCertificates[0].customSymbolicLinkName",
+        r#"secretsManagementSettings.observedCertificates[0].customSymbolicLinkName: ".." is not a file name; give a plain file name such as "mycert.pem", without "/""#,
+    ),
+    // Numbers and booleans.
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"pollingIntervalInS": "abc", "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}"#,
+        ),
+        "polling-interval-invalid",
+        "secretsManagementSettings.pollingIntervalInS",
+        r#"secretsManagementSettings.pollingIntervalInS: "abc" is not a whole number of seconds between 1 and 4294967295; give e.g. "3600" (one hour, the default)"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"pollingIntervalInS": "-5", "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}"#,
+        ),
+        "polling-interval-invalid",
+        "secretsManagementSettings.pollingIntervalInS",
+        r#"secretsManagementSettings.pollingIntervalInS: "-5" is not a whole number of seconds between 1 and 4294967295; give e.g. "3600" (one hour, the default)"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"pollingIntervalInS": 0, "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}"#,
+        ),
+        "polling-interval-invalid",
+        "secretsManagementSettings.pollingIntervalInS",
+        r#"secretsManagementSettings.pollingIntervalInS: 0 is not a whole number of seconds between 1 and 4294967295; give e.g. "3600" (one hour, the default)"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"pollingIntervalInS": 1.5, "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}"#,
+        ),
+        "polling-interval-invalid",
+        "secretsManagementSettings.pollingIntervalInS",
+        r#"secretsManagementSettings.pollingIntervalInS: 1.5 is not a whole number of seconds between 1 and 4294967295; give e.g. "3600" (one hour, the default)"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"pollingIntervalInS": "3600s", "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}"#,
+        ),
+        "polling-interval-invalid",
+        "secretsManagementSettings.pollingIntervalInS",
+        r#"secretsManagementSettings.pollingIntervalInS: "3600s" is not a whole number of seconds between 1 and 4294967295; give e.g. "3600" (one hour, the default)"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"retainedVersions": 0, "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}"#,
+        ),
+        "retained-versions-invalid",
+        "secretsManagementSettings.retainedVersions",
+        r#"secretsManagementSettings.retainedVersions: 0 is not a positive whole number; give how many versions of each certificate to keep on disk, e.g. 2 (the current and the previous one, the default)"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"retainedVersions": "all", "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}"#,
+        ),
+        "retained-versions-invalid",
+        "secretsManagementSettings.retainedVersions",
+        r#"secretsManagementSettings.retainedVersions: "all" is not a positive whole number; give how many versions of each certificate to keep on disk, e.g. 2 (the current and the previous one, the default)"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"requireInitialSync": "yes", "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}"#,
+        ),
+        "setting-not-boolean",
+        "secretsManagementSettings.requireInitialSync",
+        r#"secretsManagementSettings.requireInitialSync: "yes" is not a boolean; give true or false"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"aclEnabled": 1, "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}"#,
+        ),
+        "setting-not-boolean",
+        "secretsManagementSettings.aclEnabled",
+        r#"secretsManagementSettings.aclEnabled: 1 is not a boolean; give true or false"#,
+    ),
+    // ACLs.
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"aclEnabled": true, "observedCertificates": [{"url": "https://myvault.vault.azure.net/secrets/mycert", "acls": [{"user": "app1"}, {}]}]}}"#,
+        ),
+        "acl-entry-empty",
+        "secretsManagementSettings.observedCertificates[0].acls[1]",
+        r#"secretsManagementSettings.observedCertificates[0].acls[1] names neither a user nor a group; give "user", "group" or both, e.g. {"user": "app1", "group": "appgroup"}"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"aclEnabled": true, "observedCertificates": [{"url": "https://myvault.vault.azure.net/secrets/mycert", "acls": [{"user": "app1", "group": "app:group"}]}]}}"#,
+        ),
+        "acl-name-invalid",
+        "secretsManagementSettings.observedCertificates[0].acls[0].group",
+        r#"secretsManagementSettings.observedCertificates[0].acls[0].group: "app:group" is not a valid group name; give the name of a group on the VM, e.g. "www-data""#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"aclEnabled": true, "observedCertificates": [{"url": "https://myvault.vault.azure.net/secrets/mycert", "acls": {"user": "app1"}}]}}"#,
+        ),
+        "setting-wrong-type",
+        "secretsManagementSettings.observedCertificates[0].acls",
+        r#"secretsManagementSettings.observedCertificates[0].acls must be a list of objects such as [{"user": "app1", "group": "appgroup"}]; found an object"#,
+    ),
+    // Duplicates.
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert", "https://other.vault.azure.net/secrets/mycert", {"url": "https://MyVault.vault.azure.net/secrets/MyCert/0123456789abcdef0123456789abcdef", "certificateStoreLocation": "/etc/nginx/ssl"}]}}"#,
+        ),
+        "certificate-duplicate",
+        "secretsManagementSettings.observedCertificates[2].url",
+        r#"secretsManagementSettings.observedCertificates[2].url: "https://MyVault.vault.azure.net/secrets/MyCert/0123456789abcdef0123456789abcdef" observes the same certificate as secretsManagementSettings.observedCertificates[0] (vault "myvault", secret "MyCert"); list each certificate once"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert", {"url": "https://myvault.vault.azure.net/secrets/other", "customSymbolicLinkName": "myvault.mycert"}]}}"#,
+        ),
+        "link-name-duplicate",
+        "secretsManagementSettings.observedCertificates[1].customSymbolicLinkName",
+        r#"secretsManagementSettings.observedCertificates[1].customSymbolicLinkName: link name "myvault.mycert" in "/var/lib/waagent/Microsoft.Azure.KeyVault.Store" is already used by secretsManagementSettings.observedCertificates[0]; give one of them a different customSymbolicLinkName"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"certificateStoreLocation": "/etc/ssl/private", "observedCertificates": [{"url": "https://myvault.vault.azure.net/secrets/a", "customSymbolicLinkName": "tls.pem"}, {"url": "https://myvault.vault.azure.net/secrets/b", "customSymbolicLinkName": "tls.pem", "certificateStoreLocation": "/etc/ssl/private/"}]}}"#,
+        ),
+        "link-name-duplicate",
+        "secretsManagementSettings.observedCertificates[1].customSymbolicLinkName",
+        r#"secretsManagementSettings.observedCertificates[1].customSymbolicLinkName: link name "tls.pem" in "/etc/ssl/private" is already used by secretsManagementSettings.observedCertificates[0]; give one of them a different customSymbolicLinkName"#,
+    ),
+    // Authentication.
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}, "authenticationSettings": {"msiEndpoint": "169.254.169.254/metadata/identity"}}"#,
+        ),
+        "msi-endpoint-invalid",
+        "authenticationSettings.msiEndpoint",
+        r#"authenticationSettings.msiEndpoint: "169.254.169.254/metadata/identity" is not a URL (relative URL without a base); give the managed identity endpoint, e.g. "http://169.254.169.254/metadata/identity""#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}, "authenticationSettings": {"msiEndpoint": "ftp://169.254.169.254/metadata/identity"}}"#,
+        ),
+        "msi-endpoint-invalid",
+        "authenticationSettings.msiEndpoint",
+        r#"authenticationSettings.msiEndpoint: "ftp://169.254.169.254/metadata/identity" uses ftp, not http or https; give the managed identity endpoint, e.g. "http://169.254.169.254/metadata/identity""#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}, "authenticationSettings": {"msiEndpoint": "http:///metadata/identity"}}"#,
+        ),
+        "msi-endpoint-invalid",
+        "authenticationSettings.msiEndpoint",
+        r#"authenticationSettings.msiEndpoint: "http:///metadata/identity" has no host; give the managed identity endpoint, e.g. "http://169.254.169.254/metadata/identity""#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}, "authenticationSettings": {"msiClientId": "/subscriptions/x/resourceGroups/y/providers/Microsoft.ManagedIdentity/userAssignedIdentities/z"}}"#,
+        ),
+        "msi-client-id-invalid",
+        "authenticationSettings.msiClientId",
+        r#"authenticationSettings.msiClientId: "/subscriptions/x/resourceGroups/y/providers/Microsoft.ManagedIdentity/userAssignedIdentities/z" is not a client id; give the user-assigned identity's client id, a GUID such as "c7373ae5-91c2-4165-8ab6-7381d6e75619""#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}, "authenticationSettings": "http://169.254.169.254/metadata/identity"}"#,
+        ),
+        "setting-wrong-type",
+        "authenticationSettings",
+        r#"authenticationSettings must be an object such as {"msiEndpoint": "http://169.254.169.254/metadata/identity"}; found the string "http://169.254.169.254/metadata/identity""#,
+    ),
+    // Logging.
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}, "loggingSettings": {"logger": "syslog"}}"#,
+        ),
+        "logger-unknown",
+        "loggingSettings.logger",
+        r#"loggingSettings.logger: "syslog" is not a known logger; the only logger is "fluentd" (or remove loggingSettings)"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}, "loggingSettings": {"endpoint": "tcp://localhost:24224"}}"#,
+        ),
+        "setting-missing",
+        "loggingSettings.logger",
+        r#"loggingSettings.logger is missing; add "logger": "fluentd" or remove loggingSettings"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}, "loggingSettings": {"logger": "fluentd", "endpoint": "udp://localhost:24224"}}"#,
+        ),
+        "fluentd-endpoint-invalid",
+        "loggingSettings.endpoint",
+        r#"loggingSettings.endpoint: "udp://localhost:24224" is not a fluentd endpoint; give tcp://<host>:<port>, e.g. "tcp://localhost:24224""#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}, "loggingSettings": {"logger": "fluentd", "endpoint": "localhost:24224"}}"#,
+        ),
+        "fluentd-endpoint-invalid",
+        "loggingSettings.endpoint",
+        r#"loggingSettings.endpoint: "localhost:24224" is not a fluentd endpoint; give tcp://<host>:<port>, e.g. "tcp://localhost:24224""#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}, "loggingSettings": {"logger": "fluentd", "format": "json"}}"#,
+        ),
+        "fluentd-format-unsupported",
+        "loggingSettings.format",
+        r#"loggingSettings.format: "json" is not supported; the only fluentd format is "forward""#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}, "loggingSettings": {"logger": "fluentd", "servicename": ""}}"#,
+        ),
+        "fluentd-service-name-invalid",
+        "loggingSettings.servicename",
+        r#"loggingSettings.servicename: "" is not a usable service name; give a non-empty name without spaces or control characters, e.g. "akvvm_service""#,
     ),
 ];
+
+/// Wraps publicSettings text into a settings file as waagent writes it.
+fn settings_file(public: &str) -> String {
+    format!(
+        r#"{{"runtimeSettings":[{{"handlerSettings":{{"protectedSettingsCertThumbprint":null,"publicSettings":{public}}}}}]}}"#
+    )
+}
 
 #[test]
 fn every_rejection_has_its_exact_message() {
     let mut failures = Vec::new();
-    for (text, reason, message) in REJECTIONS {
-        match parse_settings_file(text) {
-            Ok(ok) => failures.push(format!("accepted {text}: {ok:?}")),
-            Err(e) if e.reason() != *reason || e.to_string() != *message => failures.push(format!(
-                "{text}\n  got  [{}] {e}\n  want [{reason}] {message}",
-                e.reason()
-            )),
-            Err(_) => {}
+    for (index, (input, reason, setting, message)) in REJECTIONS.iter().enumerate() {
+        let mut errors: Vec<(&str, SettingsError)> = Vec::new();
+        match input {
+            File(text) => match parse_settings_file(text) {
+                Err(e) => errors.push(("file", e)),
+                Ok(ok) => failures.push(format!("row {index}: file accepted: {ok:?}")),
+            },
+            Public(text) => {
+                let value: Value = serde_json::from_str(text).expect("table JSON");
+                match parse_public_settings(&value) {
+                    Err(e) => errors.push(("publicSettings", e)),
+                    Ok(ok) => {
+                        failures.push(format!("row {index}: publicSettings accepted: {ok:?}"))
+                    }
+                }
+                match parse_settings_file(&settings_file(text)) {
+                    Err(e) => errors.push(("wrapped", e)),
+                    Ok(ok) => failures.push(format!("row {index}: wrapped file accepted: {ok:?}")),
+                }
+            }
+        }
+        for (how, error) in errors {
+            let got = (error.reason(), error.setting(), error.to_string());
+            if got != (*reason, *setting, message.to_string()) {
+                failures.push(format!(
+                    "row {index} ({how}):\n  want {reason} | {setting} | {message}\n  got  {} | {} | {}",
+                    got.0, got.1, got.2
+                ));
+            }
         }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+fn parse(public: Value) -> Settings {
+    parse_public_settings(&public).unwrap_or_else(|e| panic!("rejected: {e}"))
+}
+
+fn parse_file(text: &str) -> Settings {
+    match parse_settings_file(text) {
+        Ok(Configured::Settings(settings)) => settings,
+        other => panic!("expected settings, got {other:?}"),
+    }
 }
 
 #[test]
-fn rejections_name_their_setting() {
-    let e = parse_settings_file(REJECTIONS[20].0).unwrap_err();
-    assert_eq!(e.setting(), "secretsManagementSettings.pollingIntervalInS");
-}
-
-fn settings(public: serde_json::Value) -> Settings {
-    parse_public_settings(&public).unwrap()
-}
-
-#[test]
-fn v1_string_list_with_global_store_and_string_values() {
-    let s = settings(json!({
-        "secretsManagementSettings": {
-            "pollingIntervalInS": "600",
-            "certificateStoreName": "MY",
-            "linkOnRenewal": false,
-            "certificateStoreLocation": "/var/lib/waagent/Microsoft.Azure.KeyVault",
-            "requireInitialSync": "true",
-            "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert", "https://other.vault.azure.net/secrets/web-1/"]
-        },
-        "authenticationSettings": {
-            "msiEndpoint": "http://169.254.169.254/metadata/identity",
-            "msiClientId": "C7373AE5-91C2-4165-8AB6-7381D6E75619"
-        }
-    }));
-    assert_eq!(s.polling_interval, Duration::from_secs(600));
-    assert!(s.require_initial_sync);
-    assert!(!s.acl_enabled);
-    assert_eq!(s.retained_versions, 2);
-    assert_eq!(
-        s.msi_client_id.as_deref(),
-        Some("c7373ae5-91c2-4165-8ab6-7381d6e75619")
+fn v1_strings_with_global_store() {
+    let settings = parse_file(
+        r#"{"runtimeSettings":[{"handlerSettings":{"protectedSettingsCertThumbprint":null,"protectedSettings":null,"publicSettings":{
+            "secretsManagementSettings": {
+                "pollingIntervalInS": "3600",
+                "certificateStoreLocation": "/var/lib/waagent/Microsoft.Azure.KeyVault",
+                "requireInitialSync": true,
+                "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert", "https://myvault.vault.azure.net/secrets/other"]
+            },
+            "authenticationSettings": {
+                "msiEndpoint": "http://169.254.169.254/metadata/identity",
+                "msiClientId": "C7373AE5-91C2-4165-8AB6-7381D6E75619"
+            }
+        }}}]}"#,
     );
+    assert_eq!(settings.observed_certificates.len(), 2);
+    let first = &settings.observed_certificates[0];
     assert_eq!(
-        s.msi_endpoint.unwrap().as_str(),
-        "http://169.254.169.254/metadata/identity"
+        first.url.as_str(),
+        "https://myvault.vault.azure.net/secrets/mycert"
     );
-    let c = &s.observed_certificates[0];
-    assert_eq!(c.vault_name, "myvault");
-    assert_eq!(c.secret_name, "mycert");
-    assert_eq!(c.version, None);
-    assert_eq!(c.vault_url.as_str(), "https://myvault.vault.azure.net/");
+    assert_eq!(first.vault_url.as_str(), "https://myvault.vault.azure.net/");
+    assert_eq!(first.vault_name, "myvault");
+    assert_eq!(first.secret_name, "mycert");
+    assert_eq!(first.version, None);
     assert_eq!(
-        c.store_location,
+        first.store_location,
         PathBuf::from("/var/lib/waagent/Microsoft.Azure.KeyVault")
     );
-    assert_eq!(c.link_name, "myvault.mycert");
-    assert_eq!(c.file_prefix(), "myvault.mycert");
-    assert_eq!(s.observed_certificates[1].secret_name, "web-1");
+    assert_eq!(first.link_name, "myvault.mycert");
+    assert_eq!(first.file_prefix(), "myvault.mycert");
+    assert!(first.acls.is_empty());
+    assert_eq!(settings.observed_certificates[1].link_name, "myvault.other");
+    assert_eq!(settings.polling_interval, Duration::from_secs(3600));
+    assert!(settings.require_initial_sync);
+    assert!(!settings.acl_enabled);
+    assert_eq!(settings.retained_versions, 2);
     assert_eq!(
-        s.warnings,
-        [
-            "secretsManagementSettings.certificateStoreName is a Windows setting and is ignored on Linux.",
-            "secretsManagementSettings.linkOnRenewal is a Windows setting and is ignored on Linux.",
-        ]
+        settings.msi_endpoint.as_ref().map(|u| u.as_str()),
+        Some("http://169.254.169.254/metadata/identity")
     );
+    assert_eq!(
+        settings.msi_client_id.as_deref(),
+        Some("c7373ae5-91c2-4165-8ab6-7381d6e75619")
+    );
+    assert_eq!(settings.logging, None);
+    assert!(settings.warnings.is_empty(), "{:?}", settings.warnings);
 }
 
 #[test]
-fn v3_objects_mixed_with_strings_and_defaults() {
-    let s = settings(json!({
+fn v3_objects() {
+    let settings = parse(json!({
         "secretsManagementSettings": {
-            "pollingIntervalInS": 3600,
-            "requireInitialSync": true,
+            "pollingIntervalInS": "300",
+            "requireInitialSync": "false",
             "aclEnabled": true,
-            "retainedVersions": "3",
             "observedCertificates": [
-                {"url": "https://myvault.vault.azure.net/secrets/mycert", "certificateStoreLocation": "/etc/ssl/kvvm/",
-                 "customSymbolicLinkName": "web.pem", "acls": [{"user": "www-data"}, {"group": "ssl-cert", "user": "app1"}]},
-                "https://myvault.vault.azure.cn/secrets/china/0123456789ABCDEF0123456789abcdef"
+                {
+                    "url": "https://myvault.vault.azure.net/secrets/mycert",
+                    "certificateStoreLocation": "/etc/nginx/ssl",
+                    "customSymbolicLinkName": "nginx.pem",
+                    "acls": [{"user": "app1", "group": "appgroup"}, {"user": "www-data"}, {"group": "ssl-cert"}]
+                },
+                {"url": "https://myvault.vault.azure.net/secrets/second"}
             ]
         },
-        "loggingSettings": {"logger": "fluentd", "endpoint": "tcp://collector:24225", "format": "forward", "servicename": "mysvc"},
-        "someFutureKey": 1
+        "authenticationSettings": {"msiEndpoint": "http://169.254.169.254/metadata/identity/oauth2/token"},
+        "loggingSettings": {"logger": "fluentd", "endpoint": "tcp://10.1.0.4:24225", "format": "forward", "servicename": "kv"}
     }));
-    assert_eq!(s.polling_interval, Duration::from_secs(3600));
-    assert!(s.acl_enabled && s.require_initial_sync);
-    assert_eq!(s.retained_versions, 3);
-    let c = &s.observed_certificates[0];
-    assert_eq!(c.store_location, PathBuf::from("/etc/ssl/kvvm"));
-    assert_eq!(c.link_name, "web.pem");
+    let first = &settings.observed_certificates[0];
+    assert_eq!(first.store_location, PathBuf::from("/etc/nginx/ssl"));
+    assert_eq!(first.link_name, "nginx.pem");
+    assert_eq!(first.file_prefix(), "myvault.mycert");
     assert_eq!(
-        c.acls,
-        [
+        first.acls,
+        vec![
+            AclEntry {
+                user: Some("app1".into()),
+                group: Some("appgroup".into())
+            },
             AclEntry {
                 user: Some("www-data".into()),
                 group: None
             },
             AclEntry {
-                user: Some("app1".into()),
+                user: None,
                 group: Some("ssl-cert".into())
             },
         ]
     );
-    let pinned = &s.observed_certificates[1];
-    assert_eq!(pinned.vault_name, "myvault");
-    assert_eq!(pinned.vault_url.as_str(), "https://myvault.vault.azure.cn/");
+    let second = &settings.observed_certificates[1];
+    assert_eq!(second.store_location, PathBuf::from(DEFAULT_STORE));
+    assert_eq!(second.link_name, "myvault.second");
+    assert_eq!(settings.polling_interval, Duration::from_secs(300));
+    assert!(!settings.require_initial_sync);
+    assert!(settings.acl_enabled);
     assert_eq!(
-        pinned.version.as_deref(),
-        Some("0123456789abcdef0123456789abcdef")
+        settings.msi_endpoint.as_ref().map(|u| u.as_str()),
+        Some("http://169.254.169.254/metadata/identity/oauth2/token")
     );
-    assert_eq!(pinned.store_location, PathBuf::from(DEFAULT_STORE));
-    let l = s.logging.unwrap();
-    assert_eq!(
-        (
-            l.endpoint_host.as_str(),
-            l.endpoint_port,
-            l.service_name.as_str()
-        ),
-        ("collector", 24225, "mysvc")
-    );
-    assert_eq!(
-        s.warnings,
-        ["Unknown setting \"someFutureKey\" is ignored."]
-    );
+    let logging = settings.logging.expect("logging");
+    assert_eq!(logging.endpoint_host, "10.1.0.4");
+    assert_eq!(logging.endpoint_port, 24225);
+    assert_eq!(logging.service_name, "kv");
+    assert!(settings.warnings.is_empty(), "{:?}", settings.warnings);
 }
 
 #[test]
-fn logging_defaults_match_the_original_extension() {
-    let s = settings(json!({
-        "secretsManagementSettings": {"observedCertificates": ["https://v.vault.azure.net/secrets/c"]},
-        "loggingSettings": {"logger": "fluentd"}
+fn mixed_strings_and_objects() {
+    let settings = parse(json!({
+        "secretsManagementSettings": {
+            "certificateStoreLocation": "/srv/certs",
+            "observedCertificates": [
+                "https://myvault.vault.azure.net/secrets/a",
+                {"url": "https://myvault.vault.azure.net/secrets/b", "customSymbolicLinkName": "b.pem"},
+                {"url": "https://myvault.vault.azure.net/secrets/c", "certificateStoreLocation": "/etc/c"}
+            ]
+        }
     }));
-    let l = s.logging.unwrap();
+    let got: Vec<(&str, &str, PathBuf)> = settings
+        .observed_certificates
+        .iter()
+        .map(|c| {
+            (
+                c.secret_name.as_str(),
+                c.link_name.as_str(),
+                c.store_location.clone(),
+            )
+        })
+        .collect();
     assert_eq!(
-        (
-            l.endpoint_host.as_str(),
-            l.endpoint_port,
-            l.service_name.as_str()
-        ),
-        ("localhost", 24224, "akvvm_service")
+        got,
+        vec![
+            ("a", "myvault.a", PathBuf::from("/srv/certs")),
+            ("b", "b.pem", PathBuf::from("/srv/certs")),
+            ("c", "myvault.c", PathBuf::from("/etc/c")),
+        ]
     );
 }
 
 #[test]
-fn empty_null_and_protected_settings() {
-    for text in [
-        "",
-        "  \n",
-        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":null}}]}"#,
-        r#"{"runtimeSettings":[{"handlerSettings":{}}]}"#,
+fn polling_interval_as_string_or_number() {
+    for (given, seconds) in [
+        (json!("60"), 60),
+        (json!(60), 60),
+        (json!(" 7200 "), 7200),
+        (json!(86400.0), 86400),
     ] {
-        assert!(
-            matches!(parse_settings_file(text), Ok(Configured::Nothing { .. })),
-            "{text:?}"
+        let settings = parse(json!({"secretsManagementSettings": {
+            "pollingIntervalInS": given,
+            "observedCertificates": ["https://v.vault.azure.net/secrets/c"]
+        }}));
+        assert_eq!(settings.polling_interval, Duration::from_secs(seconds));
+    }
+}
+
+#[test]
+fn booleans_as_strings() {
+    for (given, want) in [
+        (json!(true), true),
+        (json!("true"), true),
+        (json!("True"), true),
+        (json!(false), false),
+        (json!("false"), false),
+        (json!("FALSE"), false),
+    ] {
+        let settings = parse(json!({"secretsManagementSettings": {
+            "requireInitialSync": given,
+            "aclEnabled": given,
+            "observedCertificates": ["https://v.vault.azure.net/secrets/c"]
+        }}));
+        assert_eq!(
+            (settings.require_initial_sync, settings.acl_enabled),
+            (want, want),
+            "{given}"
         );
     }
-    let text = json!({"runtimeSettings":[{"handlerSettings":{
-        "publicSettings":{"secretsManagementSettings":{"observedCertificates":["https://v.vault.azure.net/secrets/c"]}},
-        "protectedSettings":"MIIB...","protectedSettingsCertThumbprint":"ABC"}}]}).to_string();
-    let Ok(Configured::Settings(s)) = parse_settings_file(&text) else {
-        panic!()
-    };
+}
+
+#[test]
+fn defaults() {
+    let settings = parse(json!({"secretsManagementSettings": {
+        "observedCertificates": ["https://v.vault.azure.net/secrets/c"]
+    }}));
+    assert_eq!(settings.polling_interval, Duration::from_secs(3600));
+    assert!(!settings.require_initial_sync);
+    assert!(!settings.acl_enabled);
+    assert_eq!(settings.retained_versions, 2);
+    assert_eq!(settings.msi_endpoint, None);
+    assert_eq!(settings.msi_client_id, None);
+    assert_eq!(settings.logging, None);
     assert_eq!(
-        s.warnings,
-        ["protectedSettings are ignored: KeyVaultForLinux needs none."]
+        settings.observed_certificates[0].store_location,
+        PathBuf::from(DEFAULT_STORE)
     );
-    assert_eq!(s.polling_interval, Duration::from_secs(3600));
+    assert!(settings.warnings.is_empty());
+
+    let settings = parse(json!({
+        "secretsManagementSettings": {"retainedVersions": "5", "observedCertificates": ["https://v.vault.azure.net/secrets/c"]},
+        "loggingSettings": {"logger": "fluentd"}
+    }));
+    assert_eq!(settings.retained_versions, 5);
+    let logging = settings.logging.expect("logging");
+    assert_eq!(
+        (logging.endpoint_host.as_str(), logging.endpoint_port),
+        ("localhost", 24224)
+    );
+    assert_eq!(logging.service_name, "akvvm_service");
+}
+
+#[test]
+fn windows_and_unknown_settings_are_warnings() {
+    let settings = parse(json!({
+        "secretsManagementSettings": {
+            "pollingIntervalInS": "3600",
+            "certificateStoreName": "MY",
+            "linkOnRenewal": false,
+            "observedCertificates": [
+                {"url": "https://v.vault.azure.net/secrets/c", "certificateStoreName": "My", "keyExportable": true,
+                 "acls": [{"user": "app1", "rights": "read"}]}
+            ]
+        },
+        "authenticationSettings": {"msiEndpoint": "", "msiClientId": ""},
+        "extraTopLevel": 1
+    }));
+    assert_eq!(
+        settings.warnings,
+        vec![
+            "extraTopLevel is not a KeyVaultForLinux setting and is ignored",
+            "secretsManagementSettings.linkOnRenewal is ignored on Linux: it is a Windows certificate store option",
+            "secretsManagementSettings.certificateStoreName is ignored on Linux: it names a Windows certificate store; certificates go to certificateStoreLocation",
+            "secretsManagementSettings.observedCertificates[0].keyExportable is not a KeyVaultForLinux setting and is ignored",
+            "secretsManagementSettings.observedCertificates[0].certificateStoreName is ignored on Linux: it names a Windows certificate store; certificates go to certificateStoreLocation",
+            "secretsManagementSettings.observedCertificates[0].acls[0].rights is not a KeyVaultForLinux setting and is ignored",
+            "secretsManagementSettings.aclEnabled is not true, so the certificates' acls are ignored; set \"aclEnabled\": true to apply them",
+            "authenticationSettings.msiEndpoint is empty and is ignored; the default IMDS endpoint is used",
+            "authenticationSettings.msiClientId is empty and is ignored; the system-assigned identity is used",
+        ]
+    );
+    assert_eq!(settings.msi_endpoint, None);
+    assert_eq!(settings.msi_client_id, None);
+}
+
+#[test]
+fn protected_settings_are_a_warning() {
+    let settings = parse_file(
+        r#"{"runtimeSettings":[{"handlerSettings":{"protectedSettingsCertThumbprint":"0123456789ABCDEF0123456789ABCDEF01234567","protectedSettings":"MIIB...base64...","publicSettings":{"secretsManagementSettings":{"observedCertificates":["https://v.vault.azure.net/secrets/c"]}}}}]}"#,
+    );
+    assert_eq!(
+        settings.warnings,
+        vec!["protectedSettings are ignored: KeyVaultForLinux needs none"]
+    );
+}
+
+#[test]
+fn nothing_to_do() {
+    for text in [
+        "",
+        "  \n\t",
+        "\u{feff}",
+        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":null}}]}"#,
+        r#"{"runtimeSettings":[{"handlerSettings":{"protectedSettings":null}}]}"#,
+        r#"{"runtimeSettings":[{"handlerSettings":null}]}"#,
+        r#"{"runtimeSettings":[{}]}"#,
+    ] {
+        match parse_settings_file(text) {
+            Ok(Configured::Nothing { reason }) => assert!(!reason.is_empty()),
+            other => panic!("{text:?}: expected Nothing, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn sovereign_cloud_host() {
+    let settings = parse(
+        json!({"secretsManagementSettings": {"observedCertificates": ["https://v.vault.azure.cn/secrets/x"]}}),
+    );
+    let certificate = &settings.observed_certificates[0];
+    assert_eq!(certificate.vault_url.as_str(), "https://v.vault.azure.cn/");
+    assert_eq!(certificate.vault_name, "v");
+    assert_eq!(certificate.secret_name, "x");
+    assert_eq!(certificate.link_name, "v.x");
+}
+
+#[test]
+fn pinned_version_url() {
+    let settings = parse(
+        json!({"secretsManagementSettings": {"observedCertificates": [
+            "https://myvault.vault.azure.net/secrets/mycert/0123456789ABCDEF0123456789abcdef"
+        ]}}),
+    );
+    let certificate = &settings.observed_certificates[0];
+    assert_eq!(
+        certificate.version.as_deref(),
+        Some("0123456789abcdef0123456789abcdef")
+    );
+    assert_eq!(
+        certificate.url.as_str(),
+        "https://myvault.vault.azure.net/secrets/mycert/0123456789abcdef0123456789abcdef"
+    );
+    assert_eq!(certificate.link_name, "myvault.mycert");
+}
+
+#[test]
+fn url_with_trailing_slash() {
+    let settings = parse(
+        json!({"secretsManagementSettings": {"observedCertificates": [
+            "https://myvault.vault.azure.net/secrets/mycert/",
+            "https://myvault.vault.azure.net/secrets/other/0123456789abcdef0123456789abcdef/"
+        ]}}),
+    );
+    assert_eq!(
+        settings.observed_certificates[0].url.as_str(),
+        "https://myvault.vault.azure.net/secrets/mycert"
+    );
+    assert_eq!(settings.observed_certificates[0].version, None);
+    assert_eq!(
+        settings.observed_certificates[1].version.as_deref(),
+        Some("0123456789abcdef0123456789abcdef")
+    );
+}
+
+#[test]
+fn vault_on_another_port_keeps_it() {
+    let settings = parse(
+        json!({"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net:8443/secrets/c"]}}),
+    );
+    let certificate = &settings.observed_certificates[0];
+    assert_eq!(
+        certificate.vault_url.as_str(),
+        "https://myvault.vault.azure.net:8443/"
+    );
+    assert_eq!(
+        certificate.url.as_str(),
+        "https://myvault.vault.azure.net:8443/secrets/c"
+    );
+}
+
+#[test]
+fn arc_endpoint_is_accepted() {
+    let settings = parse(json!({
+        "secretsManagementSettings": {"observedCertificates": ["https://v.vault.azure.net/secrets/c"]},
+        "authenticationSettings": {"msiEndpoint": "http://localhost:40342/metadata/identity"}
+    }));
+    assert_eq!(
+        settings.msi_endpoint.as_ref().map(|u| u.as_str()),
+        Some("http://localhost:40342/metadata/identity")
+    );
+}
+
+#[test]
+fn same_link_name_in_different_folders_is_fine() {
+    let settings = parse(
+        json!({"secretsManagementSettings": {"observedCertificates": [
+            {"url": "https://v.vault.azure.net/secrets/a", "customSymbolicLinkName": "tls.pem", "certificateStoreLocation": "/etc/a"},
+            {"url": "https://v.vault.azure.net/secrets/b", "customSymbolicLinkName": "tls.pem", "certificateStoreLocation": "/etc/b"}
+        ]}}),
+    );
+    assert_eq!(settings.observed_certificates.len(), 2);
 }
