@@ -1,0 +1,403 @@
+//! The one place that knows how kvvm speaks HTTP: `ureq` over `rustls` with the aws-lc-rs provider (Key Vault
+//! issues EC P-521 keys, which ring cannot load), trusting the operating system's certificate store only, with
+//! one named [`RetryPolicy`] per service. There is deliberately no switch that turns certificate checks off.
+//!
+//! Two routes exist: [`Route::Direct`] for the identity endpoints (IMDS and Azure Arc must never be reached
+//! through a proxy) and [`Route::Environment`] for Key Vault, which honours `HTTPS_PROXY` / `NO_PROXY` the way
+//! curl does. An [`ureq::Agent`] keeps connections alive, so a poll cycle costs one TLS handshake per vault.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustls_pki_types::CertificateDer;
+use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+
+/// What a request may cost, for one service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Limit for one attempt: connect, send, and read the whole response.
+    pub per_try_timeout: Duration,
+    /// Wait before the first retry; each further retry doubles it (with jitter).
+    pub first_backoff: Duration,
+    /// Longest wait between two attempts, unless the server's `Retry-After` asks for more.
+    pub max_backoff: Duration,
+    /// No new attempt starts once this much time has passed since the first.
+    pub total: Duration,
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+}
+
+impl RetryPolicy {
+    /// IMDS and Azure Arc: retried on 404, 410, 429 and 5xx. IMDS answers 410 for up to 70 s while it is being
+    /// updated, so the budget is longer than that.
+    pub const IDENTITY: RetryPolicy = RetryPolicy {
+        per_try_timeout: Duration::from_secs(10),
+        first_backoff: Duration::from_secs(1),
+        max_backoff: Duration::from_secs(16),
+        total: Duration::from_secs(100),
+        max_attempts: 12,
+    };
+
+    /// Key Vault: retried on 408, 429 and 5xx and on connection failures, as the Azure SDKs do.
+    pub const VAULT: RetryPolicy = RetryPolicy {
+        per_try_timeout: Duration::from_secs(30),
+        first_backoff: Duration::from_millis(800),
+        max_backoff: Duration::from_secs(30),
+        total: Duration::from_secs(120),
+        max_attempts: 5,
+    };
+
+    /// The wait before retry number `retry` (1 for the first retry): exponential, capped, with "equal jitter"
+    /// (between half and all of the exponential value) so clients that failed together do not retry together.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let exp = self
+            .first_backoff
+            .saturating_mul(1u32 << retry.saturating_sub(1).min(16));
+        let capped = exp.min(self.max_backoff);
+        let half = capped / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+
+    /// The wait before retry number `retry` given the server's `Retry-After`, which is never undercut.
+    pub fn wait(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
+        let backoff = self.backoff(retry);
+        match retry_after {
+            Some(after) => after.max(backoff),
+            None => backoff,
+        }
+    }
+
+    /// Whether another attempt, after waiting `wait`, still fits the policy.
+    pub fn allows(&self, attempts_made: u32, started: Instant, wait: Duration) -> bool {
+        attempts_made < self.max_attempts && started.elapsed() + wait <= self.total
+    }
+}
+
+/// Whether traffic may go through a proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Never through a proxy (IMDS, Azure Arc): a proxy would see the token, and IMDS refuses proxied requests.
+    Direct,
+    /// Through the proxy the environment names (`ALL_PROXY`, `HTTPS_PROXY`, `HTTP_PROXY`; `NO_PROXY` exempts
+    /// hosts), as curl and the Azure SDKs do.
+    Environment,
+}
+
+/// Largest response body kvvm reads. A secret is at most 25 KiB in Key Vault; a token reply a few KiB.
+pub const BODY_LIMIT: u64 = 1024 * 1024;
+
+/// Why a request got no HTTP answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The host name does not resolve.
+    Dns,
+    /// No connection could be made (refused, unreachable, or the connect timed out).
+    Connect,
+    /// The TLS handshake failed (typically: the server's certificate is not trusted).
+    Tls,
+    /// Connected, but no complete answer arrived in time.
+    Timeout,
+    /// The connection broke, or the answer was not valid HTTP.
+    Broken,
+    /// The answer's body is larger than [`BODY_LIMIT`].
+    TooLarge,
+}
+
+impl FailureKind {
+    /// Whether trying again may help.
+    pub fn is_transient(self) -> bool {
+        !matches!(self, FailureKind::Tls | FailureKind::TooLarge)
+    }
+}
+
+/// A request that got no usable HTTP answer.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{detail}")]
+pub struct Failure {
+    /// What went wrong.
+    pub kind: FailureKind,
+    /// The transport's own description (never contains request headers).
+    pub detail: String,
+}
+
+/// Errors setting up HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The operating system's trust store has no usable certificate.
+    #[error(
+        "no trusted root certificates found in the operating system's store ({detail}); install the \
+         ca-certificates package, or point SSL_CERT_FILE / SSL_CERT_DIR at a CA bundle"
+    )]
+    NoTrustedRoots { detail: String },
+}
+
+impl HttpError {
+    /// A short fixed reason for the status file.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HttpError::NoTrustedRoots { .. } => "no-trusted-roots",
+        }
+    }
+}
+
+/// An HTTP answer, whatever its status.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// The status code.
+    pub status: u16,
+    /// The `WWW-Authenticate` header.
+    pub www_authenticate: Option<String>,
+    /// The `Retry-After` header, parsed relative to when the answer arrived.
+    pub retry_after: Option<Duration>,
+    /// The body (at most [`BODY_LIMIT`] bytes).
+    pub body: Vec<u8>,
+}
+
+static ROOTS: OnceLock<Result<Arc<Vec<CertificateDer<'static>>>, String>> = OnceLock::new();
+
+/// The operating system's trusted roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` override the default locations),
+/// loaded once per process.
+fn os_roots() -> Result<Arc<Vec<CertificateDer<'static>>>, String> {
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            if found.certs.is_empty() {
+                let errors: Vec<String> = found.errors.iter().map(|e| e.to_string()).collect();
+                Err(if errors.is_empty() {
+                    "the store is empty".to_string()
+                } else {
+                    errors.join("; ")
+                })
+            } else {
+                Ok(Arc::new(found.certs))
+            }
+        })
+        .clone()
+}
+
+/// An agent for one service. Keep it for the life of the worker: it holds the connection pool.
+pub fn agent(route: Route, policy: &RetryPolicy) -> Result<ureq::Agent, HttpError> {
+    let roots = match (os_roots(), route) {
+        (Ok(roots), _) => roots,
+        // The identity endpoints speak plain HTTP on the link-local address; they do not need roots.
+        (Err(_), Route::Direct) => Arc::new(Vec::new()),
+        (Err(detail), Route::Environment) => return Err(HttpError::NoTrustedRoots { detail }),
+    };
+    let certs: Vec<Certificate<'static>> = roots
+        .iter()
+        .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+        .collect();
+    let tls = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .root_certs(RootCerts::new_with_certs(&certs))
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .build();
+    let proxy = match route {
+        Route::Direct => None,
+        Route::Environment => ureq::Proxy::try_from_env(),
+    };
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .tls_config(tls)
+        .proxy(proxy)
+        .user_agent(concat!("kvvm/", env!("CARGO_PKG_VERSION")))
+        .timeout_global(Some(policy.per_try_timeout))
+        .timeout_connect(Some(policy.per_try_timeout.min(Duration::from_secs(10))))
+        .max_idle_connections_per_host(4)
+        .max_idle_age(Duration::from_secs(3 * 3600))
+        .build();
+    Ok(config.new_agent())
+}
+
+/// One GET: the answer, whatever its status, or why there was none.
+pub fn get(agent: &ureq::Agent, url: &str, headers: &[(&str, &str)]) -> Result<Reply, Failure> {
+    let mut request = agent.get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = request.call().map_err(failure)?;
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let www_authenticate = header("www-authenticate");
+    let retry_after = header("retry-after").and_then(|v| parse_retry_after(&v, SystemTime::now()));
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(BODY_LIMIT)
+        .read_to_vec()
+        .map_err(failure)?;
+    Ok(Reply {
+        status,
+        www_authenticate,
+        retry_after,
+        body,
+    })
+}
+
+fn failure(e: ureq::Error) -> Failure {
+    use ureq::Error as E;
+    let kind = match &e {
+        E::HostNotFound => FailureKind::Dns,
+        E::ConnectionFailed => FailureKind::Connect,
+        E::Timeout(ureq::Timeout::Resolve) => FailureKind::Dns,
+        E::Timeout(ureq::Timeout::Connect) => FailureKind::Connect,
+        E::Timeout(_) => FailureKind::Timeout,
+        E::Rustls(_) | E::Tls(_) | E::Pem(_) => FailureKind::Tls,
+        E::BodyExceedsLimit(_) => FailureKind::TooLarge,
+        E::Io(io) => io_kind(io),
+        _ => FailureKind::Broken,
+    };
+    Failure {
+        kind,
+        detail: e.to_string(),
+    }
+}
+
+fn io_kind(io: &std::io::Error) -> FailureKind {
+    use std::io::ErrorKind as K;
+    if io
+        .get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+    {
+        return FailureKind::Tls;
+    }
+    // std reports getaddrinfo failures as uncategorised errors with this text.
+    if io.to_string().contains("failed to lookup address") {
+        return FailureKind::Dns;
+    }
+    match io.kind() {
+        K::ConnectionRefused | K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable => {
+            FailureKind::Connect
+        }
+        K::TimedOut | K::WouldBlock => FailureKind::Timeout,
+        K::InvalidData if io.to_string().contains("certificate") => FailureKind::Tls,
+        _ => FailureKind::Broken,
+    }
+}
+
+/// Parses `Retry-After`: delta-seconds or an HTTP date (RFC 9110 §10.2.3). A date in the past means "now".
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    if let Ok(secs) = value.parse::<f64>()
+        && secs.is_finite()
+        && secs >= 0.0
+    {
+        return Some(Duration::from_secs_f64(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    // HTTP dates have whole-second resolution: round up so the wait is never shorter than asked.
+    Some(
+        at.duration_since(now)
+            .map(|d| {
+                if d.subsec_nanos() > 0 {
+                    Duration::from_secs(d.as_secs() + 1)
+                } else {
+                    d
+                }
+            })
+            .unwrap_or_default(),
+    )
+}
+
+/// A stop request shared by the worker's threads: waits end early when it is raised.
+#[derive(Clone, Debug, Default)]
+pub struct Stop(Arc<AtomicBool>);
+
+impl Stop {
+    /// A stop flag raised by `flag` (e.g. the worker's SIGTERM flag).
+    pub fn from_flag(flag: Arc<AtomicBool>) -> Stop {
+        Stop(flag)
+    }
+
+    /// Whether a stop was requested.
+    pub fn requested(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Raises the flag.
+    pub fn request(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Sleeps `how_long` unless a stop is requested first; returns false if it was.
+    pub fn pause(&self, how_long: Duration) -> bool {
+        let deadline = Instant::now() + how_long;
+        loop {
+            if self.requested() {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return true;
+            }
+            std::thread::sleep((deadline - now).min(Duration::from_millis(50)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("1.5", now),
+            Some(Duration::from_millis(1500))
+        );
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(7));
+        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(7)));
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(7));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-1", now), None);
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_never_undercuts_retry_after() {
+        let p = RetryPolicy::VAULT;
+        for retry in 1..10 {
+            let b = p.backoff(retry);
+            let exp = p.first_backoff * (1 << (retry - 1));
+            let cap = exp.min(p.max_backoff);
+            assert!(b >= cap / 2 && b <= cap, "retry {retry}: {b:?} vs {cap:?}");
+        }
+        for after in [0u64, 1, 5, 60, 300] {
+            let after = Duration::from_secs(after);
+            assert!(p.wait(1, Some(after)) >= after);
+        }
+    }
+
+    #[test]
+    fn budget_counts_attempts_and_time() {
+        let p = RetryPolicy::VAULT;
+        let start = Instant::now();
+        assert!(p.allows(1, start, Duration::from_secs(1)));
+        assert!(!p.allows(p.max_attempts, start, Duration::ZERO));
+        assert!(!p.allows(1, start, p.total + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn stop_cuts_a_pause_short() {
+        let stop = Stop::default();
+        assert!(stop.pause(Duration::from_millis(1)));
+        stop.request();
+        let t = Instant::now();
+        assert!(!stop.pause(Duration::from_secs(60)));
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+}
