@@ -26,6 +26,12 @@ pub const DEFAULT_FLUENTD_ENDPOINT: &str = "tcp://localhost:24224";
 pub const DEFAULT_FLUENTD_PORT: u16 = 24224;
 /// fluentd `servicename` when absent.
 pub const DEFAULT_SERVICE_NAME: &str = "akvvm_service";
+/// `expiryWarningDays` when absent: warn two weeks before the installed certificate expires.
+pub const DEFAULT_EXPIRY_WARNING_DAYS: u32 = 14;
+/// `postInstallCommand.timeoutInS` when absent.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest post-install command timeout accepted (one hour).
+const MAX_HOOK_SECONDS: u64 = 3600;
 
 /// Longest polling interval accepted, in seconds (keeps `Instant + interval` far from overflow).
 const MAX_POLLING_SECONDS: u64 = u32::MAX as u64;
@@ -51,6 +57,9 @@ pub struct Settings {
     pub msi_client_id: Option<String>,
     /// Send the extension's log to fluentd as well.
     pub logging: Option<LoggingSettings>,
+    /// Warn when an installed certificate expires within this many days and the vault has nothing newer
+    /// (0: never).
+    pub expiry_warning_days: u32,
     /// Settings accepted but not acted on, one sentence each, for the status file and the log.
     pub warnings: Vec<String>,
 }
@@ -74,6 +83,9 @@ pub struct ObservedCertificate {
     pub link_name: String,
     /// Users and groups given read access (only applied when `acl_enabled`).
     pub acls: Vec<AclEntry>,
+    /// Command to run after a new version is installed: the certificate's own `postInstallCommand`, else the
+    /// global one; `None` when neither is set (or the certificate's is an empty list).
+    pub post_install: Option<crate::hook::Hook>,
 }
 
 impl ObservedCertificate {
@@ -340,6 +352,28 @@ pub enum SettingsError {
         /// The value as JSON text.
         value: String,
     },
+    /// `expiryWarningDays` is not a whole number of days.
+    #[error(
+        "{setting}: {value} is not a whole number of days; give how many days before expiry to warn, e.g. 14 (the default), or 0 to never warn"
+    )]
+    ExpiryWarningDays {
+        /// JSON path of the setting.
+        setting: String,
+        /// The value as JSON text.
+        value: String,
+    },
+    /// `postInstallCommand` is malformed.
+    #[error("{setting}: {value} {problem}; {fix}")]
+    PostInstallCommand {
+        /// JSON path of the setting.
+        setting: String,
+        /// The value as JSON text.
+        value: String,
+        /// What is wrong.
+        problem: String,
+        /// How to write it.
+        fix: &'static str,
+    },
     /// A boolean setting is neither a bool nor "true"/"false".
     #[error("{setting}: {value} is not a boolean; give true or false")]
     NotBoolean {
@@ -484,6 +518,8 @@ impl SettingsError {
             Self::LinkName { .. } => "link-name-invalid",
             Self::PollingInterval { .. } => "polling-interval-invalid",
             Self::RetainedVersions { .. } => "retained-versions-invalid",
+            Self::ExpiryWarningDays { .. } => "expiry-warning-days-invalid",
+            Self::PostInstallCommand { .. } => "post-install-command-invalid",
             Self::NotBoolean { .. } => "setting-not-boolean",
             Self::MsiEndpoint { .. } => "msi-endpoint-invalid",
             Self::MsiClientId { .. } => "msi-client-id-invalid",
@@ -523,6 +559,8 @@ impl SettingsError {
             | Self::LinkName { setting, .. }
             | Self::PollingInterval { setting, .. }
             | Self::RetainedVersions { setting, .. }
+            | Self::ExpiryWarningDays { setting, .. }
+            | Self::PostInstallCommand { setting, .. }
             | Self::NotBoolean { setting, .. }
             | Self::MsiEndpoint { setting, .. }
             | Self::MsiClientId { setting, .. }
@@ -626,6 +664,10 @@ struct RawSecretsManagement {
     acl_enabled: Option<Value>,
     #[serde(rename = "retainedVersions")]
     retained_versions: Option<Value>,
+    #[serde(rename = "expiryWarningDays")]
+    expiry_warning_days: Option<Value>,
+    #[serde(rename = "postInstallCommand")]
+    post_install_command: Option<Value>,
 }
 const SECRETS_KEYS: &[&str] = &[
     "pollingIntervalInS",
@@ -636,6 +678,8 @@ const SECRETS_KEYS: &[&str] = &[
     "observedCertificates",
     "aclEnabled",
     "retainedVersions",
+    "expiryWarningDays",
+    "postInstallCommand",
 ];
 
 /// One v3 `observedCertificates` object.
@@ -650,6 +694,8 @@ struct RawObservedCertificate {
     acls: Option<Value>,
     #[serde(rename = "certificateStoreName")]
     certificate_store_name: Option<Value>,
+    #[serde(rename = "postInstallCommand")]
+    post_install_command: Option<Value>,
 }
 const CERTIFICATE_KEYS: &[&str] = &[
     "url",
@@ -657,7 +703,19 @@ const CERTIFICATE_KEYS: &[&str] = &[
     "customSymbolicLinkName",
     "acls",
     "certificateStoreName",
+    "postInstallCommand",
 ];
+
+/// A `postInstallCommand` object.
+#[derive(Deserialize, Default)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct RawHook {
+    command: Option<Value>,
+    shell: Option<Value>,
+    #[serde(rename = "timeoutInS")]
+    timeout_in_s: Option<Value>,
+}
+const HOOK_KEYS: &[&str] = &["command", "shell", "timeoutInS"];
 
 /// One `acls` entry.
 #[derive(Deserialize, Default)]
@@ -889,6 +947,21 @@ pub fn parse_public_settings(value: &Value) -> Result<Settings, SettingsError> {
                 value: json_text(v),
             })?,
     };
+    let expiry_path = format!("{path}.expiryWarningDays");
+    let expiry_warning_days = match &secrets.expiry_warning_days {
+        None => DEFAULT_EXPIRY_WARNING_DAYS,
+        Some(v) if is_zero(v) => 0,
+        Some(v) => whole_number(v, 36_500)
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| SettingsError::ExpiryWarningDays {
+                setting: expiry_path,
+                value: json_text(v),
+            })?,
+    };
+    let global_hook = match &secrets.post_install_command {
+        None => None,
+        Some(v) => post_install_command(v, &format!("{path}.postInstallCommand"), &mut warnings)?,
+    };
     let store_path = format!("{path}.certificateStoreLocation");
     let global_store = match string(
         secrets.certificate_store_location.as_ref(),
@@ -917,7 +990,13 @@ pub fn parse_public_settings(value: &Value) -> Result<Settings, SettingsError> {
     let mut seen_links: HashMap<(PathBuf, String), usize> = HashMap::new();
     for (index, element) in list.iter().enumerate() {
         let element_path = format!("{list_path}[{index}]");
-        let parsed = observed_certificate(element, &element_path, &default_store, &mut warnings)?;
+        let parsed = observed_certificate(
+            element,
+            &element_path,
+            &default_store,
+            global_hook.as_ref(),
+            &mut warnings,
+        )?;
         let certificate = parsed.certificate;
         let key = (
             certificate.vault_name.clone(),
@@ -970,6 +1049,7 @@ pub fn parse_public_settings(value: &Value) -> Result<Settings, SettingsError> {
         msi_endpoint,
         msi_client_id,
         logging,
+        expiry_warning_days,
         warnings,
     })
 }
@@ -989,6 +1069,7 @@ fn observed_certificate(
     element: &Value,
     path: &str,
     default_store: &Path,
+    global_hook: Option<&crate::hook::Hook>,
     warnings: &mut Vec<String>,
 ) -> Result<ParsedCertificate, SettingsError> {
     match element {
@@ -1006,6 +1087,7 @@ fn observed_certificate(
                     default_store.to_path_buf(),
                     link_name,
                     Vec::new(),
+                    global_hook.cloned(),
                 ),
                 url_text: text.clone(),
                 url_path: path.to_string(),
@@ -1053,8 +1135,14 @@ fn observed_certificate(
                 None => Vec::new(),
                 Some(v) => acl_list(v, &format!("{path}.acls"), warnings)?,
             };
+            let post_install = match &raw.post_install_command {
+                None => global_hook.cloned(),
+                Some(v) => {
+                    post_install_command(v, &format!("{path}.postInstallCommand"), warnings)?
+                }
+            };
             Ok(ParsedCertificate {
-                certificate: url.into_certificate(store, link_name, acls),
+                certificate: url.into_certificate(store, link_name, acls, post_install),
                 url_text: url_text.to_string(),
                 url_path,
                 link_path,
@@ -1133,6 +1221,105 @@ fn plausible_account_name(name: &str) -> bool {
         && !name
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || matches!(c, ':' | ',' | '/'))
+}
+
+const EXPECT_HOOK: &str = "a list such as [\"systemctl\", \"reload\", \"nginx\"], or an object such as {\"command\": [\"systemctl\", \"reload\", \"nginx\"], \"timeoutInS\": 60} or {\"shell\": \"nginx -s reload && logger renewed\"}";
+const FIX_HOOK: &str = "give the program and its arguments as a list, e.g. [\"systemctl\", \"reload\", \"nginx\"], or {\"shell\": \"...\"} to run a shell command line";
+
+/// `postInstallCommand`: `[program, args…]`; a plain string of words (no shell syntax); or an object with
+/// `command` (a list) or `shell` (a command line for /bin/sh), and `timeoutInS`. An empty list means "none"
+/// (a certificate can opt out of the global command).
+fn post_install_command(
+    value: &Value,
+    path: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<crate::hook::Hook>, SettingsError> {
+    let bad = |problem: &str| SettingsError::PostInstallCommand {
+        setting: path.to_string(),
+        value: json_text(value),
+        problem: problem.to_string(),
+        fix: FIX_HOOK,
+    };
+    let argv_of = |v: &Value| -> Result<Vec<String>, SettingsError> {
+        let list = expect_array(v, path, EXPECT_HOOK)?;
+        list.iter()
+            .map(|a| match a {
+                Value::String(s) if !s.contains('\0') => Ok(s.clone()),
+                _ => Err(bad("has an element that is not a string")),
+            })
+            .collect()
+    };
+    let hook = |argv: Vec<String>, shell: bool, timeout: Duration| {
+        Ok((!argv.is_empty()).then_some(crate::hook::Hook {
+            argv,
+            shell,
+            timeout,
+        }))
+    };
+    match value {
+        Value::Array(_) => {
+            let argv = argv_of(value)?;
+            if argv.first().is_some_and(|p| p.trim().is_empty()) {
+                return Err(bad("starts with an empty program name"));
+            }
+            hook(argv, false, DEFAULT_HOOK_TIMEOUT)
+        }
+        Value::String(text) => {
+            if text
+                .chars()
+                .any(|c| "|&;<>()$`\\\"'*?[]#~=%{}!\n".contains(c))
+            {
+                return Err(bad(
+                    "contains shell syntax, but the command runs without a shell",
+                ));
+            }
+            hook(
+                text.split_whitespace().map(str::to_string).collect(),
+                false,
+                DEFAULT_HOOK_TIMEOUT,
+            )
+        }
+        Value::Object(map) => {
+            let raw: RawHook = section(map, path, HOOK_KEYS, warnings)?;
+            let timeout = match &raw.timeout_in_s {
+                None => DEFAULT_HOOK_TIMEOUT,
+                Some(t) => {
+                    Duration::from_secs(whole_number(t, MAX_HOOK_SECONDS).ok_or_else(|| {
+                        bad("has a timeoutInS that is not a whole number of seconds from 1 to 3600")
+                    })?)
+                }
+            };
+            match (&raw.command, &raw.shell) {
+                (Some(_), Some(_)) => Err(bad("has both command and shell")),
+                (Some(c), None) => {
+                    let argv = argv_of(c)?;
+                    if argv.is_empty() || argv[0].trim().is_empty() {
+                        return Err(bad("has an empty command"));
+                    }
+                    hook(argv, false, timeout)
+                }
+                (None, Some(Value::String(line))) if !line.trim().is_empty() => {
+                    hook(vec![line.clone()], true, timeout)
+                }
+                (None, Some(_)) => Err(bad("has a shell value that is not a non-empty string")),
+                (None, None) => Err(bad("has neither command nor shell")),
+            }
+        }
+        other => Err(SettingsError::WrongType {
+            setting: path.to_string(),
+            expected: EXPECT_HOOK,
+            found: found(other),
+        }),
+    }
+}
+
+/// Whether a number setting is zero (0, 0.0 or "0").
+fn is_zero(value: &Value) -> bool {
+    match value {
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.trim() == "0",
+        _ => false,
+    }
 }
 
 fn authentication(
@@ -1311,6 +1498,7 @@ impl SecretUrl {
         store_location: PathBuf,
         link_name: String,
         acls: Vec<AclEntry>,
+        post_install: Option<crate::hook::Hook>,
     ) -> ObservedCertificate {
         ObservedCertificate {
             url: self.url,
@@ -1321,6 +1509,7 @@ impl SecretUrl {
             store_location,
             link_name,
             acls,
+            post_install,
         }
     }
 }
@@ -1793,6 +1982,7 @@ mod tests {
             sorted(CERTIFICATE_KEYS)
         );
         assert_eq!(keys_of::<RawAcl>(), sorted(ACL_KEYS));
+        assert_eq!(keys_of::<RawHook>(), sorted(HOOK_KEYS));
         assert_eq!(keys_of::<RawAuthentication>(), sorted(AUTHENTICATION_KEYS));
         assert_eq!(keys_of::<RawLogging>(), sorted(LOGGING_KEYS));
     }

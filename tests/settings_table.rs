@@ -392,6 +392,54 @@ const REJECTIONS: &[(Input, &str, &str, &str)] = &[
     ),
     (
         Public(
+            r#"{"secretsManagementSettings": {"expiryWarningDays": -3, "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}"#,
+        ),
+        "expiry-warning-days-invalid",
+        "secretsManagementSettings.expiryWarningDays",
+        r#"secretsManagementSettings.expiryWarningDays: -3 is not a whole number of days; give how many days before expiry to warn, e.g. 14 (the default), or 0 to never warn"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"postInstallCommand": "systemctl reload nginx && echo ok", "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}"#,
+        ),
+        "post-install-command-invalid",
+        "secretsManagementSettings.postInstallCommand",
+        r#"secretsManagementSettings.postInstallCommand: "systemctl reload nginx && echo ok" contains shell syntax, but the command runs without a shell; give the program and its arguments as a list, e.g. ["systemctl", "reload", "nginx"], or {"shell": "..."} to run a shell command line"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"postInstallCommand": {"command": ["nginx"], "shell": "nginx"}, "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}"#,
+        ),
+        "post-install-command-invalid",
+        "secretsManagementSettings.postInstallCommand",
+        r#"secretsManagementSettings.postInstallCommand: {"command":["nginx"],"shell":"nginx"} has both command and shell; give the program and its arguments as a list, e.g. ["systemctl", "reload", "nginx"], or {"shell": "..."} to run a shell command line"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": [{"url": "https://myvault.vault.azure.net/secrets/mycert", "postInstallCommand": {"command": ["nginx"], "timeoutInS": 0}}]}}"#,
+        ),
+        "post-install-command-invalid",
+        "secretsManagementSettings.observedCertificates[0].postInstallCommand",
+        r#"secretsManagementSettings.observedCertificates[0].postInstallCommand: {"command":["nginx"],"timeoutInS":0} has a timeoutInS that is not a whole number of seconds from 1 to 3600; give the program and its arguments as a list, e.g. ["systemctl", "reload", "nginx"], or {"shell": "..."} to run a shell command line"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"postInstallCommand": ["systemctl", 1], "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}"#,
+        ),
+        "post-install-command-invalid",
+        "secretsManagementSettings.postInstallCommand",
+        r#"secretsManagementSettings.postInstallCommand: ["systemctl",1] has an element that is not a string; give the program and its arguments as a list, e.g. ["systemctl", "reload", "nginx"], or {"shell": "..."} to run a shell command line"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"postInstallCommand": 5, "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}"#,
+        ),
+        "setting-wrong-type",
+        "secretsManagementSettings.postInstallCommand",
+        r#"secretsManagementSettings.postInstallCommand must be a list such as ["systemctl", "reload", "nginx"], or an object such as {"command": ["systemctl", "reload", "nginx"], "timeoutInS": 60} or {"shell": "nginx -s reload && logger renewed"}; found the number 5"#,
+    ),
+    (
+        Public(
             r#"{"secretsManagementSettings": {"requireInitialSync": "yes", "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}"#,
         ),
         "setting-not-boolean",
@@ -968,4 +1016,58 @@ fn same_link_name_in_different_folders_is_fine() {
         ]}}),
     );
     assert_eq!(settings.observed_certificates.len(), 2);
+}
+
+#[test]
+fn post_install_commands_and_expiry_warning() {
+    use kvvm::hook::Hook;
+    let settings = parse(json!({
+        "secretsManagementSettings": {
+            "postInstallCommand": "systemctl reload nginx",
+            "expiryWarningDays": 30,
+            "observedCertificates": [
+                "https://v.vault.azure.net/secrets/a",
+                {"url": "https://v.vault.azure.net/secrets/b", "postInstallCommand": {"shell": "nginx -s reload && logger ok", "timeoutInS": "20"}},
+                {"url": "https://v.vault.azure.net/secrets/c", "postInstallCommand": []},
+                {"url": "https://v.vault.azure.net/secrets/d", "postInstallCommand": {"command": ["/usr/bin/env", "A=1", "true"]}}
+            ]
+        }
+    }));
+    assert_eq!(settings.expiry_warning_days, 30);
+    let hooks: Vec<Option<Hook>> = settings
+        .observed_certificates
+        .iter()
+        .map(|c| c.post_install.clone())
+        .collect();
+    let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        hooks,
+        vec![
+            Some(Hook {
+                argv: argv(&["systemctl", "reload", "nginx"]),
+                shell: false,
+                timeout: Duration::from_secs(60)
+            }),
+            Some(Hook {
+                argv: argv(&["nginx -s reload && logger ok"]),
+                shell: true,
+                timeout: Duration::from_secs(20)
+            }),
+            None,
+            Some(Hook {
+                argv: argv(&["/usr/bin/env", "A=1", "true"]),
+                shell: false,
+                timeout: Duration::from_secs(60)
+            }),
+        ]
+    );
+    let defaults = parse(
+        json!({"secretsManagementSettings": {"expiryWarningDays": 0, "observedCertificates": ["https://v.vault.azure.net/secrets/a"]}}),
+    );
+    assert_eq!(defaults.expiry_warning_days, 0);
+    assert_eq!(defaults.observed_certificates[0].post_install, None);
+    let defaults = parse(
+        json!({"secretsManagementSettings": {"observedCertificates": ["https://v.vault.azure.net/secrets/a"]}}),
+    );
+    assert_eq!(defaults.expiry_warning_days, 14);
 }
