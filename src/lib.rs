@@ -1,6 +1,7 @@
 //! kvvm: the Key Vault VM extension for Linux. The binary (`src/main.rs`) dispatches on the waagent verb; this
 //! library holds one module per concern so each can be tested on its own.
 
+pub mod certificate;
 pub mod commands;
 pub mod fluentd;
 pub mod handler;
@@ -11,6 +12,8 @@ pub mod logging;
 pub mod schedule;
 pub mod settings;
 pub mod state;
+pub mod store;
 pub mod supervisor;
+pub mod sync;
 pub mod vault;
 pub mod worker;

@@ -12,6 +12,7 @@ kvvm — Azure Key Vault VM extension for Linux (Microsoft.Azure.KeyVault.KeyVau
 
 Usage: kvvm <install|enable|disable|update|uninstall>   (run by waagent through `handler`)
        kvvm status                                      (what the worker last recorded, per certificate)
+       kvvm sync --once                                 (one full poll cycle in the foreground, for debugging)
        kvvm worker                                      (started by `enable`; not for direct use)
        kvvm --help | --version
 
@@ -36,6 +37,13 @@ fn main() -> ExitCode {
         }
         "worker" => run_worker(),
         "status" => show_status(),
+        "sync" if args.get(1).map(String::as_str) == Some("--once") && args.len() == 2 => {
+            sync_once()
+        }
+        "sync" => {
+            eprintln!("kvvm sync: give --once (one poll cycle in the foreground)\n\n{USAGE}");
+            ExitCode::from(2)
+        }
         other => match Verb::parse(other) {
             Some(verb) => run_verb(verb),
             None => {
@@ -160,5 +168,71 @@ fn show_status() -> ExitCode {
             eprintln!("kvvm status: cannot read {}: {e}", path.display());
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `kvvm sync --once`: one full poll cycle in the foreground with the extension's current settings, printing
+/// one line per certificate. Exits 1 if any certificate failed. The worker's status and state files are left to
+/// the worker.
+fn sync_once() -> ExitCode {
+    let ext = match Extension::locate() {
+        Ok(ext) => ext,
+        Err(e) => {
+            eprintln!("kvvm sync: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let target = LogTarget {
+        folder: ext.env.log_folder.clone(),
+        file_name: "kvvm-sync.log",
+        stderr: true,
+    };
+    logging::init(&target, log::LevelFilter::Info, None);
+    let (seq, settings) = match kvvm::worker::current_settings(&ext) {
+        Ok(current) => current,
+        Err(e) => {
+            eprintln!("kvvm sync: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let saved = kvvm::state::WorkerState::load(&ext.data_dir());
+    let mut certs = kvvm::worker::certificate_states(&settings, saved.as_ref());
+    let client = kvvm::worker::vault_client(&settings);
+    let stop = kvvm::http::Stop::default();
+    kvvm::worker::poll_once(&client, &settings, &mut certs, &stop);
+    println!("settings {seq}: {} observed certificate(s)", certs.len());
+    let mut failed = 0;
+    for c in &certs {
+        let line = match c.status {
+            kvvm::state::CertStatus::Failed => {
+                failed += 1;
+                format!(
+                    "FAILED  {}: {}",
+                    c.url,
+                    c.last_error.as_deref().unwrap_or("unknown error")
+                )
+            }
+            status => format!(
+                "{:<7} {} version {} -> {}{}",
+                if status == kvvm::state::CertStatus::Warning {
+                    "WARNING"
+                } else {
+                    "OK"
+                },
+                c.url,
+                c.version.as_deref().unwrap_or("-"),
+                c.link.display(),
+                c.note
+                    .as_ref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            ),
+        };
+        println!("{line}");
+    }
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

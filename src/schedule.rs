@@ -144,6 +144,13 @@ pub fn overall(sync: InitialSync, certs: &[CertificateState]) -> (Status, String
                 why(&warned)
             ),
         ),
+        _ if certs.iter().any(|c| c.status == CertStatus::Pending) => (
+            Status::Success,
+            format!(
+                "Polling started: {installed} of {total} certificates installed, {} not checked yet",
+                total - installed
+            ),
+        ),
         _ => (
             Status::Success,
             format!("{installed} of {total} certificates installed and up to date"),

@@ -44,6 +44,9 @@ pub struct CertificateState {
     pub failures: u32,
     /// A warning that is not an error (e.g. expiry soon), shown in the substatus.
     pub note: Option<String>,
+    /// How the post-install command last ran for this certificate (exit code and output tail).
+    #[serde(default)]
+    pub hook: Option<String>,
 }
 
 impl CertificateState {
@@ -60,6 +63,7 @@ impl CertificateState {
             last_error: None,
             failures: 0,
             note: None,
+            hook: None,
         }
     }
 
@@ -87,6 +91,9 @@ impl CertificateState {
         }
         if let Some(note) = &self.note {
             parts.push(note.clone());
+        }
+        if let Some(hook) = &self.hook {
+            parts.push(hook.clone());
         }
         if let Some(e) = &self.last_error {
             parts.push(format!("last error: {e}"));
@@ -165,6 +172,9 @@ impl WorkerState {
             out.push_str(&field("last change:", c.last_change.clone()));
             if let Some(note) = &c.note {
                 out.push_str(&field("note:", Some(note.clone())));
+            }
+            if let Some(hook) = &c.hook {
+                out.push_str(&field("hook:", Some(hook.clone())));
             }
             out.push_str(&field("last error:", c.last_error.clone()));
         }

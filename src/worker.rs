@@ -7,10 +7,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use time::OffsetDateTime;
+
 use crate::handler::{Extension, Heartbeat, Operation, Status, StatusReport, SubStatus};
-use crate::settings::{self, Configured, Settings};
-use crate::state::{CertificateState, WorkerState};
+use crate::hook;
+use crate::http::Stop;
+use crate::identity::Identity;
+use crate::schedule::{self, InitialSync};
+use crate::settings::{self, Configured, ObservedCertificate, Settings};
+use crate::state::{CertStatus, CertificateState, WorkerState};
 use crate::supervisor::{Supervisor, SupervisorError};
+use crate::sync::{self, Checked, Known, SyncError, SyncOptions};
+use crate::vault::VaultClient;
 
 /// How often the heartbeat file is refreshed (waagent calls a handler unresponsive after 600 s).
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
@@ -104,8 +112,13 @@ fn load(ext: &Extension) -> Result<Current, WorkerError> {
     }
 }
 
+/// The sequence number and settings the worker runs with (those of `mrseq`, else the newest settings file).
+pub fn current_settings(ext: &Extension) -> Result<(u64, Settings), WorkerError> {
+    load(ext).map(|c| (c.seq, c.settings))
+}
+
 /// The certificates the settings observe, carrying over what is known of each from `previous`.
-fn certificate_states(
+pub fn certificate_states(
     settings: &Settings,
     previous: Option<&WorkerState>,
 ) -> Vec<CertificateState> {
@@ -124,13 +137,15 @@ fn certificate_states(
         .collect()
 }
 
-fn report(current: &Current, state: &WorkerState) -> StatusReport {
+fn report(current: &Current, sync: InitialSync, state: &WorkerState) -> StatusReport {
     let s = &current.settings;
+    let (overall, summary) = schedule::overall(sync, &state.certificates);
     let mut status = StatusReport::new(
         Operation::Enable,
-        Status::Success,
+        overall,
         format!(
-            "kvvm {} worker (pid {}) is running with settings {}: {} observed certificate(s), polling every {} s",
+            "{summary}. kvvm {} worker (pid {}) is running with settings {}: {} observed certificate(s), polling \
+             every {} s",
             env!("CARGO_PKG_VERSION"),
             std::process::id(),
             current.seq,
@@ -152,6 +167,233 @@ fn report(current: &Current, state: &WorkerState) -> StatusReport {
     status
 }
 
+/// The vault client for `settings`, or why there is none (every certificate then fails with that reason).
+pub fn vault_client(settings: &Settings) -> Result<Arc<VaultClient>, String> {
+    let identity = Identity::new(
+        settings.msi_endpoint.as_ref(),
+        settings.msi_client_id.as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
+    VaultClient::new(Arc::new(identity))
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}
+
+/// Everything one poll cycle changed, ready to be recorded.
+pub struct CycleOutcome {
+    /// Per certificate, in settings order.
+    pub results: Vec<Result<Checked, SyncError>>,
+}
+
+/// Runs one cycle over the certificates of `settings`, records the results in `certs` (same order), runs the
+/// post-install commands of the certificates that changed, and logs one line per event.
+pub fn poll_once(
+    client: &Result<Arc<VaultClient>, String>,
+    settings: &Settings,
+    certs: &mut [CertificateState],
+    stop: &Stop,
+) -> CycleOutcome {
+    let options = SyncOptions {
+        acl_enabled: settings.acl_enabled,
+        retained_versions: settings.retained_versions,
+    };
+    let observed = &settings.observed_certificates;
+    let results: Vec<Result<Checked, SyncError>> = match client {
+        Ok(client) => {
+            let known: Vec<Known<'_>> = certs
+                .iter()
+                .map(|c| Known {
+                    version: c.version.as_deref(),
+                    has_not_after: c.not_after.is_some(),
+                })
+                .collect();
+            sync::cycle(client, observed, &known, options, stop)
+        }
+        Err(why) => {
+            for (state, cert) in certs.iter_mut().zip(observed) {
+                record_failure(state, cert, why, now_text());
+            }
+            return CycleOutcome {
+                results: Vec::new(),
+            };
+        }
+    };
+    let now = OffsetDateTime::now_utc();
+    for ((state, cert), result) in certs.iter_mut().zip(observed).zip(&results) {
+        record(state, cert, result, now, settings.expiry_warning_days);
+    }
+    run_hooks(observed, certs, &results);
+    CycleOutcome { results }
+}
+
+fn now_text() -> String {
+    crate::handler::utc_timestamp(OffsetDateTime::now_utc())
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    crate::handler::utc_timestamp(t)
+}
+
+fn record_failure(
+    state: &mut CertificateState,
+    cert: &ObservedCertificate,
+    why: &str,
+    now: String,
+) {
+    state.last_check = Some(now);
+    state.status = CertStatus::Failed;
+    state.failures += 1;
+    state.last_error = Some(why.to_string());
+    log::error!("{}: {why}", cert.url);
+}
+
+/// Records one certificate's result and logs it.
+fn record(
+    state: &mut CertificateState,
+    cert: &ObservedCertificate,
+    result: &Result<Checked, SyncError>,
+    now: OffsetDateTime,
+    expiry_warning_days: u32,
+) {
+    let name = format!("{}/{}", cert.vault_name, cert.secret_name);
+    match result {
+        Err(SyncError::Stopped) => {}
+        Err(e @ SyncError::NotACertificate { .. }) => {
+            state.last_check = Some(rfc3339(now));
+            state.status = CertStatus::Warning;
+            state.failures = 0;
+            state.last_error = None;
+            state.note = Some(e.to_string());
+            log::warn!("{name}: {e}");
+        }
+        Err(e) => {
+            let kept = match &state.version {
+                Some(v) => format!(" (version {v} stays installed)"),
+                None => String::new(),
+            };
+            record_failure(state, cert, &format!("{e}{kept}"), rfc3339(now));
+            // The message already has the "(version … stays installed)" hint; keep last_error without it.
+            state.last_error = Some(e.to_string());
+        }
+        Ok(c) => {
+            state.last_check = Some(rfc3339(now));
+            if c.changed {
+                state.last_change = Some(rfc3339(now));
+                state.hook = None;
+                log::info!(
+                    "{name}: installed version {} as {} (link {}{})",
+                    c.version,
+                    c.file.display(),
+                    c.link.display(),
+                    c.serial
+                        .as_ref()
+                        .map(|s| format!(", serial {s}"))
+                        .unwrap_or_default()
+                );
+            } else {
+                log::debug!("{name}: version {} is current", c.version);
+            }
+            for removed in &c.removed {
+                log::info!("{name}: removed old version file {}", removed.display());
+            }
+            state.version = Some(c.version.clone());
+            state.file = Some(c.file.clone());
+            state.link = c.link.clone();
+            if let Some(t) = c.not_after {
+                state.not_after = Some(rfc3339(t));
+            }
+            state.failures = 0;
+            state.last_error = None;
+            let mut notes = Vec::new();
+            if let Some(w) = &c.validity_warning {
+                notes.push(w.clone());
+            }
+            if let Some(w) = expiry_warning(state.not_after.as_deref(), now, expiry_warning_days) {
+                log::warn!("{name}: {w}");
+                notes.push(w);
+            }
+            state.status = if notes.is_empty() {
+                CertStatus::Installed
+            } else {
+                CertStatus::Warning
+            };
+            state.note = (!notes.is_empty()).then(|| notes.join(" "));
+        }
+    }
+}
+
+/// The expiry alarm: the installed (and newest) version expires within `days` days, or has expired.
+pub fn expiry_warning(not_after: Option<&str>, now: OffsetDateTime, days: u32) -> Option<String> {
+    if days == 0 {
+        return None;
+    }
+    let not_after =
+        OffsetDateTime::parse(not_after?, &time::format_description::well_known::Rfc3339).ok()?;
+    let left = not_after - now;
+    if left > time::Duration::days(i64::from(days)) {
+        return None;
+    }
+    let when = if left.is_negative() {
+        format!("expired on {}", rfc3339(not_after))
+    } else {
+        format!(
+            "expires on {} (in {} day(s))",
+            rfc3339(not_after),
+            left.whole_days()
+        )
+    };
+    Some(format!(
+        "the installed certificate {when} and the vault has no newer version: Key Vault's automatic renewal \
+         may be failing (check the certificate's lifetime action and issuer), or renew it by hand"
+    ))
+}
+
+/// Runs each distinct post-install command once for the certificates whose new version was installed.
+fn run_hooks(
+    observed: &[ObservedCertificate],
+    certs: &mut [CertificateState],
+    results: &[Result<Checked, SyncError>],
+) {
+    let changes = observed.iter().zip(results).filter_map(|(cert, result)| {
+        match (result, &cert.post_install) {
+            (Ok(c), Some(h)) if c.changed => Some((
+                h,
+                hook::Installed {
+                    url: cert.url.to_string(),
+                    link: c.link.clone(),
+                    file: c.file.clone(),
+                    version: c.version.clone(),
+                },
+            )),
+            _ => None,
+        }
+    });
+    for (command, installed) in hook::plan(changes) {
+        let (ok, summary) = match hook::run(&command, &installed) {
+            Ok(run) => (run.success(), run.summary(&command)),
+            Err(e) => (false, e.to_string()),
+        };
+        if ok {
+            log::info!("{summary}");
+        } else {
+            log::error!("{summary}");
+        }
+        for done in &installed {
+            if let Some(state) = certs.iter_mut().find(|c| c.url == done.url) {
+                state.hook = Some(summary.clone());
+                if !ok {
+                    state.status = CertStatus::Warning;
+                    let note = match state.note.take() {
+                        Some(n) => format!("{n} {summary}"),
+                        None => summary.clone(),
+                    };
+                    state.note = Some(note);
+                }
+            }
+        }
+    }
+}
+
 /// Runs the worker until SIGTERM. Returns at once if another worker already holds the lock.
 pub fn run(ext: &Extension) -> Result<(), WorkerError> {
     let supervisor = Supervisor::new(ext.data_dir());
@@ -163,6 +405,7 @@ pub fn run(ext: &Extension) -> Result<(), WorkerError> {
         return Ok(());
     };
     let signals = Signals::install()?;
+    let stop = Stop::from_flag(Arc::clone(&signals.stop));
     let mut current = load(ext)?;
     let data_dir = ext.data_dir();
     let mut state = WorkerState {
@@ -171,42 +414,93 @@ pub fn run(ext: &Extension) -> Result<(), WorkerError> {
         updated: String::new(),
         certificates: certificate_states(&current.settings, WorkerState::load(&data_dir).as_ref()),
     };
+    let mut client = vault_client(&current.settings);
+    let mut sync = InitialSync::start(current.settings.require_initial_sync);
+    let mut rng = fastrand::Rng::new();
+    let mut next_poll =
+        Instant::now() + schedule::first_delay(current.settings.polling_interval, &mut rng);
     log::info!(
-        "worker started (pid {}) with settings {}: {} observed certificate(s)",
+        "worker started (pid {}) with settings {}: {} observed certificate(s), first poll in {} ms",
         std::process::id(),
         current.seq,
-        current.settings.observed_certificates.len()
+        current.settings.observed_certificates.len(),
+        next_poll
+            .saturating_duration_since(Instant::now())
+            .as_millis()
     );
     loop {
         if signals.reload.swap(false, Ordering::Relaxed) {
             match load(ext) {
                 Ok(next) => {
                     log::info!("reloaded settings {} (was {})", next.seq, current.seq);
+                    let auth_changed = (&next.settings.msi_endpoint, &next.settings.msi_client_id)
+                        != (
+                            &current.settings.msi_endpoint,
+                            &current.settings.msi_client_id,
+                        );
                     current = next;
+                    if auth_changed {
+                        client = vault_client(&current.settings);
+                    }
                     state.seq = current.seq;
                     state.certificates = certificate_states(&current.settings, Some(&state));
+                    sync = InitialSync::start(current.settings.require_initial_sync);
+                    // New settings take effect now, not at the next interval.
+                    next_poll = Instant::now();
                 }
                 Err(e) => log::error!("keeping settings {}: {e}", current.seq),
             }
         }
-        // Heartbeat first: a status that says the worker runs implies a heartbeat is there.
-        let beat = Heartbeat {
-            message: format!("kvvm worker running with settings {}", current.seq),
-        };
-        if let Err(e) = ext.write_heartbeat(&beat) {
-            log::error!("{e}");
+        if Instant::now() >= next_poll {
+            poll_once(&client, &current.settings, &mut state.certificates, &stop);
+            if stop.requested() {
+                save(ext, &current, sync, &mut state);
+                log::info!("worker stopping on request");
+                return Ok(());
+            }
+            let all_installed = state
+                .certificates
+                .iter()
+                .all(|c| matches!(c.status, CertStatus::Installed | CertStatus::Warning));
+            sync = sync.after_attempt(all_installed);
+            let interval = current.settings.polling_interval;
+            let wait = match sync {
+                InitialSync::Trying { attempts } => {
+                    schedule::initial_sync_retry(attempts, interval)
+                }
+                _ => schedule::next_delay(interval, &mut rng),
+            };
+            if let InitialSync::Trying { attempts } = sync {
+                log::info!(
+                    "initial sync: attempt {attempts} left certificates missing; next try in {} s",
+                    wait.as_secs()
+                );
+            }
+            next_poll = Instant::now() + wait;
         }
-        state.updated = crate::handler::utc_timestamp(time::OffsetDateTime::now_utc());
-        if let Err(e) = state.save(&data_dir) {
-            log::error!("{e}");
-        }
-        if let Err(e) = ext.write_status(current.seq, &report(&current, &state)) {
-            log::error!("{e}");
-        }
-        signals.sleep(HEARTBEAT_EVERY);
-        if signals.stop.load(Ordering::Relaxed) {
+        save(ext, &current, sync, &mut state);
+        signals.sleep(HEARTBEAT_EVERY.min(next_poll.saturating_duration_since(Instant::now())));
+        if stop.requested() {
             log::info!("worker stopping on request");
             return Ok(());
         }
+    }
+}
+
+/// Heartbeat, state file and status file, in that order: a status that says the worker runs implies a
+/// heartbeat is there.
+fn save(ext: &Extension, current: &Current, sync: InitialSync, state: &mut WorkerState) {
+    let beat = Heartbeat {
+        message: format!("kvvm worker running with settings {}", current.seq),
+    };
+    if let Err(e) = ext.write_heartbeat(&beat) {
+        log::error!("{e}");
+    }
+    state.updated = crate::handler::utc_timestamp(OffsetDateTime::now_utc());
+    if let Err(e) = state.save(&ext.data_dir()) {
+        log::error!("{e}");
+    }
+    if let Err(e) = ext.write_status(current.seq, &report(current, sync, state)) {
+        log::error!("{e}");
     }
 }

@@ -1,0 +1,621 @@
+//! Turns the value of a certificate-backed Key Vault secret into what applications read: the chain ordered leaf
+//! → intermediates → root and the private key, checked before anything touches the disk.
+//!
+//! * `application/x-pkcs12`: base64 PFX with an empty password (SHA-1 MAC + 3DES as Key Vault writes it, PBES2/AES,
+//!   RC2-40 certificate bags, unencrypted bags; certificates in any order, bags with or without localKeyId).
+//! * `application/x-pem-file`: certificates and one key in any order, the key as PKCS#8, PKCS#1 or SEC1, CRLF or LF.
+//!
+//! The chain is ordered by subject/issuer names and key identifiers (RFC 5246 §7.4.2); a certificate that is not
+//! part of the leaf's chain, or a chain that loops, is rejected. The leaf is the certificate whose public key is
+//! the private key's; a key that matches no certificate is rejected. The key is always written as PKCS#8.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use rustls_pki_types::pem::{PemObject, SectionKind};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
+use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
+use x509_parser::x509::SubjectPublicKeyInfo;
+use zeroize::Zeroizing;
+
+/// How the secret's value is encoded (from its `contentType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentKind {
+    /// `application/x-pkcs12`: base64 of a PFX with an empty password.
+    Pkcs12,
+    /// `application/x-pem-file`: PEM text.
+    Pem,
+}
+
+/// Why a secret's value cannot be installed. `name` is `<vault>/<certificate> version <v>`.
+#[derive(Debug, thiserror::Error)]
+pub enum CertificateError {
+    /// The PKCS#12 value is not base64.
+    #[error(
+        "{name}: the secret's value is not base64 ({detail}) although its contentType is application/x-pkcs12; \
+         re-import the certificate into Key Vault"
+    )]
+    Base64 { name: String, detail: String },
+    /// The PFX cannot be read with the empty password Key Vault uses.
+    #[error(
+        "{name}: the PKCS#12 (PFX) value cannot be read with an empty password ({detail}); Key Vault stores \
+         certificates without a password, so re-import it with `az keyvault certificate import` (which removes \
+         the password) rather than as a plain secret"
+    )]
+    Pkcs12 { name: String, detail: String },
+    /// A PEM section is malformed, or the key is encrypted.
+    #[error(
+        "{name}: the PEM value cannot be read ({detail}); re-import the certificate into Key Vault"
+    )]
+    Pem { name: String, detail: String },
+    /// No certificate at all.
+    #[error(
+        "{name}: the value holds no certificate; observe the secret of a Key Vault certificate"
+    )]
+    NoCertificate { name: String },
+    /// No private key: the certificate's key is not exportable.
+    #[error(
+        "{name}: the value holds no private key, so the certificate cannot be used for TLS; make the key \
+         exportable in the certificate policy (keyProperties.exportable: true) and create a new version"
+    )]
+    NoPrivateKey { name: String },
+    /// More than one private key.
+    #[error(
+        "{name}: the value holds {count} private keys; a Key Vault certificate has exactly one, so re-import it \
+         with only the leaf's key"
+    )]
+    SeveralKeys { name: String, count: usize },
+    /// A key of a type or size that cannot be used.
+    #[error(
+        "{name}: the private key cannot be used ({detail}); Key Vault certificates use RSA 2048/3072/4096 or EC \
+         P-256/P-384/P-521 keys"
+    )]
+    UnsupportedKey { name: String, detail: String },
+    /// A certificate cannot be parsed.
+    #[error("{name}: certificate {index} of the value is not a valid X.509 certificate ({detail})")]
+    BadCertificate {
+        name: String,
+        index: usize,
+        detail: String,
+    },
+    /// The key belongs to none of the certificates.
+    #[error(
+        "{name}: the private key does not match any of its {count} certificate(s) (leaf subject {subject}); \
+         nothing was installed and the previous version stays current — re-import the certificate with its own key"
+    )]
+    KeyMismatch {
+        name: String,
+        count: usize,
+        subject: String,
+    },
+    /// Certificates that are not part of the leaf's chain.
+    #[error(
+        "{name}: certificate(s) {extra} are not part of the chain of the leaf {leaf}; re-import the certificate \
+         with only its own chain"
+    )]
+    Disjoint {
+        name: String,
+        leaf: String,
+        extra: String,
+    },
+    /// Issuers that loop.
+    #[error(
+        "{name}: the chain loops back to {subject}; re-import the certificate with a proper chain"
+    )]
+    Cycle { name: String, subject: String },
+}
+
+impl CertificateError {
+    /// A short fixed reason for the status file.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Base64 { .. } | Self::Pkcs12 { .. } | Self::Pem { .. } => {
+                "certificate-unreadable"
+            }
+            Self::NoCertificate { .. } => "no-certificate",
+            Self::NoPrivateKey { .. } => "no-private-key",
+            Self::SeveralKeys { .. } => "several-private-keys",
+            Self::UnsupportedKey { .. } => "unsupported-key",
+            Self::BadCertificate { .. } => "bad-certificate",
+            Self::KeyMismatch { .. } => "key-mismatch",
+            Self::Disjoint { .. } => "chain-disjoint",
+            Self::Cycle { .. } => "chain-cycle",
+        }
+    }
+}
+
+/// A checked certificate: its chain in order and its PKCS#8 key.
+pub struct CertificateBundle {
+    chain: Vec<Vec<u8>>,
+    key: Zeroizing<Vec<u8>>,
+    subject: String,
+    serial: String,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+}
+
+impl std::fmt::Debug for CertificateBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateBundle")
+            .field("subject", &self.subject)
+            .field("serial", &self.serial)
+            .field("chain_len", &self.chain.len())
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// What the parser needs from one certificate.
+struct Parsed {
+    der: Vec<u8>,
+    subject: String,
+    subject_raw: Vec<u8>,
+    issuer_raw: Vec<u8>,
+    ski: Option<Vec<u8>>,
+    aki: Option<Vec<u8>>,
+    spki: Vec<u8>,
+    serial: String,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+}
+
+impl Parsed {
+    fn new(name: &str, index: usize, der: Vec<u8>) -> Result<Self, CertificateError> {
+        let bad = |detail: String| CertificateError::BadCertificate {
+            name: name.to_string(),
+            index: index + 1,
+            detail,
+        };
+        let (rest, cert) = X509Certificate::from_der(&der).map_err(|e| bad(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(bad(format!("{} bytes after its end", rest.len())));
+        }
+        let mut ski = None;
+        let mut aki = None;
+        for ext in cert.extensions() {
+            match ext.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(id) => ski = Some(id.0.to_vec()),
+                ParsedExtension::AuthorityKeyIdentifier(id) => {
+                    aki = id.key_identifier.as_ref().map(|k| k.0.to_vec());
+                }
+                _ => {}
+            }
+        }
+        let serial = serial_hex(cert.raw_serial());
+        let parsed = Parsed {
+            subject: cert.subject().to_string(),
+            subject_raw: cert.subject().as_raw().to_vec(),
+            issuer_raw: cert.issuer().as_raw().to_vec(),
+            ski,
+            aki,
+            spki: cert.public_key().raw.to_vec(),
+            serial,
+            not_before: cert.validity().not_before.to_datetime(),
+            not_after: cert.validity().not_after.to_datetime(),
+            der: Vec::new(),
+        };
+        Ok(Parsed { der, ..parsed })
+    }
+
+    /// Whether `issuer` issued `self` (names match, and key identifiers too when both are present).
+    fn issued_by(&self, issuer: &Parsed) -> bool {
+        self.issuer_raw == issuer.subject_raw
+            && match (&self.aki, &issuer.ski) {
+                (Some(a), Some(s)) => a == s,
+                _ => true,
+            }
+    }
+
+    fn self_issued(&self) -> bool {
+        self.issued_by(self)
+    }
+
+    fn label(&self) -> String {
+        if self.subject.is_empty() {
+            format!("(empty subject, serial {})", self.serial)
+        } else {
+            format!("\"{}\"", self.subject)
+        }
+    }
+}
+
+/// Upper-case hex of a serial number without leading zero bytes, as `openssl x509 -serial` prints it.
+fn serial_hex(raw: &[u8]) -> String {
+    let start = raw
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(raw.len().saturating_sub(1));
+    raw[start..].iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// Public key of a private key, as the algorithm OID plus the subjectPublicKey bits (so two encodings of the
+/// same AlgorithmIdentifier still compare equal), and that AlgorithmIdentifier's DER.
+fn key_identity(spki_der: &[u8]) -> Option<(String, Vec<u8>, Vec<u8>)> {
+    let (_, spki) = SubjectPublicKeyInfo::from_der(spki_der).ok()?;
+    let alg = spki.algorithm.algorithm.to_id_string();
+    let params = match (alg.as_str(), &spki.algorithm.parameters) {
+        // EC: the curve is part of the key's identity.
+        ("1.2.840.10045.2.1", Some(p)) => p.as_bytes().to_vec(),
+        _ => Vec::new(),
+    };
+    Some((
+        format!("{alg}:{}", hex_lower(&params)),
+        spki.subject_public_key.data.to_vec(),
+        first_element(spki_der)?.to_vec(),
+    ))
+}
+
+/// Splits one DER TLV off the front of `der`: (the whole TLV, its content, the rest).
+fn tlv(der: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let first = *der.get(1)?;
+    let (len, header) = if first < 0x80 {
+        (usize::from(first), 2)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let len = der
+            .get(2..2 + n)?
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, 2 + n)
+    };
+    let end = header.checked_add(len)?;
+    let whole = der.get(..end)?;
+    Some((whole, &whole[header..], &der[end..]))
+}
+
+/// The first element inside a DER SEQUENCE (for a SubjectPublicKeyInfo: its AlgorithmIdentifier).
+fn first_element(seq: &[u8]) -> Option<&[u8]> {
+    let (_, content, _) = tlv(seq)?;
+    let (first, _, _) = tlv(content)?;
+    Some(first)
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The private key as found, before its public half is known.
+enum FoundKey {
+    Pkcs8(Zeroizing<Vec<u8>>),
+    Pkcs1(Zeroizing<Vec<u8>>),
+    Sec1(Zeroizing<Vec<u8>>),
+}
+
+impl FoundKey {
+    fn der(&self) -> PrivateKeyDer<'_> {
+        match self {
+            FoundKey::Pkcs8(d) => PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(d.as_slice())),
+            FoundKey::Pkcs1(d) => PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(d.as_slice())),
+            FoundKey::Sec1(d) => PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(d.as_slice())),
+        }
+    }
+}
+
+impl CertificateBundle {
+    /// Decodes and checks a secret's value. `name` identifies the certificate in error messages.
+    pub fn from_secret(
+        name: &str,
+        kind: ContentKind,
+        value: &str,
+    ) -> Result<CertificateBundle, CertificateError> {
+        let (certs, keys) = match kind {
+            ContentKind::Pkcs12 => read_pkcs12(name, value)?,
+            ContentKind::Pem => read_pem(name, value)?,
+        };
+        Self::assemble(name, certs, keys)
+    }
+
+    fn assemble(
+        name: &str,
+        ders: Vec<Vec<u8>>,
+        mut keys: Vec<FoundKey>,
+    ) -> Result<CertificateBundle, CertificateError> {
+        // The same certificate may appear in several bags.
+        let mut unique: Vec<Vec<u8>> = Vec::with_capacity(ders.len());
+        for der in ders {
+            if !unique.contains(&der) {
+                unique.push(der);
+            }
+        }
+        if unique.is_empty() {
+            return Err(CertificateError::NoCertificate {
+                name: name.to_string(),
+            });
+        }
+        let key = match keys.len() {
+            0 => {
+                return Err(CertificateError::NoPrivateKey {
+                    name: name.to_string(),
+                });
+            }
+            1 => keys.remove(0),
+            count => {
+                return Err(CertificateError::SeveralKeys {
+                    name: name.to_string(),
+                    count,
+                });
+            }
+        };
+        let certs = unique
+            .into_iter()
+            .enumerate()
+            .map(|(i, der)| Parsed::new(name, i, der))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let signing =
+            rustls::crypto::aws_lc_rs::sign::any_supported_type(&key.der()).map_err(|e| {
+                CertificateError::UnsupportedKey {
+                    name: name.to_string(),
+                    detail: e.to_string(),
+                }
+            })?;
+        let public = signing
+            .public_key()
+            .ok_or_else(|| CertificateError::UnsupportedKey {
+                name: name.to_string(),
+                detail: "its public key cannot be derived".to_string(),
+            })?;
+        let (key_alg, key_bits, key_alg_der) =
+            key_identity(public.as_ref()).ok_or_else(|| CertificateError::UnsupportedKey {
+                name: name.to_string(),
+                detail: "its public key cannot be encoded".to_string(),
+            })?;
+        let matches: Vec<usize> = certs
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| {
+                key_identity(&c.spki).is_some_and(|(a, b, _)| a == key_alg && b == key_bits)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        // With several certificates for the same key (rare), the leaf is the one that issued nothing.
+        let leaf = matches
+            .iter()
+            .copied()
+            .find(|&i| {
+                !certs
+                    .iter()
+                    .enumerate()
+                    .any(|(j, c)| j != i && c.issued_by(&certs[i]))
+            })
+            .or(matches.first().copied());
+        let Some(leaf) = leaf else {
+            // Name what the certificate that looks like the leaf is, so the user can tell what was uploaded.
+            let guess = certs
+                .iter()
+                .find(|c| !certs.iter().any(|o| !std::ptr::eq(*c, o) && o.issued_by(c)))
+                .unwrap_or(&certs[0]);
+            return Err(CertificateError::KeyMismatch {
+                name: name.to_string(),
+                count: certs.len(),
+                subject: guess.label(),
+            });
+        };
+
+        let order = order_chain(name, &certs, leaf)?;
+        let leaf_cert = &certs[leaf];
+        let key = match key {
+            FoundKey::Pkcs8(der) => der,
+            FoundKey::Pkcs1(der) | FoundKey::Sec1(der) => wrap_pkcs8(&key_alg_der, &der),
+        };
+        let (subject, serial, not_before, not_after) = (
+            leaf_cert.subject.clone(),
+            leaf_cert.serial.clone(),
+            leaf_cert.not_before,
+            leaf_cert.not_after,
+        );
+        let mut certs: Vec<Option<Parsed>> = certs.into_iter().map(Some).collect();
+        let chain = order
+            .into_iter()
+            .filter_map(|i| certs[i].take().map(|c| c.der))
+            .collect();
+        Ok(CertificateBundle {
+            chain,
+            key,
+            subject,
+            serial,
+            not_before,
+            not_after,
+        })
+    }
+
+    /// The PEM file's content: every certificate (leaf first) then the PKCS#8 private key.
+    pub fn to_pem(&self) -> Zeroizing<Vec<u8>> {
+        let size: usize = self
+            .chain
+            .iter()
+            .chain(std::iter::once(&*self.key))
+            .map(|d| d.len() * 4 / 3 + d.len() / 48 + 80)
+            .sum();
+        let mut out = Zeroizing::new(Vec::with_capacity(size));
+        for der in &self.chain {
+            pem_section(&mut out, "CERTIFICATE", der);
+        }
+        pem_section(&mut out, "PRIVATE KEY", &self.key);
+        out
+    }
+
+    /// The chain, leaf first, as DER.
+    pub fn chain(&self) -> &[Vec<u8>] {
+        &self.chain
+    }
+
+    /// The leaf's subject.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The leaf's serial number in upper-case hex (as `openssl x509 -serial` prints it).
+    pub fn serial_hex(&self) -> String {
+        self.serial.clone()
+    }
+
+    /// The leaf's notBefore.
+    pub fn not_before(&self) -> OffsetDateTime {
+        self.not_before
+    }
+
+    /// The leaf's notAfter.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+
+    /// A sentence when the leaf is expired or not yet valid at `now` (it is installed anyway).
+    pub fn validity_warning(&self, now: OffsetDateTime) -> Option<String> {
+        let fmt = |t: OffsetDateTime| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|_| t.to_string())
+        };
+        if now > self.not_after {
+            Some(format!(
+                "the certificate expired on {} (installed anyway: it is the vault's current version); renew it in Key Vault",
+                fmt(self.not_after)
+            ))
+        } else if now < self.not_before {
+            Some(format!(
+                "the certificate is not valid before {} (installed anyway: it is the vault's current version)",
+                fmt(self.not_before)
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// Orders the certificates from `leaf` up by issuer; every certificate must be on that path.
+fn order_chain(name: &str, certs: &[Parsed], leaf: usize) -> Result<Vec<usize>, CertificateError> {
+    let mut order = vec![leaf];
+    let mut current = leaf;
+    while !certs[current].self_issued() {
+        let next =
+            (0..certs.len()).find(|&i| !order.contains(&i) && certs[current].issued_by(&certs[i]));
+        match next {
+            Some(i) => {
+                order.push(i);
+                current = i;
+            }
+            None => {
+                if let Some(&looped) = order
+                    .iter()
+                    .find(|&&i| i != current && certs[current].issued_by(&certs[i]))
+                {
+                    return Err(CertificateError::Cycle {
+                        name: name.to_string(),
+                        subject: certs[looped].label(),
+                    });
+                }
+                break;
+            }
+        }
+    }
+    if order.len() < certs.len() {
+        let extra: Vec<String> = (0..certs.len())
+            .filter(|i| !order.contains(i))
+            .map(|i| certs[i].label())
+            .collect();
+        return Err(CertificateError::Disjoint {
+            name: name.to_string(),
+            leaf: certs[leaf].label(),
+            extra: extra.join(", "),
+        });
+    }
+    Ok(order)
+}
+
+fn pem_section(out: &mut Vec<u8>, label: &str, der: &[u8]) {
+    let mut b64 = Zeroizing::new(String::with_capacity(der.len().div_ceil(3) * 4));
+    STANDARD.encode_string(der, &mut b64);
+    out.extend_from_slice(format!("-----BEGIN {label}-----\n").as_bytes());
+    for line in b64.as_bytes().chunks(64) {
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.extend_from_slice(format!("-----END {label}-----\n").as_bytes());
+}
+
+/// DER length octets.
+fn der_len(out: &mut Vec<u8>, len: usize) {
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+}
+
+/// PKCS#8 PrivateKeyInfo { version 0, algorithm, OCTET STRING key } around a PKCS#1 or SEC1 key.
+fn wrap_pkcs8(algorithm_der: &[u8], key: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut body = Zeroizing::new(Vec::with_capacity(key.len() + algorithm_der.len() + 16));
+    body.extend_from_slice(&[0x02, 0x01, 0x00]);
+    body.extend_from_slice(algorithm_der);
+    body.push(0x04);
+    der_len(&mut body, key.len());
+    body.extend_from_slice(key);
+    let mut out = Zeroizing::new(Vec::with_capacity(body.len() + 6));
+    out.push(0x30);
+    der_len(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out
+}
+
+fn read_pkcs12(name: &str, value: &str) -> Result<(Vec<Vec<u8>>, Vec<FoundKey>), CertificateError> {
+    let compact: Zeroizing<String> =
+        Zeroizing::new(value.chars().filter(|c| !c.is_ascii_whitespace()).collect());
+    let der = Zeroizing::new(STANDARD.decode(compact.as_bytes()).map_err(|e| {
+        CertificateError::Base64 {
+            name: name.to_string(),
+            detail: e.to_string(),
+        }
+    })?);
+    let archive = p12_keystore::Pkcs12Archive::from_pkcs12(&der, "").map_err(|e| {
+        CertificateError::Pkcs12 {
+            name: name.to_string(),
+            detail: e.to_string(),
+        }
+    })?;
+    let certs = archive
+        .certs
+        .iter()
+        .map(|bag| bag.cert.as_der().to_vec())
+        .collect();
+    let keys = archive
+        .keys
+        .iter()
+        .map(|bag| FoundKey::Pkcs8(Zeroizing::new(bag.key.as_der().to_vec())))
+        .collect();
+    Ok((certs, keys))
+}
+
+fn read_pem(name: &str, value: &str) -> Result<(Vec<Vec<u8>>, Vec<FoundKey>), CertificateError> {
+    let mut certs = Vec::new();
+    let mut keys = Vec::new();
+    let bad = |detail: String| CertificateError::Pem {
+        name: name.to_string(),
+        detail,
+    };
+    if value.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        || value.contains("Proc-Type: 4,ENCRYPTED")
+    {
+        return Err(bad(
+            "the private key is encrypted; Key Vault keeps PEM keys unencrypted".to_string(),
+        ));
+    }
+    for section in <(SectionKind, Vec<u8>) as PemObject>::pem_slice_iter(value.as_bytes()) {
+        let (kind, der) = section.map_err(|e| bad(e.to_string()))?;
+        let der = Zeroizing::new(der);
+        match kind {
+            SectionKind::Certificate => certs.push(der.to_vec()),
+            SectionKind::PrivateKey => keys.push(FoundKey::Pkcs8(der)),
+            SectionKind::RsaPrivateKey => keys.push(FoundKey::Pkcs1(der)),
+            SectionKind::EcPrivateKey => keys.push(FoundKey::Sec1(der)),
+            // CRLs, public keys, EC PARAMETERS (as `openssl ecparam -genkey` writes) and the like.
+            _ => {}
+        }
+    }
+    Ok((certs, keys))
+}

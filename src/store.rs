@@ -1,0 +1,585 @@
+//! The certificate store folder: one PEM file per version behind a stable symlink, written so that a crash at
+//! any instant leaves the previous version fully usable.
+//!
+//! * The folder is created with mode 0700 (an existing one loses any group/other bits it has without an ACL).
+//! * A version file is created 0600 from its first byte as a temp file in the same folder (`O_EXCL |
+//!   O_NOFOLLOW`), gets its ACL, is fsynced and renamed over `<prefix>.<version>`; then the folder is fsynced.
+//!   A rename replaces whatever is at the target — a planted symlink is replaced, never followed.
+//! * The link is a relative symlink created under a temp name and renamed over the old one, so readers always
+//!   see the old file or the new one.
+//! * Installs into one folder are serialised with a lock file (`.kvvm.lock`), which also makes it safe to delete
+//!   temp files left by a crash.
+//! * Retention keeps the newest `retained_versions` files of a certificate (by modification time) and never
+//!   the current one.
+
+use std::ffi::{CString, OsStr};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::settings::AclEntry;
+
+/// Prefix of every temp file and link the installer creates; anything with it is a crash leftover.
+pub const TEMP_PREFIX: &str = ".kvvm-tmp.";
+/// The lock file serialising installs into one folder.
+pub const LOCK_FILE: &str = ".kvvm.lock";
+
+/// Why the store could not be updated. What was installed before stays in place.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The folder is not an absolute path.
+    #[error(
+        "certificate store {path}: not an absolute path; set certificateStoreLocation to an absolute folder"
+    )]
+    NotAbsolute { path: PathBuf },
+    /// The folder cannot be created or prepared.
+    #[error("certificate store {path}: {action} failed: {source}; check the folder and the disk")]
+    Folder {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// Something that is not a folder is at the store path.
+    #[error(
+        "certificate store {path}: exists but is not a folder; remove it or choose another certificateStoreLocation"
+    )]
+    NotAFolder { path: PathBuf },
+    /// A name would escape the folder or clash with the installer's own files.
+    #[error("certificate store {path}: {what} {name:?} is not a plain file name; {fix}")]
+    BadName {
+        path: PathBuf,
+        what: &'static str,
+        name: String,
+        fix: &'static str,
+    },
+    /// Writing a file failed.
+    #[error(
+        "certificate store {path}: writing {file} failed: {source}; check free space and the folder's permissions"
+    )]
+    Write {
+        path: PathBuf,
+        file: String,
+        #[source]
+        source: io::Error,
+    },
+    /// A directory is where the link or file must go.
+    #[error(
+        "certificate store {path}: {file} is a folder; remove it so the certificate can be installed there"
+    )]
+    InTheWay { path: PathBuf, file: String },
+    /// An `acls` user does not exist on this machine.
+    #[error(
+        "acls: user {user:?} does not exist on this machine; create it or fix the certificate's acls setting"
+    )]
+    UnknownUser { user: String },
+    /// An `acls` group does not exist on this machine.
+    #[error(
+        "acls: group {group:?} does not exist on this machine; create it or fix the certificate's acls setting"
+    )]
+    UnknownGroup { group: String },
+    /// Setting an ACL failed (e.g. the filesystem has no ACL support).
+    #[error(
+        "acls: setting the ACL of {file} failed: {source}; the filesystem must support POSIX ACLs (mount option acl)"
+    )]
+    Acl {
+        file: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl StoreError {
+    /// A short fixed reason for the status file.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotAbsolute { .. } | Self::NotAFolder { .. } | Self::Folder { .. } => {
+                "store-folder"
+            }
+            Self::BadName { .. } => "store-bad-name",
+            Self::Write { .. } | Self::InTheWay { .. } => "store-write",
+            Self::UnknownUser { .. } | Self::UnknownGroup { .. } => "acl-unknown-principal",
+            Self::Acl { .. } => "acl-failed",
+        }
+    }
+}
+
+/// One version to install.
+#[derive(Debug)]
+pub struct Install<'a> {
+    /// `<vault>.<certificate>`; the file is `<prefix>.<version>`.
+    pub file_prefix: &'a str,
+    /// The symlink's file name.
+    pub link_name: &'a str,
+    /// The Key Vault version (32 hex digits).
+    pub version: &'a str,
+    /// The file's content.
+    pub pem: &'a [u8],
+    /// Users and groups to give read access (empty: none).
+    pub acls: &'a [AclEntry],
+    /// How many version files to keep (at least the current one).
+    pub retained_versions: u32,
+}
+
+/// What an install did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    /// The version's file.
+    pub file: PathBuf,
+    /// The link.
+    pub link: PathBuf,
+    /// The file was (re)written.
+    pub written: bool,
+    /// The link was created or moved.
+    pub link_changed: bool,
+    /// Older version files deleted by retention.
+    pub removed: Vec<PathBuf>,
+}
+
+/// An opened store folder.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Creates the folder if needed (0700; parents 0755) and makes sure only root can list it, unless it carries
+    /// an ACL (then only "other" bits are cleared, so the ACL's mask stays intact).
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        if !dir.is_absolute() {
+            return Err(StoreError::NotAbsolute {
+                path: dir.to_path_buf(),
+            });
+        }
+        let folder_err = |action: &'static str| {
+            let path = dir.to_path_buf();
+            move |source| StoreError::Folder {
+                path,
+                action,
+                source,
+            }
+        };
+        if let Some(parent) = dir.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)
+                .map_err(folder_err("creating its parent folders"))?;
+        }
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(folder_err("creating it")(e)),
+        }
+        let meta = fs::metadata(dir).map_err(folder_err("reading it"))?;
+        if !meta.is_dir() {
+            return Err(StoreError::NotAFolder {
+                path: dir.to_path_buf(),
+            });
+        }
+        let mode = meta.mode() & 0o7777;
+        let wanted = if has_access_acl(dir) {
+            mode & 0o770 | 0o700
+        } else {
+            0o700
+        };
+        if mode != wanted {
+            fs::set_permissions(dir, fs::Permissions::from_mode(wanted))
+                .map_err(folder_err("setting its mode"))?;
+        }
+        Ok(Store {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The version the link `link_name` points at, if it points at an existing `<prefix>.<version>` file.
+    pub fn current_version(&self, link_name: &str, file_prefix: &str) -> Option<String> {
+        let target = fs::read_link(self.dir.join(link_name)).ok()?;
+        if target.components().count() != 1 {
+            return None;
+        }
+        let version = version_of(target.as_os_str(), file_prefix)?;
+        fs::symlink_metadata(self.dir.join(&target))
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|_| version.to_string())
+    }
+
+    /// Installs one version and points the link at it; see the module documentation for the guarantees.
+    pub fn install(&self, req: &Install<'_>) -> Result<Installed, StoreError> {
+        self.check_name("file prefix", req.file_prefix, "this is a bug in kvvm")?;
+        self.check_name(
+            "link name",
+            req.link_name,
+            "set customSymbolicLinkName to a plain file name",
+        )?;
+        if !is_version(req.version) {
+            return Err(self.bad_name(
+                "version",
+                req.version,
+                "Key Vault versions are 32 hex digits",
+            ));
+        }
+        let file_name = format!("{}.{}", req.file_prefix, req.version);
+        if req.link_name == file_name {
+            return Err(self.bad_name(
+                "link name",
+                req.link_name,
+                "choose a customSymbolicLinkName that is not a version file's name",
+            ));
+        }
+        let acl = Principals::resolve(req.acls)?;
+
+        let _lock = self.lock()?;
+        self.clean_temp_files();
+
+        let file = self.dir.join(&file_name);
+        let link = self.dir.join(req.link_name);
+        let written = if self.same_content(&file, req.pem) {
+            acl.apply(&file, false)?;
+            false
+        } else {
+            self.write_file(&file_name, req.pem, &acl)?;
+            true
+        };
+        let link_changed = match fs::read_link(&link) {
+            Ok(target) if target.as_os_str() == OsStr::new(&file_name) => false,
+            _ => {
+                self.swap_link(req.link_name, &file_name)?;
+                true
+            }
+        };
+        if written || link_changed {
+            self.sync_dir()?;
+        }
+        acl.apply(&self.dir, true)?;
+        let removed = self.retain(req.file_prefix, &file_name, req.retained_versions);
+        Ok(Installed {
+            file,
+            link,
+            written,
+            link_changed,
+            removed,
+        })
+    }
+
+    fn bad_name(&self, what: &'static str, name: &str, fix: &'static str) -> StoreError {
+        StoreError::BadName {
+            path: self.dir.clone(),
+            what,
+            name: name.to_string(),
+            fix,
+        }
+    }
+
+    fn check_name(
+        &self,
+        what: &'static str,
+        name: &str,
+        fix: &'static str,
+    ) -> Result<(), StoreError> {
+        let plain = !name.is_empty()
+            && name != "."
+            && name != ".."
+            && !name.contains(['/', '\0'])
+            && !name.starts_with(TEMP_PREFIX)
+            && name != LOCK_FILE
+            && name.len() <= 255;
+        if plain {
+            Ok(())
+        } else {
+            Err(self.bad_name(what, name, fix))
+        }
+    }
+
+    fn write_err(&self, file: &str) -> impl FnOnce(io::Error) -> StoreError {
+        let path = self.dir.clone();
+        let file = file.to_string();
+        move |source| StoreError::Write { path, file, source }
+    }
+
+    fn lock(&self) -> Result<File, StoreError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(self.dir.join(LOCK_FILE))
+            .map_err(self.write_err(LOCK_FILE))?;
+        file.lock().map_err(self.write_err(LOCK_FILE))?;
+        Ok(file)
+    }
+
+    /// Deletes temp files and links a crashed install left (only called under the lock).
+    fn clean_temp_files(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .as_bytes()
+                .starts_with(TEMP_PREFIX.as_bytes())
+            {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => log::info!(
+                        "removed {} left by an interrupted install",
+                        entry.path().display()
+                    ),
+                    Err(e) => log::warn!("cannot remove {}: {e}", entry.path().display()),
+                }
+            }
+        }
+    }
+
+    /// Whether `file` is a regular file (not a symlink) holding exactly `content`.
+    fn same_content(&self, file: &Path, content: &[u8]) -> bool {
+        let Ok(meta) = fs::symlink_metadata(file) else {
+            return false;
+        };
+        if !meta.is_file() || meta.len() != content.len() as u64 || meta.mode() & 0o7137 != 0 {
+            return false;
+        }
+        let Ok(mut f) = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(file)
+        else {
+            return false;
+        };
+        let mut existing = zeroize::Zeroizing::new(Vec::with_capacity(content.len()));
+        f.read_to_end(&mut existing).is_ok() && existing.as_slice() == content
+    }
+
+    fn temp_name(&self, what: &str) -> String {
+        format!("{TEMP_PREFIX}{what}.{:016x}", fastrand::u64(..))
+    }
+
+    fn write_file(
+        &self,
+        file_name: &str,
+        content: &[u8],
+        acl: &Principals,
+    ) -> Result<(), StoreError> {
+        let target = self.dir.join(file_name);
+        if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+            return Err(StoreError::InTheWay {
+                path: self.dir.clone(),
+                file: file_name.to_string(),
+            });
+        }
+        let temp = self.dir.join(self.temp_name(file_name));
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&temp)
+                .map_err(self.write_err(file_name))?;
+            f.write_all(content).map_err(self.write_err(file_name))?;
+            acl.apply(&temp, false)?;
+            f.sync_all().map_err(self.write_err(file_name))?;
+            fs::rename(&temp, &target).map_err(self.write_err(file_name))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        result
+    }
+
+    fn swap_link(&self, link_name: &str, target: &str) -> Result<(), StoreError> {
+        let link = self.dir.join(link_name);
+        if fs::symlink_metadata(&link).is_ok_and(|m| m.is_dir()) {
+            return Err(StoreError::InTheWay {
+                path: self.dir.clone(),
+                file: link_name.to_string(),
+            });
+        }
+        let temp = self.dir.join(self.temp_name(link_name));
+        std::os::unix::fs::symlink(target, &temp).map_err(self.write_err(link_name))?;
+        fs::rename(&temp, &link).map_err(|e| {
+            let _ = fs::remove_file(&temp);
+            self.write_err(link_name)(e)
+        })
+    }
+
+    fn sync_dir(&self) -> Result<(), StoreError> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(self.write_err("."))
+    }
+
+    /// Deletes all but the newest `keep` version files of `prefix`; `current` is always kept.
+    fn retain(&self, prefix: &str, current: &str, keep: u32) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut others: Vec<(SystemTime, PathBuf)> = entries
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name();
+                name.as_bytes() != current.as_bytes() && version_of(&name, prefix).is_some()
+            })
+            .filter_map(|e| {
+                let meta = e.metadata().ok()?;
+                meta.is_file()
+                    .then(|| (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), e.path()))
+            })
+            .collect();
+        others.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let keep_others = keep.max(1) as usize - 1;
+        let mut removed = Vec::new();
+        for (_, path) in others.into_iter().skip(keep_others) {
+            match fs::remove_file(&path) {
+                Ok(()) => removed.push(path),
+                Err(e) => log::warn!("cannot remove old version {}: {e}", path.display()),
+            }
+        }
+        removed
+    }
+}
+
+/// `<version>` when `name` is `<prefix>.<32 hex>`.
+fn version_of<'a>(name: &'a OsStr, prefix: &str) -> Option<&'a str> {
+    let name = name.to_str()?;
+    let version = name.strip_prefix(prefix)?.strip_prefix('.')?;
+    is_version(version).then_some(version)
+}
+
+fn is_version(v: &str) -> bool {
+    v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn has_access_acl(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: both strings are NUL-terminated; a null buffer with size 0 only asks for the size.
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    n > 0
+}
+
+/// The `acls` entries, resolved to numeric ids.
+struct Principals {
+    users: Vec<u32>,
+    groups: Vec<u32>,
+}
+
+impl Principals {
+    fn resolve(entries: &[AclEntry]) -> Result<Principals, StoreError> {
+        let mut users = Vec::new();
+        let mut groups = Vec::new();
+        for entry in entries {
+            if let Some(user) = &entry.user {
+                let uid = lookup(user, false)
+                    .ok_or_else(|| StoreError::UnknownUser { user: user.clone() })?;
+                if !users.contains(&uid) {
+                    users.push(uid);
+                }
+            }
+            if let Some(group) = &entry.group {
+                let gid = lookup(group, true).ok_or_else(|| StoreError::UnknownGroup {
+                    group: group.clone(),
+                })?;
+                if !groups.contains(&gid) {
+                    groups.push(gid);
+                }
+            }
+        }
+        Ok(Principals { users, groups })
+    }
+
+    /// Adds read (files) or read+execute (folders) for every principal to `path`'s access ACL, keeping its
+    /// other entries; the mask is recomputed.
+    fn apply(&self, path: &Path, folder: bool) -> Result<(), StoreError> {
+        if self.users.is_empty() && self.groups.is_empty() {
+            return Ok(());
+        }
+        let perms = if folder {
+            exacl::Perm::READ | exacl::Perm::EXECUTE
+        } else {
+            exacl::Perm::READ
+        };
+        let err = |source| StoreError::Acl {
+            file: path.to_path_buf(),
+            source,
+        };
+        let mut entries = exacl::getfacl(path, exacl::AclOption::ACCESS_ACL).map_err(err)?;
+        entries.retain(|e| e.kind != exacl::AclEntryKind::Mask);
+        let mut add = |kind: exacl::AclEntryKind, id: u32| {
+            let name = id.to_string();
+            // getfacl reports known ids by name; compare by resolving both.
+            let existing = entries.iter_mut().find(|e| {
+                e.kind == kind
+                    && !e.name.is_empty()
+                    && lookup(&e.name, kind == exacl::AclEntryKind::Group) == Some(id)
+            });
+            match existing {
+                Some(e) => e.perms |= perms,
+                None => entries.push(match kind {
+                    exacl::AclEntryKind::Group => exacl::AclEntry::allow_group(&name, perms, None),
+                    _ => exacl::AclEntry::allow_user(&name, perms, None),
+                }),
+            }
+        };
+        for uid in &self.users {
+            add(exacl::AclEntryKind::User, *uid);
+        }
+        for gid in &self.groups {
+            add(exacl::AclEntryKind::Group, *gid);
+        }
+        exacl::setfacl(&[path], &entries, exacl::AclOption::ACCESS_ACL).map_err(err)
+    }
+}
+
+/// Resolves a user (or group) name or numeric id to an id that exists on this machine.
+fn lookup(name: &str, group: bool) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: the out-structs and buffer outlive the calls; the result pointer is only read when non-null.
+    let by_name = unsafe {
+        if group {
+            let mut grp: libc::group = std::mem::zeroed();
+            let mut out = std::ptr::null_mut();
+            libc::getgrnam_r(
+                c.as_ptr(),
+                &mut grp,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut out,
+            );
+            (!out.is_null()).then_some(grp.gr_gid)
+        } else {
+            let mut pwd: libc::passwd = std::mem::zeroed();
+            let mut out = std::ptr::null_mut();
+            libc::getpwnam_r(
+                c.as_ptr(),
+                &mut pwd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut out,
+            );
+            (!out.is_null()).then_some(pwd.pw_uid)
+        }
+    };
+    // A numeric id is taken as is (as setfacl does), even without a passwd entry.
+    by_name.or_else(|| name.parse::<u32>().ok())
+}

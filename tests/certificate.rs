@@ -1,0 +1,420 @@
+//! Decoding, ordering and checking certificate secrets: every PFX variant and PEM layout, every key type Key
+//! Vault issues, and every way a value can be wrong. Fixtures come from the openssl CLI; output is checked
+//! with it too.
+
+use std::fs;
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use kvvm::certificate::{CertificateBundle, CertificateError, ContentKind};
+use kvvm_sim::pki::{self, Chain, KeyType, PemKey, PemLayout, PfxVariant};
+
+fn chains() -> &'static Vec<(KeyType, Chain)> {
+    static CHAINS: OnceLock<Vec<(KeyType, Chain)>> = OnceLock::new();
+    CHAINS.get_or_init(|| {
+        let base = tempfile::tempdir().unwrap().keep();
+        KeyType::ALL
+            .iter()
+            .map(|&k| {
+                let chain = Chain::generate(
+                    &base.join(k.label()),
+                    &format!("{}.example.com", k.label()),
+                    k,
+                    90,
+                )
+                .unwrap();
+                (k, chain)
+            })
+            .collect()
+    })
+}
+
+fn fixture(key: KeyType) -> &'static Chain {
+    &chains().iter().find(|(k, _)| *k == key).unwrap().1
+}
+
+/// Writes the bundle's PEM next to the chain and checks it with openssl; returns the file.
+fn check_with_openssl(bundle: &CertificateBundle, chain: &Chain, tag: &str) -> std::path::PathBuf {
+    let out = chain.dir.join(format!("installed-{tag}.pem"));
+    fs::write(&out, &*bundle.to_pem()).unwrap();
+    pki::verify_installed(&out, &chain.root).unwrap_or_else(|e| panic!("{tag}: {e}"));
+    let subjects = pki::subjects_in(&out).unwrap();
+    assert_eq!(subjects.len(), 3, "{tag}: {subjects:?}");
+    assert!(
+        subjects[0].ends_with(&format!("CN = {}", chain.cn)),
+        "{tag}: {subjects:?}"
+    );
+    assert!(subjects[1].contains("intermediate"), "{tag}: {subjects:?}");
+    assert!(subjects[2].contains("root"), "{tag}: {subjects:?}");
+    assert_eq!(bundle.serial_hex(), chain.leaf_serial().unwrap(), "{tag}");
+    out
+}
+
+#[test]
+fn every_pfx_variant_and_key_type_installs_leaf_first_with_the_key_last() {
+    for (key, chain) in chains() {
+        for variant in PfxVariant::ALL {
+            if variant == PfxVariant::NoKey {
+                continue;
+            }
+            let tag = format!("{}-{variant:?}", key.label());
+            let value = STANDARD.encode(chain.pfx(variant).unwrap());
+            let bundle = CertificateBundle::from_secret(&tag, ContentKind::Pkcs12, &value)
+                .unwrap_or_else(|e| panic!("{tag}: {e}"));
+            check_with_openssl(&bundle, chain, &tag);
+        }
+    }
+}
+
+#[test]
+fn every_pem_layout_installs_leaf_first_with_a_pkcs8_key_last() {
+    for (key, chain) in chains() {
+        for key_first in [true, false] {
+            for key_format in [PemKey::Pkcs8, PemKey::Traditional] {
+                for reversed in [false, true] {
+                    for crlf in [false, true] {
+                        let layout = PemLayout {
+                            key_first,
+                            key: key_format,
+                            reversed,
+                            crlf,
+                        };
+                        let tag = format!("{}-{layout:?}", key.label())
+                            .replace([' ', '{', '}', ':', ','], "");
+                        let value = chain.pem(layout).unwrap();
+                        let bundle = CertificateBundle::from_secret(&tag, ContentKind::Pem, &value)
+                            .unwrap_or_else(|e| panic!("{tag}: {e}"));
+                        check_with_openssl(&bundle, chain, &tag);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_traditional_key_is_written_as_pkcs8_and_equals_the_original() {
+    for key in [KeyType::Rsa(2048), KeyType::Ec("P-521")] {
+        let chain = fixture(key);
+        let value = chain
+            .pem(PemLayout {
+                key: PemKey::Traditional,
+                ..PemLayout::default()
+            })
+            .unwrap();
+        assert!(
+            value.contains("-----BEGIN RSA PRIVATE KEY-----")
+                || value.contains("-----BEGIN EC PRIVATE KEY-----")
+        );
+        let bundle = CertificateBundle::from_secret("t", ContentKind::Pem, &value).unwrap();
+        let out = chain.dir.join("trad.pem");
+        fs::write(&out, &*bundle.to_pem()).unwrap();
+        // openssl reads the PKCS#8 key and prints the same private key as the original.
+        let ours = pki::openssl(&chain.dir, &["pkey", "-in", out.to_str().unwrap()]).unwrap();
+        let original = pki::openssl(
+            &chain.dir,
+            &["pkey", "-in", chain.leaf_key.to_str().unwrap()],
+        )
+        .unwrap();
+        assert_eq!(ours, original, "{key:?}");
+    }
+}
+
+#[test]
+fn an_ec_key_with_its_parameters_block_is_read() {
+    // `openssl ecparam -genkey` writes an EC PARAMETERS block before the key.
+    let chain = fixture(KeyType::Ec("P-384"));
+    let params = pki::openssl(&chain.dir, &["ecparam", "-name", "secp384r1"]).unwrap();
+    let value = format!(
+        "{}{}",
+        String::from_utf8(params).unwrap(),
+        chain
+            .pem(PemLayout {
+                key: PemKey::Traditional,
+                ..PemLayout::default()
+            })
+            .unwrap()
+    );
+    let bundle = CertificateBundle::from_secret("t", ContentKind::Pem, &value).unwrap();
+    check_with_openssl(&bundle, chain, "ecparams");
+}
+
+fn err(kind: ContentKind, value: &str) -> CertificateError {
+    CertificateBundle::from_secret("myvault/web version 0123", kind, value)
+        .expect_err("must be rejected")
+}
+
+#[test]
+fn a_certificate_without_its_key_names_the_certificate_and_the_exportable_fix() {
+    let chain = fixture(KeyType::Rsa(2048));
+    let e = err(
+        ContentKind::Pkcs12,
+        &STANDARD.encode(chain.pfx(PfxVariant::NoKey).unwrap()),
+    );
+    assert_eq!(e.reason(), "no-private-key");
+    let text = e.to_string();
+    assert!(text.starts_with("myvault/web version 0123: "), "{text}");
+    assert!(text.contains("exportable"), "{text}");
+    let e = err(
+        ContentKind::Pem,
+        &chain
+            .pem(PemLayout {
+                key: PemKey::None,
+                ..PemLayout::default()
+            })
+            .unwrap(),
+    );
+    assert_eq!(e.reason(), "no-private-key");
+}
+
+#[test]
+fn a_key_of_another_certificate_is_refused() {
+    let chain = fixture(KeyType::Ec("P-256"));
+    let other = fixture(KeyType::Ec("P-384"));
+    let value = format!(
+        "{}{}{}{}",
+        other.key_pem(PemKey::Pkcs8).unwrap(),
+        fs::read_to_string(&chain.leaf).unwrap(),
+        fs::read_to_string(&chain.intermediate).unwrap(),
+        fs::read_to_string(&chain.root).unwrap()
+    );
+    let e = err(ContentKind::Pem, &value);
+    assert_eq!(e.reason(), "key-mismatch", "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("does not match any of its 3 certificate(s)"),
+        "{text}"
+    );
+    assert!(text.contains(&chain.cn), "{text}");
+    assert!(text.contains("previous version stays current"), "{text}");
+}
+
+#[test]
+fn a_certificate_outside_the_leafs_chain_is_refused() {
+    let chain = fixture(KeyType::Rsa(2048));
+    let stranger = fixture(KeyType::Ec("P-256"));
+    let value = format!(
+        "{}{}",
+        chain.pem(PemLayout::default()).unwrap(),
+        fs::read_to_string(&stranger.root).unwrap()
+    );
+    let e = err(ContentKind::Pem, &value);
+    assert_eq!(e.reason(), "chain-disjoint", "{e}");
+    assert!(
+        e.to_string()
+            .contains(&format!("kvvm test root {}", stranger.cn)),
+        "{e}"
+    );
+}
+
+#[test]
+fn issuers_that_loop_are_refused() {
+    // A is issued by B and B by A; the leaf is issued by A.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |args: &[&str]| pki::openssl(d, args).unwrap();
+    for n in ["a", "b", "leaf"] {
+        run(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            &format!("{n}.key"),
+        ]);
+    }
+    for n in ["a", "b"] {
+        run(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            &format!("{n}.key"),
+            "-subj",
+            &format!("/CN={n}"),
+            "-out",
+            &format!("{n}0.pem"),
+        ]);
+        run(&[
+            "req",
+            "-new",
+            "-key",
+            &format!("{n}.key"),
+            "-subj",
+            &format!("/CN={n}"),
+            "-out",
+            &format!("{n}.csr"),
+        ]);
+    }
+    fs::write(
+        d.join("ca.ext"),
+        "basicConstraints=CA:TRUE\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n",
+    )
+    .unwrap();
+    run(&[
+        "x509", "-req", "-in", "a.csr", "-CA", "b0.pem", "-CAkey", "b.key", "-extfile", "ca.ext",
+        "-out", "a.pem",
+    ]);
+    run(&[
+        "x509", "-req", "-in", "b.csr", "-CA", "a0.pem", "-CAkey", "a.key", "-extfile", "ca.ext",
+        "-out", "b.pem",
+    ]);
+    run(&[
+        "req", "-new", "-key", "leaf.key", "-subj", "/CN=leaf", "-out", "leaf.csr",
+    ]);
+    run(&[
+        "x509", "-req", "-in", "leaf.csr", "-CA", "a.pem", "-CAkey", "a.key", "-out", "leaf.pem",
+    ]);
+    let read = |f: &str| fs::read_to_string(d.join(f)).unwrap();
+    let value = format!(
+        "{}{}{}{}",
+        read("leaf.key"),
+        read("b.pem"),
+        read("leaf.pem"),
+        read("a.pem")
+    );
+    let e = err(ContentKind::Pem, &value);
+    assert_eq!(e.reason(), "chain-cycle", "{e}");
+    assert!(e.to_string().contains("loops back to"), "{e}");
+}
+
+#[test]
+fn unreadable_values_say_what_is_wrong() {
+    let e = err(ContentKind::Pkcs12, "not base64 at all!");
+    assert_eq!(e.reason(), "certificate-unreadable");
+    assert!(e.to_string().contains("not base64"), "{e}");
+
+    let e = err(
+        ContentKind::Pkcs12,
+        &STANDARD.encode(b"\x30\x03\x02\x01\x03"),
+    );
+    assert!(
+        e.to_string()
+            .contains("PKCS#12 (PFX) value cannot be read with an empty password"),
+        "{e}"
+    );
+
+    // A PFX with a password (Key Vault never has one).
+    let chain = fixture(KeyType::Rsa(2048));
+    let out = chain.dir.join("pw.pfx");
+    pki::openssl(
+        &chain.dir,
+        &[
+            "pkcs12",
+            "-export",
+            "-passout",
+            "pass:secret",
+            "-in",
+            chain.leaf.to_str().unwrap(),
+            "-inkey",
+            chain.leaf_key.to_str().unwrap(),
+            "-out",
+            out.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let e = err(
+        ContentKind::Pkcs12,
+        &STANDARD.encode(fs::read(&out).unwrap()),
+    );
+    assert_eq!(e.reason(), "certificate-unreadable", "{e}");
+
+    let e = err(ContentKind::Pem, "just text");
+    assert_eq!(e.reason(), "no-certificate", "{e}");
+
+    let encrypted = pki::openssl(
+        &chain.dir,
+        &[
+            "pkey",
+            "-aes256",
+            "-passout",
+            "pass:x",
+            "-in",
+            chain.leaf_key.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let value = format!(
+        "{}{}",
+        String::from_utf8(encrypted).unwrap(),
+        fs::read_to_string(&chain.leaf).unwrap()
+    );
+    let e = err(ContentKind::Pem, &value);
+    assert!(e.to_string().contains("encrypted"), "{e}");
+
+    let value = format!(
+        "{}{}",
+        chain.key_pem(PemKey::Pkcs8).unwrap(),
+        "-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n"
+    );
+    let e = err(ContentKind::Pem, &value);
+    assert_eq!(e.reason(), "bad-certificate", "{e}");
+}
+
+#[test]
+fn several_keys_are_refused() {
+    let chain = fixture(KeyType::Ec("P-256"));
+    let value = format!(
+        "{}{}",
+        chain.pem(PemLayout::default()).unwrap(),
+        fixture(KeyType::Ec("P-384"))
+            .key_pem(PemKey::Pkcs8)
+            .unwrap()
+    );
+    let e = err(ContentKind::Pem, &value);
+    assert_eq!(e.reason(), "several-private-keys", "{e}");
+}
+
+#[test]
+fn a_leaf_alone_is_fine_and_duplicates_are_dropped() {
+    let chain = fixture(KeyType::Rsa(2048));
+    let leaf = fs::read_to_string(&chain.leaf).unwrap();
+    let value = format!("{}{leaf}{leaf}", chain.key_pem(PemKey::Pkcs8).unwrap());
+    let bundle = CertificateBundle::from_secret("t", ContentKind::Pem, &value).unwrap();
+    assert_eq!(bundle.chain().len(), 1);
+}
+
+#[test]
+fn expired_and_not_yet_valid_leaves_are_installed_with_a_warning() {
+    let base = fixture(KeyType::Ec("P-256"));
+    let expired = base.renew("expired", KeyType::Ec("P-256"), -1).unwrap();
+    let value = expired.pem(PemLayout::default()).unwrap();
+    let bundle = CertificateBundle::from_secret("t", ContentKind::Pem, &value).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let warning = bundle.validity_warning(now).expect("expired");
+    assert!(warning.contains("expired on"), "{warning}");
+
+    let fresh = CertificateBundle::from_secret(
+        "t",
+        ContentKind::Pem,
+        &base.pem(PemLayout::default()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(fresh.validity_warning(now), None);
+    let before = fresh.not_before() - time::Duration::days(1);
+    assert!(
+        fresh
+            .validity_warning(before)
+            .unwrap()
+            .contains("not valid before")
+    );
+    assert!(fresh.not_after() > now + time::Duration::days(89));
+}
+
+#[test]
+fn debug_output_never_shows_the_key() {
+    let chain = fixture(KeyType::Rsa(2048));
+    let bundle = CertificateBundle::from_secret(
+        "t",
+        ContentKind::Pem,
+        &chain.pem(PemLayout::default()).unwrap(),
+    )
+    .unwrap();
+    let debug = format!("{bundle:?}");
+    assert!(debug.contains("<redacted>"), "{debug}");
+    let key_b64 = chain.key_pem(PemKey::Pkcs8).unwrap();
+    let some_key_line = key_b64.lines().nth(2).unwrap();
+    assert!(!debug.contains(some_key_line));
+}
