@@ -478,7 +478,10 @@ fn killed_at_any_instant_the_old_version_stays_usable() {
             "crash test too slow"
         );
     }
-    assert!(seen.len() > 1, "the child never got to install anything: the kills proved nothing");
+    assert!(
+        seen.len() > 1,
+        "the child never got to install anything: the kills proved nothing"
+    );
     // The next install cleans whatever the kills left.
     install(&store, V1, "myvault.web").unwrap();
     assert!(
