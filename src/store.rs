@@ -18,6 +18,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockWriteGuard};
 use std::time::SystemTime;
 
 use crate::settings::AclEntry;
@@ -26,6 +27,18 @@ use crate::settings::AclEntry;
 pub const TEMP_PREFIX: &str = ".kvvm-tmp.";
 /// The lock file serialising installs into one folder.
 pub const LOCK_FILE: &str = ".kvvm.lock";
+
+/// Held (shared) by every install in this process; [`quiesce`] takes it exclusively.
+static FILE_OPERATIONS: RwLock<()> = RwLock::new(());
+
+/// Waits for the installs in progress in this process to finish and keeps new ones from starting while the
+/// guard lives: the worker takes it before exiting with requests still in flight, so no file operation is cut
+/// short (although a cut would still leave the previous version usable).
+pub fn quiesce() -> RwLockWriteGuard<'static, ()> {
+    FILE_OPERATIONS
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Why the store could not be updated. What was installed before stays in place.
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +251,9 @@ impl Store {
         }
         let acl = Principals::resolve(req.acls)?;
 
+        let _in_process = FILE_OPERATIONS
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let _lock = self.lock()?;
         self.clean_temp_files();
 

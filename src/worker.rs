@@ -394,6 +394,35 @@ fn run_hooks(
     }
 }
 
+/// After SIGTERM, how long the poll in progress may take to wind down (retry waits end at once; a request
+/// the vault is slow to answer does not) before its requests are abandoned.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Exits the process [`STOP_GRACE`] after SIGTERM/SIGINT if the main loop has not returned by then, once no
+/// install is in progress: SIGTERM is answered within seconds even while a vault request hangs. The thread
+/// sleeps in a blocking read until a signal arrives (no polling).
+fn watch_for_stop() -> Result<(), WorkerError> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|source| WorkerError::Signals { source })?;
+    thread::spawn(move || {
+        if signals.forever().next().is_none() {
+            return;
+        }
+        thread::sleep(STOP_GRACE);
+        let _no_file_operation = crate::store::quiesce();
+        log::warn!(
+            "worker stopping on request with requests still in flight; they are abandoned (no file operation was \
+             interrupted)"
+        );
+        log::logger().flush();
+        std::process::exit(0);
+    });
+    Ok(())
+}
+
 /// Runs the worker until SIGTERM. Returns at once if another worker already holds the lock.
 pub fn run(ext: &Extension) -> Result<(), WorkerError> {
     let supervisor = Supervisor::new(ext.data_dir());
@@ -406,6 +435,7 @@ pub fn run(ext: &Extension) -> Result<(), WorkerError> {
     };
     let signals = Signals::install()?;
     let stop = Stop::from_flag(Arc::clone(&signals.stop));
+    watch_for_stop()?;
     let mut current = load(ext)?;
     let data_dir = ext.data_dir();
     let mut state = WorkerState {
@@ -445,8 +475,10 @@ pub fn run(ext: &Extension) -> Result<(), WorkerError> {
                     state.seq = current.seq;
                     state.certificates = certificate_states(&current.settings, Some(&state));
                     sync = InitialSync::start(current.settings.require_initial_sync);
-                    // New settings take effect now, not at the next interval.
+                    // New settings take effect now, not at the next interval; their status is written before the
+                    // poll, which may take a while against an unreachable vault.
                     next_poll = Instant::now();
+                    save(ext, &current, sync, &mut state);
                 }
                 Err(e) => log::error!("keeping settings {}: {e}", current.seq),
             }

@@ -219,7 +219,8 @@ fn enable_again_keeps_the_single_worker_and_new_settings_reach_it() {
             let report = vm
                 .agent
                 .wait_status(&ext, 1, Duration::from_secs(10), |r| {
-                    r.status == StatusValue::Success
+                    // New settings poll at once; nothing answers in the namespace, so a warning is fine too.
+                    r.message.contains("with settings 1: 2 observed")
                 })
                 .unwrap();
             assert!(
@@ -440,7 +441,18 @@ fn protected_settings_are_ignored() {
                 .unwrap()
                 .success()
         );
-        assert_eq!(vm.settled(&ext, 1).status, StatusValue::Success);
+        // Accepted (no error about the protected part). New settings poll at once and nothing answers in the
+        // namespace, so the status may already be a warning about the unreachable vault.
+        let report = vm.settled(&ext, 1);
+        assert!(
+            matches!(report.status, StatusValue::Success | StatusValue::Warning),
+            "{report:?}"
+        );
+        assert!(
+            !report.message.to_lowercase().contains("protected"),
+            "{}",
+            report.message
+        );
     });
 }
 

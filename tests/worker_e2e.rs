@@ -1,0 +1,636 @@
+//! The packaged extension end to end, as on a VM: inside the test network namespace (`kvvm_sim::netns`) the
+//! fake IMDS listens on 169.254.169.254:80 and the fake Key Vault on `https://myvault.vault.azure.net`
+//! (127.0.0.1:443, its CA in the OS trust store), and `/var/lib/waagent` and `/var/log/azure` are fresh tmpfs.
+//! The waagent simulator installs and enables the real package there, with no `msiEndpoint` and no store
+//! location, so every default the product ships with is the one exercised.
+//!
+//! Intervals are short (a few seconds) so rotation and retries land quickly; the product applies the same
+//! logic to its 3600 s default.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kvvm_sim::httpserver::Reply;
+use kvvm_sim::imds::{FakeImds, TokenAuthority};
+use kvvm_sim::netns::{run_isolated, test_ca};
+use kvvm_sim::pki::{self, Chain, KeyType, PemLayout, PfxVariant};
+use kvvm_sim::vault::{FakeVault, SecretValue};
+use kvvm_sim::waagent::{Agent, Extension, Settings, StatusReport, StatusValue};
+use serde_json::{Value, json};
+
+const NAME: &str = "Microsoft.Azure.KeyVault.KeyVaultForLinux";
+const HOST: &str = "myvault.vault.azure.net";
+const STORE: &str = "/var/lib/waagent/Microsoft.Azure.KeyVault.Store";
+
+fn package() -> PathBuf {
+    let zip = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("dist")
+        .join(format!("{NAME}-{}.zip", env!("CARGO_PKG_VERSION")));
+    assert!(
+        zip.is_file(),
+        "{} is missing: run `make package` first (make test does)",
+        zip.display()
+    );
+    zip
+}
+
+/// The services and the agent of one simulated VM (only built inside the namespace).
+struct Vm {
+    imds: FakeImds,
+    vault: FakeVault,
+    agent: Agent,
+    pki: tempfile::TempDir,
+    ext: Option<Extension>,
+}
+
+impl Vm {
+    fn new() -> Vm {
+        let tokens = TokenAuthority::new();
+        let imds = FakeImds::start("169.254.169.254:80".parse().unwrap(), tokens.clone()).unwrap();
+        let vault = FakeVault::start(
+            "127.0.0.1:443".parse().unwrap(),
+            test_ca().server_config(&[HOST]),
+            tokens,
+        )
+        .unwrap();
+        Vm {
+            imds,
+            vault,
+            agent: Agent::new(Path::new("/var/lib/waagent"), Path::new("/var/log/azure")),
+            pki: tempfile::tempdir().unwrap(),
+            ext: None,
+        }
+    }
+
+    fn chain(&self, name: &str, key: KeyType, days: i32) -> Chain {
+        Chain::generate(
+            &self.pki.path().join(name),
+            &format!("{name}.example.com"),
+            key,
+            days,
+        )
+        .unwrap()
+    }
+
+    fn put_pem(&self, secret: &str, chain: &Chain) -> String {
+        self.vault.put_secret(
+            HOST,
+            secret,
+            SecretValue::pem(chain.pem(PemLayout::default()).unwrap()),
+        )
+    }
+
+    fn put_pfx(&self, secret: &str, chain: &Chain) -> String {
+        self.vault.put_secret(
+            HOST,
+            secret,
+            SecretValue::pkcs12(&chain.pfx(PfxVariant::KeyVault).unwrap()),
+        )
+    }
+
+    fn enable(&mut self, settings: Value) -> Extension {
+        let run = self
+            .agent
+            .install_and_enable(&package(), 0, &Settings::public(settings))
+            .unwrap();
+        assert!(run.ok(), "{}", run.describe());
+        let ext = run.extension.unwrap();
+        self.ext = Some(ext.clone());
+        ext
+    }
+
+    fn wait(
+        &self,
+        seq: u64,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&StatusReport) -> bool,
+    ) -> StatusReport {
+        let ext = self.ext.as_ref().unwrap();
+        let deadline = Instant::now() + within;
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Ok(r) = self.agent.read_status(ext, seq) {
+                if done(&r) {
+                    return r;
+                }
+                last = Some(r);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{what}: not reached within {within:?}; last status {last:#?}\nworker log:\n{}",
+            self.log()
+        );
+    }
+
+    fn log(&self) -> String {
+        let ext = self.ext.as_ref().unwrap();
+        let dir = self.agent.log_dir(ext);
+        let mut text = String::new();
+        for name in ["kvvm.log", "handler.log", "worker.stderr.log"] {
+            if let Ok(t) = fs::read_to_string(dir.join(name)) {
+                text.push_str(&format!("--- {name}\n{t}"));
+            }
+        }
+        text
+    }
+
+    fn kvvm(&self, args: &[&str]) -> std::process::Output {
+        let ext = self.ext.as_ref().unwrap();
+        Command::new(ext.dir.join("bin/kvvm"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Some(ext) = &self.ext {
+            let _ = self.agent.disable(ext, 0);
+        }
+    }
+}
+
+fn settings(certs: Value, extra: Value) -> Value {
+    let mut s = json!({
+        "secretsManagementSettings": {
+            "pollingIntervalInS": "3",
+            "observedCertificates": certs,
+        }
+    });
+    if let (Some(m), Some(e)) = (
+        s["secretsManagementSettings"].as_object_mut(),
+        extra.as_object(),
+    ) {
+        for (k, v) in e {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    s
+}
+
+fn url(secret: &str) -> String {
+    format!("https://{HOST}/secrets/{secret}")
+}
+
+fn sub<'a>(r: &'a StatusReport, secret: &str) -> &'a kvvm_sim::waagent::Substatus {
+    r.substatus
+        .iter()
+        .find(|s| s.name == url(secret))
+        .unwrap_or_else(|| panic!("no substatus for {secret}: {r:#?}"))
+}
+
+fn installed(r: &StatusReport, secret: &str, version: &str) -> bool {
+    r.substatus.iter().any(|s| {
+        s.name == url(secret)
+            && s.message.contains(&format!("version {version}"))
+            && s.status != StatusValue::Transitioning
+    })
+}
+
+#[test]
+fn initial_sync_installs_pem_and_pfx_certificates_with_every_default() {
+    run_isolated(
+        "initial_sync_installs_pem_and_pfx_certificates_with_every_default",
+        || {
+            let mut vm = Vm::new();
+            let web = vm.chain("web", KeyType::Ec("P-256"), 90);
+            let api = vm.chain("api", KeyType::Rsa(2048), 90);
+            let v_web = vm.put_pem("web", &web);
+            let v_api = vm.put_pfx("api", &api);
+            vm.enable(settings(
+                json!([url("web"), url("api")]),
+                json!({"requireInitialSync": true}),
+            ));
+            let r = vm.wait(0, Duration::from_secs(30), "both installed", |r| {
+                r.status == StatusValue::Success
+            });
+            assert!(r.message.contains("2 of 2"), "{}", r.message);
+            for (secret, version, chain) in [("web", &v_web, &web), ("api", &v_api, &api)] {
+                let s = sub(&r, secret);
+                assert_eq!(s.status, StatusValue::Success, "{s:?}");
+                assert!(
+                    s.message.contains(&format!("version {version}")),
+                    "{}",
+                    s.message
+                );
+                assert!(s.message.contains("notAfter "), "{}", s.message);
+                let link = Path::new(STORE).join(format!("myvault.{secret}"));
+                assert_eq!(
+                    fs::read_link(&link).unwrap(),
+                    PathBuf::from(format!("myvault.{secret}.{version}"))
+                );
+                pki::verify_installed(&link, &chain.root).unwrap();
+                assert_eq!(pki::serial_of(&link).unwrap(), chain.leaf_serial().unwrap());
+            }
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!(fs::metadata(STORE).unwrap().mode() & 0o777, 0o700);
+            // One token for the vault, reused; the challenge answered once.
+            assert_eq!(vm.imds.stats().tokens_issued, 1);
+            // Neither token nor key material in the logs.
+            let log = vm.log();
+            for t in vm.imds.tokens().tokens() {
+                assert!(!log.contains(&t), "token in the log");
+            }
+            assert!(!log.contains("PRIVATE KEY"), "key in the log");
+            assert!(
+                log.contains(&format!("myvault/web version {v_web}")) || log.contains(&v_web),
+                "{log}"
+            );
+
+            // kvvm status reads what the worker recorded.
+            let out = vm.kvvm(&["status"]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{text}");
+            assert!(text.contains(&v_web) && text.contains(&v_api), "{text}");
+        },
+    );
+}
+
+#[test]
+fn a_new_version_in_the_vault_is_installed_within_the_interval() {
+    run_isolated(
+        "a_new_version_in_the_vault_is_installed_within_the_interval",
+        || {
+            let mut vm = Vm::new();
+            let first = vm.chain("web", KeyType::Ec("P-256"), 90);
+            let v1 = vm.put_pem("web", &first);
+            vm.enable(settings(json!([url("web")]), json!({})));
+            vm.wait(0, Duration::from_secs(30), "first version", |r| {
+                installed(r, "web", &v1)
+            });
+            let renewed = first.renew("r1", KeyType::Ec("P-384"), 90).unwrap();
+            let v2 = vm.put_pfx("web", &renewed);
+            let rotated = Instant::now();
+            vm.wait(0, Duration::from_secs(15), "second version", |r| {
+                installed(r, "web", &v2)
+            });
+            let link = Path::new(STORE).join("myvault.web");
+            assert_eq!(
+                pki::serial_of(&link).unwrap(),
+                renewed.leaf_serial().unwrap()
+            );
+            // Interval 3 s ± 10 %, plus the cycle itself.
+            assert!(
+                rotated.elapsed() < Duration::from_secs(10),
+                "{:?}",
+                rotated.elapsed()
+            );
+            // The previous version is kept (retainedVersions 2).
+            assert!(Path::new(STORE).join(format!("myvault.web.{v1}")).is_file());
+        },
+    );
+}
+
+#[test]
+fn one_bad_certificate_does_not_block_the_others() {
+    run_isolated("one_bad_certificate_does_not_block_the_others", || {
+        let mut vm = Vm::new();
+        let good = vm.chain("good", KeyType::Ec("P-256"), 90);
+        let v_good = vm.put_pem("good", &good);
+        // No key: a non-exportable certificate.
+        vm.vault.put_secret(
+            HOST,
+            "nokey",
+            SecretValue::pkcs12(&good.pfx(PfxVariant::NoKey).unwrap()),
+        );
+        vm.vault
+            .put_secret(HOST, "plain", SecretValue::plain("a password"));
+        vm.vault.put_secret(
+            HOST,
+            "denied",
+            SecretValue::pem(good.pem(PemLayout::default()).unwrap()),
+        );
+        vm.vault.deny(HOST, Some("denied"));
+        let certs = json!([
+            url("good"),
+            url("nokey"),
+            url("plain"),
+            url("denied"),
+            url("missing")
+        ]);
+        vm.enable(settings(certs, json!({})));
+        let r = vm.wait(0, Duration::from_secs(30), "all checked", |r| {
+            r.substatus.len() == 5
+                && r.substatus
+                    .iter()
+                    .all(|s| s.status != StatusValue::Transitioning)
+        });
+        assert_eq!(sub(&r, "good").status, StatusValue::Success);
+        assert!(installed(&r, "good", &v_good));
+        let msg = |s: &str| sub(&r, s).message.clone();
+        assert!(msg("nokey").contains("exportable"), "{}", msg("nokey"));
+        assert!(
+            msg("plain").contains("not a certificate"),
+            "{}",
+            msg("plain")
+        );
+        assert!(
+            msg("denied").contains("Key Vault Secrets User"),
+            "{}",
+            msg("denied")
+        );
+        assert!(msg("missing").contains("missing"), "{}", msg("missing"));
+        assert_eq!(r.status, StatusValue::Warning, "{}", r.message);
+        // The plain secret is ignored with a warning (as the Windows extension does), not counted as failing.
+        assert_eq!(sub(&r, "plain").status, StatusValue::Warning);
+        assert!(r.message.contains("2 of 5"), "{}", r.message);
+        assert!(Path::new(STORE).join("myvault.good").is_file());
+        assert!(!Path::new(STORE).join("myvault.nokey").exists());
+
+        // kvvm sync --once: one foreground cycle, non-zero exit because some fail.
+        let out = vm.kvvm(&["sync", "--once"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert!(text.contains(&format!("OK      {}", url("good"))), "{text}");
+        assert!(
+            text.contains(&format!("FAILED  {}", url("nokey"))),
+            "{text}"
+        );
+    });
+}
+
+#[test]
+fn require_initial_sync_stays_transitioning_until_imds_works() {
+    run_isolated(
+        "require_initial_sync_stays_transitioning_until_imds_works",
+        || {
+            let mut vm = Vm::new();
+            let web = vm.chain("web", KeyType::Ec("P-256"), 90);
+            let v = vm.put_pem("web", &web);
+            // IMDS answers 500 for a while (the identity is not ready yet on a fresh VM).
+            vm.imds.script(std::iter::repeat_n(Reply::Status(500), 4));
+            vm.enable(settings(
+                json!([url("web")]),
+                json!({"requireInitialSync": true}),
+            ));
+            std::thread::sleep(Duration::from_secs(2));
+            let during = vm.agent.read_status(vm.ext.as_ref().unwrap(), 0).unwrap();
+            assert_eq!(during.status, StatusValue::Transitioning, "{during:?}");
+            let r = vm.wait(
+                0,
+                Duration::from_secs(60),
+                "installed after IMDS recovers",
+                |r| r.status != StatusValue::Transitioning,
+            );
+            assert_eq!(r.status, StatusValue::Success, "{r:#?}");
+            assert!(installed(&r, "web", &v));
+            assert!(vm.imds.stats().token_requests >= 5, "{:?}", vm.imds.stats());
+        },
+    );
+}
+
+#[test]
+fn throttling_is_obeyed_and_the_certificate_still_arrives() {
+    run_isolated(
+        "throttling_is_obeyed_and_the_certificate_still_arrives",
+        || {
+            let mut vm = Vm::new();
+            let web = vm.chain("web", KeyType::Ec("P-256"), 90);
+            let v = vm.put_pem("web", &web);
+            vm.vault.script_secret(
+                HOST,
+                "web",
+                [Reply::Throttle {
+                    retry_after: Duration::from_secs(2),
+                }],
+            );
+            vm.enable(settings(json!([url("web")]), json!({})));
+            vm.wait(0, Duration::from_secs(30), "installed after 429", |r| {
+                installed(r, "web", &v)
+            });
+            let log = vm.vault.requests();
+            let throttled = log
+                .iter()
+                .position(|r| r.status == 429)
+                .expect("a 429 was served");
+            let next = &log[throttled + 1];
+            let gap = next.at.duration_since(log[throttled].at);
+            assert!(
+                gap >= Duration::from_secs(2),
+                "retried after {gap:?}, before Retry-After"
+            );
+        },
+    );
+}
+
+#[test]
+fn an_expiring_certificate_without_a_newer_version_is_a_warning() {
+    run_isolated(
+        "an_expiring_certificate_without_a_newer_version_is_a_warning",
+        || {
+            let mut vm = Vm::new();
+            let soon = vm.chain("soon", KeyType::Ec("P-256"), 5);
+            let v = vm.put_pem("soon", &soon);
+            vm.enable(settings(
+                json!([url("soon")]),
+                json!({"expiryWarningDays": 14}),
+            ));
+            let r = vm.wait(0, Duration::from_secs(30), "expiry warning", |r| {
+                r.status == StatusValue::Warning
+            });
+            let s = sub(&r, "soon");
+            assert_eq!(s.status, StatusValue::Warning);
+            assert!(installed(&r, "soon", &v));
+            assert!(s.message.contains("expires"), "{}", s.message);
+            assert!(vm.log().contains("expires"), "{}", vm.log());
+        },
+    );
+}
+
+#[test]
+fn new_settings_take_effect_at_once_and_disable_stops_the_worker() {
+    run_isolated(
+        "new_settings_take_effect_at_once_and_disable_stops_the_worker",
+        || {
+            let mut vm = Vm::new();
+            let a = vm.chain("a", KeyType::Ec("P-256"), 90);
+            let b = vm.chain("b", KeyType::Ec("P-256"), 90);
+            let va = vm.put_pem("a", &a);
+            let vb = vm.put_pem("b", &b);
+            let mut s = settings(json!([url("a")]), json!({}));
+            let ext = vm.enable(s.clone());
+            vm.wait(0, Duration::from_secs(60), "a installed", |r| {
+                installed(r, "a", &va)
+            });
+            s["secretsManagementSettings"]["observedCertificates"] = json!([url("b")]);
+            s["secretsManagementSettings"]["pollingIntervalInS"] = json!("3600");
+            let changed = Instant::now();
+            let run = vm
+                .agent
+                .apply_settings(&ext, 1, &Settings::public(s.clone()))
+                .unwrap();
+            assert!(run.success(), "{}", run.output);
+            // The interval is an hour: only an immediate poll can install b this soon.
+            vm.wait(1, Duration::from_secs(30), "b installed", |r| {
+                installed(r, "b", &vb)
+            });
+            assert!(changed.elapsed() < Duration::from_secs(30));
+            // a is no longer watched, and its files stay.
+            let r = vm.agent.read_status(&ext, 1).unwrap();
+            assert!(r.substatus.iter().all(|s| s.name != url("a")), "{r:#?}");
+            assert!(Path::new(STORE).join("myvault.a").is_file());
+
+            // Disable while a poll hangs in the vault (new settings poll at once; every reply takes 20 s): the
+            // worker answers SIGTERM before disable has to escalate to SIGKILL (5 s).
+            vm.vault.add_latency(Duration::from_secs(20));
+            s["secretsManagementSettings"]["observedCertificates"] = json!([url("b"), url("a")]);
+            let before = vm.vault.requests().len();
+            vm.agent
+                .write_settings_as(&ext, 2, &Settings::public(s))
+                .unwrap();
+            let run = vm.agent.enable(&ext, 2).unwrap();
+            assert!(run.success(), "{}", run.output);
+            std::thread::sleep(Duration::from_secs(2));
+            let started = Instant::now();
+            let out = vm.agent.disable(&ext, 2).unwrap().unwrap();
+            assert!(out.success(), "{}", out.output);
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "disable took {:?}",
+                started.elapsed()
+            );
+            assert!(
+                vm.log().contains("worker stopping on request"),
+                "{}",
+                vm.log()
+            );
+            // No reply was waited for: the requests in flight were abandoned.
+            assert!(vm.vault.requests().len() <= before + 2);
+            assert!(Path::new(STORE).join("myvault.b").is_file());
+            vm.ext = None;
+        },
+    );
+}
+
+/// A vault that never lets the identity in: with requireInitialSync the status ends in `error` after the 25
+/// attempts, naming the certificate and why. The interval is 1 s so the attempts (each waiting at most one
+/// interval) take about half a minute instead of hours.
+#[test]
+fn require_initial_sync_ends_in_error_when_the_vault_never_works() {
+    run_isolated(
+        "require_initial_sync_ends_in_error_when_the_vault_never_works",
+        || {
+            let mut vm = Vm::new();
+            let web = vm.chain("web", KeyType::Ec("P-256"), 90);
+            vm.put_pem("web", &web);
+            vm.vault.deny(HOST, None);
+            let mut s = settings(json!([url("web")]), json!({"requireInitialSync": true}));
+            s["secretsManagementSettings"]["pollingIntervalInS"] = json!("1");
+            vm.enable(s);
+            let r = vm.wait(0, Duration::from_secs(90), "initial sync gives up", |r| {
+                r.status == StatusValue::Error
+            });
+            assert!(
+                r.message.contains("Initial sync failed after 25 attempts"),
+                "{}",
+                r.message
+            );
+            assert!(r.message.contains(&url("web")), "{}", r.message);
+            assert!(
+                r.message.contains("Key Vault Secrets User"),
+                "{}",
+                r.message
+            );
+            // Polling goes on: once access is granted the certificate arrives and the status recovers.
+            vm.vault.allow(HOST, None);
+            vm.wait(0, Duration::from_secs(30), "recovered", |r| {
+                r.status == StatusValue::Success
+            });
+        },
+    );
+}
+
+/// The post-install command with a real nginx serving the symlinked PEM: after a rotation in the vault the
+/// command reloads nginx, and a TLS client sees the new certificate's serial.
+#[test]
+fn the_post_install_command_reloads_nginx_which_then_serves_the_new_certificate() {
+    run_isolated(
+        "the_post_install_command_reloads_nginx_which_then_serves_the_new_certificate",
+        || {
+            let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+                .into_iter()
+                .find(|p| Path::new(p).exists())
+                .expect("nginx (make deps installs nginx-light)");
+            let mut vm = Vm::new();
+            let first = vm.chain("web", KeyType::Ec("P-256"), 90);
+            let v1 = vm.put_pem("web", &first);
+            let conf_dir = tempfile::tempdir().unwrap();
+            let conf = conf_dir.path().join("nginx.conf");
+            let link = Path::new(STORE).join("myvault.web");
+            fs::write(
+            &conf,
+            format!(
+                "daemon on; pid {dir}/nginx.pid; error_log {dir}/error.log; worker_processes 1;\n\
+                 events {{ worker_connections 16; }}\n\
+                 http {{ access_log off; client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir};\n\
+                 uwsgi_temp_path {dir}; scgi_temp_path {dir};\n\
+                 server {{ listen 127.0.0.1:8443 ssl; ssl_certificate {link}; ssl_certificate_key {link};\n\
+                 location / {{ return 200 ok; }} }} }}\n",
+                dir = conf_dir.path().display(),
+                link = link.display()
+            ),
+        )
+        .unwrap();
+            let conf_s = conf.to_str().unwrap().to_string();
+            vm.enable(settings(
+            json!([url("web")]),
+            json!({"postInstallCommand": {"command": [nginx, "-c", conf_s, "-s", "reload"], "timeoutInS": 20}}),
+        ));
+            vm.wait(0, Duration::from_secs(30), "first version", |r| {
+                installed(r, "web", &v1)
+            });
+            // nginx starts on the installed certificate (the first reload found no nginx running: that is reported).
+            let start = Command::new(nginx).args(["-c", &conf_s]).output().unwrap();
+            assert!(
+                start.status.success(),
+                "{}",
+                String::from_utf8_lossy(&start.stderr)
+            );
+            let served = || {
+                let out = Command::new("sh")
+                .args([
+                    "-c",
+                    "openssl s_client -connect 127.0.0.1:8443 -servername web.example.com </dev/null 2>/dev/null \
+                     | openssl x509 -noout -serial",
+                ])
+                .output()
+                .unwrap();
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .trim_start_matches("serial=")
+                    .to_string()
+            };
+            assert_eq!(served(), first.leaf_serial().unwrap());
+
+            let renewed = first.renew("r1", KeyType::Rsa(2048), 90).unwrap();
+            let v2 = vm.put_pfx("web", &renewed);
+            let r = vm.wait(0, Duration::from_secs(20), "second version", |r| {
+                installed(r, "web", &v2)
+            });
+            let s = sub(&r, "web");
+            assert!(
+                s.message.contains("post-install command") && s.message.contains("exited with 0"),
+                "{}",
+                s.message
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while served() != renewed.leaf_serial().unwrap() {
+                assert!(
+                    Instant::now() < deadline,
+                    "nginx still serves {} after the reload\n{}",
+                    served(),
+                    vm.log()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let _ = Command::new(nginx)
+                .args(["-c", &conf_s, "-s", "stop"])
+                .output();
+        },
+    );
+}
