@@ -133,6 +133,45 @@ fn unavailable() -> Option<&'static str> {
     .as_deref()
 }
 
+/// Why [`reexec_isolated`] / [`run_isolated`] cannot work here (not root, no `unshare`), if they cannot.
+pub fn why_unavailable() -> Option<&'static str> {
+    unavailable()
+}
+
+/// Runs the current executable again with `args` inside a fresh VM-like namespace, stdio inherited (for
+/// programs such as `kvvm-demo`; tests use [`run_isolated`]). The inner process sees [`in_netns`] true.
+pub fn reexec_isolated(args: &[std::ffi::OsString]) -> std::io::Result<std::process::ExitStatus> {
+    if let Some(why) = unavailable() {
+        return Err(std::io::Error::other(why.to_string()));
+    }
+    let dir = ca_dir();
+    let run_dir = dir.join(format!("run-{}", crate::httpserver::random_hex(12)));
+    std::fs::create_dir_all(&run_dir)?;
+    let script = run_dir.join("netns-setup.sh");
+    std::fs::write(&script, SETUP_SCRIPT)?;
+    let hosts = run_dir.join("hosts");
+    let mut text = String::from("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n");
+    for h in DEFAULT_HOSTS {
+        text.push_str(&format!("127.0.0.1 {h}\n"));
+    }
+    std::fs::write(&hosts, text)?;
+    let status = Command::new("unshare")
+        .args(["--net", "--mount", "--fork", "bash"])
+        .arg(&script)
+        .arg("--hosts")
+        .arg(&hosts)
+        .arg("--ca-bundle")
+        .arg(dir.join(crate::tls::BUNDLE_FILE))
+        .arg("--")
+        .arg(std::env::current_exe()?)
+        .args(args)
+        .env(ENV_IN_NETNS, "1")
+        .env(ENV_CA_DIR, dir)
+        .status();
+    let _ = std::fs::remove_dir_all(&run_dir);
+    status
+}
+
 /// Runs `body` inside a fresh network + mount namespace set up as on a VM (see the module docs).
 ///
 /// `test_name` must be the test's full name as the harness lists it (`module::test`, without the crate name),
