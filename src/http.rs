@@ -205,11 +205,15 @@ pub fn agent(route: Route, policy: &RetryPolicy) -> Result<ureq::Agent, HttpErro
         .user_agent(concat!("kvvm/", env!("CARGO_PKG_VERSION")))
         .timeout_global(Some(policy.per_try_timeout))
         .timeout_connect(Some(policy.per_try_timeout.min(Duration::from_secs(10))))
-        .max_idle_connections_per_host(4)
+        .max_idle_connections_per_host(CONNECTIONS_PER_HOST)
         .max_idle_age(Duration::from_secs(3 * 3600))
         .build();
     Ok(config.new_agent())
 }
+
+/// Idle connections kept per host: as many as a poll cycle uses at once ([`crate::sync::PARALLELISM`]), so
+/// the next round or cycle reuses them instead of handshaking again.
+pub const CONNECTIONS_PER_HOST: usize = 8;
 
 /// One GET: the answer, whatever its status, or why there was none.
 pub fn get(agent: &ureq::Agent, url: &str, headers: &[(&str, &str)]) -> Result<Reply, Failure> {

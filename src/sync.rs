@@ -16,7 +16,7 @@ use crate::store::{Install, Store, StoreError};
 use crate::vault::{SecretKind, VaultClient, VaultError};
 
 /// How many certificates are checked at once (the vault client reuses one connection per thread and vault).
-pub const PARALLELISM: usize = 8;
+pub const PARALLELISM: usize = crate::http::CONNECTIONS_PER_HOST;
 
 /// Why a certificate could not be brought up to date. What was installed before stays in place.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +176,10 @@ pub fn check(
 }
 
 /// Checks every certificate, [`PARALLELISM`] at a time; results in the order of `certs`.
+///
+/// The first certificate of each vault is checked in a first round (vaults in parallel): it answers the
+/// vault's challenge, fetches the token and leaves a TLS session behind, so the parallel connections of the
+/// second round resume that session instead of each doing a full handshake and racing for the token.
 pub fn cycle(
     client: &VaultClient,
     certs: &[ObservedCertificate],
@@ -183,27 +187,30 @@ pub fn cycle(
     options: SyncOptions,
     stop: &Stop,
 ) -> Vec<Result<Checked, SyncError>> {
-    let next = AtomicUsize::new(0);
+    let mut vaults = std::collections::HashSet::new();
+    let (first, rest): (Vec<usize>, Vec<usize>) =
+        (0..certs.len()).partition(|&i| vaults.insert(certs[i].vault_url.as_str()));
     let results: Mutex<Vec<Option<Result<Checked, SyncError>>>> =
         Mutex::new((0..certs.len()).map(|_| None).collect());
-    std::thread::scope(|scope| {
-        for _ in 0..PARALLELISM.min(certs.len()) {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(cert) = certs.get(i) else { break };
-                    let result = check(
-                        client,
-                        cert,
-                        known.get(i).copied().unwrap_or_default(),
-                        options,
-                        stop,
-                    );
-                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(result);
-                }
-            });
-        }
-    });
+    for round in [first, rest] {
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..PARALLELISM.min(round.len()) {
+                scope.spawn(|| {
+                    while let Some(&i) = round.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let result = check(
+                            client,
+                            &certs[i],
+                            known.get(i).copied().unwrap_or_default(),
+                            options,
+                            stop,
+                        );
+                        results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(result);
+                    }
+                });
+            }
+        });
+    }
     results
         .into_inner()
         .unwrap_or_else(|e| e.into_inner())

@@ -166,8 +166,17 @@ pub enum Outcome {
 
 /// The request handler a service installs.
 pub type Handler = Arc<dyn Fn(&Request) -> Outcome + Send + Sync>;
-/// Called after every TLS handshake with the SNI name (`Ok`) or the failure text (`Err`).
-pub type HandshakeHook = Arc<dyn Fn(Result<Option<&str>, &str>) + Send + Sync>;
+/// What a completed TLS handshake was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handshake<'a> {
+    /// The SNI name the client sent.
+    pub sni: Option<&'a str>,
+    /// The client resumed an earlier session (no certificate sent or verified).
+    pub resumed: bool,
+}
+
+/// Called after every TLS handshake (`Ok`) or with the failure text (`Err`).
+pub type HandshakeHook = Arc<dyn Fn(Result<Handshake<'_>, &str>) + Send + Sync>;
 
 type Conns = Arc<Mutex<std::collections::HashMap<u64, TcpStream>>>;
 
@@ -285,7 +294,10 @@ fn serve_connection(
             }
             let sni = conn.server_name().map(|s| s.to_ascii_lowercase());
             if let Some(h) = &hook {
-                h(Ok(sni.as_deref()));
+                h(Ok(Handshake {
+                    sni: sni.as_deref(),
+                    resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+                }));
             }
             serve_stream(rustls::StreamOwned::new(conn, tcp), sni, peer, &handler);
         }

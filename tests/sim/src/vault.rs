@@ -156,8 +156,10 @@ pub struct VaultStats {
     pub requests_per_vault: BTreeMap<String, u64>,
     /// Requests per `"<host><path>"` (query removed).
     pub requests_per_path: BTreeMap<String, u64>,
-    /// Completed TLS handshakes.
+    /// Completed TLS handshakes (full and resumed).
     pub tls_handshakes: u64,
+    /// Of those, handshakes that resumed an earlier session (cheap: no certificate sent or verified).
+    pub tls_resumed_handshakes: u64,
     /// Completed TLS handshakes per SNI name (`""` when the client sent none).
     pub tls_handshakes_per_sni: BTreeMap<String, u64>,
     /// Failed TLS handshakes (e.g. the client refused the certificate).
@@ -239,11 +241,12 @@ impl FakeVault {
         };
         let hook: HandshakeHook = {
             let state = state.clone();
-            Arc::new(move |r: Result<Option<&str>, &str>| {
+            Arc::new(move |r: Result<httpserver::Handshake<'_>, &str>| {
                 let mut s = state.lock().unwrap();
                 match r {
-                    Ok(sni) => {
+                    Ok(httpserver::Handshake { sni, resumed }) => {
                         s.stats.tls_handshakes += 1;
+                        s.stats.tls_resumed_handshakes += u64::from(resumed);
                         *s.stats
                             .tls_handshakes_per_sni
                             .entry(sni.unwrap_or("").to_string())
