@@ -11,7 +11,7 @@
 #   rustup: rustfmt, clippy
 #   cargo:  cargo-nextest, cargo-zigbuild (both `cargo install --locked`)
 #   .venv:  ziglang (the zig toolchain cargo-zigbuild uses to link against glibc 2.17), and the python
-#           packages of tests/requirements.txt
+#           packages of tests/requirements.txt (which includes bench/peer/requirements.txt)
 set -euo pipefail
 
 root=$(CDPATH='' cd -- "$(dirname -- "$0")/.." && pwd -P)
@@ -109,7 +109,7 @@ req="$root/tests/requirements.txt"
 if [ -f "$req" ]; then
     # A stamp holding the requirements' hash keeps the no-op path off the network.
     stamp="$venv/.requirements.sha256"
-    want=$(for f in "$req" "$root"/tests/*/requirements.txt; do if [ -f "$f" ]; then cat "$f"; fi; done | sha256sum | cut -d' ' -f1)
+    want=$(for f in "$req" "$root"/tests/*/requirements.txt "$root"/bench/peer/requirements.txt; do if [ -f "$f" ]; then cat "$f"; fi; done | sha256sum | cut -d' ' -f1)
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         say "pip install -r tests/requirements.txt (into .venv)"
         (cd "$root/tests" && "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt)

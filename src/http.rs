@@ -206,14 +206,26 @@ pub fn agent(route: Route, policy: &RetryPolicy) -> Result<ureq::Agent, HttpErro
         .timeout_global(Some(policy.per_try_timeout))
         .timeout_connect(Some(policy.per_try_timeout.min(Duration::from_secs(10))))
         .max_idle_connections_per_host(CONNECTIONS_PER_HOST)
-        .max_idle_age(Duration::from_secs(3 * 3600))
+        .max_idle_connections(MAX_IDLE_CONNECTIONS)
+        // Servers close idle connections within minutes; keeping them longer only holds memory.
+        .max_idle_age(MAX_IDLE_AGE)
+        // Key Vault and IMDS send about 1 KiB of headers and bodies of a few KiB (read in a stream into a
+        // capped buffer), so ureq's 128 KiB buffers per connection would only cost memory.
+        .max_response_header_size(8 * 1024)
+        .input_buffer_size(16 * 1024)
+        // The request head carries the bearer token (2–4 KiB).
+        .output_buffer_size(16 * 1024)
         .build();
     Ok(config.new_agent())
 }
 
-/// Idle connections kept per host: as many as a poll cycle uses at once ([`crate::sync::PARALLELISM`]), so
-/// the next round or cycle reuses them instead of handshaking again.
-pub const CONNECTIONS_PER_HOST: usize = 8;
+/// Connections a poll cycle opens to one host at most ([`crate::sync`] keeps to it), and so the idle ones kept
+/// per host: the next round or cycle reuses them instead of handshaking again.
+pub const CONNECTIONS_PER_HOST: usize = 4;
+/// Idle connections kept overall (several vaults).
+pub const MAX_IDLE_CONNECTIONS: usize = 32;
+/// How long an idle connection is kept for the next request.
+pub const MAX_IDLE_AGE: Duration = Duration::from_secs(300);
 
 /// One GET: the answer, whatever its status, or why there was none.
 pub fn get(agent: &ureq::Agent, url: &str, headers: &[(&str, &str)]) -> Result<Reply, Failure> {

@@ -3,20 +3,20 @@
 //! bad content) never blocks the others — and a few are checked at once, so many certificates do not cost N
 //! round trips in a row. A version that is already installed is not decoded or written again.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 
 use time::OffsetDateTime;
 
 use crate::certificate::{CertificateBundle, CertificateError, ContentKind};
-use crate::http::Stop;
+use crate::http::{self, Stop};
 use crate::settings::ObservedCertificate;
 use crate::store::{Install, Store, StoreError};
 use crate::vault::{SecretKind, VaultClient, VaultError};
 
 /// How many certificates are checked at once (the vault client reuses one connection per thread and vault).
-pub const PARALLELISM: usize = crate::http::CONNECTIONS_PER_HOST;
+pub const PARALLELISM: usize = 8;
 
 /// Why a certificate could not be brought up to date. What was installed before stays in place.
 #[derive(Debug, thiserror::Error)]
@@ -175,7 +175,8 @@ pub fn check(
     })
 }
 
-/// Checks every certificate, [`PARALLELISM`] at a time; results in the order of `certs`.
+/// Checks every certificate, [`PARALLELISM`] at a time and at most [`http::CONNECTIONS_PER_HOST`] per vault
+/// (so a cycle needs no more connections to a vault than the pool keeps); results in the order of `certs`.
 ///
 /// The first certificate of each vault is checked in a first round (vaults in parallel): it answers the
 /// vault's challenge, fetches the token and leaves a TLS session behind, so the parallel connections of the
@@ -187,17 +188,23 @@ pub fn cycle(
     options: SyncOptions,
     stop: &Stop,
 ) -> Vec<Result<Checked, SyncError>> {
+    let vault_of = |i: usize| certs[i].vault_url.as_str();
     let mut vaults = std::collections::HashSet::new();
     let (first, rest): (Vec<usize>, Vec<usize>) =
-        (0..certs.len()).partition(|&i| vaults.insert(certs[i].vault_url.as_str()));
+        (0..certs.len()).partition(|&i| vaults.insert(vault_of(i)));
     let results: Mutex<Vec<Option<Result<Checked, SyncError>>>> =
         Mutex::new((0..certs.len()).map(|_| None).collect());
     for round in [first, rest] {
-        let next = AtomicUsize::new(0);
+        let queue = Mutex::new(Queue {
+            waiting: round.into(),
+            busy: HashMap::new(),
+        });
+        let freed = Condvar::new();
+        let threads = PARALLELISM.min(queue.lock().map(|q| q.waiting.len()).unwrap_or(0));
         std::thread::scope(|scope| {
-            for _ in 0..PARALLELISM.min(round.len()) {
+            for _ in 0..threads {
                 scope.spawn(|| {
-                    while let Some(&i) = round.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    while let Some(i) = Queue::take(&queue, &freed, vault_of) {
                         let result = check(
                             client,
                             &certs[i],
@@ -206,6 +213,7 @@ pub fn cycle(
                             stop,
                         );
                         results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(result);
+                        Queue::done(&queue, &freed, vault_of(i));
                     }
                 });
             }
@@ -217,4 +225,44 @@ pub fn cycle(
         .into_iter()
         .map(|r| r.unwrap_or(Err(SyncError::Stopped)))
         .collect()
+}
+
+/// The certificates of a round not yet taken, and how many checks run per vault.
+struct Queue<'a> {
+    waiting: VecDeque<usize>,
+    busy: HashMap<&'a str, usize>,
+}
+
+impl<'a> Queue<'a> {
+    /// The next certificate whose vault has a free connection, waiting for one if all remaining certificates'
+    /// vaults are busy; `None` when nothing is left.
+    fn take(
+        queue: &Mutex<Queue<'a>>,
+        freed: &Condvar,
+        vault_of: impl Fn(usize) -> &'a str,
+    ) -> Option<usize> {
+        let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if q.waiting.is_empty() {
+                return None;
+            }
+            let pos = q.waiting.iter().position(|&i| {
+                q.busy.get(vault_of(i)).copied().unwrap_or(0) < http::CONNECTIONS_PER_HOST
+            });
+            if let Some(pos) = pos {
+                let i = q.waiting.remove(pos)?;
+                *q.busy.entry(vault_of(i)).or_default() += 1;
+                return Some(i);
+            }
+            q = freed.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn done(queue: &Mutex<Queue<'a>>, freed: &Condvar, vault: &'a str) {
+        let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = q.busy.get_mut(vault) {
+            *n = n.saturating_sub(1);
+        }
+        freed.notify_all();
+    }
 }

@@ -300,7 +300,8 @@ pub fn token_allowed(vault_host: &str, challenge: &Challenge) -> bool {
 
 /// The Key Vault client of one worker, shared by its threads.
 pub struct VaultClient {
-    agent: ureq::Agent,
+    /// Replaced by [`VaultClient::release_connections`]; requests clone it (an `Arc` inside).
+    agent: Mutex<ureq::Agent>,
     identity: Arc<Identity>,
     policy: RetryPolicy,
     challenges: Mutex<HashMap<String, Challenge>>,
@@ -324,9 +325,23 @@ struct Transient {
 }
 
 impl VaultClient {
+    /// Closes the idle connections (and forgets their TLS sessions) by starting a fresh connection pool: the
+    /// worker calls it before a wait longer than servers keep idle connections open, so it does not hold dead
+    /// connections and their buffers for an hour.
+    pub fn release_connections(&self) {
+        match http::agent(Route::Environment, &self.policy) {
+            Ok(fresh) => *self.agent.lock().unwrap_or_else(|e| e.into_inner()) = fresh,
+            Err(e) => log::warn!("keeping the idle vault connections: {e}"),
+        }
+    }
+
     /// A client whose tokens come from `identity`, with [`RetryPolicy::VAULT`].
     pub fn new(identity: Arc<Identity>) -> Result<VaultClient, http::HttpError> {
         VaultClient::with_policy(identity, RetryPolicy::VAULT)
+    }
+
+    fn agent(&self) -> ureq::Agent {
+        self.agent.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// A client with its own retry policy.
@@ -335,7 +350,7 @@ impl VaultClient {
         policy: RetryPolicy,
     ) -> Result<VaultClient, http::HttpError> {
         Ok(VaultClient {
-            agent: http::agent(Route::Environment, &policy)?,
+            agent: Mutex::new(http::agent(Route::Environment, &policy)?),
             identity,
             policy,
             challenges: Mutex::new(HashMap::new()),
@@ -401,7 +416,7 @@ impl VaultClient {
             if let Some(b) = &bearer {
                 headers.push(("Authorization", b.as_str()));
             }
-            let transient = match http::get(&self.agent, &url, &headers) {
+            let transient = match http::get(&self.agent(), &url, &headers) {
                 Ok(reply) => match reply.status {
                     200 => return parse_bundle(&reply.body, &vault, name),
                     401 => {

@@ -140,7 +140,10 @@ pub fn why_unavailable() -> Option<&'static str> {
 
 /// Runs the current executable again with `args` inside a fresh VM-like namespace, stdio inherited (for
 /// programs such as `kvvm-demo`; tests use [`run_isolated`]). The inner process sees [`in_netns`] true.
-pub fn reexec_isolated(args: &[std::ffi::OsString]) -> std::io::Result<std::process::ExitStatus> {
+pub fn reexec_isolated(
+    args: &[std::ffi::OsString],
+    extra_hosts: &[&str],
+) -> std::io::Result<std::process::ExitStatus> {
     if let Some(why) = unavailable() {
         return Err(std::io::Error::other(why.to_string()));
     }
@@ -151,7 +154,7 @@ pub fn reexec_isolated(args: &[std::ffi::OsString]) -> std::io::Result<std::proc
     std::fs::write(&script, SETUP_SCRIPT)?;
     let hosts = run_dir.join("hosts");
     let mut text = String::from("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n");
-    for h in DEFAULT_HOSTS {
+    for h in DEFAULT_HOSTS.iter().chain(extra_hosts) {
         text.push_str(&format!("127.0.0.1 {h}\n"));
     }
     std::fs::write(&hosts, text)?;

@@ -364,6 +364,11 @@ impl FakeVault {
         self.state.lock().unwrap().latency += latency;
     }
 
+    /// Sets the delay added before every reply (replacing what [`FakeVault::add_latency`] added).
+    pub fn set_latency(&self, latency: Duration) {
+        self.state.lock().unwrap().latency = latency;
+    }
+
     /// Token-bucket throttle for `vault_host`: `burst` requests at once, refilled at `rate_per_sec`; an empty
     /// bucket gives 429 `Throttled` with `Retry-After`. Applied after scripted replies, before the token check.
     pub fn throttle(&self, vault_host: &str, rate_per_sec: f64, burst: u32) {

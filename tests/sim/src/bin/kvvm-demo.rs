@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
             println!(
                 "== part 1: a VM with the bundled Key Vault and identity endpoint (network namespace)"
             );
-            let status = netns::reexec_isolated(&[zip.clone().into_os_string()])?;
+            let status = netns::reexec_isolated(&[zip.clone().into_os_string()], &[])?;
             anyhow::ensure!(status.success(), "the demo failed ({status})");
             return Ok(());
         }

@@ -1,0 +1,901 @@
+//! `make bench`: kvvm against the polling service people write by hand with the Azure SDK for Python
+//! (`bench/peer/poller.py`), side by side on the same fakes, in the VM-like network namespace (root only).
+//! Writes `bench/RESULTS.md`.
+//!
+//! ```text
+//! kvvm-bench <package.zip> <repo root>        (KVVM_BENCH_FLEET=<workers>, default 300;
+//!                                               KVVM_BENCH_ONLY=<sections> to run only some)
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use kvvm_sim::imds::{FakeImds, TokenAuthority};
+use kvvm_sim::netns;
+use kvvm_sim::pki::{Chain, KeyType, PemLayout, PfxVariant};
+use kvvm_sim::vault::{FakeVault, SecretValue};
+use kvvm_sim::waagent::{Agent, Extension, Settings, StatusValue, Verb};
+use serde_json::json;
+
+const NAME: &str = "Microsoft.Azure.KeyVault.KeyVaultForLinux";
+const VAULTS: [&str; 4] = [
+    "bench1.vault.azure.net",
+    "bench2.vault.azure.net",
+    "bench3.vault.azure.net",
+    "bench4.vault.azure.net",
+];
+const FLEET_VAULT: &str = "fleet.vault.azure.net";
+const PER_VAULT: usize = 50;
+const LATENCY: Duration = Duration::from_millis(20);
+const INTERVAL_S: u64 = 3;
+const CYCLES: usize = 10;
+const RUNS: usize = 3;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    ensure!(
+        args.len() == 3,
+        "usage: kvvm-bench <package.zip> <repo root>"
+    );
+    if !netns::in_netns() {
+        if let Some(why) = netns::why_unavailable() {
+            bail!(
+                "the benchmark runs in a VM-like network namespace, which needs root and unshare: {why}"
+            );
+        }
+        let mut hosts: Vec<&str> = VAULTS.to_vec();
+        hosts.push(FLEET_VAULT);
+        let status =
+            netns::reexec_isolated(&[args[1].clone().into(), args[2].clone().into()], &hosts)?;
+        ensure!(status.success(), "the benchmark failed ({status})");
+        return Ok(());
+    }
+    let bench = Bench::new(Path::new(&args[1]), Path::new(&args[2]))?;
+    bench.run()
+}
+
+/// Median, min and max of some numbers.
+#[derive(Debug, Clone, Copy)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+    n: usize,
+}
+
+impl Spread {
+    fn of(values: &[f64]) -> Spread {
+        let mut v = values.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        Spread {
+            median: if v.len() % 2 == 1 {
+                v[v.len() / 2]
+            } else {
+                (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+            },
+            min: v[0],
+            max: v[v.len() - 1],
+            n: v.len(),
+        }
+    }
+
+    fn show(&self, unit: &str, digits: usize) -> String {
+        format!(
+            "{:.d$} {unit} (min {:.d$}, max {:.d$}, n={})",
+            self.median,
+            self.min,
+            self.max,
+            self.n,
+            d = digits
+        )
+    }
+}
+
+struct Bench {
+    zip: PathBuf,
+    repo: PathBuf,
+    python: PathBuf,
+    imds: FakeImds,
+    vault: FakeVault,
+    pki: PathBuf,
+    urls: Vec<String>,
+    report: String,
+}
+
+/// What /proc says about a process.
+#[derive(Debug, Clone, Copy, Default)]
+struct ProcSample {
+    rss_kib: u64,
+    hwm_kib: u64,
+    cpu_ticks: u64,
+}
+
+fn proc_sample(pid: u32) -> Result<ProcSample> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    // Fields 14 and 15 (utime, stime) are 12 and 13 after the ")".
+    let ticks = rest
+        .get(11)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        + rest
+            .get(12)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    Ok(ProcSample {
+        rss_kib: field("VmRSS:"),
+        hwm_kib: field("VmHWM:"),
+        cpu_ticks: ticks,
+    })
+}
+
+fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// Waits until `done` holds, checking every 20 ms.
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Result<Duration> {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > limit {
+            bail!("{what}: not done within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(start.elapsed())
+}
+
+fn count_files(dir: &Path, with_dot: bool) -> usize {
+    fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    // kvvm: links `<vault>.<cert>` (one dot); the peer: files with the same names.
+                    n.matches('.').count() == 1 && (with_dot || !n.ends_with(".tmp"))
+                })
+                .filter(|e| e.path().is_file())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+impl Bench {
+    fn new(zip: &Path, repo: &Path) -> Result<Bench> {
+        let python = repo.join(".venv/bin/python");
+        ensure!(
+            python.exists(),
+            "{} is missing: run `make deps`",
+            python.display()
+        );
+        let tokens = TokenAuthority::new();
+        let imds = FakeImds::start("169.254.169.254:80".parse()?, tokens.clone())?;
+        let mut names: Vec<&str> = VAULTS.to_vec();
+        names.push(FLEET_VAULT);
+        let vault = FakeVault::start(
+            "127.0.0.1:443".parse()?,
+            netns::test_ca().server_config(&names),
+            tokens,
+        )?;
+        let pki = std::env::temp_dir().join(format!("kvvm-bench-pki.{}", std::process::id()));
+        let mut urls = Vec::new();
+        for (i, host) in VAULTS.iter().enumerate() {
+            let chain = Chain::generate(
+                &pki.join(format!("v{i}")),
+                &format!("www{i}.contoso.example"),
+                KeyType::Rsa(2048),
+                365,
+            )?;
+            let pfx = chain.pfx(PfxVariant::KeyVault)?;
+            for c in 0..PER_VAULT {
+                let name = format!("cert{c:02}");
+                vault.put_secret(host, &name, SecretValue::pkcs12(&pfx));
+                urls.push(format!("https://{host}/secrets/{name}"));
+            }
+        }
+        Ok(Bench {
+            zip: zip.to_path_buf(),
+            repo: repo.to_path_buf(),
+            python,
+            imds,
+            vault,
+            pki,
+            urls,
+            report: String::new(),
+        })
+    }
+
+    fn line(&mut self, text: &str) {
+        println!("{text}");
+        self.report.push_str(text);
+        self.report.push('\n');
+    }
+
+    fn run(mut self) -> Result<()> {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let date = String::from_utf8_lossy(
+            &Command::new("date")
+                .args(["-u", "+%Y-%m-%d"])
+                .output()?
+                .stdout,
+        )
+        .trim()
+        .to_string();
+        self.line("# kvvm benchmark results");
+        self.line("");
+        self.line(&format!(
+            "Written by `make bench` on {date}: {cores} cores, {} GiB RAM. Absolute times vary between runs and \
+             machines — compare the ratios. Each timed figure is the median of several runs with min and max; \
+             counts come from the fakes' counters. Both sides run in the same VM-like network namespace against \
+             the same fake Key Vault and IMDS, one after the other. The peer is `bench/peer/poller.py`.",
+            mem_gib()
+        ));
+        self.line("");
+        let agent = Agent::new(Path::new("/var/lib/waagent"), Path::new("/var/log/azure"));
+        let ext = self.install_kvvm(&agent)?;
+        // KVVM_BENCH_ONLY=steady,fleet (any of initial, steady, enable, package, fleet) runs only those and
+        // leaves RESULTS.md alone: for working on one figure.
+        let only = std::env::var("KVVM_BENCH_ONLY").ok();
+        let want = |name: &str| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|x| x == name))
+        };
+        if want("initial") {
+            self.initial_sync(&ext)?;
+        }
+        if want("steady") {
+            self.steady_state(&agent, &ext)?;
+        }
+        if want("enable") {
+            self.enable_latency()?;
+        }
+        if want("package") {
+            self.package(&ext)?;
+        }
+        if want("fleet") {
+            self.fleet()?;
+        }
+        if only.is_some() {
+            println!("\nKVVM_BENCH_ONLY is set: bench/RESULTS.md left as it was");
+            return Ok(());
+        }
+        let out = self.repo.join("bench/RESULTS.md");
+        fs::write(&out, &self.report)?;
+        println!("\nwrote {}", out.display());
+        let _ = fs::remove_dir_all(&self.pki);
+        Ok(())
+    }
+
+    fn kvvm_settings(&self, store: &Path) -> Settings {
+        Settings::public(json!({"secretsManagementSettings": {
+            "pollingIntervalInS": INTERVAL_S.to_string(),
+            "certificateStoreLocation": store,
+            "observedCertificates": self.urls,
+        }}))
+    }
+
+    /// Installs the package (enable + disable, so settings and state folder exist; no worker runs).
+    fn install_kvvm(&self, agent: &Agent) -> Result<Extension> {
+        let run = agent.install_and_enable(
+            &self.zip,
+            0,
+            &self.kvvm_settings(Path::new("/var/lib/kvvm-bench/kvvm")),
+        )?;
+        ensure!(run.ok(), "install: {}", run.describe());
+        let ext = run.extension.context("no extension")?;
+        agent.disable(&ext, 0)?;
+        Ok(ext)
+    }
+
+    fn peer(&self, out: &Path, once: bool) -> Result<Child> {
+        let cfg = self
+            .pki
+            .join(format!("peer-{}.json", if once { "once" } else { "loop" }));
+        fs::write(
+            &cfg,
+            json!({"certificates": self.urls, "out": out, "interval": INTERVAL_S, "once": once})
+                .to_string(),
+        )?;
+        Ok(Command::new(&self.python)
+            .arg(self.repo.join("bench/peer/poller.py"))
+            .arg(&cfg)
+            .env("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?)
+    }
+
+    fn initial_sync(&mut self, ext: &Extension) -> Result<()> {
+        println!(
+            "\n[1] initial sync of {} certificates over {} vaults, {} ms added per vault request",
+            self.urls.len(),
+            VAULTS.len(),
+            LATENCY.as_millis()
+        );
+        self.vault.set_latency(LATENCY);
+        let store = Path::new("/var/lib/kvvm-bench/kvvm");
+        let peer_out = Path::new("/var/lib/kvvm-bench/peer");
+        let mut kvvm = Vec::new();
+        let mut peer = Vec::new();
+        for run in 0..RUNS {
+            let _ = fs::remove_dir_all(store);
+            let _ = fs::remove_file(Path::new("/var/lib/waagent").join(NAME).join("state.json"));
+            let t = Instant::now();
+            let out = Command::new(ext.dir.join("bin/kvvm"))
+                .args(["sync", "--once"])
+                .output()?;
+            let took = t.elapsed().as_secs_f64();
+            ensure!(
+                out.status.success(),
+                "kvvm sync --once failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            ensure!(
+                count_files(store, false) == self.urls.len(),
+                "kvvm installed {} files",
+                count_files(store, false)
+            );
+            kvvm.push(took);
+
+            let _ = fs::remove_dir_all(peer_out);
+            let t = Instant::now();
+            let status = self.peer(peer_out, true)?.wait()?;
+            let took_peer = t.elapsed().as_secs_f64();
+            ensure!(status.success(), "the peer failed");
+            ensure!(
+                count_files(peer_out, false) == self.urls.len(),
+                "the peer wrote {} files",
+                count_files(peer_out, false)
+            );
+            peer.push(took_peer);
+            println!("  run {run}: kvvm {took:.2} s, peer {took_peer:.2} s");
+        }
+        let (k, p) = (Spread::of(&kvvm), Spread::of(&peer));
+        let ratios: Vec<f64> = peer.iter().zip(&kvvm).map(|(p, k)| p / k).collect();
+        self.line(
+            "## 1. Initial sync: 200 certificates, 4 vaults, 20 ms added latency per vault request",
+        );
+        self.line("");
+        self.line("Process start to exit with every certificate written: `kvvm sync --once` (the worker's first cycle, without its start-up jitter) and `poller.py` in run-once mode. Each run starts from an empty folder and gets a fresh token.");
+        self.line("");
+        self.line("| | wall time |");
+        self.line("|---|---|");
+        self.line(&format!("| kvvm | {} |", k.show("s", 2)));
+        self.line(&format!("| peer | {} |", p.show("s", 2)));
+        self.line(&format!(
+            "| **peer / kvvm** | **{}** (target ≥ 8×) |",
+            Spread::of(&ratios).show("×", 1)
+        ));
+        self.line("");
+        self.vault.set_latency(Duration::ZERO);
+        Ok(())
+    }
+
+    /// Waits for `cycles` more cycles of `per_cycle` GETs; after each, samples the process and the counters.
+    fn cycles(
+        &self,
+        pid: u32,
+        cycles: usize,
+    ) -> Result<Vec<(ProcSample, kvvm_sim::vault::VaultStats, u64)>> {
+        let per_cycle = self.urls.len() as u64;
+        let start = self.vault.stats().requests_with_token;
+        let mut samples = Vec::new();
+        for k in 1..=cycles as u64 {
+            wait_until("a steady-state cycle", Duration::from_secs(60), || {
+                self.vault.stats().requests_with_token >= start + k * per_cycle
+            })?;
+            // Let the cycle's last writes finish.
+            std::thread::sleep(Duration::from_millis(300));
+            samples.push((
+                proc_sample(pid)?,
+                self.vault.stats(),
+                self.imds.stats().token_requests,
+            ));
+        }
+        Ok(samples)
+    }
+
+    /// Rotates `cert00` of the first vault right after a cycle and times until `changed` sees it.
+    fn rotations(&self, mut changed: impl FnMut() -> Option<String>) -> Result<Vec<f64>> {
+        let chain = Chain::generate(
+            &self.pki.join("rot"),
+            "rotated.contoso.example",
+            KeyType::Rsa(2048),
+            365,
+        )?;
+        let mut out = Vec::new();
+        for i in 0..RUNS {
+            let before = changed();
+            // Put the new version just after a cycle's burst, the worst case for a poller.
+            let last = self.vault.stats().requests_with_token;
+            wait_until("a cycle", Duration::from_secs(30), || {
+                self.vault.stats().requests_with_token >= last + self.urls.len() as u64
+            })?;
+            std::thread::sleep(Duration::from_millis(200));
+            let renewed = chain.renew(&format!("r{i}"), KeyType::Rsa(2048), 365)?;
+            self.vault.put_secret(
+                VAULTS[0],
+                "cert00",
+                SecretValue::pkcs12(&renewed.pfx(PfxVariant::KeyVault)?),
+            );
+            let took = wait_until("rotation", Duration::from_secs(60), || changed() != before)?;
+            out.push(took.as_secs_f64());
+        }
+        Ok(out)
+    }
+
+    fn steady_state(&mut self, agent: &Agent, ext: &Extension) -> Result<()> {
+        println!(
+            "\n[2-5] steady state ({CYCLES} cycles every {INTERVAL_S} s, nothing new), memory, CPU, rotation"
+        );
+        let store = PathBuf::from("/var/lib/kvvm-bench/kvvm");
+        let peer_out = PathBuf::from("/var/lib/kvvm-bench/peer");
+        let _ = fs::remove_dir_all(&store);
+        let _ = fs::remove_dir_all(&peer_out);
+        let _ = fs::remove_file(Path::new("/var/lib/waagent").join(NAME).join("state.json"));
+
+        // kvvm: the worker, started by enable.
+        let run = agent.enable(ext, 0)?;
+        ensure!(run.success(), "enable: {}", run.output);
+        wait_until("kvvm's first cycle", Duration::from_secs(60), || {
+            count_files(&store, false) == self.urls.len()
+        })?;
+        let state: serde_json::Value = serde_json::from_str(&fs::read_to_string(
+            Path::new("/var/lib/waagent").join(NAME).join("state.json"),
+        )?)?;
+        let pid = state["pid"].as_u64().context("worker pid")? as u32;
+        let kvvm = self.steady(pid)?;
+        if let Ok(rollup) = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
+            println!("kvvm worker memory (/proc/{pid}/smaps_rollup):\n{rollup}");
+        }
+        let link = store.join("bench1.cert00");
+        let kvvm_rot =
+            self.rotations(|| fs::read_link(&link).ok().map(|p| p.display().to_string()))?;
+        agent.disable(ext, 0)?;
+
+        // The peer, in its loop.
+        let mut child = self.peer(&peer_out, false)?;
+        let ppid = child.id();
+        wait_until("the peer's first cycle", Duration::from_secs(120), || {
+            count_files(&peer_out, false) == self.urls.len()
+        })?;
+        let peer = self.steady(ppid)?;
+        let file = peer_out.join("bench1.cert00");
+        let peer_rot =
+            self.rotations(|| fs::read(&file).ok().map(|b| format!("{:x}", md5ish(&b))))?;
+        let _ = child.kill();
+        let _ = child.wait();
+
+        let interval = INTERVAL_S as f64;
+        self.line("## 2. Steady state: 10 cycles with nothing new");
+        self.line("");
+        self.line(&format!("Interval {INTERVAL_S} s, no added latency. Per cycle (median, min, max over the cycles):"));
+        self.line("");
+        self.line("| per cycle | kvvm | peer | target |");
+        self.line("|---|---|---|---|");
+        self.line(&format!(
+            "| vault requests per certificate | {} | {} | ≤ 1.0 |",
+            kvvm.req_per_cert.show("", 2),
+            peer.req_per_cert.show("", 2)
+        ));
+        self.line(&format!(
+            "| IMDS requests | {} | {} | 0 |",
+            kvvm.imds.show("", 1),
+            peer.imds.show("", 1)
+        ));
+        self.line(&format!(
+            "| TLS handshakes per vault (all) | {} | {} | ≤ 1 |",
+            kvvm.handshakes.show("", 2),
+            peer.handshakes.show("", 2)
+        ));
+        self.line(&format!(
+            "| of which full (not resumed) | {} | {} | |",
+            kvvm.full_handshakes.show("", 2),
+            peer.full_handshakes.show("", 2)
+        ));
+        self.line("");
+        self.line("## 3. Memory of the long-running process");
+        self.line("");
+        self.line("| | kvvm worker | peer (python) | target |");
+        self.line("|---|---|---|---|");
+        self.line(&format!("| VmRSS idle, between cycles | {:.1} MiB | {:.1} MiB | ≤ 5 MiB and ≤ 1/10 of the peer |", mib(kvvm.idle_rss), mib(peer.idle_rss)));
+        self.line(&format!(
+            "| VmHWM (peak, includes the initial sync of 200) | {:.1} MiB | {:.1} MiB | |",
+            mib(kvvm.hwm),
+            mib(peer.hwm)
+        ));
+        self.line(&format!(
+            "| ratio peer / kvvm (idle RSS) | {:.1}× | | ≥ 10× |",
+            peer.idle_rss as f64 / kvvm.idle_rss.max(1) as f64
+        ));
+        self.line("");
+        self.line("## 4. CPU time (user + sys) per cycle of 200 certificates (nothing new)");
+        self.line("");
+        self.line(&format!("| kvvm | {} |", kvvm.cpu_ms.show("ms", 0)));
+        self.line(&format!("| peer | {} |", peer.cpu_ms.show("ms", 0)));
+        self.line("");
+        self.line(&format!(
+            "(/proc tick resolution: {:.0} ms.)",
+            1000.0 / ticks_per_sec()
+        ));
+        self.line("");
+        self.line("## 5. Latencies");
+        self.line("");
+        let minus = |v: &[f64]| v.iter().map(|x| x - interval).collect::<Vec<_>>();
+        self.line(&format!("Rotation: a new version put into the vault right after a cycle, until the link (kvvm) or file (peer) shows it; the interval is {INTERVAL_S} s, so a poller needs about one interval plus its own work."));
+        self.line("");
+        self.line("| | new version → installed | minus the interval |");
+        self.line("|---|---|---|");
+        self.line(&format!(
+            "| kvvm | {} | {} |",
+            Spread::of(&kvvm_rot).show("s", 2),
+            Spread::of(&minus(&kvvm_rot)).show("s", 2)
+        ));
+        self.line(&format!(
+            "| peer | {} | {} |",
+            Spread::of(&peer_rot).show("s", 2),
+            Spread::of(&minus(&peer_rot)).show("s", 2)
+        ));
+        self.line("");
+        self.line("kvvm spreads each wait by ±10 % (jitter, so a scale set does not poll in step), which shows in its min and max.");
+        self.line("");
+        Ok(())
+    }
+
+    fn steady(&self, pid: u32) -> Result<Steady> {
+        let hwm = proc_sample(pid)?.hwm_kib;
+        // One cycle to settle (connections, caches), then measure.
+        self.cycles(pid, 1)?;
+        let base = (
+            proc_sample(pid)?,
+            self.vault.stats(),
+            self.imds.stats().token_requests,
+        );
+        let samples = self.cycles(pid, CYCLES)?;
+        let mut prev = base;
+        let (mut req, mut imds, mut hs, mut full, mut cpu, mut rss) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for s in samples {
+            let n = self.urls.len() as f64;
+            req.push((s.1.requests - prev.1.requests) as f64 / n);
+            imds.push((s.2 - prev.2) as f64);
+            let h = (s.1.tls_handshakes - prev.1.tls_handshakes) as f64;
+            let r = (s.1.tls_resumed_handshakes - prev.1.tls_resumed_handshakes) as f64;
+            hs.push(h / VAULTS.len() as f64);
+            full.push((h - r) / VAULTS.len() as f64);
+            cpu.push((s.0.cpu_ticks - prev.0.cpu_ticks) as f64 * 1000.0 / ticks_per_sec());
+            rss.push(s.0.rss_kib);
+            prev = s;
+        }
+        // Idle: between cycles, after the last one.
+        std::thread::sleep(Duration::from_millis(500));
+        let idle = proc_sample(pid)?.rss_kib;
+        Ok(Steady {
+            req_per_cert: Spread::of(&req),
+            imds: Spread::of(&imds),
+            handshakes: Spread::of(&hs),
+            full_handshakes: Spread::of(&full),
+            cpu_ms: Spread::of(&cpu),
+            idle_rss: idle,
+            hwm: hwm.max(proc_sample(pid)?.hwm_kib),
+        })
+    }
+
+    fn enable_latency(&mut self) -> Result<()> {
+        println!("\n[5] enable latency");
+        let (mut cold, mut again, mut new_settings) = (vec![], vec![], vec![]);
+        for i in 0..10 {
+            let dir = PathBuf::from(format!("/var/lib/kvvm-bench/enable{i}"));
+            let agent = Agent::new(&dir.join("lib"), &dir.join("log"));
+            let settings = |n: usize| {
+                Settings::public(json!({"secretsManagementSettings": {
+                    "pollingIntervalInS": "3600",
+                    "certificateStoreLocation": dir.join("store"),
+                    "observedCertificates": self.urls[..n].to_vec(),
+                }}))
+            };
+            let run = agent.install_and_enable(&self.zip, 0, &settings(1))?;
+            ensure!(run.ok(), "{}", run.describe());
+            let ext = run.extension.clone().context("no extension")?;
+            cold.push(
+                run.result(&ext.version, Verb::Enable)
+                    .context("enable ran")?
+                    .duration
+                    .as_secs_f64()
+                    * 1000.0,
+            );
+            again.push(agent.enable(&ext, 0)?.duration.as_secs_f64() * 1000.0);
+            new_settings.push(
+                agent
+                    .apply_settings(&ext, 1, &settings(2))?
+                    .duration
+                    .as_secs_f64()
+                    * 1000.0,
+            );
+            agent.disable(&ext, 1)?;
+        }
+        self.line("`enable` (command start to exit, as waagent sees it, through the `handler` shell script):");
+        self.line("");
+        self.line("| enable | time | target |");
+        self.line("|---|---|---|");
+        self.line(&format!(
+            "| first (starts the worker) | {} | ≤ 100 ms |",
+            Spread::of(&cold).show("ms", 1)
+        ));
+        self.line(&format!(
+            "| again, same settings (no-op) | {} | ≤ 100 ms |",
+            Spread::of(&again).show("ms", 1)
+        ));
+        self.line(&format!(
+            "| new settings (handed to the running worker) | {} | ≤ 100 ms |",
+            Spread::of(&new_settings).show("ms", 1)
+        ));
+        self.line("");
+        Ok(())
+    }
+
+    fn package(&mut self, ext: &Extension) -> Result<()> {
+        let zip = fs::metadata(&self.zip)?.len();
+        let bin = ext.dir.join("bin/kvvm");
+        let size = fs::metadata(&bin)?.len();
+        let syms =
+            String::from_utf8_lossy(&Command::new("objdump").arg("-T").arg(&bin).output()?.stdout)
+                .into_owned();
+        let mut versions: Vec<(u32, u32, u32)> = syms
+            .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+            .filter_map(|w| w.strip_prefix("GLIBC_"))
+            .filter_map(|v| {
+                let mut p = v.split('.').map(|x| x.parse::<u32>().unwrap_or(0));
+                Some((p.next()?, p.next().unwrap_or(0), p.next().unwrap_or(0)))
+            })
+            .collect();
+        versions.sort();
+        let max = versions
+            .last()
+            .map(|(a, b, c)| {
+                if *c > 0 {
+                    format!("GLIBC_{a}.{b}.{c}")
+                } else {
+                    format!("GLIBC_{a}.{b}")
+                }
+            })
+            .unwrap_or_default();
+        self.line("## 6. Size");
+        self.line("");
+        self.line("| | | target |");
+        self.line("|---|---|---|");
+        self.line(&format!(
+            "| package zip | {:.2} MiB | ≤ 3 MiB |",
+            zip as f64 / 1048576.0
+        ));
+        self.line(&format!(
+            "| `bin/kvvm` (stripped, static Rust, aws-lc-rs) | {:.2} MiB | |",
+            size as f64 / 1048576.0
+        ));
+        self.line(&format!(
+            "| highest glibc symbol version needed | {max} | runs on glibc ≥ 2.17 |"
+        ));
+        self.line("");
+        Ok(())
+    }
+
+    fn fleet(&mut self) -> Result<()> {
+        let n: usize = std::env::var("KVVM_BENCH_FLEET")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300);
+        let rate = 100.0;
+        println!(
+            "\n[7] fleet: {n} workers, one certificate each, one vault throttled at {rate} requests/s"
+        );
+        let chain = Chain::generate(
+            &self.pki.join("fleet"),
+            "fleet.contoso.example",
+            KeyType::Ec("P-256"),
+            365,
+        )?;
+        let v1 = self.vault.put_secret(
+            FLEET_VAULT,
+            "shared",
+            SecretValue::pem(chain.pem(PemLayout::default())?),
+        );
+        self.vault.throttle(FLEET_VAULT, rate, rate as u32);
+        let url = format!("https://{FLEET_VAULT}/secrets/shared");
+        let mut vms = Vec::new();
+        for i in 0..n {
+            let dir = PathBuf::from(format!("/var/lib/kvvm-bench/fleet/{i}"));
+            let agent = Agent::new(&dir.join("lib"), &dir.join("log"));
+            let ext = agent.unpack(&self.zip)?;
+            agent.write_handler_environment(&ext)?;
+            agent.write_settings_as(
+                &ext,
+                0,
+                &Settings::public(json!({"secretsManagementSettings": {
+                    "pollingIntervalInS": "30",
+                    "requireInitialSync": true,
+                    "certificateStoreLocation": dir.join("store"),
+                    "observedCertificates": [url],
+                }})),
+            )?;
+            let r = agent.run(&ext, Verb::Install, 0, &[])?;
+            ensure!(r.success(), "install {i}: {}", r.output);
+            vms.push((agent, ext, dir));
+        }
+        let vms = Arc::new(vms);
+        self.vault.reset_stats();
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            for chunk in vms.chunks(n.div_ceil(32).max(1)) {
+                s.spawn(move || {
+                    for (agent, ext, _) in chunk {
+                        let _ = agent.enable(ext, 0);
+                    }
+                });
+            }
+        });
+        let enabled = t0.elapsed().as_secs_f64();
+        let installed = |version: &str| {
+            vms.iter()
+                .filter(|(_, _, dir)| {
+                    fs::read_link(dir.join("store/fleet.shared"))
+                        .is_ok_and(|t| t.to_string_lossy().ends_with(version))
+                })
+                .count()
+        };
+        let all_in = wait_until(
+            "every fleet worker installed",
+            Duration::from_secs(300),
+            || installed(&v1) == n,
+        );
+        let t_all = t0.elapsed().as_secs_f64();
+        let stats = self.vault.stats();
+        let log = self.vault.requests();
+        let throttled = log.iter().filter(|r| r.status == 429).count();
+        let peak = peak_rate(log.iter().map(|r| r.at));
+        // Wait for every status to settle, then count errors.
+        std::thread::sleep(Duration::from_secs(2));
+        let mut errors = 0;
+        let mut transitioning = 0;
+        for (agent, ext, _) in vms.iter() {
+            match agent.read_status(ext, 0).map(|r| r.status) {
+                Ok(StatusValue::Error) => errors += 1,
+                Ok(StatusValue::Transitioning) => transitioning += 1,
+                _ => {}
+            }
+        }
+        // Rotation.
+        self.vault.reset_stats();
+        let renewed = chain.renew("r1", KeyType::Ec("P-256"), 365)?;
+        let v2 = self.vault.put_secret(
+            FLEET_VAULT,
+            "shared",
+            SecretValue::pem(renewed.pem(PemLayout::default())?),
+        );
+        let t1 = Instant::now();
+        let rotated = wait_until(
+            "every fleet worker rotated",
+            Duration::from_secs(300),
+            || installed(&v2) == n,
+        );
+        let t_rot = t1.elapsed().as_secs_f64();
+        let rot_log = self.vault.requests();
+        let rot_throttled = rot_log.iter().filter(|r| r.status == 429).count();
+        // Stop the fleet.
+        std::thread::scope(|s| {
+            for chunk in vms.chunks(n.div_ceil(32).max(1)) {
+                s.spawn(move || {
+                    for (agent, ext, _) in chunk {
+                        let _ = agent.disable(ext, 0);
+                    }
+                });
+            }
+        });
+        self.line(&format!(
+            "## 7. Fleet: {n} workers start at once against one vault throttled like Key Vault"
+        ));
+        self.line("");
+        self.line(&format!(
+            "{n} real worker processes (each its own extension directory, `requireInitialSync`, interval 30 s, one \
+             certificate), enabled from 32 threads in {enabled:.1} s, against one fake vault with a token bucket of \
+             {rate} requests/s (burst {rate}), answering 429 + Retry-After when empty. One run (it takes minutes)."
+        ));
+        self.line("");
+        self.line("| | |");
+        self.line("|---|---|");
+        match all_in {
+            Ok(_) => self.line(&format!("| all installed after | {t_all:.1} s |")),
+            Err(e) => self.line(&format!(
+                "| all installed | **not within 300 s**: {e} ({} of {n}) |",
+                installed(&v1)
+            )),
+        }
+        self.line(&format!(
+            "| requests / refused with 429 | {} / {throttled} |",
+            stats.requests
+        ));
+        self.line(&format!(
+            "| peak request rate (1 s windows) | {peak} requests/s |"
+        ));
+        self.line(&format!(
+            "| workers in error (goal 0) / still transitioning | {errors} / {transitioning} |"
+        ));
+        match rotated {
+            Ok(_) => self.line(&format!("| rotation: new version → every worker has it | {t_rot:.1} s (interval 30 s ± 10 %; {rot_throttled} requests refused with 429) |")),
+            Err(e) => self.line(&format!("| rotation | **not within 300 s**: {e} ({} of {n}) |", installed(&v2))),
+        }
+        self.line("");
+        Ok(())
+    }
+}
+
+struct Steady {
+    req_per_cert: Spread,
+    imds: Spread,
+    handshakes: Spread,
+    full_handshakes: Spread,
+    cpu_ms: Spread,
+    idle_rss: u64,
+    hwm: u64,
+}
+
+fn peak_rate(times: impl Iterator<Item = Instant>) -> usize {
+    let times: Vec<Instant> = times.collect();
+    let Some(&start) = times.iter().min() else {
+        return 0;
+    };
+    let mut buckets: BTreeMap<u64, usize> = BTreeMap::new();
+    for t in &times {
+        *buckets
+            .entry(t.duration_since(start).as_secs())
+            .or_default() += 1;
+    }
+    buckets.values().copied().max().unwrap_or(0)
+}
+
+fn md5ish(bytes: &[u8]) -> u64 {
+    // FNV-1a: enough to notice a changed file.
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn mem_gib() -> u64 {
+    fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024 / 1024)
+        .unwrap_or(0)
+}
