@@ -418,3 +418,97 @@ fn debug_output_never_shows_the_key() {
     let some_key_line = key_b64.lines().nth(2).unwrap();
     assert!(!debug.contains(some_key_line));
 }
+
+/// DER: tag, length, content.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+fn seq(parts: &[Vec<u8>]) -> Vec<u8> {
+    der(0x30, &parts.concat())
+}
+
+fn oid(dotted_der: &[u8]) -> Vec<u8> {
+    der(0x06, dotted_der)
+}
+
+/// A PFX written by hand the way minimal tools do: no MAC, unencrypted bags, no attributes at all (so no
+/// localKeyId linking key and certificate), certificates root first.
+fn bare_pfx(key_pkcs8: &[u8], certs: &[Vec<u8>]) -> Vec<u8> {
+    // 1.2.840.113549.1.7.1 (data), 1.2.840.113549.1.12.10.1.1 (keyBag), …10.1.3 (certBag),
+    // 1.2.840.113549.1.9.22.1 (x509Certificate).
+    let data = oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01]);
+    let key_bag = oid(&[
+        0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x0c, 0x0a, 0x01, 0x01,
+    ]);
+    let cert_bag = oid(&[
+        0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x0c, 0x0a, 0x01, 0x03,
+    ]);
+    let x509 = oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x16, 0x01]);
+    let mut bags = Vec::new();
+    for c in certs {
+        let value = seq(&[x509.clone(), der(0xa0, &der(0x04, c))]);
+        bags.push(seq(&[cert_bag.clone(), der(0xa0, &value)]));
+    }
+    bags.push(seq(&[key_bag, der(0xa0, key_pkcs8)]));
+    let safe_contents = seq(&bags);
+    let content_info = seq(&[data.clone(), der(0xa0, &der(0x04, &safe_contents))]);
+    let auth_safe = seq(&[content_info]);
+    seq(&[
+        der(0x02, &[3]),
+        seq(&[data, der(0xa0, &der(0x04, &auth_safe))]),
+    ])
+}
+
+fn pem_der(path: &std::path::Path) -> Vec<u8> {
+    let text = fs::read_to_string(path).unwrap();
+    let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+    STANDARD.decode(b64).unwrap()
+}
+
+#[test]
+fn a_pfx_without_mac_attributes_or_local_key_ids_in_any_order_installs() {
+    for key in [KeyType::Rsa(2048), KeyType::Ec("P-384")] {
+        let chain = fixture(key);
+        let key_der = pem_der(&chain.leaf_key);
+        let certs = vec![
+            pem_der(&chain.root),
+            pem_der(&chain.leaf),
+            pem_der(&chain.intermediate),
+        ];
+        let value = STANDARD.encode(bare_pfx(&key_der, &certs));
+        // openssl reads it too (so the fixture is a real PFX).
+        let file = chain.dir.join("bare.pfx");
+        fs::write(&file, bare_pfx(&key_der, &certs)).unwrap();
+        pki::openssl(
+            &chain.dir,
+            &[
+                "pkcs12",
+                "-in",
+                file.to_str().unwrap(),
+                "-passin",
+                "pass:",
+                "-nomacver",
+                "-noout",
+            ],
+        )
+        .unwrap();
+        let bundle = CertificateBundle::from_secret("bare", ContentKind::Pkcs12, &value)
+            .unwrap_or_else(|e| panic!("{key:?}: {e}"));
+        check_with_openssl(&bundle, chain, &format!("bare-{}", key.label()));
+    }
+}

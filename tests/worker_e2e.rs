@@ -634,3 +634,56 @@ fn the_post_install_command_reloads_nginx_which_then_serves_the_new_certificate(
         },
     );
 }
+
+/// A new version whose key is not its certificate's is never installed: the previous version stays current and
+/// the substatus says why; a good version after it is installed as usual.
+#[test]
+fn a_broken_new_version_leaves_the_previous_one_current() {
+    run_isolated(
+        "a_broken_new_version_leaves_the_previous_one_current",
+        || {
+            let mut vm = Vm::new();
+            let first = vm.chain("web", KeyType::Ec("P-256"), 90);
+            let v1 = vm.put_pem("web", &first);
+            vm.enable(settings(json!([url("web")]), json!({})));
+            vm.wait(0, Duration::from_secs(30), "first version", |r| {
+                installed(r, "web", &v1)
+            });
+            let other = vm.chain("other", KeyType::Ec("P-256"), 90);
+            let renewed = first.renew("r1", KeyType::Ec("P-256"), 90).unwrap();
+            let broken = format!(
+                "{}{}{}",
+                other.key_pem(kvvm_sim::pki::PemKey::Pkcs8).unwrap(),
+                fs::read_to_string(&renewed.leaf).unwrap(),
+                fs::read_to_string(&renewed.intermediate).unwrap()
+            );
+            let v2 = vm.vault.put_secret(HOST, "web", SecretValue::pem(broken));
+            let r = vm.wait(
+                0,
+                Duration::from_secs(20),
+                "the broken version reported",
+                |r| sub(r, "web").status == StatusValue::Error,
+            );
+            let s = sub(&r, "web");
+            assert!(
+                s.message.contains(&v2) && s.message.contains("does not match"),
+                "{}",
+                s.message
+            );
+            let link = Path::new(STORE).join("myvault.web");
+            assert_eq!(
+                fs::read_link(&link).unwrap(),
+                PathBuf::from(format!("myvault.web.{v1}"))
+            );
+            assert!(!Path::new(STORE).join(format!("myvault.web.{v2}")).exists());
+            pki::verify_installed(&link, &first.root).unwrap();
+            let v3 = vm.put_pem("web", &renewed);
+            vm.wait(
+                0,
+                Duration::from_secs(20),
+                "the good version after it",
+                |r| installed(r, "web", &v3),
+            );
+        },
+    );
+}
