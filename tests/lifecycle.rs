@@ -16,15 +16,7 @@ use serde_json::json;
 const NAME: &str = "Microsoft.Azure.KeyVault.KeyVaultForLinux";
 
 fn package() -> PathBuf {
-    let zip = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("dist")
-        .join(format!("{NAME}-{}.zip", env!("CARGO_PKG_VERSION")));
-    assert!(
-        zip.is_file(),
-        "{} is missing: run `make package` first (make test does)",
-        zip.display()
-    );
-    zip
+    kvvm_sim::built_package()
 }
 
 /// A simulated VM: waagent's folders in a temp dir, and every worker started under it killed at the end.

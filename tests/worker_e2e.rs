@@ -20,20 +20,11 @@ use kvvm_sim::vault::{FakeVault, SecretValue};
 use kvvm_sim::waagent::{Agent, Extension, Settings, StatusReport, StatusValue};
 use serde_json::{Value, json};
 
-const NAME: &str = "Microsoft.Azure.KeyVault.KeyVaultForLinux";
 const HOST: &str = "myvault.vault.azure.net";
 const STORE: &str = "/var/lib/waagent/Microsoft.Azure.KeyVault.Store";
 
 fn package() -> PathBuf {
-    let zip = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("dist")
-        .join(format!("{NAME}-{}.zip", env!("CARGO_PKG_VERSION")));
-    assert!(
-        zip.is_file(),
-        "{} is missing: run `make package` first (make test does)",
-        zip.display()
-    );
-    zip
+    kvvm_sim::built_package()
 }
 
 /// The services and the agent of one simulated VM (only built inside the namespace).

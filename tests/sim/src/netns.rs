@@ -147,32 +147,50 @@ pub fn reexec_isolated(
     if let Some(why) = unavailable() {
         return Err(std::io::Error::other(why.to_string()));
     }
-    let dir = ca_dir();
-    let run_dir = dir.join(format!("run-{}", crate::httpserver::random_hex(12)));
-    std::fs::create_dir_all(&run_dir)?;
-    let script = run_dir.join("netns-setup.sh");
-    std::fs::write(&script, SETUP_SCRIPT)?;
-    let hosts = run_dir.join("hosts");
-    let mut text = String::from("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n");
-    for h in DEFAULT_HOSTS.iter().chain(extra_hosts) {
-        text.push_str(&format!("127.0.0.1 {h}\n"));
-    }
-    std::fs::write(&hosts, text)?;
-    let status = Command::new("unshare")
-        .args(["--net", "--mount", "--fork", "bash"])
-        .arg(&script)
-        .arg("--hosts")
-        .arg(&hosts)
-        .arg("--ca-bundle")
-        .arg(dir.join(crate::tls::BUNDLE_FILE))
-        .arg("--")
-        .arg(std::env::current_exe()?)
-        .args(args)
-        .env(ENV_IN_NETNS, "1")
-        .env(ENV_CA_DIR, dir)
-        .status();
-    let _ = std::fs::remove_dir_all(&run_dir);
+    let run = Run::prepare(extra_hosts)?;
+    let status = run.command(&std::env::current_exe()?).args(args).status();
+    let _ = std::fs::remove_dir_all(&run.dir);
     status
+}
+
+/// One namespace run's files: the setup script and the hosts file, in a fresh folder.
+struct Run {
+    dir: PathBuf,
+    script: PathBuf,
+    hosts: PathBuf,
+}
+
+impl Run {
+    fn prepare(extra_hosts: &[&str]) -> std::io::Result<Run> {
+        let dir = ca_dir().join(format!("run-{}", crate::httpserver::random_hex(12)));
+        std::fs::create_dir_all(&dir)?;
+        let script = dir.join("netns-setup.sh");
+        std::fs::write(&script, SETUP_SCRIPT)?;
+        let hosts = dir.join("hosts");
+        let mut text =
+            String::from("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n");
+        for h in DEFAULT_HOSTS.iter().chain(extra_hosts) {
+            text.push_str(&format!("127.0.0.1 {h}\n"));
+        }
+        std::fs::write(&hosts, text)?;
+        Ok(Run { dir, script, hosts })
+    }
+
+    /// `unshare … netns-setup.sh … -- <exe>`, with the environment the inner process needs.
+    fn command(&self, exe: &Path) -> Command {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--net", "--mount", "--fork", "bash"])
+            .arg(&self.script)
+            .arg("--hosts")
+            .arg(&self.hosts)
+            .arg("--ca-bundle")
+            .arg(ca_dir().join(crate::tls::BUNDLE_FILE))
+            .arg("--")
+            .arg(exe)
+            .env(ENV_IN_NETNS, "1")
+            .env(ENV_CA_DIR, ca_dir());
+        cmd
+    }
 }
 
 /// Runs `body` inside a fresh network + mount namespace set up as on a VM (see the module docs).
@@ -199,32 +217,14 @@ pub fn run_isolated_with_hosts(test_name: &str, extra_hosts: &[&str], body: impl
         println!("SKIP {test_name}: needs root and unshare (network namespace) — {why}");
         return;
     }
-    let dir = ca_dir();
-    let run_dir = dir.join(format!("run-{}", crate::httpserver::random_hex(12)));
-    std::fs::create_dir_all(&run_dir).expect("create the run directory");
-    let script = run_dir.join("netns-setup.sh");
-    std::fs::write(&script, SETUP_SCRIPT).expect("write netns-setup.sh");
-    let hosts = run_dir.join("hosts");
-    let mut text = String::from("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n");
-    for h in DEFAULT_HOSTS.iter().chain(extra_hosts) {
-        text.push_str(&format!("127.0.0.1 {h}\n"));
-    }
-    std::fs::write(&hosts, text).expect("write the hosts file");
+    let run = Run::prepare(extra_hosts).expect("write the namespace's setup files");
+    let run_dir = run.dir.clone();
     let marker = run_dir.join("done");
     let exe = std::env::current_exe().expect("current test binary");
 
-    let mut child = Command::new("unshare")
-        .args(["--net", "--mount", "--fork", "bash"])
-        .arg(&script)
-        .arg("--hosts")
-        .arg(&hosts)
-        .arg("--ca-bundle")
-        .arg(dir.join(crate::tls::BUNDLE_FILE))
-        .arg("--")
-        .arg(&exe)
+    let mut child = run
+        .command(&exe)
         .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(ENV_IN_NETNS, "1")
-        .env(ENV_CA_DIR, dir)
         .env(ENV_DONE_MARKER, &marker)
         .env_remove("NEXTEST_EXECUTION_MODE")
         .stdin(Stdio::null())

@@ -1,27 +1,10 @@
 //! `make demo` keeps working: the demo binary runs the package end to end and shows the certificates arriving.
 
-use std::path::Path;
 use std::process::Command;
 
 #[test]
 fn make_demo_fetches_verifies_and_rotates_certificates() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let version = std::fs::read_to_string(root.join("Cargo.toml"))
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("version = \"")
-                .map(|v| v.trim_end_matches('"').to_string())
-        })
-        .unwrap();
-    let zip = root.join(format!(
-        "dist/Microsoft.Azure.KeyVault.KeyVaultForLinux-{version}.zip"
-    ));
-    assert!(
-        zip.is_file(),
-        "{} is missing: run `make package` first (make test does)",
-        zip.display()
-    );
+    let zip = kvvm_sim::built_package();
     let out = Command::new(env!("CARGO_BIN_EXE_kvvm-demo"))
         .arg(&zip)
         .output()
