@@ -7,6 +7,7 @@
 # and exits non-zero.
 #
 #   apt:    acl libacl1-dev (exacl links -lacl), openssl, unzip, zip, binutils (objdump for the glibc check),
+#           strace (the store test kills an install at each system call),
 #           nginx-light or nginx (used by later tests), python3-venv when the system python lacks it
 #   rustup: rustfmt, clippy
 #   cargo:  cargo-nextest, cargo-zigbuild (both `cargo install --locked`)
@@ -25,7 +26,7 @@ have_deb() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok 
 
 # ---- apt ---------------------------------------------------------------------------------------------------
 missing_deb=()
-for pkg in acl libacl1-dev openssl unzip zip binutils; do
+for pkg in acl libacl1-dev openssl unzip zip binutils strace; do
     have_deb "$pkg" || missing_deb+=("$pkg")
 done
 need_nginx=false

@@ -491,3 +491,99 @@ fn killed_at_any_instant_the_old_version_stays_usable() {
     );
     eprintln!("{kills} kills, {leftovers_seen} left temp files behind");
 }
+
+const ONCE_ENV: &str = "KVVM_STORE_CRASH_ONCE_DIR";
+
+/// Not a test on its own: installs V2 once into the folder the killing test names.
+#[test]
+#[ignore = "run by killed_at_each_file_operation_the_old_version_stays_usable"]
+fn crash_child_once() {
+    let Some(dir) = std::env::var_os(ONCE_ENV) else {
+        return;
+    };
+    let store = Store::open(Path::new(&dir)).unwrap();
+    // Keep one version: the install also deletes V1 (and the planted leftover), so unlink is exercised too.
+    install_with(&store, V2, "myvault.web", &content(V2), &[], 1).unwrap();
+}
+
+/// Deterministic crashes: `strace` kills the installing process (SIGKILL, no cleanup) on entering the n-th
+/// call of each system call the installer makes — open, write, fsync, lock, rename, symlink — for every n until
+/// the install gets through. After each kill the link must show a complete old or new version, and the next
+/// install must clean up what the dead one left.
+#[test]
+fn killed_at_each_file_operation_the_old_version_stays_usable() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("skipped: strace is not installed (make deps installs it)");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let valid = [content(V1), content(V2)];
+    let sets = [
+        "openat,open,creat",
+        "write,writev,pwrite64",
+        "fsync,fdatasync",
+        "flock",
+        "rename,renameat,renameat2",
+        "symlink,symlinkat",
+        "unlink,unlinkat",
+    ];
+    for set in sets {
+        let mut kills = 0;
+        for n in 1.. {
+            assert!(n < 400, "{set}: the install never got through");
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("store");
+            let store = Store::open(&dir).unwrap();
+            install(&store, V1, "myvault.web").unwrap();
+            fs::write(dir.join(format!("{TEMP_PREFIX}left.0000000000000000")), "x").unwrap();
+            let out = Command::new("strace")
+                .args([
+                    "-f",
+                    "-qq",
+                    "-o",
+                    "/dev/null",
+                    "-e",
+                    &format!("trace={set}"),
+                ])
+                .arg("-e")
+                .arg(format!("inject={set}:signal=SIGKILL:when={n}"))
+                .arg(&exe)
+                .args([
+                    "--exact",
+                    "crash_child_once",
+                    "--ignored",
+                    "--test-threads=1",
+                ])
+                .env(ONCE_ENV, &dir)
+                .output()
+                .unwrap();
+            let got =
+                fs::read(dir.join("myvault.web")).expect("the link must resolve after a crash");
+            assert!(
+                valid.contains(&got),
+                "{set} #{n}: torn link target ({} bytes)",
+                got.len()
+            );
+            let finished = out.status.success();
+            if !finished {
+                kills += 1;
+            }
+            // The next install repairs and cleans whatever the dead one left.
+            install(&store, V2, "myvault.web").unwrap();
+            assert_eq!(fs::read(dir.join("myvault.web")).unwrap(), content(V2));
+            assert!(
+                !names(&dir).iter().any(|f| f.starts_with(TEMP_PREFIX)),
+                "{set} #{n}: {:?}",
+                names(&dir)
+            );
+            if finished {
+                break;
+            }
+        }
+        assert!(
+            kills > 0,
+            "{set}: strace never killed the child, so nothing was tested"
+        );
+        eprintln!("{set}: killed at each of {kills} calls, then the install got through");
+    }
+}
