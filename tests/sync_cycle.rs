@@ -47,7 +47,7 @@ fn a_cycle_is_parallel_with_one_token_and_bounded_connections_per_vault() {
                 vault.put_secret(host, &format!("c{i}"), SecretValue::pem(pem.clone()));
                 urls.push(format!("https://{host}/secrets/c{i}"));
             }
-            let latency = Duration::from_millis(200);
+            let latency = Duration::from_millis(400);
             vault.add_latency(latency);
             let settings = parse_public_settings(&json!({"secretsManagementSettings": {
                 "certificateStoreLocation": dir.path().join("store"),

@@ -257,7 +257,7 @@ fn a_new_version_in_the_vault_is_installed_within_the_interval() {
             let renewed = first.renew("r1", KeyType::Ec("P-384"), 90).unwrap();
             let v2 = vm.put_pfx("web", &renewed);
             let rotated = Instant::now();
-            vm.wait(0, Duration::from_secs(15), "second version", |r| {
+            vm.wait(0, Duration::from_secs(30), "second version", |r| {
                 installed(r, "web", &v2)
             });
             let link = Path::new(STORE).join("myvault.web");
@@ -265,11 +265,17 @@ fn a_new_version_in_the_vault_is_installed_within_the_interval() {
                 pki::serial_of(&link).unwrap(),
                 renewed.leaf_serial().unwrap()
             );
-            // Interval 3 s ± 10 %, plus the cycle itself.
+            // The very next poll installed it: the vault was asked for web once or twice (a poll already under
+            // way when the version was put) since then, not more.
+            let polls_since = vm
+                .vault
+                .requests()
+                .iter()
+                .filter(|r| r.at >= rotated && r.path_and_query.starts_with("/secrets/web/"))
+                .count();
             assert!(
-                rotated.elapsed() < Duration::from_secs(10),
-                "{:?}",
-                rotated.elapsed()
+                polls_since <= 2,
+                "{polls_since} polls before the new version was installed"
             );
             // The previous version is kept (retainedVersions 2).
             assert!(Path::new(STORE).join(format!("myvault.web.{v1}")).is_file());
@@ -450,7 +456,6 @@ fn new_settings_take_effect_at_once_and_disable_stops_the_worker() {
             });
             s["secretsManagementSettings"]["observedCertificates"] = json!([url("b")]);
             s["secretsManagementSettings"]["pollingIntervalInS"] = json!("3600");
-            let changed = Instant::now();
             let run = vm
                 .agent
                 .apply_settings(&ext, 1, &Settings::public(s.clone()))
@@ -460,7 +465,6 @@ fn new_settings_take_effect_at_once_and_disable_stops_the_worker() {
             vm.wait(1, Duration::from_secs(30), "b installed", |r| {
                 installed(r, "b", &vb)
             });
-            assert!(changed.elapsed() < Duration::from_secs(30));
             // a is no longer watched, and its files stay.
             let r = vm.agent.read_status(&ext, 1).unwrap();
             assert!(r.substatus.iter().all(|s| s.name != url("a")), "{r:#?}");
@@ -480,9 +484,11 @@ fn new_settings_take_effect_at_once_and_disable_stops_the_worker() {
             let started = Instant::now();
             let out = vm.agent.disable(&ext, 2).unwrap().unwrap();
             assert!(out.success(), "{}", out.output);
+            // The worker answered SIGTERM itself: disable did not have to escalate to SIGKILL.
             assert!(
-                started.elapsed() < Duration::from_secs(4),
-                "disable took {:?}",
+                out.stdout.contains("stopped") && !out.stdout.contains("was killed"),
+                "{} (after {:?})",
+                out.stdout,
                 started.elapsed()
             );
             assert!(
