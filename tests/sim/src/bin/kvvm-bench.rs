@@ -582,7 +582,20 @@ impl Bench {
         self.line("");
         self.line("| | kvvm worker | peer (python) | target |");
         self.line("|---|---|---|---|");
-        self.line(&format!("| VmRSS idle, between cycles | {:.1} MiB | {:.1} MiB | ≤ 5 MiB and ≤ 1/10 of the peer |", mib(kvvm.idle_rss), mib(peer.idle_rss)));
+        let show_mib = |s: Spread| {
+            format!(
+                "{:.1} MiB (min {:.1}, max {:.1}, n={})",
+                s.median / 1024.0,
+                s.min / 1024.0,
+                s.max / 1024.0,
+                s.n
+            )
+        };
+        self.line(&format!(
+            "| VmRSS idle, sampled between cycles | {} | {} | ≤ 5 MiB and ≤ 1/10 of the peer |",
+            show_mib(kvvm.idle_rss_spread),
+            show_mib(peer.idle_rss_spread)
+        ));
         self.line(&format!(
             "| VmHWM (peak, includes the initial sync of 200) | {:.1} MiB | {:.1} MiB | |",
             mib(kvvm.hwm),
@@ -663,7 +676,10 @@ impl Bench {
         }
         // Idle: between cycles, after the last one.
         std::thread::sleep(Duration::from_millis(500));
-        let idle = proc_sample(pid)?.rss_kib;
+        rss.push(proc_sample(pid)?.rss_kib);
+        let rss_f: Vec<f64> = rss.iter().map(|&k| k as f64).collect();
+        let idle_spread = Spread::of(&rss_f);
+        let idle = idle_spread.median as u64;
         let anon_kib = fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
             .ok()
             .and_then(|r| {
@@ -679,6 +695,7 @@ impl Bench {
             full_handshakes: Spread::of(&full),
             cpu_ms: Spread::of(&cpu),
             idle_rss: idle,
+            idle_rss_spread: idle_spread,
             anon_kib,
             hwm: hwm.max(proc_sample(pid)?.hwm_kib),
         })
@@ -958,6 +975,8 @@ struct Steady {
     full_handshakes: Spread,
     cpu_ms: Spread,
     idle_rss: u64,
+    /// VmRSS after each cycle (KiB).
+    idle_rss_spread: Spread,
     anon_kib: u64,
     hwm: u64,
 }
