@@ -6,8 +6,8 @@
 //! through a proxy) and [`Route::Environment`] for Key Vault, which honours `HTTPS_PROXY` / `NO_PROXY` the way
 //! curl does. An [`ureq::Agent`] keeps connections alive, so a poll cycle costs one TLS handshake per vault.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustls_pki_types::CertificateDer;
@@ -79,6 +79,8 @@ impl RetryPolicy {
 pub enum Route {
     /// Never through a proxy (IMDS, Azure Arc): a proxy would see the token, and IMDS refuses proxied requests.
     Direct,
+    /// [`Route::Direct`] for a plain `http://` endpoint (IMDS and Azure Arc are): no trust store is loaded.
+    DirectPlain,
     /// Through the proxy the environment names (`ALL_PROXY`, `HTTPS_PROXY`, `HTTP_PROXY`; `NO_PROXY` exempts
     /// hosts), as curl and the Azure SDKs do.
     Environment,
@@ -154,47 +156,42 @@ pub struct Reply {
     pub body: Vec<u8>,
 }
 
-static ROOTS: OnceLock<Result<Arc<Vec<CertificateDer<'static>>>, String>> = OnceLock::new();
-
 /// The operating system's trusted roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` override the default locations),
-/// loaded once per process.
-fn os_roots() -> Result<Arc<Vec<CertificateDer<'static>>>, String> {
-    ROOTS
-        .get_or_init(|| {
-            let found = rustls_native_certs::load_native_certs();
-            if found.certs.is_empty() {
-                let errors: Vec<String> = found.errors.iter().map(|e| e.to_string()).collect();
-                Err(if errors.is_empty() {
-                    "the store is empty".to_string()
-                } else {
-                    errors.join("; ")
-                })
-            } else {
-                Ok(Arc::new(found.certs))
-            }
+/// read each time an agent is built (once per worker, and again when it drops its idle connections), so an
+/// updated trust store is picked up and no second copy stays in memory.
+fn os_roots() -> Result<Vec<CertificateDer<'static>>, String> {
+    let found = rustls_native_certs::load_native_certs();
+    if found.certs.is_empty() {
+        let errors: Vec<String> = found.errors.iter().map(|e| e.to_string()).collect();
+        Err(if errors.is_empty() {
+            "the store is empty".to_string()
+        } else {
+            errors.join("; ")
         })
-        .clone()
+    } else {
+        Ok(found.certs)
+    }
 }
 
 /// An agent for one service. Keep it for the life of the worker: it holds the connection pool.
 pub fn agent(route: Route, policy: &RetryPolicy) -> Result<ureq::Agent, HttpError> {
-    let roots = match (os_roots(), route) {
-        (Ok(roots), _) => roots,
-        // The identity endpoints speak plain HTTP on the link-local address; they do not need roots.
-        (Err(_), Route::Direct) => Arc::new(Vec::new()),
-        (Err(detail), Route::Environment) => return Err(HttpError::NoTrustedRoots { detail }),
+    let roots = match route {
+        Route::DirectPlain => Vec::new(),
+        Route::Direct => os_roots().unwrap_or_default(),
+        Route::Environment => os_roots().map_err(|detail| HttpError::NoTrustedRoots { detail })?,
     };
     let certs: Vec<Certificate<'static>> = roots
         .iter()
         .map(|c| Certificate::from_der(c.as_ref()).to_owned())
         .collect();
+    drop(roots);
     let tls = TlsConfig::builder()
         .provider(TlsProvider::Rustls)
         .root_certs(RootCerts::new_with_certs(&certs))
         .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
         .build();
     let proxy = match route {
-        Route::Direct => None,
+        Route::Direct | Route::DirectPlain => None,
         Route::Environment => ureq::Proxy::try_from_env(),
     };
     let config = ureq::Agent::config_builder()

@@ -210,7 +210,8 @@ impl Identity {
             });
         }
         let policy = RetryPolicy::IDENTITY;
-        let agent = http::agent(Route::Direct, &policy).expect("direct agents need no roots");
+        let agent =
+            http::agent(route_for(&token_url), &policy).expect("direct agents need no roots");
         Ok(Identity {
             token_url,
             arc,
@@ -231,7 +232,8 @@ impl Identity {
 
     /// Replaces the retry policy (default [`RetryPolicy::IDENTITY`]).
     pub fn with_policy(mut self, policy: RetryPolicy) -> Identity {
-        self.agent = http::agent(Route::Direct, &policy).expect("direct agents need no roots");
+        self.agent =
+            http::agent(route_for(&self.token_url), &policy).expect("direct agents need no roots");
         self.policy = policy;
         self
     }
@@ -542,6 +544,15 @@ fn describe_failure(f: &http::Failure) -> String {
         FailureKind::TooLarge => "answer too large",
     };
     format!("{what} ({})", f.detail)
+}
+
+/// Identity endpoints never go through a proxy; a plain `http://` one (IMDS, Azure Arc) needs no trust store.
+fn route_for(token_url: &Url) -> Route {
+    if token_url.scheme() == "http" {
+        Route::DirectPlain
+    } else {
+        Route::Direct
+    }
 }
 
 #[cfg(test)]
