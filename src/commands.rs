@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::handler::{Extension, HandlerError, Operation, Status, StatusReport};
+use crate::handler::{Extension, HandlerError};
 use crate::settings::{self, Configured, SettingsError};
+use crate::status::{self, Operation, Status, StatusReport};
 use crate::supervisor::{StartOutcome, StopOutcome, Supervisor, SupervisorError, WorkerState};
 
 /// How long `disable` gives the worker to exit on SIGTERM before SIGKILL.
@@ -132,7 +133,8 @@ fn enable(ext: &Extension) -> Result<String, CommandError> {
                 source: Box::new(source),
                 kept,
             };
-            ext.write_status(
+            status::write(
+                ext,
                 seq,
                 &StatusReport::new(Operation::Enable, Status::Error, err.to_string()),
             )?;
@@ -153,7 +155,8 @@ fn enable(ext: &Extension) -> Result<String, CommandError> {
                     StopOutcome::NotRunning => "",
                 }
             );
-            ext.write_status(
+            status::write(
+                ext,
                 seq,
                 &StatusReport::new(Operation::Enable, Status::Warning, message.clone()),
             )?;
@@ -198,7 +201,7 @@ fn enable(ext: &Extension) -> Result<String, CommandError> {
             settings.observed_certificates.len()
         ),
     );
-    ext.write_status(seq, &starting)?;
+    status::write(ext, seq, &starting)?;
     let message = match state {
         WorkerState::Running { pid } if sup.notify_reload()? => {
             format!(
@@ -241,7 +244,7 @@ fn disable(ext: &Extension) -> Result<String, CommandError> {
     };
     if let Some(seq) = ext.mrseq().or_else(|| ext.current_sequence().ok()) {
         let status = StatusReport::new(Operation::Disable, Status::Success, message.clone());
-        ext.write_status(seq, &status)?;
+        status::write(ext, seq, &status)?;
     }
     log::info!("{message}");
     Ok(message)

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// The extension's full name, as waagent spells it in paths and status files.
 pub const EXTENSION_NAME: &str = "Microsoft.Azure.KeyVault.KeyVaultForLinux";
@@ -16,9 +16,6 @@ pub const EXTENSION_NAME: &str = "Microsoft.Azure.KeyVault.KeyVaultForLinux";
 /// How often, and how long apart, a half-written `HandlerEnvironment.json` is read again.
 const ENV_READ_ATTEMPTS: u32 = 10;
 const ENV_READ_PAUSE: Duration = Duration::from_millis(100);
-
-/// waagent truncates status files above this size; we keep ours below it.
-pub const MAX_STATUS_BYTES: usize = 128 * 1024;
 
 /// Errors of the waagent layer: the extension directory, its environment file, settings files and status.
 #[derive(Debug, thiserror::Error)]
@@ -206,18 +203,6 @@ impl Extension {
             Err(source) => Err(HandlerError::SettingsUnreadable { path, source }),
         }
     }
-
-    pub fn write_status(&self, seq: u64, status: &StatusReport) -> Result<(), HandlerError> {
-        fs::create_dir_all(&self.env.status_folder).map_err(|source| HandlerError::Write {
-            path: self.env.status_folder.clone(),
-            source,
-        })?;
-        write_atomically(&self.status_path(seq), &status.to_json(), 0o644)
-    }
-
-    pub fn write_heartbeat(&self, heartbeat: &Heartbeat) -> Result<(), HandlerError> {
-        write_atomically(&self.env.heartbeat_file, &heartbeat.to_json(), 0o644)
-    }
 }
 
 fn extension_dir() -> Result<PathBuf, HandlerError> {
@@ -307,184 +292,6 @@ pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), H
     result.map_err(err)
 }
 
-/// The status values waagent accepts, exactly as it spells them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Transitioning,
-    Success,
-    Warning,
-    Error,
-}
-
-/// The operation a status file reports on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    Install,
-    Enable,
-    Disable,
-    Update,
-    Uninstall,
-}
-
-impl Operation {
-    fn as_str(self) -> &'static str {
-        match self {
-            Operation::Install => "Install",
-            Operation::Enable => "Enable",
-            Operation::Disable => "Disable",
-            Operation::Update => "Update",
-            Operation::Uninstall => "Uninstall",
-        }
-    }
-}
-
-/// One `substatus` entry: one per observed certificate, plus notes such as ignored settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubStatus {
-    pub name: String,
-    pub status: Status,
-    pub code: i32,
-    pub message: String,
-}
-
-/// A whole `status/<seq>.status` report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatusReport {
-    pub operation: Operation,
-    pub status: Status,
-    pub code: i32,
-    pub message: String,
-    pub substatus: Vec<SubStatus>,
-}
-
-#[derive(Serialize)]
-struct FormattedMessage<'a> {
-    lang: &'static str,
-    message: &'a str,
-}
-
-#[derive(Serialize)]
-struct SubStatusJson<'a> {
-    name: &'a str,
-    status: Status,
-    code: i32,
-    #[serde(rename = "formattedMessage")]
-    formatted_message: FormattedMessage<'a>,
-}
-
-#[derive(Serialize)]
-struct StatusBodyJson<'a> {
-    name: &'static str,
-    operation: &'static str,
-    status: Status,
-    code: i32,
-    #[serde(rename = "formattedMessage")]
-    formatted_message: FormattedMessage<'a>,
-    substatus: Vec<SubStatusJson<'a>>,
-}
-
-#[derive(Serialize)]
-struct StatusJson<'a> {
-    version: f64,
-    #[serde(rename = "timestampUTC")]
-    timestamp_utc: String,
-    status: StatusBodyJson<'a>,
-}
-
-/// waagent's timestamp format: `2026-11-22T10:00:00Z`.
-pub fn utc_timestamp(at: time::OffsetDateTime) -> String {
-    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-    at.to_offset(time::UtcOffset::UTC)
-        .format(&fmt)
-        .unwrap_or_default()
-}
-
-impl StatusReport {
-    pub fn new(operation: Operation, status: Status, message: impl Into<String>) -> StatusReport {
-        let code = if status == Status::Error { 1 } else { 0 };
-        StatusReport {
-            operation,
-            status,
-            code,
-            message: message.into(),
-            substatus: Vec::new(),
-        }
-    }
-
-    /// The JSON waagent reads, kept under its 128 KiB limit by shortening messages if ever needed.
-    pub fn to_json(&self) -> Vec<u8> {
-        let mut limit = usize::MAX;
-        loop {
-            let doc = [StatusJson {
-                version: 1.0,
-                timestamp_utc: utc_timestamp(time::OffsetDateTime::now_utc()),
-                status: StatusBodyJson {
-                    name: EXTENSION_NAME,
-                    operation: self.operation.as_str(),
-                    status: self.status,
-                    code: self.code,
-                    formatted_message: FormattedMessage {
-                        lang: "en-US",
-                        message: clip_str(&self.message, limit),
-                    },
-                    substatus: self
-                        .substatus
-                        .iter()
-                        .map(|s| SubStatusJson {
-                            name: clip_str(&s.name, limit),
-                            status: s.status,
-                            code: s.code,
-                            formatted_message: FormattedMessage {
-                                lang: "en-US",
-                                message: clip_str(&s.message, limit),
-                            },
-                        })
-                        .collect(),
-                },
-            }];
-            let bytes = serde_json::to_vec(&doc).expect("status serialises");
-            if bytes.len() <= MAX_STATUS_BYTES || limit < 64 {
-                return bytes;
-            }
-            limit = (bytes.len() / (self.substatus.len() * 2 + 1))
-                .min(limit / 2)
-                .max(32);
-        }
-    }
-}
-
-fn clip_str(s: &str, limit: usize) -> &str {
-    if s.len() <= limit {
-        return s;
-    }
-    let mut end = limit;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-/// The heartbeat file waagent reads when `reportHeartbeat` is true; refreshed by the worker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Heartbeat {
-    pub message: String,
-}
-
-impl Heartbeat {
-    pub fn to_json(&self) -> Vec<u8> {
-        let doc = serde_json::json!([{
-            "version": 1.0,
-            "heartbeat": {
-                "status": "Ready",
-                "code": 0,
-                "formattedMessage": {"lang": "en-US", "message": self.message},
-            }
-        }]);
-        serde_json::to_vec(&doc).expect("heartbeat serialises")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,44 +340,6 @@ mod tests {
             "the list is empty"
         );
         assert!(HandlerEnvironment::parse("[{\"handlerEnv").is_err());
-    }
-
-    #[test]
-    fn status_json_has_waagent_shape() {
-        let mut report = StatusReport::new(Operation::Enable, Status::Warning, "m");
-        report.substatus.push(SubStatus {
-            name: "c".into(),
-            status: Status::Error,
-            code: 1,
-            message: "x".into(),
-        });
-        let v: serde_json::Value = serde_json::from_slice(&report.to_json()).unwrap();
-        let s = &v[0]["status"];
-        assert_eq!(v[0]["version"], 1.0);
-        assert_eq!(s["status"], "warning");
-        assert_eq!(s["operation"], "Enable");
-        assert_eq!(s["formattedMessage"]["lang"], "en-US");
-        assert_eq!(s["substatus"][0]["status"], "error");
-        assert_eq!(s["substatus"][0]["formattedMessage"]["message"], "x");
-        let ts = v[0]["timestampUTC"].as_str().unwrap();
-        assert_eq!(ts.len(), 20, "{ts}");
-        assert!(ts.ends_with('Z'));
-    }
-
-    #[test]
-    fn oversized_status_is_clipped_under_waagent_limit() {
-        let mut report = StatusReport::new(Operation::Enable, Status::Success, "m".repeat(200_000));
-        for i in 0..50 {
-            report.substatus.push(SubStatus {
-                name: format!("c{i}"),
-                status: Status::Success,
-                code: 0,
-                message: "é".repeat(10_000),
-            });
-        }
-        let bytes = report.to_json();
-        assert!(bytes.len() <= MAX_STATUS_BYTES, "{}", bytes.len());
-        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap();
     }
 
     #[test]

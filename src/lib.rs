@@ -12,6 +12,7 @@ pub mod logging;
 pub mod schedule;
 pub mod settings;
 pub mod state;
+pub mod status;
 pub mod store;
 pub mod supervisor;
 pub mod sync;

@@ -6,9 +6,6 @@
 
 use std::time::Duration;
 
-use crate::handler::Status;
-use crate::state::{CertStatus, CertificateState};
-
 /// Attempts of the initial sync before it is reported as failed (the original extension's number).
 pub const INITIAL_SYNC_ATTEMPTS: u32 = 25;
 /// Fraction of the interval by which each poll is moved, either way.
@@ -78,106 +75,15 @@ impl InitialSync {
     }
 }
 
-/// The overall status and its message, from the certificates' states.
-pub fn overall(sync: InitialSync, certs: &[CertificateState]) -> (Status, String) {
-    let installed = certs
-        .iter()
-        .filter(|c| matches!(c.status, CertStatus::Installed | CertStatus::Warning))
-        .count();
-    let failing: Vec<&CertificateState> = certs
-        .iter()
-        .filter(|c| c.status == CertStatus::Failed)
-        .collect();
-    let warned: Vec<&CertificateState> = certs
-        .iter()
-        .filter(|c| c.status == CertStatus::Warning)
-        .collect();
-    let why = |list: &[&CertificateState]| {
-        list.iter()
-            .map(|c| {
-                format!(
-                    "{} ({})",
-                    c.url,
-                    c.last_error
-                        .as_deref()
-                        .or(c.note.as_deref())
-                        .unwrap_or("no detail")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
-    let total = certs.len();
-    match sync {
-        InitialSync::Trying { attempts } => {
-            let last = failing
-                .iter()
-                .find_map(|c| c.last_error.as_deref())
-                .map(|e| format!("; last error: {e}"))
-                .unwrap_or_default();
-            (
-                Status::Transitioning,
-                format!(
-                    "Initial sync: {installed} of {total} certificates installed after {attempts} attempt(s){last}"
-                ),
-            )
-        }
-        InitialSync::Failed if !failing.is_empty() => (
-            Status::Error,
-            format!(
-                "Initial sync failed after {INITIAL_SYNC_ATTEMPTS} attempts: {installed} of {total} certificates installed; \
-                 failing: {}. Polling continues.",
-                why(&failing)
-            ),
-        ),
-        _ if !failing.is_empty() => (
-            Status::Warning,
-            format!(
-                "{installed} of {total} certificates up to date; failing: {}",
-                why(&failing)
-            ),
-        ),
-        _ if !warned.is_empty() => (
-            Status::Warning,
-            format!(
-                "{installed} of {total} certificates installed; needs attention: {}",
-                why(&warned)
-            ),
-        ),
-        _ if certs.iter().any(|c| c.status == CertStatus::Pending) => (
-            Status::Success,
-            format!(
-                "Polling started: {installed} of {total} certificates installed, {} not checked yet",
-                total - installed
-            ),
-        ),
-        _ => (
-            Status::Success,
-            format!("{installed} of {total} certificates installed and up to date"),
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     struct Fixed(f64);
     impl Uniform for Fixed {
         fn next(&mut self) -> f64 {
             self.0
         }
-    }
-
-    fn cert(name: &str, status: CertStatus, error: Option<&str>) -> CertificateState {
-        let mut c = CertificateState::pending(
-            &format!("https://v.vault.azure.net/secrets/{name}"),
-            PathBuf::from("/s"),
-        );
-        c.status = status;
-        c.last_error = error.map(str::to_string);
-        c
     }
 
     #[test]
@@ -217,45 +123,5 @@ mod tests {
         assert_eq!(s.after_attempt(false), InitialSync::Failed);
         assert_eq!(InitialSync::Failed.after_attempt(true), InitialSync::Done);
         assert_eq!(InitialSync::start(false), InitialSync::Done);
-    }
-
-    #[test]
-    fn overall_status_rules() {
-        let ok = cert("a", CertStatus::Installed, None);
-        let bad = cert("b", CertStatus::Failed, Some("403 Forbidden"));
-        let (s, m) = overall(
-            InitialSync::Trying { attempts: 2 },
-            &[ok.clone(), bad.clone()],
-        );
-        assert_eq!(s, Status::Transitioning);
-        assert_eq!(
-            m,
-            "Initial sync: 1 of 2 certificates installed after 2 attempt(s); last error: 403 Forbidden"
-        );
-        let (s, m) = overall(InitialSync::Failed, &[ok.clone(), bad.clone()]);
-        assert_eq!(s, Status::Error);
-        assert!(
-            m.contains("failing: https://v.vault.azure.net/secrets/b (403 Forbidden)"),
-            "{m}"
-        );
-        assert_eq!(
-            overall(InitialSync::Done, &[ok.clone(), bad]).0,
-            Status::Warning
-        );
-        assert_eq!(
-            overall(InitialSync::Done, std::slice::from_ref(&ok)),
-            (
-                Status::Success,
-                "1 of 1 certificates installed and up to date".into()
-            )
-        );
-        let mut expiring = cert("c", CertStatus::Warning, None);
-        expiring.note = Some("expires in 3 days".into());
-        let (s, m) = overall(InitialSync::Done, &[ok, expiring]);
-        assert_eq!(s, Status::Warning);
-        assert!(
-            m.ends_with("needs attention: https://v.vault.azure.net/secrets/c (expires in 3 days)"),
-            "{m}"
-        );
     }
 }

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::handler::{HandlerError, Status, SubStatus, write_atomically};
+use time::OffsetDateTime;
+
+use crate::handler::{HandlerError, write_atomically};
+use crate::status::utc_timestamp;
 
 /// File name of the saved state, in the worker's state folder.
 pub const STATE_FILE: &str = "state.json";
@@ -30,16 +33,30 @@ pub enum CertStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateState {
+    /// The observed URL, as in the settings.
     pub url: String,
+    /// Where it stands.
     pub status: CertStatus,
+    /// The installed version.
     pub version: Option<String>,
+    /// The installed version's file.
     pub file: Option<PathBuf>,
+    /// The link applications use.
     pub link: PathBuf,
-    /// RFC 3339.
-    pub not_after: Option<String>,
-    pub last_check: Option<String>,
-    pub last_change: Option<String>,
+    /// The installed leaf's notAfter.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub not_after: Option<OffsetDateTime>,
+    /// When the last check ended.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_check: Option<OffsetDateTime>,
+    /// When a new version was last installed.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_change: Option<OffsetDateTime>,
+    /// Why the last check failed.
     pub last_error: Option<String>,
+    /// The fixed reason code of the last error or warning (e.g. `vault-forbidden`), for the status file.
+    #[serde(default)]
+    pub reason: Option<String>,
     /// Failed checks in a row.
     pub failures: u32,
     /// A warning that is not an error (e.g. expiry soon), shown in the substatus.
@@ -49,7 +66,14 @@ pub struct CertificateState {
     pub hook: Option<String>,
 }
 
+/// Now, to the second (the precision the status file and `state.json` show).
+pub fn now() -> OffsetDateTime {
+    let t = OffsetDateTime::now_utc();
+    t.replace_nanosecond(0).unwrap_or(t)
+}
+
 impl CertificateState {
+    /// A certificate not checked yet.
     pub fn pending(url: &str, link: PathBuf) -> CertificateState {
         CertificateState {
             url: url.to_string(),
@@ -61,52 +85,15 @@ impl CertificateState {
             last_check: None,
             last_change: None,
             last_error: None,
+            reason: None,
             failures: 0,
             note: None,
             hook: None,
         }
     }
 
-    /// The substatus entry waagent shows for this certificate.
-    pub fn substatus(&self) -> SubStatus {
-        let status = match self.status {
-            CertStatus::Pending => Status::Transitioning,
-            CertStatus::Installed => Status::Success,
-            CertStatus::Warning => Status::Warning,
-            CertStatus::Failed => Status::Error,
-        };
-        let mut parts = vec![format!("{}: {}", self.url, self.summary())];
-        if let Some(version) = &self.version {
-            parts.push(format!("version {version}"));
-        }
-        if let Some(file) = &self.file {
-            parts.push(format!("file {}", file.display()));
-        }
-        parts.push(format!("link {}", self.link.display()));
-        if let Some(t) = &self.not_after {
-            parts.push(format!("notAfter {t}"));
-        }
-        if let Some(t) = &self.last_check {
-            parts.push(format!("last check {t}"));
-        }
-        if let Some(note) = &self.note {
-            parts.push(note.clone());
-        }
-        if let Some(hook) = &self.hook {
-            parts.push(hook.clone());
-        }
-        if let Some(e) = &self.last_error {
-            parts.push(format!("last error: {e}"));
-        }
-        SubStatus {
-            name: self.url.clone(),
-            status,
-            code: if status == Status::Error { 1 } else { 0 },
-            message: parts.join("; "),
-        }
-    }
-
-    fn summary(&self) -> &'static str {
+    /// A few words on where it stands.
+    pub fn summary(&self) -> &'static str {
         match self.status {
             CertStatus::Pending => "not checked yet",
             CertStatus::Installed => "installed",
@@ -123,9 +110,14 @@ impl CertificateState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerState {
+    /// The settings' sequence number.
     pub seq: u64,
+    /// The poller's pid.
     pub pid: u32,
-    pub updated: String,
+    /// When this was written.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated: OffsetDateTime,
+    /// One per observed certificate, in settings order.
     pub certificates: Vec<CertificateState>,
 }
 
@@ -154,7 +146,9 @@ impl WorkerState {
     pub fn render(&self) -> String {
         let mut out = format!(
             "worker pid {} · settings {} · updated {}\n",
-            self.pid, self.seq, self.updated
+            self.pid,
+            self.seq,
+            utc_timestamp(self.updated)
         );
         for c in &self.certificates {
             out.push_str(&format!("\n{}\n  status:      {:?}\n", c.url, c.status));
@@ -167,9 +161,12 @@ impl WorkerState {
                 c.file.as_ref().map(|p| p.display().to_string()),
             ));
             out.push_str(&field("link:", Some(c.link.display().to_string())));
-            out.push_str(&field("notAfter:", c.not_after.clone()));
-            out.push_str(&field("last check:", c.last_check.clone()));
-            out.push_str(&field("last change:", c.last_change.clone()));
+            out.push_str(&field("notAfter:", c.not_after.map(utc_timestamp)));
+            out.push_str(&field("last check:", c.last_check.map(utc_timestamp)));
+            out.push_str(&field("last change:", c.last_change.map(utc_timestamp)));
+            if let Some(reason) = &c.reason {
+                out.push_str(&field("reason:", Some(reason.clone())));
+            }
             if let Some(note) = &c.note {
                 out.push_str(&field("note:", Some(note.clone())));
             }
@@ -187,42 +184,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trip_and_substatus() {
+    fn round_trip_render_and_mode() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = CertificateState::pending(
             "https://v.vault.azure.net/secrets/c",
             PathBuf::from("/s/v.c"),
         );
-        assert_eq!(c.substatus().status, Status::Transitioning);
+        assert_eq!(c.summary(), "not checked yet");
         c.status = CertStatus::Failed;
         c.last_error = Some("403".into());
-        let sub = c.substatus();
-        assert_eq!((sub.status, sub.code), (Status::Error, 1));
-        assert!(sub.message.contains("not installed"), "{}", sub.message);
+        c.reason = Some("vault-forbidden".into());
+        c.last_check = Some(now());
+        assert_eq!(c.summary(), "not installed");
         c.version = Some("0".repeat(32));
-        assert!(
-            c.substatus()
-                .message
-                .contains("installed version stays in place")
-        );
+        assert!(c.summary().contains("installed version stays in place"));
         let state = WorkerState {
             seq: 3,
             pid: 9,
-            updated: "t".into(),
+            updated: now(),
             certificates: vec![c],
         };
         state.save(dir.path()).unwrap();
         assert_eq!(WorkerState::load(dir.path()), Some(state.clone()));
-        assert!(
-            state.render().contains("last error:  403"),
-            "{}",
-            state.render()
-        );
+        let text = state.render();
+        assert!(text.contains("last error:  403"), "{text}");
+        assert!(text.contains("reason:      vault-forbidden"), "{text}");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(WorkerState::path(dir.path()))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o644);
+    }
+
+    #[test]
+    fn a_state_file_of_the_previous_release_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            WorkerState::path(dir.path()),
+            r#"{"seq":1,"pid":5,"updated":"2026-11-22T10:00:00Z","certificates":[{"url":"https://v.vault.azure.net/secrets/c",
+            "status":"installed","version":"00000000000000000000000000000000","file":"/s/v.c.0","link":"/s/v.c",
+            "notAfter":"2027-01-01T00:00:00Z","lastCheck":"2026-11-22T10:00:00Z","lastChange":null,"lastError":null,
+            "failures":0,"note":null}]}"#,
+        )
+        .unwrap();
+        let state = WorkerState::load(dir.path()).expect("loads");
+        assert_eq!(
+            state.certificates[0]
+                .not_after
+                .map(utc_timestamp)
+                .as_deref(),
+            Some("2027-01-01T00:00:00Z")
+        );
+        assert_eq!(state.certificates[0].reason, None);
     }
 }

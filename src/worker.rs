@@ -9,13 +9,15 @@ use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
-use crate::handler::{Extension, Heartbeat, Operation, Status, StatusReport, SubStatus};
+use crate::handler::Extension;
 use crate::hook;
 use crate::http::Stop;
 use crate::identity::Identity;
 use crate::schedule::{self, InitialSync};
 use crate::settings::{self, Configured, ObservedCertificate, Settings};
+use crate::state;
 use crate::state::{CertStatus, CertificateState, WorkerState};
+use crate::status::{self, Heartbeat, StatusReport, WorkerView};
 use crate::supervisor::{Supervisor, SupervisorError};
 use crate::sync::{self, Checked, Known, SyncError, SyncOptions};
 use crate::vault::VaultClient;
@@ -138,33 +140,15 @@ pub fn certificate_states(
 }
 
 fn report(current: &Current, sync: InitialSync, state: &WorkerState) -> StatusReport {
-    let s = &current.settings;
-    let (overall, summary) = schedule::overall(sync, &state.certificates);
-    let mut status = StatusReport::new(
-        Operation::Enable,
-        overall,
-        format!(
-            "{summary}. kvvm {} worker (pid {}) is running with settings {}: {} observed certificate(s), polling \
-             every {} s",
-            env!("CARGO_PKG_VERSION"),
-            std::process::id(),
-            current.seq,
-            s.observed_certificates.len(),
-            s.polling_interval.as_secs()
-        ),
-    );
-    if !s.warnings.is_empty() {
-        status.substatus.push(SubStatus {
-            name: "settings".into(),
-            status: Status::Warning,
-            code: 0,
-            message: s.warnings.join(" "),
-        });
-    }
-    status
-        .substatus
-        .extend(state.certificates.iter().map(CertificateState::substatus));
-    status
+    status::worker_report(&WorkerView {
+        seq: current.seq,
+        pid: std::process::id(),
+        polling_interval_s: current.settings.polling_interval.as_secs(),
+        settings_warnings: &current.settings.warnings,
+        sync,
+        certificates: &state.certificates,
+        restarts: None,
+    })
 }
 
 /// The vault client for `settings`, or why there is none (every certificate then fails with that reason).
@@ -211,14 +195,14 @@ pub fn poll_once(
         }
         Err(why) => {
             for (state, cert) in certs.iter_mut().zip(observed) {
-                record_failure(state, cert, why, now_text());
+                record_failure(state, cert, why, None, state::now());
             }
             return CycleOutcome {
                 results: Vec::new(),
             };
         }
     };
-    let now = OffsetDateTime::now_utc();
+    let now = state::now();
     for ((state, cert), result) in certs.iter_mut().zip(observed).zip(&results) {
         record(state, cert, result, now, settings.expiry_warning_days);
     }
@@ -226,21 +210,19 @@ pub fn poll_once(
     CycleOutcome { results }
 }
 
-fn now_text() -> String {
-    crate::handler::utc_timestamp(OffsetDateTime::now_utc())
-}
-
 fn rfc3339(t: OffsetDateTime) -> String {
-    crate::handler::utc_timestamp(t)
+    status::utc_timestamp(t)
 }
 
 fn record_failure(
     state: &mut CertificateState,
     cert: &ObservedCertificate,
     why: &str,
-    now: String,
+    reason: Option<&str>,
+    now: OffsetDateTime,
 ) {
     state.last_check = Some(now);
+    state.reason = reason.map(str::to_string);
     state.status = CertStatus::Failed;
     state.failures += 1;
     state.last_error = Some(why.to_string());
@@ -259,10 +241,11 @@ fn record(
     match result {
         Err(SyncError::Stopped) => {}
         Err(e @ SyncError::NotACertificate { .. }) => {
-            state.last_check = Some(rfc3339(now));
+            state.last_check = Some(now);
             state.status = CertStatus::Warning;
             state.failures = 0;
             state.last_error = None;
+            state.reason = Some(e.reason().to_string());
             state.note = Some(e.to_string());
             log::warn!("{name}: {e}");
         }
@@ -271,14 +254,14 @@ fn record(
                 Some(v) => format!(" (version {v} stays installed)"),
                 None => String::new(),
             };
-            record_failure(state, cert, &format!("{e}{kept}"), rfc3339(now));
+            record_failure(state, cert, &format!("{e}{kept}"), Some(e.reason()), now);
             // The message already has the "(version … stays installed)" hint; keep last_error without it.
             state.last_error = Some(e.to_string());
         }
         Ok(c) => {
-            state.last_check = Some(rfc3339(now));
+            state.last_check = Some(now);
             if c.changed {
-                state.last_change = Some(rfc3339(now));
+                state.last_change = Some(now);
                 state.hook = None;
                 log::info!(
                     "{name}: installed version {} as {} (link {}{})",
@@ -300,17 +283,22 @@ fn record(
             state.file = Some(c.file.clone());
             state.link = c.link.clone();
             if let Some(t) = c.not_after {
-                state.not_after = Some(rfc3339(t));
+                state.not_after = Some(t);
             }
             state.failures = 0;
             state.last_error = None;
+            state.reason = None;
             let mut notes = Vec::new();
             if let Some(w) = &c.validity_warning {
                 notes.push(w.clone());
+                state.reason = Some("certificate-not-valid-now".into());
             }
-            if let Some(w) = expiry_warning(state.not_after.as_deref(), now, expiry_warning_days) {
+            if let Some(w) = expiry_warning(state.not_after, now, expiry_warning_days) {
                 log::warn!("{name}: {w}");
                 notes.push(w);
+                state
+                    .reason
+                    .get_or_insert_with(|| "certificate-expiring".into());
             }
             state.status = if notes.is_empty() {
                 CertStatus::Installed
@@ -323,12 +311,15 @@ fn record(
 }
 
 /// The expiry alarm: the installed (and newest) version expires within `days` days, or has expired.
-pub fn expiry_warning(not_after: Option<&str>, now: OffsetDateTime, days: u32) -> Option<String> {
+pub fn expiry_warning(
+    not_after: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+    days: u32,
+) -> Option<String> {
     if days == 0 {
         return None;
     }
-    let not_after =
-        OffsetDateTime::parse(not_after?, &time::format_description::well_known::Rfc3339).ok()?;
+    let not_after = not_after?;
     let left = not_after - now;
     if left > time::Duration::days(i64::from(days)) {
         return None;
@@ -383,6 +374,9 @@ fn run_hooks(
                 state.hook = Some(summary.clone());
                 if !ok {
                     state.status = CertStatus::Warning;
+                    state
+                        .reason
+                        .get_or_insert_with(|| "post-install-failed".into());
                     let note = match state.note.take() {
                         Some(n) => format!("{n} {summary}"),
                         None => summary.clone(),
@@ -459,7 +453,7 @@ pub fn run(ext: &Extension) -> Result<(), WorkerError> {
     let mut state = WorkerState {
         seq: current.seq,
         pid: std::process::id(),
-        updated: String::new(),
+        updated: state::now(),
         certificates: certificate_states(&current.settings, WorkerState::load(&data_dir).as_ref()),
     };
     let mut client = vault_client(&current.settings);
@@ -547,17 +541,15 @@ pub fn run(ext: &Extension) -> Result<(), WorkerError> {
 /// Heartbeat, state file and status file, in that order: a status that says the worker runs implies a
 /// heartbeat is there.
 fn save(ext: &Extension, current: &Current, sync: InitialSync, state: &mut WorkerState) {
-    let beat = Heartbeat {
-        message: format!("kvvm worker running with settings {}", current.seq),
-    };
-    if let Err(e) = ext.write_heartbeat(&beat) {
+    let beat = Heartbeat::Running { seq: current.seq };
+    if let Err(e) = status::write_heartbeat(ext, &beat) {
         log::error!("{e}");
     }
-    state.updated = crate::handler::utc_timestamp(OffsetDateTime::now_utc());
+    state.updated = state::now();
     if let Err(e) = state.save(&ext.data_dir()) {
         log::error!("{e}");
     }
-    if let Err(e) = ext.write_status(current.seq, &report(current, sync, state)) {
+    if let Err(e) = status::write(ext, current.seq, &report(current, sync, state)) {
         log::error!("{e}");
     }
 }
