@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::handler::{Extension, HandlerError};
 use crate::settings::{self, Configured, SettingsError};
-use crate::status::{self, Operation, Status, StatusReport};
+use crate::status::{self, Heartbeat, Operation, Status, StatusReport};
 use crate::supervisor::{StartOutcome, StopOutcome, Supervisor, SupervisorError, WorkerState};
 
 /// How long `disable` gives the worker to exit on SIGTERM before SIGKILL.
@@ -84,6 +84,31 @@ fn supervisor(ext: &Extension) -> Supervisor {
     Supervisor::new(ext.data_dir())
 }
 
+/// Writes the status of the sequence number waagent passed (`ConfigSequenceNumber`, else the newest settings
+/// file), which is the file it reads for this command; nothing when there is neither.
+fn report(ext: &Extension, operation: Operation, message: &str) -> Result<(), CommandError> {
+    if let Ok(seq) = ext.current_sequence() {
+        status::write(
+            ext,
+            seq,
+            &StatusReport::new(operation, Status::Success, message),
+        )?;
+    }
+    Ok(())
+}
+
+/// After `disable` and `uninstall` no worker runs: the heartbeat, whose status waagent reports as the
+/// handler's, must not keep saying Ready.
+fn heartbeat_stopped(ext: &Extension, message: &str) -> Result<(), CommandError> {
+    status::write_heartbeat(
+        ext,
+        &Heartbeat::Stopped {
+            detail: message.to_string(),
+        },
+    )?;
+    Ok(())
+}
+
 fn install(ext: &Extension) -> Result<String, CommandError> {
     let state = supervisor(ext).state()?;
     log::info!(
@@ -91,11 +116,13 @@ fn install(ext: &Extension) -> Result<String, CommandError> {
         ext.dir.display(),
         state
     );
-    Ok(format!(
+    let message = format!(
         "kvvm {} installed in {}",
         env!("CARGO_PKG_VERSION"),
         ext.dir.display()
-    ))
+    );
+    report(ext, Operation::Install, &message)?;
+    Ok(message)
 }
 
 fn update(ext: &Extension) -> Result<String, CommandError> {
@@ -107,10 +134,9 @@ fn update(ext: &Extension) -> Result<String, CommandError> {
         "update: from version {from} to {}",
         env!("CARGO_PKG_VERSION")
     );
-    Ok(format!(
-        "kvvm updated from {from} to {}",
-        env!("CARGO_PKG_VERSION")
-    ))
+    let message = format!("kvvm updated from {from} to {}", env!("CARGO_PKG_VERSION"));
+    report(ext, Operation::Update, &message)?;
+    Ok(message)
 }
 
 fn enable(ext: &Extension) -> Result<String, CommandError> {
@@ -242,10 +268,8 @@ fn disable(ext: &Extension) -> Result<String, CommandError> {
             format!("disabled; worker {pid} did not stop within {STOP_GRACE:?} and was killed")
         }
     };
-    if let Some(seq) = ext.mrseq().or_else(|| ext.current_sequence().ok()) {
-        let status = StatusReport::new(Operation::Disable, Status::Success, message.clone());
-        status::write(ext, seq, &status)?;
-    }
+    report(ext, Operation::Disable, &message)?;
+    heartbeat_stopped(ext, &message)?;
     log::info!("{message}");
     Ok(message)
 }
@@ -259,6 +283,8 @@ fn uninstall(ext: &Extension) -> Result<String, CommandError> {
             StopOutcome::Stopped { pid, .. } => format!(" (worker {pid} stopped)"),
         }
     );
+    report(ext, Operation::Uninstall, &message)?;
+    heartbeat_stopped(ext, &message)?;
     log::info!("{message}");
     Ok(message)
 }

@@ -13,7 +13,8 @@ kvvm — Azure Key Vault VM extension for Linux (Microsoft.Azure.KeyVault.KeyVau
 Usage: kvvm <install|enable|disable|update|uninstall>   (run by waagent through `handler`)
        kvvm status                                      (what the worker last recorded, per certificate)
        kvvm sync --once                                 (one full poll cycle in the foreground, for debugging)
-       kvvm worker                                      (started by `enable`; not for direct use)
+       kvvm worker                                      (started by `enable`: the supervisor; not for direct use)
+       kvvm poller                                      (started by the worker; not for direct use)
        kvvm --help | --version
 
 The extension directory is $AZURE_GUEST_AGENT_EXTENSION_PATH, else the package that holds this binary
@@ -35,7 +36,8 @@ fn main() -> ExitCode {
             println!("kvvm {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        "worker" => run_worker(),
+        "worker" => run_supervisor(),
+        "poller" => run_poller(),
         "status" => show_status(),
         "sync" if args.get(1).map(String::as_str) == Some("--once") && args.len() == 2 => {
             sync_once()
@@ -81,7 +83,8 @@ fn run_verb(verb: Verb) -> ExitCode {
     }
 }
 
-fn run_worker() -> ExitCode {
+/// `kvvm worker`: the supervisor `enable` starts. It holds the worker lock and keeps one poller running.
+fn run_supervisor() -> ExitCode {
     let ext = match Extension::locate() {
         Ok(ext) => ext,
         Err(e) => {
@@ -91,10 +94,48 @@ fn run_worker() -> ExitCode {
     };
     let target = LogTarget {
         folder: ext.env.log_folder.clone(),
+        file_name: "supervisor.log",
+        stderr: false,
+    };
+    logging::init(&target, log::LevelFilter::Info, None);
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            log::error!("worker failed: cannot find its own executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let sup = kvvm::supervisor::Supervisor::new(ext.data_dir());
+    let report = kvvm::worker::RestartReport { ext: &ext };
+    match kvvm::supervisor::supervise(&sup, &exe, &ext.dir, &ext.env.heartbeat_file, &report) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("worker failed [{}]: {e}", e.reason());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `kvvm poller`: polls the vaults and installs certificates, until SIGTERM.
+fn run_poller() -> ExitCode {
+    let ext = match Extension::locate() {
+        Ok(ext) => ext,
+        Err(e) => {
+            eprintln!(
+                "{} (pid {}): [{}] {e}",
+                kvvm::supervisor::FAILURE_MARK,
+                std::process::id(),
+                e.reason()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let target = LogTarget {
+        folder: ext.env.log_folder.clone(),
         file_name: "kvvm.log",
         stderr: false,
     };
-    // loggingSettings apply from the worker's start (a change is picked up when the worker next starts).
+    // loggingSettings apply from the poller's start (a change restarts the worker).
     let fluentd = kvvm::worker::logging_settings(&ext).map(|l| {
         let config = kvvm::fluentd::FluentdConfig {
             host: l.endpoint_host,
@@ -110,7 +151,15 @@ fn run_worker() -> ExitCode {
     match kvvm::worker::run(&ext) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("worker failed [{}]: {e}", e.reason());
+            log::error!("poller failed [{}]: {e}", e.reason());
+            log::logger().flush();
+            // The supervisor quotes this line in the status.
+            eprintln!(
+                "{} (pid {}): [{}] {e}",
+                kvvm::supervisor::FAILURE_MARK,
+                std::process::id(),
+                e.reason()
+            );
             ExitCode::FAILURE
         }
     }
@@ -131,7 +180,11 @@ fn show_status() -> ExitCode {
         Ok(bytes) => match serde_json::from_slice::<kvvm::state::WorkerState>(&bytes) {
             Ok(state) => {
                 let running = kvvm::supervisor::Supervisor::new(&dir).state();
-                print!("{}", state.render());
+                let worker = match running {
+                    Ok(kvvm::supervisor::WorkerState::Running { pid }) => pid,
+                    _ => None,
+                };
+                print!("{}", state.render(worker));
                 if let Ok(kvvm::supervisor::WorkerState::Stopped) = running {
                     println!(
                         "\n(the worker is not running: this is what it recorded last; run enable to start it)"

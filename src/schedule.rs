@@ -60,16 +60,13 @@ impl InitialSync {
         }
     }
 
-    /// Records one attempt; `all_installed` says whether every certificate is installed now.
-    pub fn after_attempt(self, all_installed: bool) -> InitialSync {
+    /// After a check: `all_installed` says whether every certificate is installed now, `attempts` how many
+    /// times in a row the most-tried certificate that is not installed has failed.
+    pub fn after(self, all_installed: bool, attempts: u32) -> InitialSync {
         match self {
             _ if all_installed => InitialSync::Done,
-            InitialSync::Trying { attempts } if attempts + 1 >= INITIAL_SYNC_ATTEMPTS => {
-                InitialSync::Failed
-            }
-            InitialSync::Trying { attempts } => InitialSync::Trying {
-                attempts: attempts + 1,
-            },
+            InitialSync::Trying { .. } if attempts >= INITIAL_SYNC_ATTEMPTS => InitialSync::Failed,
+            InitialSync::Trying { .. } => InitialSync::Trying { attempts },
             other => other,
         }
     }
@@ -116,12 +113,13 @@ mod tests {
             Duration::from_secs(60)
         );
         let mut s = InitialSync::start(true);
-        for _ in 0..24 {
-            s = s.after_attempt(false);
-            assert!(matches!(s, InitialSync::Trying { .. }));
+        for attempt in 1..25 {
+            s = s.after(false, attempt);
+            assert_eq!(s, InitialSync::Trying { attempts: attempt });
         }
-        assert_eq!(s.after_attempt(false), InitialSync::Failed);
-        assert_eq!(InitialSync::Failed.after_attempt(true), InitialSync::Done);
+        assert_eq!(s.after(false, 25), InitialSync::Failed);
+        assert_eq!(InitialSync::Failed.after(false, 30), InitialSync::Failed);
+        assert_eq!(InitialSync::Failed.after(true, 0), InitialSync::Done);
         assert_eq!(InitialSync::start(false), InitialSync::Done);
     }
 }

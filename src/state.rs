@@ -117,6 +117,12 @@ pub struct WorkerState {
     /// When this was written.
     #[serde(with = "time::serde::rfc3339")]
     pub updated: OffsetDateTime,
+    /// How often the supervisor restarted the poller since the worker started.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Why the poller last exited abnormally, if it did.
+    #[serde(default)]
+    pub last_exit: Option<String>,
     /// One per observed certificate, in settings order.
     pub certificates: Vec<CertificateState>,
 }
@@ -142,14 +148,21 @@ impl WorkerState {
         self.certificates.iter().find(|c| c.url == url)
     }
 
-    /// A human-readable table for `kvvm status`.
-    pub fn render(&self) -> String {
+    /// A human-readable table for `kvvm status`; `worker` is the running worker's (supervisor's) pid.
+    pub fn render(&self, worker: Option<u32>) -> String {
+        let worker = worker.map_or_else(|| "?".to_string(), |p| p.to_string());
         let mut out = format!(
-            "worker pid {} · settings {} · updated {}\n",
+            "worker pid {worker} · poller pid {} · settings {} · updated {}\n",
             self.pid,
             self.seq,
             utc_timestamp(self.updated)
         );
+        if let Some(why) = &self.last_exit {
+            out.push_str(&format!(
+                "restarted {} time(s); the last exit: the poller {why}\n",
+                self.restarts
+            ));
+        }
         for c in &self.certificates {
             out.push_str(&format!("\n{}\n  status:      {:?}\n", c.url, c.status));
             let field = |name: &str, v: Option<String>| {
@@ -202,11 +215,17 @@ mod tests {
             seq: 3,
             pid: 9,
             updated: now(),
+            restarts: 1,
+            last_exit: Some("was killed by signal 9".into()),
             certificates: vec![c],
         };
         state.save(dir.path()).unwrap();
         assert_eq!(WorkerState::load(dir.path()), Some(state.clone()));
-        let text = state.render();
+        let text = state.render(Some(8));
+        assert!(
+            text.starts_with("worker pid 8 · poller pid 9 · settings 3"),
+            "{text}"
+        );
         assert!(text.contains("last error:  403"), "{text}");
         assert!(text.contains("reason:      vault-forbidden"), "{text}");
         use std::os::unix::fs::PermissionsExt;

@@ -26,8 +26,15 @@ const POLL: Duration = Duration::from_millis(2);
 pub enum SupervisorError {
     #[error("cannot use the worker's state folder {path}: {source}")]
     DataDir { path: PathBuf, source: io::Error },
+    /// The worker process could not be started.
     #[error("cannot start the worker {exe}: {source}")]
     Spawn { exe: PathBuf, source: io::Error },
+    /// The file the worker's stdout and stderr go to could not be opened.
+    #[error(
+        "cannot open the worker's log file {path}: {source}; the worker was not started. Check that the log \
+         folder (logFolder in HandlerEnvironment.json) exists and is writable"
+    )]
+    LogFile { path: PathBuf, source: io::Error },
     #[error(
         "the worker exited right after start ({status}); its last words are in {stderr_log}, the rest in the log folder"
     )]
@@ -51,6 +58,7 @@ impl SupervisorError {
         match self {
             SupervisorError::DataDir { .. } => "worker-state-dir",
             SupervisorError::Spawn { .. } => "worker-spawn-failed",
+            SupervisorError::LogFile { .. } => "worker-log-file",
             SupervisorError::DiedAtStart { .. } => "worker-died-at-start",
             SupervisorError::StartTimeout { .. } => "worker-start-timeout",
             SupervisorError::Unkillable { .. } => "worker-unkillable",
@@ -114,6 +122,10 @@ impl Supervisor {
     }
 
     fn open_lock(&self) -> Result<File, SupervisorError> {
+        self.open_file(LOCK_FILE)
+    }
+
+    fn open_file(&self, name: &str) -> Result<File, SupervisorError> {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         fs::DirBuilder::new()
             .recursive(true)
@@ -127,7 +139,7 @@ impl Supervisor {
             .truncate(false)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
-            .open(self.dir.join(LOCK_FILE))
+            .open(self.dir.join(name))
             .map_err(|e| self.data_err(e))
     }
 
@@ -194,8 +206,8 @@ impl Supervisor {
             .create(true)
             .append(true)
             .open(stderr_log)
-            .map_err(|source| SupervisorError::Spawn {
-                exe: stderr_log.to_path_buf(),
+            .map_err(|source| SupervisorError::LogFile {
+                path: stderr_log.to_path_buf(),
                 source,
             })?;
         let stdout = stderr
@@ -275,7 +287,9 @@ impl Supervisor {
                     WorkerState::Running { pid: Some(pid) } => pid,
                     WorkerState::Stopped => return Ok(StopOutcome::NotRunning),
                     WorkerState::Running { pid: None } => {
-                        return Err(SupervisorError::Unkillable { pid: 0 });
+                        return Err(SupervisorError::NoPid {
+                            lock: self.dir.join(LOCK_FILE),
+                        });
                     }
                 }
             }
@@ -323,5 +337,291 @@ fn signal_group(pid: u32, sig: libc::c_int) {
     // SAFETY: as above.
     if pgid <= 1 || unsafe { libc::kill(-pgid, sig) } != 0 {
         signal(pid, sig);
+    }
+}
+
+/// How long the supervisor waits before restarting a poller that exited abnormally the first time; each
+/// further exit in a row doubles it, up to [`RESTART_MAX`].
+pub const RESTART_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two restarts of a crash-looping poller.
+pub const RESTART_MAX: Duration = Duration::from_secs(300);
+/// A poller that ran this long before it exited was healthy: the next restart waits [`RESTART_FIRST`] again.
+pub const HEALTHY_RUN: Duration = Duration::from_secs(600);
+/// A running poller whose heartbeat is older than this is stuck: it is killed and restarted (waagent would
+/// call the handler unresponsive after 600 s).
+pub const STUCK_AFTER: Duration = Duration::from_secs(300);
+/// How long the supervisor gives its poller to exit after SIGTERM before it kills it.
+const POLLER_GRACE: Duration = Duration::from_secs(8);
+/// The poller's own lock (one poller, even if a supervisor was killed and its orphan is still exiting).
+const POLLER_LOCK_FILE: &str = "poller.lock";
+/// How long a new poller waits for an orphaned one to let go of [`POLLER_LOCK_FILE`].
+const POLLER_PATIENCE: Duration = Duration::from_secs(10);
+/// Environment the supervisor passes to the poller it starts: restarts so far, and why the last one exited.
+pub const ENV_RESTARTS: &str = "KVVM_RESTARTS";
+/// See [`ENV_RESTARTS`].
+pub const ENV_LAST_EXIT: &str = "KVVM_LAST_EXIT";
+/// The words a poller prints on stderr when it fails, which the supervisor quotes in the status.
+pub const FAILURE_MARK: &str = "kvvm poller failed";
+
+/// Wakes the supervisor on the signals it cares about, without polling: each handler sets its flag and writes
+/// a byte to a socket pair the supervisor blocks on (with a timeout when it is waiting to restart).
+struct Wake {
+    rx: std::os::unix::net::UnixStream,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    reload: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Wake {
+    fn install() -> io::Result<Wake> {
+        use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
+        let (rx, tx) = std::os::unix::net::UnixStream::pair()?;
+        tx.set_nonblocking(true)?;
+        let wake = Wake {
+            rx,
+            stop: Default::default(),
+            reload: Default::default(),
+        };
+        for sig in [SIGTERM, SIGINT] {
+            signal_hook::flag::register(sig, std::sync::Arc::clone(&wake.stop))?;
+        }
+        signal_hook::flag::register(SIGHUP, std::sync::Arc::clone(&wake.reload))?;
+        for sig in [SIGTERM, SIGINT, SIGHUP, SIGCHLD] {
+            signal_hook::low_level::pipe::register(sig, tx.try_clone()?)?;
+        }
+        Ok(wake)
+    }
+
+    /// Blocks until a signal arrives or `timeout` passes.
+    fn wait(&self, timeout: Duration) {
+        use std::io::Read;
+        let _ = self
+            .rx
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))));
+        let mut buf = [0u8; 64];
+        let _ = (&self.rx).read(&mut buf);
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn take_reload(&self) -> bool {
+        self.reload
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// How the poller ended, in words for the status and the log.
+pub fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(sig) = status.signal() {
+        let name = match sig {
+            libc::SIGKILL => " (SIGKILL: killed, e.g. by the kernel's out-of-memory killer)",
+            libc::SIGSEGV => " (SIGSEGV: a crash)",
+            libc::SIGABRT => " (SIGABRT: aborted, e.g. a panic)",
+            libc::SIGBUS => " (SIGBUS: a crash)",
+            libc::SIGILL => " (SIGILL: a crash)",
+            libc::SIGFPE => " (SIGFPE: a crash)",
+            libc::SIGTERM => " (SIGTERM: stopped by someone else)",
+            _ => "",
+        };
+        let core = if status.core_dumped() {
+            ", core dumped"
+        } else {
+            ""
+        };
+        format!("was killed by signal {sig}{name}{core}")
+    } else {
+        match status.code() {
+            Some(code) => format!("exited with code {code}"),
+            None => status.to_string(),
+        }
+    }
+}
+
+/// The last failure line a poller with `pid` printed on our shared stderr (the worker's stderr log), if any.
+fn last_words(pid: u32) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = fs::read_link("/proc/self/fd/2").ok()?;
+    let mut file = File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)))
+        .ok()?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    let mark = format!("{FAILURE_MARK} (pid {pid}): ");
+    String::from_utf8_lossy(&tail).lines().rev().find_map(|l| {
+        l.split_once(mark.as_str())
+            .map(|(_, rest)| rest.to_string())
+    })
+}
+
+/// For the poller: take [`POLLER_LOCK_FILE`], waiting for an orphaned poller to finish exiting. `None` if
+/// another poller keeps it.
+pub fn acquire_poller_lock(dir: &Path) -> Result<Option<File>, SupervisorError> {
+    let sup = Supervisor::new(dir);
+    let file = sup.open_file(POLLER_LOCK_FILE)?;
+    let deadline = Instant::now() + POLLER_PATIENCE;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Some(file)),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(50))
+            }
+            Err(TryLockError::WouldBlock) => return Ok(None),
+            Err(TryLockError::Error(e)) => return Err(sup.data_err(e)),
+        }
+    }
+}
+
+/// What the supervisor reports while it restarts a poller.
+pub trait Report {
+    /// The poller exited abnormally (`why`) and is restarted in `wait` (restart number `restarts`).
+    fn restarting(&self, why: &str, restarts: u32, wait: Duration);
+}
+
+/// `kvvm worker`: holds the worker lock and keeps one poller (`exe poller`) running until SIGTERM. A poller
+/// that exits for any reason while the worker is not stopping — a signal, an abort, the out-of-memory killer,
+/// a fatal error — is restarted, after 1 s the first time and twice as long after each further exit in a row
+/// (at most [`RESTART_MAX`]); one that stops sending heartbeats for [`STUCK_AFTER`] is killed and restarted.
+/// SIGHUP is passed on to the poller (new settings), or ends a wait to restart early. The supervisor itself
+/// does nothing else, so it stays small and has nothing to crash on.
+pub fn supervise(
+    sup: &Supervisor,
+    exe: &Path,
+    extension_dir: &Path,
+    heartbeat: &Path,
+    report: &dyn Report,
+) -> Result<(), SupervisorError> {
+    let Some(_lock) = sup.acquire()? else {
+        log::info!(
+            "another worker already holds {}; exiting",
+            sup.dir().display()
+        );
+        return Ok(());
+    };
+    let wake = Wake::install().map_err(|e| sup.data_err(e))?;
+    let mut restarts = 0u32;
+    let mut last_exit = String::new();
+    let mut backoff = RESTART_FIRST;
+    while !wake.stopping() {
+        let started = Instant::now();
+        let mut command = Command::new(exe);
+        command
+            .arg("poller")
+            .env("AZURE_GUEST_AGENT_EXTENSION_PATH", extension_dir)
+            .env(ENV_RESTARTS, restarts.to_string())
+            .env(ENV_LAST_EXIT, &last_exit)
+            .current_dir("/")
+            .stdin(Stdio::null());
+        let parent = std::process::id();
+        // SAFETY: prctl and getppid are async-signal-safe and touch no memory of the parent.
+        unsafe {
+            command.pre_exec(move || {
+                // A poller must not outlive its supervisor (killed alone, it could not restart it).
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0
+                    || u32::try_from(libc::getppid()).ok() != Some(parent)
+                {
+                    return Err(io::Error::other("the supervisor is gone"));
+                }
+                Ok(())
+            });
+        }
+        let why = match command.spawn() {
+            Ok(mut child) => {
+                log::info!(
+                    "poller started (pid {}){}",
+                    child.id(),
+                    if restarts > 0 {
+                        format!(", restart {restarts}")
+                    } else {
+                        String::new()
+                    }
+                );
+                match watch(&wake, &mut child, heartbeat, started) {
+                    None => return Ok(()),
+                    Some(why) => why,
+                }
+            }
+            Err(e) => format!("could not be started ({e})"),
+        };
+        if wake.stopping() {
+            break;
+        }
+        if started.elapsed() >= HEALTHY_RUN {
+            backoff = RESTART_FIRST;
+        }
+        restarts += 1;
+        last_exit = why.clone();
+        log::error!(
+            "the poller {why}; restarting it in {} s (restart {restarts})",
+            backoff.as_secs()
+        );
+        report.restarting(&why, restarts, backoff);
+        let until = Instant::now() + backoff;
+        while !wake.stopping() && Instant::now() < until && !wake.take_reload() {
+            wake.wait(until.saturating_duration_since(Instant::now()));
+        }
+        backoff = (backoff * 2).min(RESTART_MAX);
+    }
+    log::info!("worker stopping on request");
+    Ok(())
+}
+
+/// Waits for the poller to exit. `None` when it was stopped on request (the worker is stopping), else why it
+/// exited.
+fn watch(
+    wake: &Wake,
+    child: &mut std::process::Child,
+    heartbeat: &Path,
+    started: Instant,
+) -> Option<String> {
+    let pid = child.id();
+    let mut killed_stuck = None;
+    loop {
+        if wake.take_reload() {
+            signal(pid, libc::SIGHUP);
+        }
+        if wake.stopping() {
+            signal(pid, libc::SIGTERM);
+            let deadline = Instant::now() + POLLER_GRACE;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return None;
+                }
+                wake.wait(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                let mut why = killed_stuck.take().unwrap_or_else(|| describe_exit(status));
+                if let Some(words) = last_words(pid) {
+                    why = format!("{why}: {words}");
+                }
+                return Some(why);
+            }
+            Ok(None) => {}
+            Err(e) => return Some(format!("could not be waited for ({e})")),
+        }
+        let quiet = fs::metadata(heartbeat)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default();
+        if killed_stuck.is_none() && started.elapsed() > STUCK_AFTER && quiet > STUCK_AFTER {
+            log::error!(
+                "the poller (pid {pid}) wrote no heartbeat for {} s: killing it",
+                quiet.as_secs()
+            );
+            killed_stuck = Some(format!(
+                "stopped responding (no heartbeat for {} s) and was killed",
+                quiet.as_secs()
+            ));
+            signal(pid, libc::SIGKILL);
+        }
+        wake.wait(Duration::from_secs(60));
     }
 }

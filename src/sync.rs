@@ -1,11 +1,13 @@
-//! One check of one observed certificate, and one poll cycle over all of them: read the newest (or pinned)
+//! One check of one observed certificate, and [`Checks`], which runs many of them at once: read the newest (or pinned)
 //! version from Key Vault and install it if it is new. Certificates are independent — one that fails (403, 404,
 //! bad content) never blocks the others — and a few are checked at once, so many certificates do not cost N
 //! round trips in a row. A version that is already installed is not decoded or written again.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Condvar, Mutex};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
@@ -15,8 +17,10 @@ use crate::settings::ObservedCertificate;
 use crate::store::{Install, Store, StoreError};
 use crate::vault::{SecretKind, VaultClient, VaultError};
 
-/// How many certificates are checked at once (the vault client reuses one connection per thread and vault).
+/// How many certificates are checked at once.
 pub const PARALLELISM: usize = 8;
+/// How long the other certificates of a vault wait for its first check before they go ahead anyway.
+pub const WARM_UP: Duration = Duration::from_secs(3);
 
 /// Why a certificate could not be brought up to date. What was installed before stays in place.
 #[derive(Debug, thiserror::Error)]
@@ -175,94 +179,191 @@ pub fn check(
     })
 }
 
-/// Checks every certificate, [`PARALLELISM`] at a time and at most [`http::CONNECTIONS_PER_HOST`] per vault
-/// (so a cycle needs no more connections to a vault than the pool keeps); results in the order of `certs`.
-///
-/// The first certificate of each vault is checked in a first round (vaults in parallel): it answers the
-/// vault's challenge, fetches the token and leaves a TLS session behind, so the parallel connections of the
-/// second round resume that session instead of each doing a full handshake and racing for the token.
-pub fn cycle(
-    client: &VaultClient,
+/// What a check started by [`Checks`] found.
+#[derive(Debug)]
+pub struct Done {
+    /// The [`Checks::new_generation`] it was started in.
+    pub generation: u64,
+    /// The certificate's index in the settings it was started with.
+    pub index: usize,
+    /// The certificate's URL.
+    pub url: String,
+    /// Its vault's base URL.
+    pub vault: String,
+    /// What the check found.
+    pub result: Result<Checked, SyncError>,
+}
+
+/// Load on one vault.
+#[derive(Debug, Default)]
+struct VaultLoad {
+    busy: usize,
+    /// A check of this vault has ended (its challenge and token are known, a TLS session can be resumed).
+    warm: bool,
+    first_started: Option<Instant>,
+}
+
+/// Certificate checks on their own clocks: each runs in its own thread and reports back through a channel, so
+/// a slow or hung check holds up nothing but its own certificate. At most [`PARALLELISM`] run at once and at
+/// most [`http::CONNECTIONS_PER_HOST`] per vault (the connections the pool keeps). A vault's first check goes
+/// alone for up to [`WARM_UP`]: it answers the challenge, fetches the token and leaves a TLS session for the
+/// others to resume, and if it hangs the others go ahead without it.
+pub struct Checks {
+    client: Arc<VaultClient>,
+    options: SyncOptions,
+    stop: Stop,
+    tx: Sender<Done>,
+    rx: Receiver<Done>,
+    vaults: HashMap<String, VaultLoad>,
+    in_flight: usize,
+    generation: u64,
+}
+
+impl Checks {
+    /// Checks with `client`, none running yet.
+    pub fn new(client: Arc<VaultClient>, options: SyncOptions, stop: Stop) -> Checks {
+        let (tx, rx) = mpsc::channel();
+        Checks {
+            client,
+            options,
+            stop,
+            tx,
+            rx,
+            vaults: HashMap::new(),
+            in_flight: 0,
+            generation: 0,
+        }
+    }
+
+    /// New settings: later checks use `client` and `options`; results of checks started before carry the old
+    /// generation number.
+    pub fn new_generation(&mut self, client: Arc<VaultClient>, options: SyncOptions) -> u64 {
+        if !Arc::ptr_eq(&client, &self.client) {
+            for load in self.vaults.values_mut() {
+                load.warm = false;
+                load.first_started = None;
+            }
+        }
+        self.client = client;
+        self.options = options;
+        self.generation += 1;
+        self.generation
+    }
+
+    /// Checks running now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// The client checks use.
+    pub fn client(&self) -> &Arc<VaultClient> {
+        &self.client
+    }
+
+    /// Starts checking `cert` (index `index` of the current settings) unless the limits say wait; returns
+    /// whether it started.
+    pub fn try_start(
+        &mut self,
+        index: usize,
+        cert: &ObservedCertificate,
+        known: KnownOwned,
+    ) -> bool {
+        if self.in_flight >= PARALLELISM {
+            return false;
+        }
+        let load = self.vaults.entry(cert.vault_url.to_string()).or_default();
+        let warmed_up = load.warm || load.first_started.is_some_and(|t| t.elapsed() >= WARM_UP);
+        let limit = if warmed_up {
+            http::CONNECTIONS_PER_HOST
+        } else {
+            1
+        };
+        if load.busy >= limit {
+            return false;
+        }
+        let (client, options, stop, tx) = (
+            Arc::clone(&self.client),
+            self.options,
+            self.stop.clone(),
+            self.tx.clone(),
+        );
+        let generation = self.generation;
+        let cert = cert.clone();
+        let started = std::thread::Builder::new()
+            .name("check".into())
+            .spawn(move || {
+                let known = Known {
+                    version: known.version.as_deref(),
+                    has_not_after: known.has_not_after,
+                };
+                let result = check(&client, &cert, known, options, &stop);
+                let _ = tx.send(Done {
+                    generation,
+                    index,
+                    url: cert.url.to_string(),
+                    vault: cert.vault_url.to_string(),
+                    result,
+                });
+            });
+        if let Err(e) = started {
+            log::warn!("cannot start a check thread ({e}); trying again shortly");
+            return false;
+        }
+        load.busy += 1;
+        load.first_started.get_or_insert_with(Instant::now);
+        self.in_flight += 1;
+        true
+    }
+
+    /// The next check to end, waiting up to `timeout`.
+    pub fn next(&mut self, timeout: Duration) -> Option<Done> {
+        let done = self.rx.recv_timeout(timeout).ok()?;
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(load) = self.vaults.get_mut(&done.vault) {
+            load.busy = load.busy.saturating_sub(1);
+            load.warm = true;
+        }
+        Some(done)
+    }
+}
+
+/// [`Known`], owned, to hand to a check's thread.
+#[derive(Debug, Clone, Default)]
+pub struct KnownOwned {
+    /// The version recorded as installed.
+    pub version: Option<String>,
+    /// Whether its notAfter is recorded.
+    pub has_not_after: bool,
+}
+
+/// Checks every certificate of `certs` once, as many at once as [`Checks`] allows; results in the order of
+/// `certs` (`known` gives what is installed, by the same index; missing entries mean nothing is).
+pub fn check_all(
+    client: Arc<VaultClient>,
     certs: &[ObservedCertificate],
-    known: &[Known<'_>],
+    known: &[KnownOwned],
     options: SyncOptions,
     stop: &Stop,
 ) -> Vec<Result<Checked, SyncError>> {
-    let vault_of = |i: usize| certs[i].vault_url.as_str();
-    let mut vaults = std::collections::HashSet::new();
-    let (first, rest): (Vec<usize>, Vec<usize>) =
-        (0..certs.len()).partition(|&i| vaults.insert(vault_of(i)));
-    let results: Mutex<Vec<Option<Result<Checked, SyncError>>>> =
-        Mutex::new((0..certs.len()).map(|_| None).collect());
-    for round in [first, rest] {
-        let queue = Mutex::new(Queue {
-            waiting: round.into(),
-            busy: HashMap::new(),
+    let mut checks = Checks::new(client, options, stop.clone());
+    let mut results: Vec<Option<Result<Checked, SyncError>>> = certs.iter().map(|_| None).collect();
+    let mut waiting: Vec<usize> = (0..certs.len()).collect();
+    let mut left = certs.len();
+    while left > 0 {
+        waiting.retain(|&i| {
+            !checks.try_start(i, &certs[i], known.get(i).cloned().unwrap_or_default())
         });
-        let freed = Condvar::new();
-        let threads = PARALLELISM.min(queue.lock().map(|q| q.waiting.len()).unwrap_or(0));
-        std::thread::scope(|scope| {
-            for _ in 0..threads {
-                scope.spawn(|| {
-                    while let Some(i) = Queue::take(&queue, &freed, vault_of) {
-                        let result = check(
-                            client,
-                            &certs[i],
-                            known.get(i).copied().unwrap_or_default(),
-                            options,
-                            stop,
-                        );
-                        results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(result);
-                        Queue::done(&queue, &freed, vault_of(i));
-                    }
-                });
+        match checks.next(Duration::from_millis(100)) {
+            Some(done) => {
+                left -= 1;
+                results[done.index] = Some(done.result);
             }
-        });
+            None if stop.requested() && checks.in_flight() == 0 => break,
+            None => {}
+        }
     }
     results
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner())
         .into_iter()
         .map(|r| r.unwrap_or(Err(SyncError::Stopped)))
         .collect()
-}
-
-/// The certificates of a round not yet taken, and how many checks run per vault.
-struct Queue<'a> {
-    waiting: VecDeque<usize>,
-    busy: HashMap<&'a str, usize>,
-}
-
-impl<'a> Queue<'a> {
-    /// The next certificate whose vault has a free connection, waiting for one if all remaining certificates'
-    /// vaults are busy; `None` when nothing is left.
-    fn take(
-        queue: &Mutex<Queue<'a>>,
-        freed: &Condvar,
-        vault_of: impl Fn(usize) -> &'a str,
-    ) -> Option<usize> {
-        let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if q.waiting.is_empty() {
-                return None;
-            }
-            let pos = q.waiting.iter().position(|&i| {
-                q.busy.get(vault_of(i)).copied().unwrap_or(0) < http::CONNECTIONS_PER_HOST
-            });
-            if let Some(pos) = pos {
-                let i = q.waiting.remove(pos)?;
-                *q.busy.entry(vault_of(i)).or_default() += 1;
-                return Some(i);
-            }
-            q = freed.wait(q).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    fn done(queue: &Mutex<Queue<'a>>, freed: &Condvar, vault: &'a str) {
-        let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = q.busy.get_mut(vault) {
-            *n = n.saturating_sub(1);
-        }
-        freed.notify_all();
-    }
 }

@@ -2,8 +2,8 @@
 //! extension is enabled, and re-reads its settings when `enable` signals a new sequence number (SIGHUP). On
 //! SIGTERM (from `disable`) it finishes what it is doing and exits, releasing the worker lock.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,8 +18,8 @@ use crate::settings::{self, Configured, ObservedCertificate, Settings};
 use crate::state;
 use crate::state::{CertStatus, CertificateState, WorkerState};
 use crate::status::{self, Heartbeat, StatusReport, WorkerView};
-use crate::supervisor::{Supervisor, SupervisorError};
-use crate::sync::{self, Checked, Known, SyncError, SyncOptions};
+use crate::supervisor::{self, SupervisorError};
+use crate::sync::{Checked, Checks, Done, KnownOwned, SyncError, SyncOptions};
 use crate::vault::VaultClient;
 
 /// How often the heartbeat file is refreshed (waagent calls a handler unresponsive after 600 s).
@@ -36,6 +36,12 @@ pub enum WorkerError {
     Signals { source: std::io::Error },
     #[error("no usable settings: {detail}")]
     NoSettings { detail: String },
+    /// Another poller holds the poller lock.
+    #[error("another poller holds its lock in {dir}; this one exits")]
+    AnotherPoller { dir: std::path::PathBuf },
+    /// The state folder or status file cannot be written at start.
+    #[error("cannot record the worker's state: {detail}")]
+    StateUnwritable { detail: String },
 }
 
 impl WorkerError {
@@ -44,6 +50,8 @@ impl WorkerError {
             WorkerError::Supervisor(e) => e.reason(),
             WorkerError::Signals { .. } => "signal-handler",
             WorkerError::NoSettings { .. } => "no-settings",
+            WorkerError::AnotherPoller { .. } => "another-poller",
+            WorkerError::StateUnwritable { .. } => "state-unwritable",
         }
     }
 }
@@ -139,18 +147,6 @@ pub fn certificate_states(
         .collect()
 }
 
-fn report(current: &Current, sync: InitialSync, state: &WorkerState) -> StatusReport {
-    status::worker_report(&WorkerView {
-        seq: current.seq,
-        pid: std::process::id(),
-        polling_interval_s: current.settings.polling_interval.as_secs(),
-        settings_warnings: &current.settings.warnings,
-        sync,
-        certificates: &state.certificates,
-        restarts: None,
-    })
-}
-
 /// The vault client for `settings`, or why there is none (every certificate then fails with that reason).
 pub fn vault_client(settings: &Settings) -> Result<Arc<VaultClient>, String> {
     let identity = Identity::new(
@@ -161,53 +157,6 @@ pub fn vault_client(settings: &Settings) -> Result<Arc<VaultClient>, String> {
     VaultClient::new(Arc::new(identity))
         .map(Arc::new)
         .map_err(|e| e.to_string())
-}
-
-/// Everything one poll cycle changed, ready to be recorded.
-pub struct CycleOutcome {
-    /// Per certificate, in settings order.
-    pub results: Vec<Result<Checked, SyncError>>,
-}
-
-/// Runs one cycle over the certificates of `settings`, records the results in `certs` (same order), runs the
-/// post-install commands of the certificates that changed, and logs one line per event.
-pub fn poll_once(
-    client: &Result<Arc<VaultClient>, String>,
-    settings: &Settings,
-    certs: &mut [CertificateState],
-    stop: &Stop,
-) -> CycleOutcome {
-    let options = SyncOptions {
-        acl_enabled: settings.acl_enabled,
-        retained_versions: settings.retained_versions,
-    };
-    let observed = &settings.observed_certificates;
-    let results: Vec<Result<Checked, SyncError>> = match client {
-        Ok(client) => {
-            let known: Vec<Known<'_>> = certs
-                .iter()
-                .map(|c| Known {
-                    version: c.version.as_deref(),
-                    has_not_after: c.not_after.is_some(),
-                })
-                .collect();
-            sync::cycle(client, observed, &known, options, stop)
-        }
-        Err(why) => {
-            for (state, cert) in certs.iter_mut().zip(observed) {
-                record_failure(state, cert, why, None, state::now());
-            }
-            return CycleOutcome {
-                results: Vec::new(),
-            };
-        }
-    };
-    let now = state::now();
-    for ((state, cert), result) in certs.iter_mut().zip(observed).zip(&results) {
-        record(state, cert, result, now, settings.expiry_warning_days);
-    }
-    run_hooks(observed, certs, &results);
-    CycleOutcome { results }
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -339,55 +288,6 @@ pub fn expiry_warning(
     ))
 }
 
-/// Runs each distinct post-install command once for the certificates whose new version was installed.
-fn run_hooks(
-    observed: &[ObservedCertificate],
-    certs: &mut [CertificateState],
-    results: &[Result<Checked, SyncError>],
-) {
-    let changes = observed.iter().zip(results).filter_map(|(cert, result)| {
-        match (result, &cert.post_install) {
-            (Ok(c), Some(h)) if c.changed => Some((
-                h,
-                hook::Installed {
-                    url: cert.url.to_string(),
-                    link: c.link.clone(),
-                    file: c.file.clone(),
-                    version: c.version.clone(),
-                },
-            )),
-            _ => None,
-        }
-    });
-    for (command, installed) in hook::plan(changes) {
-        let (ok, summary) = match hook::run(&command, &installed) {
-            Ok(run) => (run.success(), run.summary(&command)),
-            Err(e) => (false, e.to_string()),
-        };
-        if ok {
-            log::info!("{summary}");
-        } else {
-            log::error!("{summary}");
-        }
-        for done in &installed {
-            if let Some(state) = certs.iter_mut().find(|c| c.url == done.url) {
-                state.hook = Some(summary.clone());
-                if !ok {
-                    state.status = CertStatus::Warning;
-                    state
-                        .reason
-                        .get_or_insert_with(|| "post-install-failed".into());
-                    let note = match state.note.take() {
-                        Some(n) => format!("{n} {summary}"),
-                        None => summary.clone(),
-                    };
-                    state.note = Some(note);
-                }
-            }
-        }
-    }
-}
-
 /// After SIGTERM, how long the poll in progress may take to wind down (retry waits end at once; a request
 /// the vault is slow to answer does not) before its requests are abandoned.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -426,6 +326,19 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// Rust's runtime handles SIGSEGV and SIGBUS to report stack overflows, and lets a signal that is not a fault
+/// of its own (one sent with `kill`, say) pass without effect the first time. A poller that gets one must end,
+/// so that its supervisor restarts it and reports why, rather than run on in a state nobody can vouch for; a
+/// stack overflow is then reported as SIGSEGV.
+fn die_on_every_segfault() {
+    for sig in [libc::SIGSEGV, libc::SIGBUS] {
+        // SAFETY: restoring the default disposition has no preconditions.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+}
+
 /// Returns the memory a cycle freed to the system before the worker sleeps until the next one.
 fn give_back_memory() {
     // SAFETY: malloc_trim has no preconditions.
@@ -434,122 +347,557 @@ fn give_back_memory() {
     }
 }
 
-/// Runs the worker until SIGTERM. Returns at once if another worker already holds the lock.
-pub fn run(ext: &Extension) -> Result<(), WorkerError> {
-    let supervisor = Supervisor::new(ext.data_dir());
-    let Some(_lock) = supervisor.acquire()? else {
-        log::info!(
-            "another worker already holds {}; exiting",
-            supervisor.dir().display()
-        );
-        return Ok(());
-    };
-    limit_malloc_arenas();
-    let signals = Signals::install()?;
-    let stop = Stop::from_flag(Arc::clone(&signals.stop));
-    watch_for_stop()?;
-    let mut current = load(ext)?;
-    let data_dir = ext.data_dir();
-    let mut state = WorkerState {
-        seq: current.seq,
-        pid: std::process::id(),
-        updated: state::now(),
-        certificates: certificate_states(&current.settings, WorkerState::load(&data_dir).as_ref()),
-    };
-    let mut client = vault_client(&current.settings);
-    let mut sync = InitialSync::start(current.settings.require_initial_sync);
-    let mut rng = fastrand::Rng::new();
-    let mut next_poll =
-        Instant::now() + schedule::first_delay(current.settings.polling_interval, &mut rng);
-    log::info!(
-        "worker started (pid {}) with settings {}: {} observed certificate(s), first poll in {} ms",
-        std::process::id(),
-        current.seq,
-        current.settings.observed_certificates.len(),
-        next_poll
-            .saturating_duration_since(Instant::now())
-            .as_millis()
-    );
-    loop {
-        if signals.reload.swap(false, Ordering::Relaxed) {
-            match load(ext) {
-                Ok(next) => {
-                    log::info!("reloaded settings {} (was {})", next.seq, current.seq);
-                    let auth_changed = (&next.settings.msi_endpoint, &next.settings.msi_client_id)
-                        != (
-                            &current.settings.msi_endpoint,
-                            &current.settings.msi_client_id,
-                        );
-                    current = next;
-                    if auth_changed {
-                        client = vault_client(&current.settings);
-                    }
-                    state.seq = current.seq;
-                    state.certificates = certificate_states(&current.settings, Some(&state));
-                    sync = InitialSync::start(current.settings.require_initial_sync);
-                    // New settings take effect now, not at the next interval; their status is written before the
-                    // poll, which may take a while against an unreachable vault.
-                    next_poll = Instant::now();
-                    save(ext, &current, sync, &mut state);
-                }
-                Err(e) => log::error!("keeping settings {}: {e}", current.seq),
-            }
-        }
-        if Instant::now() >= next_poll {
-            poll_once(&client, &current.settings, &mut state.certificates, &stop);
-            give_back_memory();
-            if stop.requested() {
-                save(ext, &current, sync, &mut state);
-                log::info!("worker stopping on request");
-                return Ok(());
-            }
-            let all_installed = state
-                .certificates
-                .iter()
-                .all(|c| matches!(c.status, CertStatus::Installed | CertStatus::Warning));
-            sync = sync.after_attempt(all_installed);
-            let interval = current.settings.polling_interval;
-            let wait = match sync {
-                InitialSync::Trying { attempts } => {
-                    schedule::initial_sync_retry(attempts, interval)
-                }
-                _ => schedule::next_delay(interval, &mut rng),
+/// How soon after a check ends the status file shows it (checks that end together share one write).
+const SAVE_AFTER: Duration = Duration::from_millis(500);
+/// How long post-install commands wait for more certificates of the same burst to finish installing, so one
+/// command runs once for all of them.
+const HOOK_GATHER: Duration = Duration::from_secs(5);
+
+fn sync_options(settings: &Settings) -> SyncOptions {
+    SyncOptions {
+        acl_enabled: settings.acl_enabled,
+        retained_versions: settings.retained_versions,
+    }
+}
+
+fn known(state: &CertificateState) -> KnownOwned {
+    KnownOwned {
+        version: state.version.clone(),
+        has_not_after: state.not_after.is_some(),
+    }
+}
+
+/// A certificate's own clock.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    due: Instant,
+    busy: bool,
+}
+
+/// A certificate whose new version was installed, waiting for its post-install command.
+struct Change {
+    hook: hook::Hook,
+    installed: hook::Installed,
+}
+
+/// What a batch of post-install commands did: per command, the certificates it ran for, its summary, success.
+type HookResults = Vec<(Vec<String>, String, bool)>;
+
+/// Runs each distinct command once for the certificates in `changes`.
+fn run_hooks(changes: Vec<Change>) -> HookResults {
+    let plan = hook::plan(changes.iter().map(|c| (&c.hook, c.installed.clone())));
+    plan.into_iter()
+        .map(|(command, installed)| {
+            let (ok, summary) = match hook::run(&command, &installed) {
+                Ok(run) => (run.success(), run.summary(&command)),
+                Err(e) => (false, e.to_string()),
             };
-            if let InitialSync::Trying { attempts } = sync {
-                log::info!(
-                    "initial sync: attempt {attempts} left certificates missing; next try in {} s",
-                    wait.as_secs()
-                );
+            if ok {
+                log::info!("{summary}");
+            } else {
+                log::error!("{summary}");
             }
-            if wait > crate::http::MAX_IDLE_AGE {
-                // The vault will have closed them by the next poll.
-                if let Ok(client) = &client {
-                    client.release_connections();
+            (installed.into_iter().map(|i| i.url).collect(), summary, ok)
+        })
+        .collect()
+}
+
+/// Records what the post-install commands did in the certificates they ran for.
+fn record_hooks(certs: &mut [CertificateState], results: &HookResults) {
+    for (urls, summary, ok) in results {
+        for url in urls {
+            if let Some(state) = certs.iter_mut().find(|c| &c.url == url) {
+                state.hook = Some(summary.clone());
+                if !ok {
+                    state.status = CertStatus::Warning;
+                    state
+                        .reason
+                        .get_or_insert_with(|| "post-install-failed".into());
+                    let note = match state.note.take() {
+                        Some(n) => format!("{n} {summary}"),
+                        None => summary.clone(),
+                    };
+                    state.note = Some(note);
                 }
             }
-            next_poll = Instant::now() + wait;
-        }
-        save(ext, &current, sync, &mut state);
-        signals.sleep(HEARTBEAT_EVERY.min(next_poll.saturating_duration_since(Instant::now())));
-        if stop.requested() {
-            log::info!("worker stopping on request");
-            return Ok(());
         }
     }
 }
 
-/// Heartbeat, state file and status file, in that order: a status that says the worker runs implies a
-/// heartbeat is there.
-fn save(ext: &Extension, current: &Current, sync: InitialSync, state: &mut WorkerState) {
-    let beat = Heartbeat::Running { seq: current.seq };
-    if let Err(e) = status::write_heartbeat(ext, &beat) {
-        log::error!("{e}");
+/// The post-install command of a check that installed a new version, if it has one.
+fn change_of(cert: &ObservedCertificate, result: &Result<Checked, SyncError>) -> Option<Change> {
+    match (result, &cert.post_install) {
+        (Ok(c), Some(h)) if c.changed => Some(Change {
+            hook: h.clone(),
+            installed: hook::Installed {
+                url: cert.url.to_string(),
+                link: c.link.clone(),
+                file: c.file.clone(),
+                version: c.version.clone(),
+            },
+        }),
+        _ => None,
     }
-    state.updated = state::now();
-    if let Err(e) = state.save(&ext.data_dir()) {
-        log::error!("{e}");
+}
+
+/// Checks every certificate of `settings` once, all at once within the limits of [`Checks`], records the
+/// results in `certs` (same order) and runs the post-install commands of those that changed. For
+/// `kvvm sync --once`.
+pub fn poll_once(
+    client: &Result<Arc<VaultClient>, String>,
+    settings: &Settings,
+    certs: &mut [CertificateState],
+    stop: &Stop,
+) {
+    let observed = &settings.observed_certificates;
+    let client = match client {
+        Ok(client) => Arc::clone(client),
+        Err(why) => {
+            let now = state::now();
+            for (state, cert) in certs.iter_mut().zip(observed) {
+                record_failure(state, cert, why, Some("identity-setup"), now);
+            }
+            return;
+        }
+    };
+    let known: Vec<KnownOwned> = certs.iter().map(known).collect();
+    let results = crate::sync::check_all(client, observed, &known, sync_options(settings), stop);
+    let mut changes = Vec::new();
+    for ((state, cert), result) in certs.iter_mut().zip(observed).zip(&results) {
+        record(
+            state,
+            cert,
+            result,
+            state::now(),
+            settings.expiry_warning_days,
+        );
+        changes.extend(change_of(cert, result));
     }
-    if let Err(e) = status::write(ext, current.seq, &report(current, sync, state)) {
-        log::error!("{e}");
+    record_hooks(certs, &run_hooks(changes));
+}
+
+/// The poller: one clock per certificate, checks in their own threads, the status written as each ends.
+struct Poller<'a> {
+    ext: &'a Extension,
+    current: Current,
+    state: WorkerState,
+    client: Result<Arc<VaultClient>, String>,
+    checks: Option<Checks>,
+    clocks: Vec<Clock>,
+    generation: u64,
+    sync: InitialSync,
+    rng: fastrand::Rng,
+    stop: Stop,
+    changes: Vec<Change>,
+    first_change: Option<Instant>,
+    hooks: Option<mpsc::Receiver<HookResults>>,
+    dirty: bool,
+    saved: Instant,
+    busy_before: bool,
+}
+
+impl<'a> Poller<'a> {
+    fn start(ext: &'a Extension, current: Current, stop: Stop) -> Poller<'a> {
+        let restarts = std::env::var(supervisor::ENV_RESTARTS)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let last_exit = std::env::var(supervisor::ENV_LAST_EXIT)
+            .ok()
+            .filter(|s| !s.is_empty());
+        let mut rng = fastrand::Rng::new();
+        let first =
+            Instant::now() + schedule::first_delay(current.settings.polling_interval, &mut rng);
+        let state = WorkerState {
+            seq: current.seq,
+            pid: std::process::id(),
+            updated: state::now(),
+            restarts,
+            last_exit,
+            certificates: certificate_states(
+                &current.settings,
+                WorkerState::load(&ext.data_dir()).as_ref(),
+            ),
+        };
+        let client = vault_client(&current.settings);
+        let checks = client
+            .as_ref()
+            .ok()
+            .map(|c| Checks::new(Arc::clone(c), sync_options(&current.settings), stop.clone()));
+        log::info!(
+            "poller started (pid {}) with settings {}: {} observed certificate(s), first checks in {} ms",
+            std::process::id(),
+            current.seq,
+            current.settings.observed_certificates.len(),
+            first.saturating_duration_since(Instant::now()).as_millis()
+        );
+        Poller {
+            clocks: vec![
+                Clock {
+                    due: first,
+                    busy: false
+                };
+                state.certificates.len()
+            ],
+            sync: InitialSync::start(current.settings.require_initial_sync),
+            ext,
+            current,
+            state,
+            client,
+            checks,
+            generation: 0,
+            rng,
+            stop,
+            changes: Vec::new(),
+            first_change: None,
+            hooks: None,
+            dirty: true,
+            saved: Instant::now(),
+            busy_before: false,
+        }
+    }
+
+    /// New settings from `enable` (SIGHUP): they apply now, every certificate is due at once.
+    fn reload(&mut self) {
+        let next = match load(self.ext) {
+            Ok(next) => next,
+            Err(e) => {
+                log::error!("keeping settings {}: {e}", self.current.seq);
+                return;
+            }
+        };
+        log::info!("reloaded settings {} (was {})", next.seq, self.current.seq);
+        let auth_changed = (&next.settings.msi_endpoint, &next.settings.msi_client_id)
+            != (
+                &self.current.settings.msi_endpoint,
+                &self.current.settings.msi_client_id,
+            );
+        self.current = next;
+        if auth_changed {
+            self.client = vault_client(&self.current.settings);
+        }
+        let options = sync_options(&self.current.settings);
+        self.checks = match (&self.client, self.checks.take()) {
+            (Ok(client), Some(mut checks)) => {
+                self.generation = checks.new_generation(Arc::clone(client), options);
+                Some(checks)
+            }
+            (Ok(client), None) => {
+                self.generation = 0;
+                Some(Checks::new(Arc::clone(client), options, self.stop.clone()))
+            }
+            // Every certificate fails with the client's error (see `dispatch`); checks in flight are dropped.
+            (Err(_), _) => None,
+        };
+        self.state.seq = self.current.seq;
+        self.state.certificates = certificate_states(&self.current.settings, Some(&self.state));
+        self.clocks = vec![
+            Clock {
+                due: Instant::now(),
+                busy: false
+            };
+            self.state.certificates.len()
+        ];
+        self.sync = InitialSync::start(self.current.settings.require_initial_sync);
+        // The new settings' status is written before any check, which may take a while against an unreachable
+        // vault.
+        self.save();
+    }
+
+    /// Starts the checks that are due and allowed.
+    fn dispatch(&mut self) {
+        let now = Instant::now();
+        let observed = &self.current.settings.observed_certificates;
+        for (i, clock) in self.clocks.iter_mut().enumerate() {
+            if clock.busy || clock.due > now {
+                continue;
+            }
+            match (&mut self.checks, &self.client) {
+                (Some(checks), Ok(_)) => {
+                    if checks.try_start(i, &observed[i], known(&self.state.certificates[i])) {
+                        clock.busy = true;
+                    }
+                }
+                (_, Err(why)) => {
+                    record_failure(
+                        &mut self.state.certificates[i],
+                        &observed[i],
+                        why,
+                        Some("identity-setup"),
+                        state::now(),
+                    );
+                    clock.due = now
+                        + schedule::next_delay(
+                            self.current.settings.polling_interval,
+                            &mut self.rng,
+                        );
+                    self.dirty = true;
+                }
+                (None, Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Records one finished check and sets its certificate's next check.
+    fn finished(&mut self, done: Done) {
+        if done.generation != self.generation {
+            log::debug!(
+                "{}: a check started under the previous settings ended",
+                done.url
+            );
+            return;
+        }
+        let i = done.index;
+        let cert = &self.current.settings.observed_certificates[i];
+        let state = &mut self.state.certificates[i];
+        record(
+            state,
+            cert,
+            &done.result,
+            state::now(),
+            self.current.settings.expiry_warning_days,
+        );
+        if let Some(change) = change_of(cert, &done.result) {
+            self.first_change.get_or_insert_with(Instant::now);
+            self.changes.push(change);
+        }
+        let failures = state.failures;
+        let certs = &self.state.certificates;
+        let installed =
+            |c: &CertificateState| matches!(c.status, CertStatus::Installed | CertStatus::Warning);
+        let attempts = certs
+            .iter()
+            .filter(|c| !installed(c))
+            .map(|c| c.failures)
+            .max()
+            .unwrap_or(0);
+        let was_trying = matches!(self.sync, InitialSync::Trying { .. });
+        self.sync = self.sync.after(certs.iter().all(installed), attempts);
+        let interval = self.current.settings.polling_interval;
+        let wait = match self.sync {
+            InitialSync::Trying { .. } if failures > 0 => {
+                schedule::initial_sync_retry(failures, interval)
+            }
+            _ => schedule::next_delay(interval, &mut self.rng),
+        };
+        if was_trying && failures > 0 {
+            log::info!(
+                "initial sync: {} failed {failures} time(s); next try in {} s",
+                done.url,
+                wait.as_secs()
+            );
+        }
+        self.clocks[i] = Clock {
+            due: Instant::now() + wait,
+            busy: false,
+        };
+        self.dirty = true;
+    }
+
+    /// Starts the post-install commands of the changes gathered, once their burst is over; records what ran.
+    fn hooks(&mut self) {
+        if let Some(rx) = &self.hooks {
+            match rx.try_recv() {
+                Ok(results) => {
+                    record_hooks(&mut self.state.certificates, &results);
+                    self.hooks = None;
+                    self.dirty = true;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => self.hooks = None,
+                Err(mpsc::TryRecvError::Empty) => return,
+            }
+        }
+        let Some(first) = self.first_change else {
+            return;
+        };
+        let busy = self.clocks.iter().any(|c| c.busy);
+        if busy && first.elapsed() < HOOK_GATHER {
+            return;
+        }
+        let changes = std::mem::take(&mut self.changes);
+        self.first_change = None;
+        let (tx, rx) = mpsc::channel();
+        match thread::Builder::new()
+            .name("post-install".into())
+            .spawn(move || {
+                let _ = tx.send(run_hooks(changes));
+            }) {
+            Ok(_) => self.hooks = Some(rx),
+            Err(e) => log::error!("cannot start the post-install commands: {e}"),
+        }
+    }
+
+    /// When the loop must next look at the clocks or the files.
+    fn next_wake(&self) -> Duration {
+        let now = Instant::now();
+        let due = self
+            .clocks
+            .iter()
+            .filter(|c| !c.busy)
+            .map(|c| c.due.saturating_duration_since(now))
+            .min()
+            .unwrap_or(HEARTBEAT_EVERY);
+        let save = if self.dirty {
+            (self.saved + SAVE_AFTER).saturating_duration_since(now)
+        } else {
+            (self.saved + HEARTBEAT_EVERY).saturating_duration_since(now)
+        };
+        due.min(save).min(TICK)
+    }
+
+    /// Heartbeat, state file and status file when something changed (at most every [`SAVE_AFTER`]) or the
+    /// heartbeat is due; the connections and memory a burst of checks used are given back when it is over.
+    fn tend(&mut self) {
+        let busy = self.checks.as_ref().is_some_and(|c| c.in_flight() > 0);
+        if self.busy_before && !busy {
+            let next = self
+                .clocks
+                .iter()
+                .map(|c| c.due.saturating_duration_since(Instant::now()))
+                .min()
+                .unwrap_or_default();
+            if next > crate::http::MAX_IDLE_AGE {
+                // The vault will have closed them by the next check.
+                if let Ok(client) = &self.client {
+                    client.release_connections();
+                }
+            }
+            give_back_memory();
+        }
+        self.busy_before = busy;
+        let elapsed = self.saved.elapsed();
+        if (self.dirty && elapsed >= SAVE_AFTER) || elapsed >= HEARTBEAT_EVERY {
+            self.save();
+        }
+    }
+
+    /// Heartbeat, state file and status file, in that order: a status that says the worker runs implies a
+    /// heartbeat is there.
+    fn save(&mut self) {
+        if let Err(e) = self.try_save() {
+            log::error!("{e}");
+        }
+    }
+
+    fn try_save(&mut self) -> Result<(), crate::handler::HandlerError> {
+        self.dirty = false;
+        self.saved = Instant::now();
+        status::write_heartbeat(
+            self.ext,
+            &Heartbeat::Running {
+                seq: self.current.seq,
+            },
+        )?;
+        self.state.updated = state::now();
+        self.state.save(&self.ext.data_dir())?;
+        let report = status::worker_report(&WorkerView {
+            seq: self.current.seq,
+            pid: std::process::id(),
+            polling_interval_s: self.current.settings.polling_interval.as_secs(),
+            settings_warnings: &self.current.settings.warnings,
+            sync: self.sync,
+            certificates: &self.state.certificates,
+            restarts: self
+                .state
+                .last_exit
+                .as_deref()
+                .map(|why| (self.state.restarts, why)),
+        });
+        status::write(self.ext, self.current.seq, &report)
+    }
+
+    /// Waits up to [`STOP_GRACE`] for the checks in flight to end, then records the state.
+    fn finish(&mut self) {
+        let deadline = Instant::now() + STOP_GRACE;
+        while let Some(checks) = &mut self.checks {
+            if checks.in_flight() == 0 || Instant::now() >= deadline {
+                break;
+            }
+            if let Some(done) = checks.next(TICK) {
+                self.finished(done);
+            }
+        }
+        let _no_file_operation = crate::store::quiesce();
+        self.save();
+        log::info!("worker stopping on request");
+    }
+}
+
+/// Runs the poller until SIGTERM (`kvvm poller`, started by the supervisor).
+pub fn run(ext: &Extension) -> Result<(), WorkerError> {
+    let data_dir = ext.data_dir();
+    let Some(_lock) = supervisor::acquire_poller_lock(&data_dir)? else {
+        return Err(WorkerError::AnotherPoller { dir: data_dir });
+    };
+    limit_malloc_arenas();
+    die_on_every_segfault();
+    let signals = Signals::install()?;
+    let stop = Stop::from_flag(Arc::clone(&signals.stop));
+    watch_for_stop()?;
+    let current = load(ext)?;
+    let mut poller = Poller::start(ext, current, stop.clone());
+    poller
+        .try_save()
+        .map_err(|e| WorkerError::StateUnwritable {
+            detail: e.to_string(),
+        })?;
+    loop {
+        if signals.reload.swap(false, Ordering::Relaxed) {
+            poller.reload();
+        }
+        if stop.requested() {
+            poller.finish();
+            return Ok(());
+        }
+        poller.dispatch();
+        poller.hooks();
+        let wait = poller.next_wake();
+        match poller.checks.as_mut().and_then(|c| c.next(wait)) {
+            Some(done) => poller.finished(done),
+            None if poller.checks.is_none() => thread::sleep(wait),
+            None => {}
+        }
+        poller.tend();
+    }
+}
+
+/// The supervisor's report while it restarts a crashed poller: the status of the current settings says
+/// `error` with the exit reason, and the heartbeat says the worker is restarting (NotReady).
+pub struct RestartReport<'a> {
+    /// The extension.
+    pub ext: &'a Extension,
+}
+
+impl supervisor::Report for RestartReport<'_> {
+    fn restarting(&self, why: &str, restarts: u32, wait: Duration) {
+        let detail = format!(
+            "the poller {why}; it is restarted in {} s (restart {restarts} since the worker started). \
+             Installed certificates stay in place. Details: kvvm.log and supervisor.log in {}",
+            wait.as_secs(),
+            self.ext.env.log_folder.display()
+        );
+        if let Err(e) = status::write_heartbeat(
+            self.ext,
+            &Heartbeat::Restarting {
+                detail: detail.clone(),
+            },
+        ) {
+            log::error!("{e}");
+        }
+        let Some(seq) = self
+            .ext
+            .mrseq()
+            .or_else(|| self.ext.current_sequence().ok())
+        else {
+            return;
+        };
+        let report = StatusReport::new(
+            status::Operation::Enable,
+            status::Status::Error,
+            format!("[worker-restarting] The kvvm worker is not polling: {detail}"),
+        );
+        if let Err(e) = status::write(self.ext, seq, &report) {
+            log::error!("{e}");
+        }
     }
 }

@@ -590,12 +590,27 @@ fn worker_logs_reach_fluentd_and_a_logging_change_restarts_it() {
                 serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
             assert!(receiver.wait().unwrap().success());
             assert_eq!(record["tag"], "kvvm_test");
-            assert_eq!(record["record"]["pid"], second);
+            // The worker's poller (its child) logs; the worker itself only supervises it.
+            let poller = record["record"]["pid"].as_u64().unwrap();
+            let stat = fs::read_to_string(format!("/proc/{poller}/stat")).unwrap();
+            let ppid: u32 = stat
+                .rsplit(')')
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(
+                ppid, second,
+                "the record comes from the new worker's poller"
+            );
             assert!(
                 record["record"]["message"]
                     .as_str()
                     .unwrap()
-                    .starts_with("worker started"),
+                    .starts_with("poller started"),
                 "{record}"
             );
         },

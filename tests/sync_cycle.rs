@@ -8,7 +8,7 @@ use std::time::Duration;
 use kvvm::http::{CONNECTIONS_PER_HOST, RetryPolicy, Stop};
 use kvvm::identity::Identity;
 use kvvm::settings::parse_public_settings;
-use kvvm::sync::{self, Known, SyncOptions};
+use kvvm::sync::{self, KnownOwned, SyncOptions};
 use kvvm::vault::VaultClient;
 use kvvm_sim::imds::{FakeImds, TokenAuthority};
 use kvvm_sim::netns::{run_isolated, test_ca};
@@ -55,14 +55,15 @@ fn a_cycle_is_parallel_with_one_token_and_bounded_connections_per_vault() {
             }}))
             .unwrap();
             let identity = Identity::new(None, None).unwrap();
-            let client = VaultClient::with_policy(Arc::new(identity), RetryPolicy::VAULT).unwrap();
+            let client =
+                Arc::new(VaultClient::with_policy(Arc::new(identity), RetryPolicy::VAULT).unwrap());
             let options = SyncOptions {
                 acl_enabled: false,
                 retained_versions: 2,
             };
             let certs = &settings.observed_certificates;
 
-            let results = sync::cycle(&client, certs, &[], options, &Stop::default());
+            let results = sync::check_all(client.clone(), certs, &[], options, &Stop::default());
             for (cert, r) in certs.iter().zip(&results) {
                 let checked = r.as_ref().unwrap_or_else(|e| panic!("{}: {e}", cert.url));
                 assert!(checked.changed && checked.link.is_file(), "{checked:?}");
@@ -120,14 +121,14 @@ fn a_cycle_is_parallel_with_one_token_and_bounded_connections_per_vault() {
                 .iter()
                 .map(|r| r.as_ref().unwrap().version.clone())
                 .collect();
-            let known: Vec<Known<'_>> = versions
+            let known: Vec<KnownOwned> = versions
                 .iter()
-                .map(|v| Known {
-                    version: Some(v),
+                .map(|v| KnownOwned {
+                    version: Some(v.clone()),
                     has_not_after: true,
                 })
                 .collect();
-            let again = sync::cycle(&client, certs, &known, options, &Stop::default());
+            let again = sync::check_all(client.clone(), certs, &known, options, &Stop::default());
             assert!(again.iter().all(|r| {
                 r.as_ref()
                     .is_ok_and(|c| !c.changed && c.not_after.is_none())

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use kvvm_sim::httpserver::Reply;
 use kvvm_sim::imds::{FakeImds, TokenAuthority};
-use kvvm_sim::netns::{run_isolated, test_ca};
+use kvvm_sim::netns::{run_isolated, run_isolated_with_hosts, test_ca};
 use kvvm_sim::pki::{self, Chain, KeyType, PemLayout, PfxVariant};
 use kvvm_sim::vault::{FakeVault, SecretValue};
 use kvvm_sim::waagent::{Agent, Extension, Settings, StatusReport, StatusValue};
@@ -38,11 +38,17 @@ struct Vm {
 
 impl Vm {
     fn new() -> Vm {
+        Vm::with_vaults(&[HOST])
+    }
+
+    /// A VM whose fake Key Vault serves these vault hosts (all but [`HOST`] must be passed to
+    /// `run_isolated_with_hosts`).
+    fn with_vaults(hosts: &[&str]) -> Vm {
         let tokens = TokenAuthority::new();
         let imds = FakeImds::start("169.254.169.254:80".parse().unwrap(), tokens.clone()).unwrap();
         let vault = FakeVault::start(
             "127.0.0.1:443".parse().unwrap(),
-            test_ca().server_config(&[HOST]),
+            test_ca().server_config(hosts),
             tokens,
         )
         .unwrap();
@@ -121,7 +127,12 @@ impl Vm {
         let ext = self.ext.as_ref().unwrap();
         let dir = self.agent.log_dir(ext);
         let mut text = String::new();
-        for name in ["kvvm.log", "handler.log", "worker.stderr.log"] {
+        for name in [
+            "kvvm.log",
+            "handler.log",
+            "supervisor.log",
+            "worker.stderr.log",
+        ] {
             if let Ok(t) = fs::read_to_string(dir.join(name)) {
                 text.push_str(&format!("--- {name}\n{t}"));
             }
@@ -606,8 +617,9 @@ fn the_post_install_command_reloads_nginx_which_then_serves_the_new_certificate(
 
             let renewed = first.renew("r1", KeyType::Rsa(2048), 90).unwrap();
             let v2 = vm.put_pfx("web", &renewed);
+            // The command runs once the install is recorded; its summary follows in the status.
             let r = vm.wait(0, Duration::from_secs(20), "second version", |r| {
-                installed(r, "web", &v2)
+                installed(r, "web", &v2) && sub(r, "web").message.contains("post-install command")
             });
             let s = sub(&r, "web");
             assert!(
@@ -681,6 +693,357 @@ fn a_broken_new_version_leaves_the_previous_one_current() {
                 "the good version after it",
                 |r| installed(r, "web", &v3),
             );
+        },
+    );
+}
+
+// ---- Survival (issue 11): a worker that cannot stop silently -------------------------------------------------
+
+const STATE_DIR: &str = "/var/lib/waagent/Microsoft.Azure.KeyVault.KeyVaultForLinux";
+
+/// What the poller recorded in `state.json`.
+fn worker_state() -> Option<Value> {
+    serde_json::from_slice(&fs::read(Path::new(STATE_DIR).join("state.json")).ok()?).ok()
+}
+
+fn poller_pid() -> Option<i32> {
+    worker_state()?["pid"].as_i64().map(|p| p as i32)
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// Waits until `state.json` satisfies `done`.
+fn wait_state(within: Duration, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(s) = worker_state()
+            && done(&s)
+        {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "{what}: not reached within {within:?}; state {:#?}",
+        worker_state()
+    );
+}
+
+/// SIGKILL (as the OOM killer sends) and then SIGSEGV (a crash in a dependency) of the poller: the supervisor
+/// restarts it each time with no handler command run, and a rotation made afterwards is installed.
+#[test]
+fn a_killed_or_crashed_poller_is_restarted_and_keeps_rotating() {
+    run_isolated(
+        "a_killed_or_crashed_poller_is_restarted_and_keeps_rotating",
+        || {
+            let mut vm = Vm::new();
+            let first = vm.chain("web", KeyType::Ec("P-256"), 90);
+            let v1 = vm.put_pem("web", &first);
+            vm.enable(settings(json!([url("web")]), json!({})));
+            vm.wait(0, Duration::from_secs(30), "first version", |r| {
+                installed(r, "web", &v1)
+            });
+            let handler_log = vm
+                .agent
+                .log_dir(vm.ext.as_ref().unwrap())
+                .join("handler.log");
+            let verbs_before = fs::read_to_string(&handler_log).unwrap();
+            let supervisor: i32 = fs::read_to_string(Path::new(STATE_DIR).join("worker.pid"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            for (n, signal, words) in [
+                (1, libc::SIGKILL, "killed by signal 9"),
+                (2, libc::SIGSEGV, "killed by signal 11"),
+            ] {
+                let pid = poller_pid().unwrap();
+                assert_ne!(pid, supervisor, "the poller is a child of the supervisor");
+                // SAFETY: signalling a process of this test's namespace.
+                assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+                let state = wait_state(Duration::from_secs(60), "a new poller", |s| {
+                    s["restarts"] == n && s["pid"].as_i64() != Some(i64::from(pid))
+                });
+                assert!(
+                    state["lastExit"].as_str().unwrap().contains(words),
+                    "{state:#}"
+                );
+            }
+            assert!(alive(supervisor), "the supervisor itself stays");
+            let renewed = first.renew("r1", KeyType::Ec("P-384"), 90).unwrap();
+            let v2 = vm.put_pfx("web", &renewed);
+            let r = vm.wait(
+                0,
+                Duration::from_secs(60),
+                "rotation after the crashes",
+                |r| installed(r, "web", &v2),
+            );
+            assert!(
+                r.message.contains("restarted 2 time(s)") && r.message.contains("signal 11"),
+                "{}",
+                r.message
+            );
+            assert_eq!(
+                fs::read_to_string(&handler_log).unwrap(),
+                verbs_before,
+                "no handler command ran"
+            );
+            let beat = vm.agent.read_heartbeat(vm.ext.as_ref().unwrap()).unwrap();
+            assert_eq!(beat.status, "Ready", "{beat:?}");
+        },
+    );
+}
+
+/// A poller that dies at start-up (its state folder became read-only) is restarted with growing waits, the
+/// status says `error` with why and the heartbeat says the worker is restarting; once the folder is writable
+/// again the next restart succeeds and the status recovers.
+#[test]
+fn a_crash_loop_backs_off_and_reports_error_until_fixed() {
+    run_isolated(
+        "a_crash_loop_backs_off_and_reports_error_until_fixed",
+        || {
+            let mut vm = Vm::new();
+            let web = vm.chain("web", KeyType::Ec("P-256"), 90);
+            let v = vm.put_pem("web", &web);
+            vm.enable(settings(json!([url("web")]), json!({})));
+            vm.wait(0, Duration::from_secs(30), "installed", |r| {
+                installed(r, "web", &v)
+            });
+            let sh = |cmd: &str| {
+                let st = Command::new("sh").args(["-c", cmd]).status().unwrap();
+                assert!(st.success(), "{cmd}");
+            };
+            sh(&format!(
+                "mount --bind {STATE_DIR} {STATE_DIR} && mount -o remount,bind,ro {STATE_DIR}"
+            ));
+            let pid = poller_pid().unwrap();
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let r = vm.wait(
+                0,
+                Duration::from_secs(60),
+                "error while crash-looping",
+                |r| r.status == StatusValue::Error && r.message.contains("exited with code 1"),
+            );
+            assert!(
+                r.message.starts_with("[worker-restarting] "),
+                "{}",
+                r.message
+            );
+            assert!(r.message.contains("Read-only file system"), "{}", r.message);
+            let beat = vm.agent.read_heartbeat(vm.ext.as_ref().unwrap()).unwrap();
+            assert_eq!(beat.status, "NotReady", "{beat:?}");
+            assert!(
+                beat.message.starts_with("kvvm worker restarting: "),
+                "{beat:?}"
+            );
+            // The waits double: 1 s after the kill, then 2, 4, 8 s after each failed start.
+            let log_dir = vm.agent.log_dir(vm.ext.as_ref().unwrap());
+            let deadline = Instant::now() + Duration::from_secs(40);
+            let waits = loop {
+                let log = fs::read_to_string(log_dir.join("supervisor.log")).unwrap_or_default();
+                let waits: Vec<u64> = log
+                    .lines()
+                    .filter_map(|l| l.split("restarting it in ").nth(1))
+                    .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+                    .collect();
+                if waits.len() >= 4 || Instant::now() > deadline {
+                    break waits;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            };
+            assert_eq!(&waits[..4], &[1, 2, 4, 8], "{}", vm.log());
+            sh(&format!("umount {STATE_DIR}"));
+            vm.wait(0, Duration::from_secs(60), "recovered", |r| {
+                r.status == StatusValue::Success && installed(r, "web", &v)
+            });
+            let beat = vm.agent.read_heartbeat(vm.ext.as_ref().unwrap()).unwrap();
+            assert_eq!(beat.status, "Ready", "{beat:?}");
+        },
+    );
+}
+
+/// One secret whose requests hang: the other certificates of its vault and of another vault are installed and
+/// rotated on their own schedule, the status shows each as soon as its check ends, and the hung one is
+/// reported with a timeout reason.
+#[test]
+fn a_hung_secret_holds_up_only_itself() {
+    const OTHER: &str = "othervault.vault.azure.net";
+    run_isolated_with_hosts("a_hung_secret_holds_up_only_itself", &[OTHER], || {
+        let mut vm = Vm::with_vaults(&[HOST, OTHER]);
+        let chain = vm.chain("c", KeyType::Ec("P-256"), 90);
+        let pem = || SecretValue::pem(chain.pem(PemLayout::default()).unwrap());
+        // The hung secret is the first of its vault: the others must not wait for it.
+        vm.vault.put_secret(HOST, "hung", pem());
+        let a1 = vm.vault.put_secret(HOST, "a1", pem());
+        let a2 = vm.vault.put_secret(HOST, "a2", pem());
+        let b1 = vm.vault.put_secret(OTHER, "b1", pem());
+        vm.vault.script_secret(
+            HOST,
+            "hung",
+            std::iter::repeat_n(
+                Reply::Delay {
+                    delay: Duration::from_secs(600),
+                },
+                20,
+            ),
+        );
+        let other = |s: &str| format!("https://{OTHER}/secrets/{s}");
+        vm.enable(settings(
+            json!([url("hung"), url("a1"), url("a2"), other("b1")]),
+            json!({}),
+        ));
+        let r = vm.wait(0, Duration::from_secs(30), "the others installed", |r| {
+            installed(r, "a1", &a1)
+                && installed(r, "a2", &a2)
+                && r.substatus
+                    .iter()
+                    .any(|s| s.name == other("b1") && s.message.contains(&b1))
+        });
+        let hung = sub(&r, "hung");
+        assert_eq!(
+            hung.status,
+            StatusValue::Transitioning,
+            "still in flight: {hung:?}"
+        );
+        // Rotations in both vaults land on schedule while the hung request is still in flight.
+        let a1_new = vm.vault.put_secret(HOST, "a1", pem());
+        let b1_new = vm.vault.put_secret(OTHER, "b1", pem());
+        vm.wait(
+            0,
+            Duration::from_secs(30),
+            "rotations while one hangs",
+            |r| {
+                installed(r, "a1", &a1_new)
+                    && r.substatus
+                        .iter()
+                        .any(|s| s.name == other("b1") && s.message.contains(&b1_new))
+                    && sub(r, "hung").status == StatusValue::Transitioning
+            },
+        );
+        let r = vm.wait(0, Duration::from_secs(200), "the hung one times out", |r| {
+            sub(r, "hung").status == StatusValue::Error
+        });
+        let hung = sub(&r, "hung");
+        assert!(hung.message.starts_with("[vault-timeout] "), "{hung:?}");
+        assert!(installed(&r, "a1", &a1_new), "{r:#?}");
+    });
+}
+
+/// waagent passes the sequence number of the goal state in ConfigSequenceNumber and reads that status file;
+/// a `disabled` goal state may carry a new number without a settings file. Either way the status the agent
+/// reads says disabled, and the heartbeat (which waagent reports as the handler status) says stopped.
+#[test]
+fn disable_reports_in_the_status_the_agent_reads_and_the_heartbeat_says_stopped() {
+    run_isolated(
+        "disable_reports_in_the_status_the_agent_reads_and_the_heartbeat_says_stopped",
+        || {
+            let mut vm = Vm::new();
+            let web = vm.chain("web", KeyType::Ec("P-256"), 90);
+            let v = vm.put_pem("web", &web);
+            let ext = vm.enable(settings(json!([url("web")]), json!({})));
+            vm.wait(0, Duration::from_secs(30), "installed", |r| {
+                installed(r, "web", &v)
+            });
+            for (seq, with_settings) in [(0u64, true), (1, false)] {
+                if seq > 0 {
+                    // Enabled again, then a disabled goal state with a new number and no settings file.
+                    let run = vm.agent.enable(&ext, 0).unwrap();
+                    assert!(run.success(), "{run:?}");
+                    assert!(!ext.settings_file(seq).exists());
+                }
+                let run = vm.agent.disable(&ext, seq).unwrap().expect("enabled");
+                assert!(run.success(), "{run:?}");
+                let status = vm.agent.read_status(&ext, seq).unwrap();
+                assert_eq!(
+                    status.operation, "Disable",
+                    "seq {seq} (settings file: {with_settings})"
+                );
+                assert_eq!(status.status, StatusValue::Success);
+                assert!(
+                    status.message.starts_with("disabled; worker "),
+                    "{}",
+                    status.message
+                );
+                let beat = vm.agent.read_heartbeat(&ext).unwrap();
+                assert_eq!(beat.status, "NotReady", "{beat:?}");
+                assert!(beat.message.starts_with("disabled"), "{beat:?}");
+                assert!(poller_pid().is_none_or(|p| !alive(p)), "no poller left");
+            }
+            vm.ext = None;
+        },
+    );
+}
+
+/// 1,000 certificates over four vaults, some failing: the status stays within waagent's limit and names every
+/// failing certificate by its full URL; `kvvm status` lists every one.
+#[test]
+fn a_thousand_certificates_keep_the_status_within_the_agent_limit() {
+    const VAULTS: [&str; 4] = [
+        HOST,
+        "second-vault.vault.azure.net",
+        "third-vault.vault.azure.net",
+        "fourth-vault.vault.azure.net",
+    ];
+    run_isolated_with_hosts(
+        "a_thousand_certificates_keep_the_status_within_the_agent_limit",
+        &VAULTS[1..],
+        || {
+            let mut vm = Vm::with_vaults(&VAULTS);
+            let chain = vm.chain("c", KeyType::Ec("P-256"), 90);
+            let pem = chain.pem(PemLayout::default()).unwrap();
+            let mut urls = Vec::new();
+            let mut failing = Vec::new();
+            for i in 0..1000 {
+                let host = VAULTS[i % 4];
+                let name = format!("certificate-number-{i:04}");
+                vm.vault
+                    .put_secret(host, &name, SecretValue::pem(pem.clone()));
+                let u = format!("https://{host}/secrets/{name}");
+                if i % 7 == 0 {
+                    vm.vault.deny(host, Some(&name));
+                    failing.push(u.clone());
+                }
+                urls.push(u);
+            }
+            vm.enable(settings(json!(urls), json!({})));
+            let ext = vm.ext.clone().unwrap();
+            let r = vm.wait(
+                0,
+                Duration::from_secs(180),
+                "every certificate checked",
+                |r| {
+                    r.message.contains("failing:")
+                        && !r
+                            .substatus
+                            .iter()
+                            .any(|s| s.status == StatusValue::Transitioning)
+                },
+            );
+            let size = fs::metadata(ext.status_file(0)).unwrap().len();
+            assert!(size <= 128 * 1024, "status file of {size} bytes");
+            let text: String = r
+                .substatus
+                .iter()
+                .flat_map(|s| [s.name.as_str(), " ", s.message.as_str(), " "])
+                .collect();
+            let words: Vec<&str> = text
+                .split_whitespace()
+                .map(|w| w.trim_end_matches([':', ';', ',', ')']))
+                .collect();
+            for u in &failing {
+                assert!(
+                    words.contains(&u.as_str()),
+                    "{u} is not named in the status"
+                );
+            }
+            assert!(r.message.contains("857 of 1000"), "{}", r.message);
+            let out = vm.kvvm(&["status"]);
+            let listing = String::from_utf8_lossy(&out.stdout);
+            assert!(urls.iter().all(|u| listing.contains(u.as_str())));
         },
     );
 }
