@@ -4,7 +4,7 @@
 //! round trips in a row. A version that is already installed is not decoded or written again.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 
 use time::OffsetDateTime;
@@ -84,13 +84,15 @@ pub struct Known<'a> {
     pub has_not_after: bool,
 }
 
-/// Options of a cycle, from the settings.
+/// Options of a cycle, from the settings and the extension.
 #[derive(Debug, Clone, Copy)]
-pub struct SyncOptions {
+pub struct SyncOptions<'a> {
     /// Apply the certificates' ACLs.
     pub acl_enabled: bool,
     /// Version files to keep per certificate.
     pub retained_versions: u32,
+    /// Where the stores' lock files go: [`crate::store::lock_folder`] of kvvm's state folder.
+    pub lock_dir: &'a Path,
 }
 
 /// Brings one certificate up to date.
@@ -98,7 +100,7 @@ pub fn check(
     client: &VaultClient,
     cert: &ObservedCertificate,
     known: Known<'_>,
-    options: SyncOptions,
+    options: SyncOptions<'_>,
     stop: &Stop,
 ) -> Result<Checked, SyncError> {
     if stop.requested() {
@@ -123,7 +125,7 @@ pub fn check(
             });
         }
     };
-    let store = Store::open(&cert.store_location)?;
+    let store = Store::open(&cert.store_location, options.lock_dir)?;
     let prefix = cert.file_prefix();
     let file = store.dir().join(format!("{prefix}.{}", secret.version));
     let link = store.dir().join(&cert.link_name);
@@ -185,7 +187,7 @@ pub fn cycle(
     client: &VaultClient,
     certs: &[ObservedCertificate],
     known: &[Known<'_>],
-    options: SyncOptions,
+    options: SyncOptions<'_>,
     stop: &Stop,
 ) -> Vec<Result<Checked, SyncError>> {
     let vault_of = |i: usize| certs[i].vault_url.as_str();

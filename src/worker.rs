@@ -191,11 +191,13 @@ pub fn poll_once(
     client: &Result<Arc<VaultClient>, String>,
     settings: &Settings,
     certs: &mut [CertificateState],
+    lock_dir: &std::path::Path,
     stop: &Stop,
 ) -> CycleOutcome {
     let options = SyncOptions {
         acl_enabled: settings.acl_enabled,
         retained_versions: settings.retained_versions,
+        lock_dir,
     };
     let observed = &settings.observed_certificates;
     let results: Vec<Result<Checked, SyncError>> = match client {
@@ -502,7 +504,13 @@ pub fn run(ext: &Extension) -> Result<(), WorkerError> {
             }
         }
         if Instant::now() >= next_poll {
-            poll_once(&client, &current.settings, &mut state.certificates, &stop);
+            poll_once(
+                &client,
+                &current.settings,
+                &mut state.certificates,
+                &crate::store::lock_folder(&data_dir),
+                &stop,
+            );
             give_back_memory();
             if stop.requested() {
                 save(ext, &current, sync, &mut state);

@@ -56,9 +56,11 @@ fn a_cycle_is_parallel_with_one_token_and_bounded_connections_per_vault() {
             .unwrap();
             let identity = Identity::new(None, None).unwrap();
             let client = VaultClient::with_policy(Arc::new(identity), RetryPolicy::VAULT).unwrap();
+            let locks = dir.path().join("store-locks");
             let options = SyncOptions {
                 acl_enabled: false,
                 retained_versions: 2,
+                lock_dir: &locks,
             };
             let certs = &settings.observed_certificates;
 
