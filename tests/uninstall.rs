@@ -4,15 +4,19 @@
 //! there) keeps it for the new worker.
 //!
 //! The packaged extension runs under the waagent simulator in the VM-like network namespace, as in
-//! tests/lifecycle.rs.
+//! tests/lifecycle.rs; the last test has the worker fetch a real certificate from the fake vault, as in
+//! tests/worker_e2e.rs, so the store lock the worker takes is the one checked.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kvvm::store::{Install, Store, lock_folder};
-use kvvm_sim::netns::run_isolated;
-use kvvm_sim::waagent::{Agent, Extension, Settings, Verb};
+use kvvm::store::{Install, LEGACY_LOCK_FILE, Store, lock_file_name, lock_folder};
+use kvvm_sim::imds::{FakeImds, TokenAuthority};
+use kvvm_sim::netns::{run_isolated, test_ca};
+use kvvm_sim::pki::{Chain, KeyType, PemLayout};
+use kvvm_sim::vault::{FakeVault, SecretValue};
+use kvvm_sim::waagent::{Agent, Extension, Settings, StatusValue, Verb};
 use serde_json::json;
 
 const NAME: &str = "Microsoft.Azure.KeyVault.KeyVaultForLinux";
@@ -222,6 +226,87 @@ fn the_old_versions_uninstall_during_an_update_keeps_the_state_folder() {
             assert!(run.ok(), "{}", run.describe());
             assert!(!data.exists(), "the state folder is left behind");
             assert!(fs::read(&link).is_ok(), "certificates stay");
+        },
+    );
+}
+
+#[test]
+fn the_workers_store_lock_is_in_the_state_folder_and_goes_with_it() {
+    run_isolated(
+        "the_workers_store_lock_is_in_the_state_folder_and_goes_with_it",
+        || {
+            const HOST: &str = "myvault.vault.azure.net";
+            let tokens = TokenAuthority::new();
+            let _imds =
+                FakeImds::start("169.254.169.254:80".parse().unwrap(), tokens.clone()).unwrap();
+            let vault = FakeVault::start(
+                "127.0.0.1:443".parse().unwrap(),
+                test_ca().server_config(&[HOST]),
+                tokens,
+            )
+            .unwrap();
+            let pki = tempfile::tempdir().unwrap();
+            let chain = Chain::generate(
+                &pki.path().join("web"),
+                "web.example.com",
+                KeyType::Rsa(2048),
+                90,
+            )
+            .unwrap();
+            let version = vault.put_secret(
+                HOST,
+                "web",
+                SecretValue::pem(chain.pem(PemLayout::default()).unwrap()),
+            );
+            // /var/lib/waagent is the namespace's own tmpfs: the agent and the store live there.
+            let agent = Agent::new(Path::new("/var/lib/waagent"), Path::new("/var/log/azure"));
+            let data = Path::new("/var/lib/waagent").join(NAME);
+            let store = Path::new("/var/lib/waagent/ssl/kvvm");
+            fs::create_dir_all(store).unwrap();
+            // What an older kvvm left in the store.
+            fs::write(store.join(LEGACY_LOCK_FILE), "").unwrap();
+            let settings = Settings::public(json!({
+                "secretsManagementSettings": {
+                    "pollingIntervalInS": "3600",
+                    "requireInitialSync": true,
+                    "certificateStoreLocation": store,
+                    "observedCertificates": [format!("https://{HOST}/secrets/web")],
+                }
+            }));
+            let run = agent
+                .install_and_enable(&kvvm_sim::built_package(), 0, &settings)
+                .unwrap();
+            assert!(run.ok(), "{}", run.describe());
+            let ext = run.extension.unwrap();
+            let status = agent
+                .wait_status(&ext, 0, Duration::from_secs(30), |r| {
+                    r.status != StatusValue::Transitioning
+                })
+                .unwrap();
+            assert_eq!(status.status, StatusValue::Success, "{status:#?}");
+
+            let mut names: Vec<String> = fs::read_dir(store)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            assert_eq!(
+                names,
+                vec!["myvault.web".to_string(), format!("myvault.web.{version}")],
+                "only the certificate and its link are in the store"
+            );
+            let lock = lock_folder(&data).join(lock_file_name(store));
+            assert_eq!(
+                fs::read_to_string(&lock).unwrap(),
+                format!("{}\n", store.display())
+            );
+
+            let run = agent.uninstall(&ext, 0).unwrap();
+            assert!(run.ok(), "{}", run.describe());
+            assert!(!data.exists(), "the state folder is left behind");
+            assert!(store.join("myvault.web").is_file(), "certificates stay");
+            assert!(store.join(format!("myvault.web.{version}")).is_file());
         },
     );
 }
