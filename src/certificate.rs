@@ -43,6 +43,23 @@ pub enum CertificateError {
          the password) rather than as a plain secret"
     )]
     Pkcs12 { name: String, detail: String },
+    /// The PFX asks for more key-derivation iterations than kvvm runs (a PFX made to stall whoever opens it,
+    /// or by a tool with an absurd setting; Key Vault writes about 2,000).
+    #[error(
+        "{name}: the PKCS#12 (PFX) value asks for {iterations} key-derivation iterations for {part}, above the \
+         limit of {limit} kvvm accepts (opening it would burn CPU for minutes or longer); Key Vault writes PFX \
+         files with about 2,000 iterations, so this one was not made by Key Vault. Re-export it with a normal count, \
+         e.g. `openssl pkcs12 -export -iter 2048 -in cert.pem -inkey key.pem -passout pass: -out cert.pfx` (-iter \
+         also sets the MAC's count; OpenSSL 1.1 needs -maciter too), and import that with `az keyvault certificate \
+         import`"
+    )]
+    Pkcs12Iterations {
+        name: String,
+        /// What the count protects: "its integrity MAC", "its encrypted certificates", "its private key".
+        part: &'static str,
+        iterations: u64,
+        limit: u64,
+    },
     /// A PEM section is malformed, or the key is encrypted.
     #[error(
         "{name}: the PEM value cannot be read ({detail}); re-import the certificate into Key Vault"
@@ -112,6 +129,7 @@ impl CertificateError {
             Self::Base64 { .. } | Self::Pkcs12 { .. } | Self::Pem { .. } => {
                 "certificate-unreadable"
             }
+            Self::Pkcs12Iterations { .. } => "pkcs12-iterations",
             Self::NoCertificate { .. } => "no-certificate",
             Self::NoPrivateKey { .. } => "no-private-key",
             Self::SeveralKeys { .. } => "several-private-keys",
@@ -572,6 +590,19 @@ fn read_pkcs12(name: &str, value: &str) -> Result<(Vec<Vec<u8>>, Vec<FoundKey>),
             detail: e.to_string(),
         }
     })?);
+    // p12-keystore refuses such files too, but only says "Invalid parameters".
+    if let Some((part, iterations)) = pkcs12_iterations(&der)
+        .into_iter()
+        .filter(|(_, n)| *n > PKCS12_MAX_ITERATIONS)
+        .max_by_key(|(_, n)| *n)
+    {
+        return Err(CertificateError::Pkcs12Iterations {
+            name: name.to_string(),
+            part,
+            iterations,
+            limit: PKCS12_MAX_ITERATIONS,
+        });
+    }
     let archive = p12_keystore::Pkcs12Archive::from_pkcs12(&der, "").map_err(|e| {
         CertificateError::Pkcs12 {
             name: name.to_string(),
@@ -589,6 +620,175 @@ fn read_pkcs12(name: &str, value: &str) -> Result<(Vec<Vec<u8>>, Vec<FoundKey>),
         .map(|bag| FoundKey::Pkcs8(Zeroizing::new(bag.key.as_der().to_vec())))
         .collect();
     Ok((certs, keys))
+}
+
+/// The most key-derivation iterations kvvm runs for one part of a PFX: p12-keystore's own cap, well above what
+/// any real tool writes (Key Vault about 2,000, OpenSSL 2,048, Windows 2,000 to 10,000).
+pub const PKCS12_MAX_ITERATIONS: u64 = 1_000_000;
+
+const OID_DATA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01];
+const OID_ENCRYPTED_DATA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x06];
+const OID_SHROUDED_KEY_BAG: &[u8] = &[
+    0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x0c, 0x0a, 0x01, 0x02,
+];
+const OID_PBES2: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x05, 0x0d];
+const OID_PBKDF2: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x05, 0x0c];
+/// pkcs-12PbeIds (RFC 7292 appendix C): `<this>.<n>`, parameters { salt, iterations }.
+const OID_PKCS12_PBE: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x0c, 0x01];
+
+/// One DER element: (tag, content) and what follows it. Definite lengths only (DER); anything else is `None`.
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// The elements of a constructed element's content.
+fn der_children(mut content: &[u8]) -> Vec<(u8, &[u8])> {
+    let mut out = Vec::new();
+    while let Some((tag, inner, rest)) = der_element(content) {
+        out.push((tag, inner));
+        content = rest;
+    }
+    out
+}
+
+/// A non-negative INTEGER's value; one too large for u64 counts as u64::MAX.
+fn der_count(content: &[u8]) -> Option<u64> {
+    if content.first().is_none_or(|b| b & 0x80 != 0) {
+        return None;
+    }
+    let digits: Vec<u8> = content.iter().copied().skip_while(|b| *b == 0).collect();
+    if digits.len() > 8 {
+        return Some(u64::MAX);
+    }
+    Some(
+        digits
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
+    )
+}
+
+/// The iteration count of a password-based AlgorithmIdentifier (PKCS#12 PBE or PBES2 with PBKDF2).
+fn pbe_iterations(algorithm: &[u8]) -> Option<u64> {
+    let parts = der_children(algorithm);
+    let (&(0x06, oid), params) = parts.split_first()? else {
+        return None;
+    };
+    let &(0x30, params) = params.first()? else {
+        return None;
+    };
+    let params = der_children(params);
+    if oid.starts_with(OID_PKCS12_PBE) && oid.len() == OID_PKCS12_PBE.len() + 1 {
+        let &[(0x04, _), (0x02, count), ..] = params.as_slice() else {
+            return None;
+        };
+        return der_count(count);
+    }
+    if oid == OID_PBES2 {
+        let &[(0x30, kdf), ..] = params.as_slice() else {
+            return None;
+        };
+        let kdf = der_children(kdf);
+        let &[(0x06, kdf_oid), (0x30, kdf_params), ..] = kdf.as_slice() else {
+            return None;
+        };
+        if kdf_oid != OID_PBKDF2 {
+            return None;
+        }
+        let &[(0x04, _), (0x02, count), ..] = der_children(kdf_params).as_slice() else {
+            return None;
+        };
+        return der_count(count);
+    }
+    None
+}
+
+/// Every key-derivation iteration count a PFX declares, with what it protects, read before any derivation
+/// runs. What cannot be walked (BER indefinite lengths, odd layouts) is skipped: p12-keystore judges it.
+fn pkcs12_iterations(pfx: &[u8]) -> Vec<(&'static str, u64)> {
+    let mut found = Vec::new();
+    let Some((0x30, pfx, _)) = der_element(pfx) else {
+        return found;
+    };
+    let parts = der_children(pfx);
+    if let Some(&(0x30, mac_data)) = parts.get(2)
+        && let [_, _, (0x02, count), ..] = der_children(mac_data).as_slice()
+        && let Some(n) = der_count(count)
+    {
+        found.push(("its integrity MAC", n));
+    }
+    let Some(&(0x30, auth_safe)) = parts.get(1) else {
+        return found;
+    };
+    let auth_safe = der_children(auth_safe);
+    let Some(&(0x06, OID_DATA)) = auth_safe.first() else {
+        return found;
+    };
+    // authSafe: ContentInfo { data, [0] OCTET STRING { AuthenticatedSafe: SEQUENCE OF ContentInfo } }
+    let Some(&(0xa0, wrapped)) = auth_safe.get(1) else {
+        return found;
+    };
+    let Some((0x04, safes, _)) = der_element(wrapped) else {
+        return found;
+    };
+    let Some((0x30, safes, _)) = der_element(safes) else {
+        return found;
+    };
+    for (tag, content_info) in der_children(safes) {
+        if tag != 0x30 {
+            continue;
+        }
+        let ci = der_children(content_info);
+        let Some(&(0x06, content_type)) = ci.first() else {
+            continue;
+        };
+        let Some(&(0xa0, wrapped)) = ci.get(1) else {
+            continue;
+        };
+        let Some((inner_tag, inner, _)) = der_element(wrapped) else {
+            continue;
+        };
+        if content_type == OID_ENCRYPTED_DATA && inner_tag == 0x30 {
+            // EncryptedData { version, EncryptedContentInfo { contentType, algorithm, [0] content } }
+            if let [(0x02, _), (0x30, eci), ..] = der_children(inner).as_slice()
+                && let [_, (0x30, algorithm), ..] = der_children(eci).as_slice()
+                && let Some(n) = pbe_iterations(algorithm)
+            {
+                found.push(("its encrypted certificates", n));
+            }
+        } else if content_type == OID_DATA && inner_tag == 0x04 {
+            let Some((0x30, bags, _)) = der_element(inner) else {
+                continue;
+            };
+            for (tag, bag) in der_children(bags) {
+                if tag != 0x30 {
+                    continue;
+                }
+                let bag = der_children(bag);
+                if let [(0x06, OID_SHROUDED_KEY_BAG), (0xa0, value), ..] = bag.as_slice()
+                    && let Some((0x30, encrypted_key, _)) = der_element(value)
+                    && let [(0x30, algorithm), ..] = der_children(encrypted_key).as_slice()
+                    && let Some(n) = pbe_iterations(algorithm)
+                {
+                    found.push(("its private key", n));
+                }
+            }
+        }
+    }
+    found
 }
 
 fn read_pem(name: &str, value: &str) -> Result<(Vec<Vec<u8>>, Vec<FoundKey>), CertificateError> {

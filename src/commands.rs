@@ -276,8 +276,47 @@ fn disable(ext: &Extension) -> Result<String, CommandError> {
 
 fn uninstall(ext: &Extension) -> Result<String, CommandError> {
     let outcome = supervisor(ext).stop(STOP_GRACE)?;
+    // During an update the old version's uninstall runs while the new version's directory exists: the new
+    // version needs the state folder. Only the uninstall that leaves no version behind removes it.
+    let data_dir = ext.data_dir();
+    let own = ext.dir.file_name();
+    let prefix = format!("{}-", crate::handler::EXTENSION_NAME);
+    let others: Vec<String> = ext
+        .dir
+        .parent()
+        .and_then(|parent| std::fs::read_dir(parent).ok())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| Some(e.file_name().as_os_str()) != own && e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| name.starts_with(&prefix))
+        .collect();
+    let state = if !others.is_empty() {
+        log::info!(
+            "uninstall: keeping {} for {}",
+            data_dir.display(),
+            others.join(", ")
+        );
+        String::new()
+    } else {
+        match std::fs::remove_dir_all(&data_dir) {
+            Ok(()) => format!(
+                "; no other version is installed, so kvvm's state folder {} was removed",
+                data_dir.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                log::warn!("uninstall: cannot remove {}: {e}", data_dir.display());
+                format!(
+                    "; kvvm's state folder {} could not be removed ({e}): remove it by hand",
+                    data_dir.display()
+                )
+            }
+        }
+    };
     let message = format!(
-        "uninstalled{}; installed certificates are left in place",
+        "uninstalled{}{state}; installed certificates are left in place",
         match outcome {
             StopOutcome::NotRunning => String::new(),
             StopOutcome::Stopped { pid, .. } => format!(" (worker {pid} stopped)"),

@@ -252,7 +252,8 @@ fn sync_once() -> ExitCode {
     let mut certs = kvvm::worker::certificate_states(&settings, saved.as_ref());
     let client = kvvm::worker::vault_client(&settings);
     let stop = kvvm::http::Stop::default();
-    kvvm::worker::poll_once(&client, &settings, &mut certs, &stop);
+    let locks = kvvm::store::lock_folder(&ext.data_dir());
+    kvvm::worker::poll_once(&client, &settings, &mut certs, &locks, &stop);
     println!("settings {seq}: {} observed certificate(s)", certs.len());
     let mut failed = 0;
     for c in &certs {

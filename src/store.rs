@@ -7,8 +7,10 @@
 //!   A rename replaces whatever is at the target — a planted symlink is replaced, never followed.
 //! * The link is a relative symlink created under a temp name and renamed over the old one, so readers always
 //!   see the old file or the new one.
-//! * Installs into one folder are serialised with a lock file (`.kvvm.lock`), which also makes it safe to delete
-//!   temp files left by a crash.
+//! * Installs into one folder are serialised with a lock file, which also makes it safe to delete temp files left
+//!   by a crash. The lock lives in kvvm's state folder (`<state>/store-locks/`), one file per store keyed by the
+//!   folder's real path, not in the store: users point stores at folders such as `/etc/ssl/...` and glob them,
+//!   so nothing but certificates and links belongs there. An older kvvm's `.kvvm.lock` in the store is removed.
 //! * Retention keeps the newest `retained_versions` files of a certificate (by modification time) and never
 //!   the current one.
 
@@ -16,7 +18,7 @@ use std::ffi::{CString, OsStr};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockWriteGuard};
 use std::time::SystemTime;
@@ -25,8 +27,43 @@ use crate::settings::AclEntry;
 
 /// Prefix of every temp file and link the installer creates; anything with it is a crash leftover.
 pub const TEMP_PREFIX: &str = ".kvvm-tmp.";
-/// The lock file serialising installs into one folder.
-pub const LOCK_FILE: &str = ".kvvm.lock";
+/// The subfolder of kvvm's state folder holding one lock file per store folder (see [`lock_folder`]).
+pub const LOCKS_FOLDER: &str = "store-locks";
+/// The lock file older versions of kvvm kept in the store folder itself; removed when the store is opened, and
+/// never accepted as a link name.
+pub const LEGACY_LOCK_FILE: &str = ".kvvm.lock";
+/// Where the store locks are, given kvvm's state folder (`Extension::data_dir()`).
+pub fn lock_folder(state_dir: &Path) -> PathBuf {
+    state_dir.join(LOCKS_FOLDER)
+}
+
+/// The name of the lock file of the store whose real path is `canonical`: the path made readable (`/etc/ssl/kvvm`
+/// → `etc_ssl_kvvm`), then a hash of its exact bytes so that paths that read alike (`/a/b_c`, `/a_b/c`) still
+/// get their own lock. The hash is FNV-1a, fixed by its definition, so every version of kvvm picks the same file.
+pub fn lock_file_name(canonical: &Path) -> String {
+    let bytes = canonical.as_os_str().as_bytes();
+    let mut readable: String = bytes
+        .iter()
+        .skip_while(|b| **b == b'/')
+        .take(100)
+        .map(|&b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' {
+                char::from(b)
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if readable.is_empty() {
+        readable.push_str("root");
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{readable}.{hash:016x}.lock")
+}
 
 /// Held (shared) by every install in this process; [`quiesce`] takes it exclusively.
 static FILE_OPERATIONS: RwLock<()> = RwLock::new(());
@@ -79,6 +116,18 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    /// The store's lock file in kvvm's state folder cannot be created or locked.
+    #[error(
+        "certificate store {path}: taking its lock {lock} failed: {source}; store locks are kept in kvvm's state \
+         folder beside the extension directories: make sure {LOCKS_FOLDER}/ there is a plain writable folder (not \
+         a symlink or a file) and that the disk has space"
+    )]
+    Lock {
+        path: PathBuf,
+        lock: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// A directory is where the link or file must go.
     #[error(
         "certificate store {path}: {file} is a folder; remove it so the certificate can be installed there"
@@ -94,6 +143,18 @@ pub enum StoreError {
         "acls: group {group:?} does not exist on this machine; create it or fix the certificate's acls setting"
     )]
     UnknownGroup { group: String },
+    /// Looking a user or group up failed (not "not found": the name service itself, or an oversized entry).
+    #[error(
+        "acls: looking up {what} {name:?} failed: {source}; check /etc/nsswitch.conf and the {what} database \
+         (getent {db} {name})",
+        db = if *what == "group" { "group" } else { "passwd" }
+    )]
+    Lookup {
+        what: &'static str,
+        name: String,
+        #[source]
+        source: io::Error,
+    },
     /// Setting an ACL failed (e.g. the filesystem has no ACL support).
     #[error(
         "acls: setting the ACL of {file} failed: {source}; the filesystem must support POSIX ACLs (mount option acl)"
@@ -114,7 +175,9 @@ impl StoreError {
             }
             Self::BadName { .. } => "store-bad-name",
             Self::Write { .. } | Self::InTheWay { .. } => "store-write",
+            Self::Lock { .. } => "store-lock",
             Self::UnknownUser { .. } | Self::UnknownGroup { .. } => "acl-unknown-principal",
+            Self::Lookup { .. } => "acl-lookup-failed",
             Self::Acl { .. } => "acl-failed",
         }
     }
@@ -156,12 +219,18 @@ pub struct Installed {
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    /// The real path of `dir` (symlinks resolved): what the lock is keyed by.
+    real: PathBuf,
+    /// The folder of store locks in kvvm's state folder.
+    locks: PathBuf,
 }
 
 impl Store {
     /// Creates the folder if needed (0700; parents 0755) and makes sure only root can list it, unless it carries
-    /// an ACL (then only "other" bits are cleared, so the ACL's mask stays intact).
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    /// an ACL (then only "other" bits are cleared, so the ACL's mask stays intact). Installs lock a file in
+    /// `locks` (kvvm's [`lock_folder`]), created when first needed; a `.kvvm.lock` an older kvvm left in the
+    /// folder is removed.
+    pub fn open(dir: &Path, locks: &Path) -> Result<Store, StoreError> {
         if !dir.is_absolute() {
             return Err(StoreError::NotAbsolute {
                 path: dir.to_path_buf(),
@@ -203,8 +272,12 @@ impl Store {
             fs::set_permissions(dir, fs::Permissions::from_mode(wanted))
                 .map_err(folder_err("setting its mode"))?;
         }
+        let real = fs::canonicalize(dir).map_err(folder_err("resolving its real path"))?;
+        remove_legacy_lock(dir);
         Ok(Store {
             dir: dir.to_path_buf(),
+            real,
+            locks: locks.to_path_buf(),
         })
     }
 
@@ -307,7 +380,7 @@ impl Store {
             && name != ".."
             && !name.contains(['/', '\0'])
             && !name.starts_with(TEMP_PREFIX)
-            && name != LOCK_FILE
+            && name != LEGACY_LOCK_FILE
             && name.len() <= 255;
         if plain {
             Ok(())
@@ -322,17 +395,45 @@ impl Store {
         move |source| StoreError::Write { path, file, source }
     }
 
+    /// The lock file of this store (in kvvm's state folder).
+    pub fn lock_path(&self) -> PathBuf {
+        self.locks.join(lock_file_name(&self.real))
+    }
+
+    /// Takes this store's lock, waiting for another install into the same folder (from any process) to finish.
+    /// The lock file holds the store's real path, for whoever looks into the locks folder.
     fn lock(&self) -> Result<File, StoreError> {
-        let file = OpenOptions::new()
+        let lock = self.lock_path();
+        let err = |source| StoreError::Lock {
+            path: self.dir.clone(),
+            lock: lock.clone(),
+            source,
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.locks)
+            .map_err(err)?;
+        let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(self.dir.join(LOCK_FILE))
-            .map_err(self.write_err(LOCK_FILE))?;
-        file.lock().map_err(self.write_err(LOCK_FILE))?;
+            .open(&lock)
+            .map_err(err)?;
+        file.lock().map_err(err)?;
+        let mut label = self.real.as_os_str().as_bytes().to_vec();
+        label.push(b'\n');
+        let mut existing = Vec::new();
+        if file.read_to_end(&mut existing).is_err() || existing != label {
+            // Only a label: a failure to write it does not stop the install.
+            let written = file.set_len(0).and_then(|()| file.write_all_at(&label, 0));
+            if let Err(e) = written {
+                log::warn!("cannot write the store path into {}: {e}", lock.display());
+            }
+        }
         Ok(file)
     }
 
@@ -466,6 +567,20 @@ impl Store {
     }
 }
 
+/// Removes the `.kvvm.lock` an older kvvm kept in the store folder (it is ours: the name was never a valid link
+/// name). Whatever it is, it is unlinked, never followed.
+fn remove_legacy_lock(dir: &Path) {
+    let legacy = dir.join(LEGACY_LOCK_FILE);
+    match fs::remove_file(&legacy) {
+        Ok(()) => log::info!(
+            "removed {} left by an older kvvm (store locks now live in kvvm's state folder)",
+            legacy.display()
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!("cannot remove {}: {e}", legacy.display()),
+    }
+}
+
 /// `<version>` when `name` is `<prefix>.<32 hex>`.
 fn version_of<'a>(name: &'a OsStr, prefix: &str) -> Option<&'a str> {
     let name = name.to_str()?;
@@ -506,15 +621,26 @@ impl Principals {
         for entry in entries {
             if let Some(user) = &entry.user {
                 let uid = lookup(user, false)
+                    .map_err(|source| StoreError::Lookup {
+                        what: "user",
+                        name: user.clone(),
+                        source,
+                    })?
                     .ok_or_else(|| StoreError::UnknownUser { user: user.clone() })?;
                 if !users.contains(&uid) {
                     users.push(uid);
                 }
             }
             if let Some(group) = &entry.group {
-                let gid = lookup(group, true).ok_or_else(|| StoreError::UnknownGroup {
-                    group: group.clone(),
-                })?;
+                let gid = lookup(group, true)
+                    .map_err(|source| StoreError::Lookup {
+                        what: "group",
+                        name: group.clone(),
+                        source,
+                    })?
+                    .ok_or_else(|| StoreError::UnknownGroup {
+                        group: group.clone(),
+                    })?;
                 if !groups.contains(&gid) {
                     groups.push(gid);
                 }
@@ -546,7 +672,7 @@ impl Principals {
             let existing = entries.iter_mut().find(|e| {
                 e.kind == kind
                     && !e.name.is_empty()
-                    && lookup(&e.name, kind == exacl::AclEntryKind::Group) == Some(id)
+                    && lookup(&e.name, kind == exacl::AclEntryKind::Group).ok() == Some(Some(id))
             });
             match existing {
                 Some(e) => e.perms |= perms,
@@ -566,36 +692,67 @@ impl Principals {
     }
 }
 
-/// Resolves a user (or group) name or numeric id to an id that exists on this machine.
-fn lookup(name: &str, group: bool) -> Option<u32> {
-    let c = CString::new(name).ok()?;
-    let mut buf = vec![0u8; 16 * 1024];
-    // SAFETY: the out-structs and buffer outlive the calls; the result pointer is only read when non-null.
-    let by_name = unsafe {
-        if group {
-            let mut grp: libc::group = std::mem::zeroed();
-            let mut out = std::ptr::null_mut();
-            libc::getgrnam_r(
-                c.as_ptr(),
-                &mut grp,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut out,
-            );
-            (!out.is_null()).then_some(grp.gr_gid)
-        } else {
-            let mut pwd: libc::passwd = std::mem::zeroed();
-            let mut out = std::ptr::null_mut();
-            libc::getpwnam_r(
-                c.as_ptr(),
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut out,
-            );
-            (!out.is_null()).then_some(pwd.pw_uid)
+/// The first buffer for `getpwnam_r` / `getgrnam_r`; doubled on `ERANGE` (a group with many members, a long
+/// GECOS field) up to [`LOOKUP_BUFFER_MAX`].
+const LOOKUP_BUFFER_START: usize = 16 * 1024;
+/// The largest buffer a user or group entry may need (glibc's own `getgrnam` grows without a cap).
+const LOOKUP_BUFFER_MAX: usize = 1024 * 1024;
+
+/// Resolves a user (or group) name or numeric id to an id that exists on this machine: `Ok(None)` when there is
+/// no such entry, `Err` when the look-up itself failed (the name service, or an entry above 1 MiB).
+fn lookup(name: &str, group: bool) -> Result<Option<u32>, io::Error> {
+    let Ok(c) = CString::new(name) else {
+        return Ok(None);
+    };
+    let mut size = LOOKUP_BUFFER_START;
+    let by_name = loop {
+        let mut buf = vec![0u8; size];
+        // SAFETY: the out-structs and buffer outlive the calls; the result pointer is only read when non-null.
+        let (rc, id) = unsafe {
+            if group {
+                let mut grp: libc::group = std::mem::zeroed();
+                let mut out = std::ptr::null_mut();
+                let rc = libc::getgrnam_r(
+                    c.as_ptr(),
+                    &mut grp,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    &mut out,
+                );
+                (rc, (!out.is_null()).then_some(grp.gr_gid))
+            } else {
+                let mut pwd: libc::passwd = std::mem::zeroed();
+                let mut out = std::ptr::null_mut();
+                let rc = libc::getpwnam_r(
+                    c.as_ptr(),
+                    &mut pwd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    &mut out,
+                );
+                (rc, (!out.is_null()).then_some(pwd.pw_uid))
+            }
+        };
+        match rc {
+            0 => break Ok(id),
+            libc::ERANGE if size < LOOKUP_BUFFER_MAX => size *= 2,
+            libc::ERANGE => {
+                break Err(io::Error::other(format!(
+                    "its entry is larger than {} KiB",
+                    LOOKUP_BUFFER_MAX / 1024
+                )));
+            }
+            libc::EINTR => {}
+            // What getpwnam_r(3) lists for "the name was not found" besides 0.
+            libc::ENOENT | libc::ESRCH | libc::EBADF | libc::EPERM => break Ok(None),
+            errno => break Err(io::Error::from_raw_os_error(errno)),
         }
     };
     // A numeric id is taken as is (as setfacl does), even without a passwd entry.
-    by_name.or_else(|| name.parse::<u32>().ok())
+    let numeric = name.parse::<u32>().ok();
+    match by_name {
+        Ok(Some(id)) => Ok(Some(id)),
+        Ok(None) => Ok(numeric),
+        Err(e) => numeric.map(Some).ok_or(e),
+    }
 }

@@ -88,13 +88,15 @@ pub struct Known<'a> {
     pub has_not_after: bool,
 }
 
-/// Options of a cycle, from the settings.
-#[derive(Debug, Clone, Copy)]
+/// Options of a check, from the settings and the extension.
+#[derive(Debug, Clone)]
 pub struct SyncOptions {
     /// Apply the certificates' ACLs.
     pub acl_enabled: bool,
     /// Version files to keep per certificate.
     pub retained_versions: u32,
+    /// Where the stores' lock files go: [`crate::store::lock_folder`] of kvvm's state folder.
+    pub lock_dir: PathBuf,
 }
 
 /// Brings one certificate up to date.
@@ -102,7 +104,7 @@ pub fn check(
     client: &VaultClient,
     cert: &ObservedCertificate,
     known: Known<'_>,
-    options: SyncOptions,
+    options: &SyncOptions,
     stop: &Stop,
 ) -> Result<Checked, SyncError> {
     if stop.requested() {
@@ -127,7 +129,7 @@ pub fn check(
             });
         }
     };
-    let store = Store::open(&cert.store_location)?;
+    let store = Store::open(&cert.store_location, &options.lock_dir)?;
     let prefix = cert.file_prefix();
     let file = store.dir().join(format!("{prefix}.{}", secret.version));
     let link = store.dir().join(&cert.link_name);
@@ -283,7 +285,7 @@ impl Checks {
         }
         let (client, options, stop, tx) = (
             Arc::clone(&self.client),
-            self.options,
+            self.options.clone(),
             self.stop.clone(),
             self.tx.clone(),
         );
@@ -296,7 +298,7 @@ impl Checks {
                     version: known.version.as_deref(),
                     has_not_after: known.has_not_after,
                 };
-                let result = check(&client, &cert, known, options, &stop);
+                let result = check(&client, &cert, known, &options, &stop);
                 let _ = tx.send(Done {
                     generation,
                     index,

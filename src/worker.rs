@@ -353,10 +353,11 @@ const SAVE_AFTER: Duration = Duration::from_millis(500);
 /// command runs once for all of them.
 const HOOK_GATHER: Duration = Duration::from_secs(5);
 
-fn sync_options(settings: &Settings) -> SyncOptions {
+fn sync_options(settings: &Settings, lock_dir: &std::path::Path) -> SyncOptions {
     SyncOptions {
         acl_enabled: settings.acl_enabled,
         retained_versions: settings.retained_versions,
+        lock_dir: lock_dir.to_path_buf(),
     }
 }
 
@@ -447,6 +448,7 @@ pub fn poll_once(
     client: &Result<Arc<VaultClient>, String>,
     settings: &Settings,
     certs: &mut [CertificateState],
+    lock_dir: &std::path::Path,
     stop: &Stop,
 ) {
     let observed = &settings.observed_certificates;
@@ -461,7 +463,13 @@ pub fn poll_once(
         }
     };
     let known: Vec<KnownOwned> = certs.iter().map(known).collect();
-    let results = crate::sync::check_all(client, observed, &known, sync_options(settings), stop);
+    let results = crate::sync::check_all(
+        client,
+        observed,
+        &known,
+        sync_options(settings, lock_dir),
+        stop,
+    );
     let mut changes = Vec::new();
     for ((state, cert), result) in certs.iter_mut().zip(observed).zip(&results) {
         record(
@@ -520,10 +528,16 @@ impl<'a> Poller<'a> {
             ),
         };
         let client = vault_client(&current.settings);
-        let checks = client
-            .as_ref()
-            .ok()
-            .map(|c| Checks::new(Arc::clone(c), sync_options(&current.settings), stop.clone()));
+        let checks = client.as_ref().ok().map(|c| {
+            Checks::new(
+                Arc::clone(c),
+                sync_options(
+                    &current.settings,
+                    &crate::store::lock_folder(&ext.data_dir()),
+                ),
+                stop.clone(),
+            )
+        });
         log::info!(
             "poller started (pid {}) with settings {}: {} observed certificate(s), first checks in {} ms",
             std::process::id(),
@@ -576,7 +590,10 @@ impl<'a> Poller<'a> {
         if auth_changed {
             self.client = vault_client(&self.current.settings);
         }
-        let options = sync_options(&self.current.settings);
+        let options = sync_options(
+            &self.current.settings,
+            &crate::store::lock_folder(&self.ext.data_dir()),
+        );
         self.checks = match (&self.client, self.checks.take()) {
             (Ok(client), Some(mut checks)) => {
                 self.generation = checks.new_generation(Arc::clone(client), options);

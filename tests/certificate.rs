@@ -512,3 +512,177 @@ fn a_pfx_without_mac_attributes_or_local_key_ids_in_any_order_installs() {
         check_with_openssl(&bundle, chain, &format!("bare-{}", key.label()));
     }
 }
+
+/// A PFX of `chain` made by openssl with `-iter 32768` (3 bytes as a DER INTEGER: `02 03 00 80 00`) and `args`.
+fn pfx_with_32768_iterations(chain: &Chain, tag: &str, args: &[&str]) -> Vec<u8> {
+    let out = chain.dir.join(format!("iter-{tag}.pfx"));
+    let mut all = vec![
+        "pkcs12",
+        "-export",
+        "-passout",
+        "pass:",
+        "-iter",
+        "32768",
+        "-in",
+        chain.leaf.to_str().unwrap(),
+        "-inkey",
+        chain.leaf_key.to_str().unwrap(),
+        "-out",
+        out.to_str().unwrap(),
+    ];
+    all.extend(args);
+    pki::openssl(&chain.dir, &all).unwrap();
+    fs::read(out).unwrap()
+}
+
+/// Where `OCTET STRING (8-byte salt), INTEGER 32768` sits: every iteration count openssl wrote.
+fn iteration_counts_at(pfx: &[u8]) -> Vec<usize> {
+    (10..pfx.len().saturating_sub(4))
+        .filter(|&i| {
+            pfx[i..i + 5] == [0x02, 0x03, 0x00, 0x80, 0x00] && pfx[i - 10..i - 8] == [0x04, 0x08]
+        })
+        .collect()
+}
+
+/// DER TLV header length and content length at `at`.
+fn tlv(der: &[u8], at: usize) -> (usize, usize) {
+    let first = der[at + 1];
+    if first < 0x80 {
+        (2, usize::from(first))
+    } else {
+        let n = usize::from(first & 0x7f);
+        let len = der[at + 2..at + 2 + n]
+            .iter()
+            .fold(0, |acc, b| (acc << 8) | usize::from(*b));
+        (2 + n, len)
+    }
+}
+
+fn der_wrap(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// The PFX with its MAC iteration count (the last field: PFX { version, authSafe, MacData { mac, salt, n } })
+/// re-encoded as `n`, lengths fixed up. The MAC no longer verifies, which does not matter: the count is judged
+/// before any derivation runs.
+fn with_mac_iterations(pfx: &[u8], n: u32) -> Vec<u8> {
+    let (outer_header, outer_len) = tlv(pfx, 0);
+    assert_eq!(outer_header + outer_len, pfx.len());
+    let mut at = outer_header;
+    let mut fields = Vec::new();
+    while at < pfx.len() {
+        let (h, l) = tlv(pfx, at);
+        fields.push(&pfx[at..at + h + l]);
+        at += h + l;
+    }
+    let [version, auth_safe, mac_data] = fields.as_slice() else {
+        panic!("{} PFX fields", fields.len());
+    };
+    let (h, _) = tlv(mac_data, 0);
+    let mut at = h;
+    let mut mac_fields = Vec::new();
+    while at < mac_data.len() {
+        let (fh, fl) = tlv(mac_data, at);
+        mac_fields.push(&mac_data[at..at + fh + fl]);
+        at += fh + fl;
+    }
+    let mut count = n.to_be_bytes().to_vec();
+    while count.len() > 1 && count[0] == 0 && count[1] & 0x80 == 0 {
+        count.remove(0);
+    }
+    if count[0] & 0x80 != 0 {
+        count.insert(0, 0);
+    }
+    let mut mac_content = mac_fields[0].to_vec();
+    mac_content.extend_from_slice(mac_fields[1]);
+    mac_content.extend(der_wrap(0x02, &count));
+    let mut content = version.to_vec();
+    content.extend_from_slice(auth_safe);
+    content.extend(der_wrap(0x30, &mac_content));
+    der_wrap(0x30, &content)
+}
+
+#[test]
+fn a_pfx_with_an_absurd_iteration_count_is_refused_naming_the_count() {
+    let chain = fixture(KeyType::Rsa(2048));
+    let pfx = pfx_with_32768_iterations(chain, "aes", &[]);
+    // The counts openssl wrote are read fine: 32768 is under the limit.
+    let ok = CertificateBundle::from_secret("ok", ContentKind::Pkcs12, &STANDARD.encode(&pfx));
+    assert!(ok.is_ok(), "{:?}", ok.err());
+
+    // 2^31-1 for the MAC: the message names the count, the limit, and how to re-export.
+    let value = STANDARD.encode(with_mac_iterations(&pfx, i32::MAX as u32));
+    let e = err(ContentKind::Pkcs12, &value);
+    assert_eq!(e.reason(), "pkcs12-iterations", "{e}");
+    assert_eq!(
+        e.to_string(),
+        "myvault/web version 0123: the PKCS#12 (PFX) value asks for 2147483647 key-derivation iterations for its \
+         integrity MAC, above the limit of 1000000 kvvm accepts (opening it would burn CPU for minutes or \
+         longer); Key Vault writes PFX files with about 2,000 iterations, so this one was not made by Key \
+         Vault. Re-export it with a normal count, e.g. `openssl pkcs12 -export -iter 2048 -in cert.pem -inkey \
+         key.pem -passout pass: -out cert.pfx` (-iter also sets the MAC's count; OpenSSL 1.1 needs -maciter \
+         too), and import that with `az keyvault certificate import`"
+    );
+    assert!(matches!(
+        e,
+        CertificateError::Pkcs12Iterations {
+            iterations: 2147483647,
+            limit: 1_000_000,
+            ..
+        }
+    ));
+
+    // PBES2/PBKDF2 (AES) and PKCS#12 PBE (3DES, as Key Vault writes) counts of the key and certificate bags.
+    for (tag, args) in [
+        ("aes", &[][..]),
+        (
+            "3des",
+            &[
+                "-keypbe",
+                "PBE-SHA1-3DES",
+                "-certpbe",
+                "PBE-SHA1-3DES",
+                "-macalg",
+                "sha1",
+            ][..],
+        ),
+    ] {
+        let mut pfx = pfx_with_32768_iterations(chain, tag, args);
+        let at = iteration_counts_at(&pfx);
+        assert_eq!(at.len(), 3, "{tag}: certificates, key and MAC: {at:?}");
+        // 8388607 = 0x7fffff, the largest count that fits the same three bytes.
+        for &i in &at[..2] {
+            pfx[i + 2..i + 5].copy_from_slice(&[0x7f, 0xff, 0xff]);
+        }
+        let e = err(ContentKind::Pkcs12, &STANDARD.encode(&pfx));
+        assert_eq!(e.reason(), "pkcs12-iterations", "{tag}: {e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("asks for 8388607 key-derivation iterations for its "),
+            "{tag}: {text}"
+        );
+        assert!(text.contains("not made by Key Vault"), "{tag}: {text}");
+        // Only the key's count: the message says it is the private key's.
+        let mut pfx = pfx_with_32768_iterations(chain, tag, args);
+        let at = iteration_counts_at(&pfx);
+        let key = at[1];
+        pfx[key + 2..key + 5].copy_from_slice(&[0x7f, 0xff, 0xff]);
+        let e = err(ContentKind::Pkcs12, &STANDARD.encode(&pfx));
+        assert!(
+            e.to_string()
+                .contains("8388607 key-derivation iterations for its private key"),
+            "{tag}: {e}"
+        );
+    }
+}

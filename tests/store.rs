@@ -1,6 +1,7 @@
 //! The certificate store: atomic installs, the link swap, idempotence, planted symlinks, crash leftovers,
-//! retention, ACLs (checked with `getfacl` and by reading as another user), and a process killed at random
-//! instants while installing.
+//! retention, ACLs (checked with `getfacl` and by reading as another user, for groups too large for a 16 KiB
+//! look-up buffer), a process killed at random instants while installing, and the store locks kept in kvvm's
+//! state folder so that nothing but certificates and links is ever left in the store.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -9,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kvvm::settings::AclEntry;
-use kvvm::store::{Install, Store, StoreError, TEMP_PREFIX};
+use kvvm::store::{Install, LEGACY_LOCK_FILE, Store, StoreError, TEMP_PREFIX, lock_file_name};
 
 const V1: &str = "11111111111111111111111111111111";
 const V2: &str = "22222222222222222222222222222222";
@@ -50,21 +51,53 @@ fn mode(p: &Path) -> u32 {
     fs::symlink_metadata(p).unwrap().mode() & 0o7777
 }
 
+/// Every name in the folder (nothing filtered: the store must hold only certificates and links).
 fn names(dir: &Path) -> Vec<String> {
     let mut n: Vec<String> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n != ".kvvm.lock")
         .collect();
     n.sort();
     n
 }
 
+/// A store folder and kvvm's lock folder (`<state>/store-locks`) side by side in one temp dir.
+struct Fixture {
+    tmp: tempfile::TempDir,
+    dir: PathBuf,
+    locks: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        let locks = tmp.path().join("state").join("store-locks");
+        Fixture { tmp, dir, locks }
+    }
+
+    fn open(&self) -> Store {
+        Store::open(&self.dir, &self.locks).unwrap()
+    }
+}
+
+/// Whether every name is a link or a version file of `myvault.web` (or of one of `prefixes`).
+fn only_certificates_and_links(dir: &Path, prefixes: &[&str]) -> bool {
+    names(dir).iter().all(|n| {
+        prefixes.iter().any(|p| {
+            n == p
+                || n.strip_prefix(p)
+                    .and_then(|v| v.strip_prefix('.'))
+                    .is_some_and(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+    })
+}
+
 #[test]
 fn installs_a_0600_file_behind_a_relative_link_in_a_0700_folder() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("a/b/store");
-    let store = Store::open(&dir).unwrap();
+    let f = Fixture::new();
+    let dir = f.tmp.path().join("a/b/store");
+    let store = Store::open(&dir, &f.locks).unwrap();
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(dir.parent().unwrap()), 0o755);
     let done = install(&store, V1, "myvault.web").unwrap();
@@ -91,29 +124,28 @@ fn installs_a_0600_file_behind_a_relative_link_in_a_0700_folder() {
 
 #[test]
 fn an_existing_open_folder_is_closed_to_0700() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("store");
-    fs::create_dir(&dir).unwrap();
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
-    Store::open(&dir).unwrap();
-    assert_eq!(mode(&dir), 0o700);
+    let f = Fixture::new();
+    fs::create_dir(&f.dir).unwrap();
+    fs::set_permissions(&f.dir, fs::Permissions::from_mode(0o777)).unwrap();
+    f.open();
+    assert_eq!(mode(&f.dir), 0o700);
 }
 
 #[test]
 fn a_relative_folder_or_a_file_in_the_way_is_refused() {
-    let e = Store::open(Path::new("relative/store")).unwrap_err();
+    let f = Fixture::new();
+    let e = Store::open(Path::new("relative/store"), &f.locks).unwrap_err();
     assert!(e.to_string().contains("not an absolute path"), "{e}");
-    let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("file");
+    let file = f.tmp.path().join("file");
     fs::write(&file, "x").unwrap();
-    let e = Store::open(&file).unwrap_err();
+    let e = Store::open(&file, &f.locks).unwrap_err();
     assert!(e.to_string().contains("is not a folder"), "{e}");
 }
 
 #[test]
 fn installing_the_same_version_again_writes_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path()).unwrap();
+    let f = Fixture::new();
+    let store = f.open();
     let first = install(&store, V1, "myvault.web").unwrap();
     let before = fs::metadata(&first.file).unwrap();
     std::thread::sleep(Duration::from_millis(20));
@@ -131,9 +163,9 @@ fn installing_the_same_version_again_writes_nothing() {
 
 #[test]
 fn rotation_moves_the_link_and_retention_keeps_current_and_previous() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let store = Store::open(dir).unwrap();
+    let f = Fixture::new();
+    let dir = f.dir.as_path();
+    let store = f.open();
     install(&store, V1, "myvault.web").unwrap();
     std::thread::sleep(Duration::from_millis(20));
     let second = install(&store, V2, "myvault.web").unwrap();
@@ -176,10 +208,10 @@ fn rotation_moves_the_link_and_retention_keeps_current_and_previous() {
 
 #[test]
 fn a_custom_link_name_is_used_and_a_bad_one_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path()).unwrap();
+    let f = Fixture::new();
+    let store = f.open();
     install(&store, V1, "web.pem").unwrap();
-    assert_eq!(fs::read(tmp.path().join("web.pem")).unwrap(), content(V1));
+    assert_eq!(fs::read(f.dir.join("web.pem")).unwrap(), content(V1));
     for bad in [
         "../escape",
         "a/b",
@@ -195,42 +227,48 @@ fn a_custom_link_name_is_used_and_a_bad_one_refused() {
     }
     let e = install(&store, "../../etc/passwd", "web.pem").unwrap_err();
     assert_eq!(e.reason(), "store-bad-name");
-    assert!(!tmp.path().parent().unwrap().join("etc").exists());
+    assert!(!f.tmp.path().join("etc").exists());
 }
 
 #[test]
 fn planted_symlinks_are_replaced_never_followed() {
-    let tmp = tempfile::tempdir().unwrap();
+    let f = Fixture::new();
     let victim_dir = tempfile::tempdir().unwrap();
     let victim = victim_dir.path().join("victim");
     fs::write(&victim, "precious").unwrap();
-    let store = Store::open(tmp.path()).unwrap();
-    let file = tmp.path().join(format!("myvault.web.{V1}"));
+    let store = f.open();
+    let file = f.dir.join(format!("myvault.web.{V1}"));
     std::os::unix::fs::symlink(&victim, &file).unwrap();
-    std::os::unix::fs::symlink(&victim, tmp.path().join("myvault.web")).unwrap();
+    std::os::unix::fs::symlink(&victim, f.dir.join("myvault.web")).unwrap();
     let done = install(&store, V1, "myvault.web").unwrap();
     assert!(done.written && done.link_changed);
     assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
     assert!(fs::symlink_metadata(&file).unwrap().is_file());
     assert_eq!(mode(&file), 0o600);
-    assert_eq!(
-        fs::read(tmp.path().join("myvault.web")).unwrap(),
-        content(V1)
-    );
-    // A symlink at the lock file is not followed either.
-    let tmp2 = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(&victim, tmp2.path().join(".kvvm.lock")).unwrap();
-    let store2 = Store::open(tmp2.path()).unwrap();
+    assert_eq!(fs::read(f.dir.join("myvault.web")).unwrap(), content(V1));
+    // A symlink at the lock file (in the state folder) is not followed either: the install stops.
+    let f2 = Fixture::new();
+    let store2 = f2.open();
+    fs::create_dir_all(&f2.locks).unwrap();
+    std::os::unix::fs::symlink(&victim, store2.lock_path()).unwrap();
     let e = install(&store2, V1, "myvault.web").unwrap_err();
-    assert_eq!(e.reason(), "store-write", "{e}");
+    assert_eq!(e.reason(), "store-lock", "{e}");
+    assert!(
+        e.to_string().contains(&format!(
+            "taking its lock {} failed",
+            store2.lock_path().display()
+        )),
+        "{e}"
+    );
     assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+    assert!(names(&f2.dir).is_empty(), "{:?}", names(&f2.dir));
 }
 
 #[test]
 fn a_folder_at_the_link_path_is_reported() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path()).unwrap();
-    fs::create_dir(tmp.path().join("myvault.web")).unwrap();
+    let f = Fixture::new();
+    let store = f.open();
+    fs::create_dir(f.dir.join("myvault.web")).unwrap();
     let e = install(&store, V1, "myvault.web").unwrap_err();
     assert!(
         e.to_string().contains("myvault.web is a folder; remove it"),
@@ -240,21 +278,21 @@ fn a_folder_at_the_link_path_is_reported() {
 
 #[test]
 fn leftovers_of_an_interrupted_install_are_removed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path()).unwrap();
-    let leftover = tmp
-        .path()
+    let f = Fixture::new();
+    let store = f.open();
+    let leftover = f
+        .dir
         .join(format!("{TEMP_PREFIX}myvault.web.{V1}.0123456789abcdef"));
     fs::write(&leftover, "half").unwrap();
     std::os::unix::fs::symlink(
         "nowhere",
-        tmp.path()
+        f.dir
             .join(format!("{TEMP_PREFIX}myvault.web.fedcba9876543210")),
     )
     .unwrap();
     install(&store, V1, "myvault.web").unwrap();
     assert_eq!(
-        names(tmp.path()),
+        names(&f.dir),
         vec!["myvault.web".to_string(), format!("myvault.web.{V1}")]
     );
 }
@@ -293,10 +331,10 @@ fn acls_give_the_listed_user_and_group_read_access_and_nobody_else() {
         return;
     }
     // The store's parents must be traversable by the ACL users (documented in the README).
-    let tmp = tempfile::tempdir().unwrap();
-    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let dir = tmp.path().join("store");
-    let store = Store::open(&dir).unwrap();
+    let f = Fixture::new();
+    fs::set_permissions(f.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = f.dir.clone();
+    let store = f.open();
     let acls = [
         AclEntry {
             user: Some("nobody".into()),
@@ -345,7 +383,7 @@ fn acls_give_the_listed_user_and_group_read_access_and_nobody_else() {
     assert!(!denied.status.success(), "daemon must not read the key");
 
     // The next version gets the same ACL; reopening the store keeps the folder's ACL mask intact.
-    let store = Store::open(&dir).unwrap();
+    let store = f.open();
     assert!(getfacl(&dir).lines().any(|l| l == "mask::r-x"));
     let next = install_with(&store, V2, "myvault.web", &content(V2), &acls, 2).unwrap();
     assert!(getfacl(&next.file).lines().any(|l| l == "user:nobody:r--"));
@@ -355,8 +393,8 @@ fn acls_give_the_listed_user_and_group_read_access_and_nobody_else() {
 
 #[test]
 fn an_unknown_acl_user_or_group_is_an_error_and_nothing_is_written() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path()).unwrap();
+    let f = Fixture::new();
+    let store = f.open();
     let e = install_with(
         &store,
         V1,
@@ -392,15 +430,15 @@ fn an_unknown_acl_user_or_group_is_an_error_and_nothing_is_written() {
             .contains("group \"no-such-group-kvvm\" does not exist"),
         "{e}"
     );
-    assert!(names(tmp.path()).is_empty(), "{:?}", names(tmp.path()));
+    assert!(names(&f.dir).is_empty(), "{:?}", names(&f.dir));
 }
 
 #[test]
 fn readers_always_see_a_complete_file_while_versions_rotate() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path()).unwrap();
+    let f = Fixture::new();
+    let store = f.open();
     install(&store, V1, "myvault.web").unwrap();
-    let link = tmp.path().join("myvault.web");
+    let link = f.dir.join("myvault.web");
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (a, b) = (content(V1), content(V2));
     std::thread::scope(|s| {
@@ -423,15 +461,22 @@ fn readers_always_see_a_complete_file_while_versions_rotate() {
 }
 
 const CHILD_ENV: &str = "KVVM_STORE_CRASH_CHILD_DIR";
+/// The lock folder the crash children use (the parent's, so that its next install waits for theirs).
+const LOCKS_ENV: &str = "KVVM_STORE_CRASH_LOCKS";
+
+fn child_store(dir_env: &str) -> Option<Store> {
+    let dir = std::env::var_os(dir_env)?;
+    let locks = std::env::var_os(LOCKS_ENV).expect("the parent names the lock folder");
+    Some(Store::open(Path::new(&dir), Path::new(&locks)).unwrap())
+}
 
 /// Not a test on its own: the child the crash test kills. It installs versions in a loop until killed.
 #[test]
 #[ignore = "run by killed_at_any_instant_the_old_version_stays_usable"]
 fn crash_child() {
-    let Some(dir) = std::env::var_os(CHILD_ENV) else {
+    let Some(store) = child_store(CHILD_ENV) else {
         return;
     };
-    let store = Store::open(Path::new(&dir)).unwrap();
     let versions = [V1, V2, V3, V4];
     for i in 0.. {
         let v = versions[i % versions.len()];
@@ -441,9 +486,9 @@ fn crash_child() {
 
 #[test]
 fn killed_at_any_instant_the_old_version_stays_usable() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("store");
-    let store = Store::open(&dir).unwrap();
+    let f = Fixture::new();
+    let dir = f.dir.clone();
+    let store = f.open();
     install(&store, V1, "myvault.web").unwrap();
     let valid: Vec<Vec<u8>> = [V1, V2, V3, V4].iter().map(|v| content(v)).collect();
     let exe = std::env::current_exe().unwrap();
@@ -455,6 +500,7 @@ fn killed_at_any_instant_the_old_version_stays_usable() {
         let mut child = Command::new(&exe)
             .args(["--exact", "crash_child", "--ignored", "--nocapture"])
             .env(CHILD_ENV, &dir)
+            .env(LOCKS_ENV, &f.locks)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -482,10 +528,10 @@ fn killed_at_any_instant_the_old_version_stays_usable() {
         seen.len() > 1,
         "the child never got to install anything: the kills proved nothing"
     );
-    // The next install cleans whatever the kills left.
+    // The next install cleans whatever the kills left: only certificates and the link remain.
     install(&store, V1, "myvault.web").unwrap();
     assert!(
-        !names(&dir).iter().any(|n| n.starts_with(TEMP_PREFIX)),
+        only_certificates_and_links(&dir, &["myvault.web"]),
         "{:?}",
         names(&dir)
     );
@@ -498,10 +544,9 @@ const ONCE_ENV: &str = "KVVM_STORE_CRASH_ONCE_DIR";
 #[test]
 #[ignore = "run by killed_at_each_file_operation_the_old_version_stays_usable"]
 fn crash_child_once() {
-    let Some(dir) = std::env::var_os(ONCE_ENV) else {
+    let Some(store) = child_store(ONCE_ENV) else {
         return;
     };
-    let store = Store::open(Path::new(&dir)).unwrap();
     // Keep one version: the install also deletes V1 (and the planted leftover), so unlink is exercised too.
     install_with(&store, V2, "myvault.web", &content(V2), &[], 1).unwrap();
 }
@@ -531,9 +576,9 @@ fn killed_at_each_file_operation_the_old_version_stays_usable() {
         let mut kills = 0;
         for n in 1.. {
             assert!(n < 400, "{set}: the install never got through");
-            let tmp = tempfile::tempdir().unwrap();
-            let dir = tmp.path().join("store");
-            let store = Store::open(&dir).unwrap();
+            let f = Fixture::new();
+            let dir = f.dir.clone();
+            let store = f.open();
             install(&store, V1, "myvault.web").unwrap();
             fs::write(dir.join(format!("{TEMP_PREFIX}left.0000000000000000")), "x").unwrap();
             let out = Command::new("strace")
@@ -555,6 +600,7 @@ fn killed_at_each_file_operation_the_old_version_stays_usable() {
                     "--test-threads=1",
                 ])
                 .env(ONCE_ENV, &dir)
+                .env(LOCKS_ENV, &f.locks)
                 .output()
                 .unwrap();
             let got =
@@ -572,8 +618,8 @@ fn killed_at_each_file_operation_the_old_version_stays_usable() {
             install(&store, V2, "myvault.web").unwrap();
             assert_eq!(fs::read(dir.join("myvault.web")).unwrap(), content(V2));
             assert!(
-                !names(&dir).iter().any(|f| f.starts_with(TEMP_PREFIX)),
-                "{set} #{n}: {:?}",
+                only_certificates_and_links(&dir, &["myvault.web"]),
+                "{set} #{n}: only certificates and the link may remain: {:?}",
                 names(&dir)
             );
             if finished {
@@ -586,4 +632,251 @@ fn killed_at_each_file_operation_the_old_version_stays_usable() {
         );
         eprintln!("{set}: killed at each of {kills} calls, then the install got through");
     }
+}
+
+#[test]
+fn the_store_holds_only_certificates_and_links_after_installs_rotation_retention_and_cleanup() {
+    let f = Fixture::new();
+    let store = f.open();
+    install(&store, V1, "myvault.web").unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    install(&store, V2, "myvault.web").unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    // Rotation with retention: V1 goes.
+    let third = install(&store, V3, "myvault.web").unwrap();
+    assert_eq!(third.removed.len(), 1);
+    // Another certificate with a custom link name in the same folder.
+    store
+        .install(&Install {
+            file_prefix: "myvault.api",
+            link_name: "api.pem",
+            version: V1,
+            pem: &content(V1),
+            acls: &[],
+            retained_versions: 2,
+        })
+        .unwrap();
+    // What a crash leaves, cleaned by the next install.
+    fs::write(
+        f.dir
+            .join(format!("{TEMP_PREFIX}myvault.web.{V4}.0123456789abcdef")),
+        "half",
+    )
+    .unwrap();
+    install(&store, V4, "myvault.web").unwrap();
+    assert_eq!(
+        names(&f.dir),
+        vec![
+            "api.pem".to_string(),
+            format!("myvault.api.{V1}"),
+            "myvault.web".to_string(),
+            format!("myvault.web.{V3}"),
+            format!("myvault.web.{V4}"),
+        ]
+    );
+    // The lock is in the state folder, and says which store it serialises.
+    assert_eq!(names(&f.locks), vec![lock_file_name(&f.dir)]);
+    assert_eq!(
+        fs::read_to_string(f.locks.join(lock_file_name(&f.dir))).unwrap(),
+        format!("{}\n", f.dir.display())
+    );
+    assert_eq!(mode(&f.locks), 0o700);
+    assert_eq!(mode(&store.lock_path()), 0o600);
+}
+
+#[test]
+fn a_lock_file_left_in_the_store_by_an_older_kvvm_is_removed_when_the_store_is_opened() {
+    let f = Fixture::new();
+    fs::create_dir(&f.dir).unwrap();
+    fs::write(f.dir.join(LEGACY_LOCK_FILE), "").unwrap();
+    fs::write(f.dir.join(format!("myvault.web.{V1}")), content(V1)).unwrap();
+    std::os::unix::fs::symlink(format!("myvault.web.{V1}"), f.dir.join("myvault.web")).unwrap();
+    let store = f.open();
+    assert_eq!(
+        names(&f.dir),
+        vec!["myvault.web".to_string(), format!("myvault.web.{V1}")]
+    );
+    assert_eq!(
+        store
+            .current_version("myvault.web", "myvault.web")
+            .as_deref(),
+        Some(V1)
+    );
+    // A symlink there is unlinked, not followed.
+    let victim_dir = tempfile::tempdir().unwrap();
+    let victim = victim_dir.path().join("victim");
+    fs::write(&victim, "precious").unwrap();
+    std::os::unix::fs::symlink(&victim, f.dir.join(LEGACY_LOCK_FILE)).unwrap();
+    let store = f.open();
+    assert!(fs::symlink_metadata(f.dir.join(LEGACY_LOCK_FILE)).is_err());
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+    install(&store, V2, "myvault.web").unwrap();
+    assert!(only_certificates_and_links(&f.dir, &["myvault.web"]));
+}
+
+#[test]
+fn two_stores_share_no_lock_and_one_folder_has_one_lock_whatever_its_path() {
+    let f = Fixture::new();
+    let a = f.open();
+    let b_dir = f.tmp.path().join("other-store");
+    let b = Store::open(&b_dir, &f.locks).unwrap();
+    assert_ne!(a.lock_path(), b.lock_path());
+    // The same folder reached through a symlink is the same store: one lock.
+    fs::create_dir_all(&f.dir).unwrap();
+    let alias = f.tmp.path().join("alias");
+    std::os::unix::fs::symlink(&f.dir, &alias).unwrap();
+    let a_again = Store::open(&alias, &f.locks).unwrap();
+    assert_eq!(a_again.lock_path(), a.lock_path());
+
+    // Another process holds A's lock (an install in progress there): B installs at once, A waits for it.
+    install(&a, V1, "myvault.web").unwrap();
+    let held = fs::File::open(a.lock_path()).unwrap();
+    held.lock().unwrap();
+    install(&b, V1, "myvault.web").unwrap();
+    assert_eq!(fs::read(b_dir.join("myvault.web")).unwrap(), content(V1));
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let waiting = s.spawn(|| {
+            install(&a_again, V2, "myvault.web").unwrap();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !done.load(std::sync::atomic::Ordering::SeqCst),
+            "the install into A did not wait for A's lock"
+        );
+        assert_eq!(fs::read(f.dir.join("myvault.web")).unwrap(), content(V1));
+        held.unlock().unwrap();
+        waiting.join().unwrap();
+    });
+    assert!(done.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(fs::read(f.dir.join("myvault.web")).unwrap(), content(V2));
+    let mut locks = names(&f.locks);
+    locks.sort();
+    let mut expected = vec![lock_file_name(&f.dir), lock_file_name(&b_dir)];
+    expected.sort();
+    assert_eq!(locks, expected);
+}
+
+#[test]
+fn lock_file_names_are_readable_bounded_and_distinct() {
+    let name = lock_file_name(Path::new("/etc/ssl/kvvm"));
+    assert!(name.starts_with("etc_ssl_kvvm."), "{name}");
+    assert!(name.ends_with(".lock"), "{name}");
+    assert_eq!(name, lock_file_name(Path::new("/etc/ssl/kvvm")), "stable");
+    // Paths that read alike still get their own file.
+    assert_ne!(
+        lock_file_name(Path::new("/a/b_c")),
+        lock_file_name(Path::new("/a_b/c"))
+    );
+    assert_ne!(
+        lock_file_name(Path::new("/a b")),
+        lock_file_name(Path::new("/a_b"))
+    );
+    assert!(lock_file_name(Path::new("/")).starts_with("root."));
+    let long = format!("/{}", "x/".repeat(300));
+    let name = lock_file_name(Path::new(&long));
+    assert!(name.len() < 255, "{}", name.len());
+    assert!(!name.contains('/'));
+}
+
+/// Appends `line` to a copy of `/etc/<file>` and bind-mounts the copy over it (in the test's own mount
+/// namespace).
+fn bind_extended(file: &str, line: &str, tmp: &Path) {
+    let path = Path::new("/etc").join(file);
+    let mut text = fs::read_to_string(&path).unwrap();
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(line);
+    text.push('\n');
+    let copy = tmp.join(file);
+    fs::write(&copy, text).unwrap();
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new("mount")
+        .arg("--bind")
+        .arg(&copy)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_group_with_thousands_of_members_and_a_user_with_a_huge_entry_get_their_acl() {
+    kvvm_sim::netns::run_isolated(
+        "a_group_with_thousands_of_members_and_a_user_with_a_huge_entry_get_their_acl",
+        || {
+            let f = Fixture::new();
+            // Entries far above the 16 KiB a first getgrnam_r / getpwnam_r buffer holds.
+            let members: Vec<String> = (0..4000).map(|i| format!("kvvm-member-{i:05}")).collect();
+            let group_line = format!("kvvm-big:x:64999:{}", members.join(","));
+            assert!(group_line.len() > 64 * 1024, "{}", group_line.len());
+            bind_extended("group", &group_line, f.tmp.path());
+            let user_line = format!(
+                "kvvm-big-user:x:64998:64999:{}:/nonexistent:/usr/sbin/nologin",
+                "G".repeat(40 * 1024)
+            );
+            bind_extended("passwd", &user_line, f.tmp.path());
+            let getent = Command::new("getent")
+                .args(["group", "kvvm-big"])
+                .output()
+                .unwrap();
+            assert!(getent.status.success() && getent.stdout.len() > 64 * 1024);
+
+            let store = f.open();
+            let acls = [
+                AclEntry {
+                    user: Some("kvvm-big-user".into()),
+                    group: None,
+                },
+                AclEntry {
+                    user: None,
+                    group: Some("kvvm-big".into()),
+                },
+            ];
+            let done = install_with(&store, V1, "myvault.web", &content(V1), &acls, 2).unwrap();
+            let file_acl = getfacl(&done.file);
+            for line in ["user:kvvm-big-user:r--", "group:kvvm-big:r--"] {
+                assert!(
+                    file_acl.lines().any(|l| l == line),
+                    "{line} missing in\n{file_acl}"
+                );
+            }
+            let dir_acl = getfacl(&f.dir);
+            assert!(
+                dir_acl.lines().any(|l| l == "group:kvvm-big:r-x"),
+                "{dir_acl}"
+            );
+            // A second install finds the existing entries (by name, through the same look-up) and adds none.
+            let again = install_with(&store, V2, "myvault.web", &content(V2), &acls, 2).unwrap();
+            let acl = getfacl(&again.file);
+            assert_eq!(
+                acl.lines()
+                    .filter(|l| l.starts_with("group:kvvm-big:"))
+                    .count(),
+                1,
+                "{acl}"
+            );
+            // A name that really does not exist is still reported as such.
+            let e = install_with(
+                &store,
+                V3,
+                "myvault.web",
+                &content(V3),
+                &[AclEntry {
+                    user: None,
+                    group: Some("kvvm-no-such-group".into()),
+                }],
+                2,
+            )
+            .unwrap_err();
+            assert_eq!(e.reason(), "acl-unknown-principal", "{e}");
+            assert!(e.to_string().contains("does not exist"), "{e}");
+        },
+    );
 }

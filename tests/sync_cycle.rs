@@ -60,10 +60,17 @@ fn a_cycle_is_parallel_with_one_token_and_bounded_connections_per_vault() {
             let options = SyncOptions {
                 acl_enabled: false,
                 retained_versions: 2,
+                lock_dir: dir.path().join("store-locks"),
             };
             let certs = &settings.observed_certificates;
 
-            let results = sync::check_all(client.clone(), certs, &[], options, &Stop::default());
+            let results = sync::check_all(
+                client.clone(),
+                certs,
+                &[],
+                options.clone(),
+                &Stop::default(),
+            );
             for (cert, r) in certs.iter().zip(&results) {
                 let checked = r.as_ref().unwrap_or_else(|e| panic!("{}: {e}", cert.url));
                 assert!(checked.changed && checked.link.is_file(), "{checked:?}");
