@@ -5,6 +5,11 @@
 //! Two routes exist: [`Route::Direct`] for the identity endpoints (IMDS and Azure Arc must never be reached
 //! through a proxy) and [`Route::Environment`] for Key Vault, which honours `HTTPS_PROXY` / `NO_PROXY` the way
 //! curl does. An [`ureq::Agent`] keeps connections alive, so a poll cycle costs one TLS handshake per vault.
+//!
+//! [`retry`] is the one retry loop: the identity and vault modules only classify each answer ([`Verdict`]).
+//! Every attempt has a deadline that covers connect, TLS, headers and body (the policy's per-try limit, or less
+//! when the caller's [`Deadline`] is nearer), so a server that accepts a connection and never answers costs
+//! one per-try limit, never a stalled worker.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,21 +35,24 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     /// IMDS and Azure Arc: retried on 404, 410, 429 and 5xx. IMDS answers 410 for up to 70 s while it is being
-    /// updated, so the budget is longer than that.
+    /// updated, so the budget is longer than that: a token fetch runs on its own thread with this budget and
+    /// is not bounded by the deadline of the check that needed it (see [`crate::identity`]).
+    /// Enough attempts that even the shortest jittered waits add up to more than those 70 s.
     pub const IDENTITY: RetryPolicy = RetryPolicy {
         per_try_timeout: Duration::from_secs(10),
         first_backoff: Duration::from_secs(1),
         max_backoff: Duration::from_secs(16),
         total: Duration::from_secs(100),
-        max_attempts: 12,
+        max_attempts: 16,
     };
 
-    /// Key Vault: retried on 408, 429 and 5xx and on connection failures, as the Azure SDKs do.
+    /// Key Vault: retried on 408, 429 and 5xx and on connection failures, as the Azure SDKs do. A try gets
+    /// 20 s; the whole check is bounded by [`CHECK_DEADLINE`] as well.
     pub const VAULT: RetryPolicy = RetryPolicy {
-        per_try_timeout: Duration::from_secs(30),
+        per_try_timeout: Duration::from_secs(20),
         first_backoff: Duration::from_millis(800),
         max_backoff: Duration::from_secs(30),
-        total: Duration::from_secs(120),
+        total: CHECK_DEADLINE,
         max_attempts: 5,
     };
 
@@ -71,6 +79,195 @@ impl RetryPolicy {
     /// Whether another attempt, after waiting `wait`, still fits the policy.
     pub fn allows(&self, attempts_made: u32, started: Instant, wait: Duration) -> bool {
         attempts_made < self.max_attempts && started.elapsed() + wait <= self.total
+    }
+}
+
+/// How long one certificate check may take in all: every attempt, every wait between them and the wait for a
+/// token included. Well under any polling interval, so a vault that hangs costs a cycle one minute per
+/// certificate at most, and the other certificates go on meanwhile.
+pub const CHECK_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The instant by which something must be over, and how long it was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadline {
+    start: Instant,
+    end: Instant,
+}
+
+impl Deadline {
+    /// A deadline `length` from now.
+    pub fn after(length: Duration) -> Deadline {
+        let start = Instant::now();
+        Deadline {
+            start,
+            end: start + length,
+        }
+    }
+
+    /// The instant it passes.
+    pub fn instant(self) -> Instant {
+        self.end
+    }
+
+    /// Time left (zero once passed).
+    pub fn left(self) -> Duration {
+        self.end.saturating_duration_since(Instant::now())
+    }
+
+    /// Whether it has passed.
+    pub fn passed(self) -> bool {
+        Instant::now() >= self.end
+    }
+
+    /// Time since it was set.
+    pub fn elapsed(self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// How long it was given, in whole seconds (rounded), for messages.
+    pub fn seconds(self) -> u64 {
+        ((self.end - self.start) + Duration::from_millis(500)).as_secs()
+    }
+}
+
+/// What one attempt came to, as the service that made it judges the answer.
+#[derive(Debug)]
+pub enum Verdict<T, E, L> {
+    /// The result.
+    Done(T),
+    /// A final answer that retrying cannot change.
+    Fail(E),
+    /// A transient failure: try again after the policy's backoff, never sooner than `retry_after`.
+    Retry {
+        /// What this attempt saw, for the message if it was the last.
+        last: L,
+        /// The server's `Retry-After`.
+        retry_after: Option<Duration>,
+    },
+    /// A step of the protocol (an authentication challenge answered): ask again at once. It counts as an
+    /// attempt but waits for nothing.
+    Again,
+}
+
+/// Why [`retry`] ended without a result.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended<E, L> {
+    /// The service said the answer was final.
+    Failed(E),
+    /// The policy's attempts or its total budget ran out, each attempt failing transiently.
+    GaveUp {
+        /// Attempts made.
+        attempts: u32,
+        /// Time since the first.
+        elapsed: Duration,
+        /// What the last one saw.
+        last: L,
+    },
+    /// The caller's deadline came before a result: no attempt or wait runs past it.
+    TimedOut {
+        /// Attempts made.
+        attempts: u32,
+        /// Time since the first.
+        elapsed: Duration,
+        /// What the last one saw (`None` if none failed transiently).
+        last: Option<L>,
+    },
+    /// A stop was requested.
+    Stopped,
+}
+
+/// One attempt inside [`retry`].
+#[derive(Clone, Copy, Debug)]
+pub struct Attempt {
+    number: u32,
+    per_try: Duration,
+    started: Instant,
+    deadline: Deadline,
+}
+
+impl Attempt {
+    /// 1 for the first attempt.
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// The time this attempt's request may take, counted from now: the policy's per-try limit, or what is
+    /// left before the deadline if that is less (never zero, so a request always gets a clean timeout error).
+    pub fn timeout(&self) -> Duration {
+        self.per_try
+            .min(self.deadline.left())
+            .max(Duration::from_millis(1))
+    }
+
+    /// The deadline of the whole operation (for waits inside an attempt, such as for a token).
+    pub fn deadline(&self) -> Deadline {
+        self.deadline
+    }
+
+    /// Time since the first attempt started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+/// The retry loop every service uses: calls `attempt` until it gives a result or a final failure, waiting
+/// between transient failures as `policy` says (never less than the server's `Retry-After`), and stops when
+/// the policy's attempts or budget run out, when the next wait would pass `deadline`, or when `stop` is raised.
+/// `what` names the operation in the log line written before each retry.
+pub fn retry<T, E, L: std::fmt::Display>(
+    what: &dyn std::fmt::Display,
+    policy: &RetryPolicy,
+    deadline: Deadline,
+    stop: &Stop,
+    mut attempt: impl FnMut(&Attempt) -> Verdict<T, E, L>,
+) -> Result<T, Ended<E, L>> {
+    let started = Instant::now();
+    let mut number = 0u32;
+    let mut last = None;
+    loop {
+        if stop.requested() {
+            return Err(Ended::Stopped);
+        }
+        if deadline.passed() {
+            return Err(Ended::TimedOut {
+                attempts: number,
+                elapsed: started.elapsed(),
+                last,
+            });
+        }
+        number += 1;
+        let this = Attempt {
+            number,
+            per_try: policy.per_try_timeout,
+            started,
+            deadline,
+        };
+        let (seen, retry_after) = match attempt(&this) {
+            Verdict::Done(value) => return Ok(value),
+            Verdict::Fail(e) => return Err(Ended::Failed(e)),
+            Verdict::Again => continue,
+            Verdict::Retry { last, retry_after } => (last, retry_after),
+        };
+        let wait = policy.wait(number, retry_after);
+        if wait >= deadline.left() {
+            return Err(Ended::TimedOut {
+                attempts: number,
+                elapsed: started.elapsed(),
+                last: Some(seen),
+            });
+        }
+        if !policy.allows(number, started, wait) {
+            return Err(Ended::GaveUp {
+                attempts: number,
+                elapsed: started.elapsed(),
+                last: seen,
+            });
+        }
+        log::info!("{what}: {seen}; retrying in {} ms", wait.as_millis());
+        last = Some(seen);
+        if !stop.pause(wait) {
+            return Err(Ended::Stopped);
+        }
     }
 }
 
@@ -201,7 +398,7 @@ pub fn agent(route: Route, policy: &RetryPolicy) -> Result<ureq::Agent, HttpErro
         .proxy(proxy)
         .user_agent(concat!("kvvm/", env!("CARGO_PKG_VERSION")))
         .timeout_global(Some(policy.per_try_timeout))
-        .timeout_connect(Some(policy.per_try_timeout.min(Duration::from_secs(10))))
+        .timeout_connect(Some(policy.per_try_timeout.min(CONNECT_TIMEOUT)))
         .max_idle_connections_per_host(CONNECTIONS_PER_HOST)
         .max_idle_connections(MAX_IDLE_CONNECTIONS)
         // Servers close idle connections within minutes; keeping them longer only holds memory.
@@ -224,13 +421,34 @@ pub const MAX_IDLE_CONNECTIONS: usize = 32;
 /// How long an idle connection is kept for the next request.
 pub const MAX_IDLE_AGE: Duration = Duration::from_secs(300);
 
-/// One GET: the answer, whatever its status, or why there was none.
-pub fn get(agent: &ureq::Agent, url: &str, headers: &[(&str, &str)]) -> Result<Reply, Failure> {
-    let mut request = agent.get(url);
+/// One GET that may take `timeout` in all (connect, TLS handshake, response headers and body): the answer,
+/// whatever its status, or why there was none.
+pub fn get(
+    agent: &ureq::Agent,
+    url: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<Reply, Failure> {
+    // The agent's own limit is the policy's per-try limit. A request-level configuration only when less is
+    // left: ureq 3.5 builds a new rustls configuration (with an empty session cache) for every connection a
+    // request-level configuration opens, so using one always would end TLS session resumption.
+    let agent_limit = agent.config().timeouts().global;
+    let mut request = if agent_limit.is_some_and(|limit| timeout >= limit) {
+        agent.get(url)
+    } else {
+        agent
+            .get(url)
+            .config()
+            .timeout_global(Some(timeout))
+            .timeout_connect(Some(timeout.min(CONNECT_TIMEOUT)))
+            .build()
+    };
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let mut response = request.call().map_err(failure)?;
+    let mut response = request
+        .call()
+        .map_err(|e| failure(e, timeout, "no answer"))?;
     let header = |name: &str| {
         response
             .headers()
@@ -246,7 +464,7 @@ pub fn get(agent: &ureq::Agent, url: &str, headers: &[(&str, &str)]) -> Result<R
         .with_config()
         .limit(BODY_LIMIT)
         .read_to_vec()
-        .map_err(failure)?;
+        .map_err(|e| failure(e, timeout, "the headers came, but not the whole body"))?;
     Ok(Reply {
         status,
         www_authenticate,
@@ -255,7 +473,20 @@ pub fn get(agent: &ureq::Agent, url: &str, headers: &[(&str, &str)]) -> Result<R
     })
 }
 
-fn failure(e: ureq::Error) -> Failure {
+/// A connection attempt gets at most this long, even when the try has more.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Seconds (or milliseconds, under one second) for messages.
+fn human(d: Duration) -> String {
+    if d >= Duration::from_secs(1) {
+        format!("{} s", (d + Duration::from_millis(500)).as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+/// `stage` says how far the request got when a timeout cut it off.
+fn failure(e: ureq::Error, timeout: Duration, stage: &str) -> Failure {
     use ureq::Error as E;
     let kind = match &e {
         E::HostNotFound => FailureKind::Dns,
@@ -268,10 +499,11 @@ fn failure(e: ureq::Error) -> Failure {
         E::Io(io) => io_kind(io),
         _ => FailureKind::Broken,
     };
-    Failure {
-        kind,
-        detail: e.to_string(),
-    }
+    let detail = match kind {
+        FailureKind::Timeout => format!("{stage} within {} ({e})", human(timeout)),
+        _ => e.to_string(),
+    };
+    Failure { kind, detail }
 }
 
 fn io_kind(io: &std::io::Error) -> FailureKind {
