@@ -636,6 +636,218 @@ mod tests {
         assert!(!p.allows(1, start, p.total + Duration::from_secs(1)));
     }
 
+    /// A quick policy for the loop's tests: waits of 10–20 ms unless a `Retry-After` asks for more.
+    const QUICK: RetryPolicy = RetryPolicy {
+        per_try_timeout: Duration::from_secs(5),
+        first_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(20),
+        total: Duration::from_secs(30),
+        max_attempts: 50,
+    };
+
+    type Scripted = Verdict<&'static str, &'static str, String>;
+
+    fn retryable(n: u32) -> Scripted {
+        Verdict::Retry {
+            last: format!("failure {n}"),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn two_retryable_failures_then_success() {
+        let mut calls = Vec::new();
+        let out = retry(
+            &"test",
+            &QUICK,
+            Deadline::after(Duration::from_secs(30)),
+            &Stop::default(),
+            |a| {
+                calls.push(a.number());
+                if a.number() < 3 {
+                    retryable(a.number())
+                } else {
+                    Verdict::Done("token")
+                }
+            },
+        );
+        assert_eq!(out, Ok("token"));
+        assert_eq!(calls, [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_final_failure_stops_at_once() {
+        let mut calls = 0;
+        let out: Result<&str, _> = retry(
+            &"test",
+            &QUICK,
+            Deadline::after(Duration::from_secs(30)),
+            &Stop::default(),
+            |_| {
+                calls += 1;
+                Verdict::<&str, &str, String>::Fail("forbidden")
+            },
+        );
+        assert_eq!(out, Err(Ended::Failed("forbidden")));
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn a_challenge_step_is_asked_again_at_once_and_counted() {
+        let mut calls = Vec::new();
+        let out = retry(
+            &"test",
+            &QUICK,
+            Deadline::after(Duration::from_secs(30)),
+            &Stop::default(),
+            |a| {
+                calls.push(a.number());
+                if a.number() == 1 {
+                    Verdict::Again
+                } else {
+                    Verdict::<_, &str, String>::Done("secret")
+                }
+            },
+        );
+        assert_eq!(out, Ok("secret"));
+        assert_eq!(calls, [1, 2]);
+    }
+
+    #[test]
+    fn the_policy_gives_up_after_its_attempts_with_the_last_failure() {
+        let out: Result<&str, _> = retry(
+            &"test",
+            &RetryPolicy {
+                max_attempts: 4,
+                ..QUICK
+            },
+            Deadline::after(Duration::from_secs(30)),
+            &Stop::default(),
+            |a| retryable(a.number()),
+        );
+        match out {
+            Err(Ended::GaveUp { attempts, last, .. }) => {
+                assert_eq!((attempts, last.as_str()), (4, "failure 4"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn retry_after_is_never_undercut_by_the_loop() {
+        let mut starts = Vec::new();
+        let out = retry(
+            &"test",
+            &QUICK,
+            Deadline::after(Duration::from_secs(30)),
+            &Stop::default(),
+            |a| {
+                starts.push(Instant::now());
+                if a.number() == 1 {
+                    Verdict::Retry {
+                        last: "429".to_string(),
+                        retry_after: Some(Duration::from_millis(400)),
+                    }
+                } else {
+                    Verdict::<_, &str, String>::Done("ok")
+                }
+            },
+        );
+        assert_eq!(out, Ok("ok"));
+        assert!(starts[1] - starts[0] >= Duration::from_millis(400));
+    }
+
+    #[test]
+    fn the_deadline_stops_new_attempts_and_bounds_each_try() {
+        let deadline = Deadline::after(Duration::from_millis(300));
+        let mut tries = Vec::new();
+        let out: Result<&str, _> = retry(&"test", &QUICK, deadline, &Stop::default(), |a| {
+            let now = Instant::now();
+            tries.push((now, a.timeout()));
+            // Each attempt "hangs" for its whole timeout, as a server that never answers makes it.
+            std::thread::sleep(a.timeout().min(Duration::from_millis(100)));
+            retryable(a.number())
+        });
+        match out {
+            Err(Ended::TimedOut {
+                attempts,
+                last: Some(last),
+                ..
+            }) => {
+                assert_eq!(attempts as usize, tries.len());
+                assert_eq!(last, format!("failure {attempts}"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(tries.len() >= 2, "{tries:?}");
+        assert!((tries.len() as u32) < QUICK.max_attempts);
+        for (started, timeout) in &tries {
+            assert!(
+                *started < deadline.instant(),
+                "an attempt began after the deadline"
+            );
+            assert!(
+                *started + *timeout <= deadline.instant() + Duration::from_millis(1),
+                "a try may run past the deadline: {timeout:?}"
+            );
+            assert!(*timeout <= QUICK.per_try_timeout);
+        }
+    }
+
+    #[test]
+    fn a_retry_after_beyond_the_deadline_ends_the_loop_without_waiting_for_it() {
+        let mut calls = 0;
+        let out: Result<&str, _> = retry(
+            &"test",
+            &QUICK,
+            Deadline::after(Duration::from_secs(2)),
+            &Stop::default(),
+            |_| -> Scripted {
+                calls += 1;
+                Verdict::Retry {
+                    last: "429".to_string(),
+                    retry_after: Some(Duration::from_secs(600)),
+                }
+            },
+        );
+        assert!(
+            matches!(out, Err(Ended::TimedOut { attempts: 1, .. })),
+            "{out:?}"
+        );
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn a_stop_ends_the_loop() {
+        let stop = Stop::default();
+        let out: Result<&str, _> = retry(
+            &"test",
+            &QUICK,
+            Deadline::after(Duration::from_secs(30)),
+            &stop,
+            |a| {
+                if a.number() == 2 {
+                    stop.request();
+                }
+                retryable(a.number())
+            },
+        );
+        assert_eq!(out, Err(Ended::Stopped));
+    }
+
+    #[test]
+    fn the_identity_budget_rides_out_70_seconds_of_410() {
+        // Even if every jittered wait comes out at its shortest (half the exponential value), the attempts the
+        // policy allows keep going for longer than IMDS answers 410 while it updates.
+        let p = RetryPolicy::IDENTITY;
+        let shortest: Duration = (1..p.max_attempts)
+            .map(|retry| (p.first_backoff * (1 << (retry - 1).min(16))).min(p.max_backoff) / 2)
+            .sum();
+        assert!(shortest > Duration::from_secs(70), "{shortest:?}");
+        assert!(p.total > Duration::from_secs(70));
+        assert!(RetryPolicy::VAULT.per_try_timeout < CHECK_DEADLINE);
+    }
+
     #[test]
     fn stop_cuts_a_pause_short() {
         let stop = Stop::default();
