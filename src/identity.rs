@@ -4,11 +4,12 @@
 //! IMDS nothing at all between refreshes. IMDS is never reached through a proxy. The Arc flow reads a secret
 //! key file that himds names in its challenge; kvvm only reads it from the directory the Arc agent owns.
 //!
-//! No caller ever waits behind another one's request: a fresh cached token is returned at once, and a fetch
-//! runs on a thread of its own with the whole [`RetryPolicy::IDENTITY`] budget (100 s, enough to ride out the
-//! 70 s of 410 answers IMDS gives while it updates). Callers that need the token while it is being fetched wait
-//! for that one fetch, but only until their own deadline (a certificate check's, [`http::CHECK_DEADLINE`]):
-//! the check then fails with `identity-timeout`, the fetch goes on, and the next check gets its token.
+//! No caller ever waits behind another one's request: a fresh cached token is returned at once (so is one
+//! that is due for refresh but still valid for minutes, while the refresh runs), and a fetch runs on a thread
+//! of its own with the whole [`RetryPolicy::IDENTITY`] budget (100 s, enough to ride out the 70 s of 410
+//! answers IMDS gives while it updates). Callers that need the token while it is being fetched wait for that
+//! one fetch, but only until their own deadline (a certificate check's, [`http::CHECK_DEADLINE`]): the check
+//! then fails with `identity-timeout`, the fetch goes on, and the next check gets its token.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -35,6 +36,9 @@ const IMDS_API_VERSION: &str = "2018-02-01";
 const ARC_API_VERSION: &str = "2020-06-01";
 /// A cached token is refreshed once less than this remains.
 pub const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
+/// While a refresh is under way, the old token is still handed out if more than this remains (more than a
+/// whole check needs).
+const STILL_USABLE: Duration = Duration::from_secs(2 * 60);
 
 /// A bearer token. Its `Debug` never shows the secret, and the memory is wiped when dropped.
 #[derive(Clone)]
@@ -55,9 +59,16 @@ impl AccessToken {
     }
 
     fn fresh(&self, now: SystemTime) -> bool {
-        self.expires_on
-            .duration_since(now)
-            .is_ok_and(|left| left > REFRESH_BEFORE)
+        self.left(now) > REFRESH_BEFORE
+    }
+
+    /// Whether it may still be sent while a fresh one is fetched in the background.
+    fn usable(&self, now: SystemTime) -> bool {
+        self.left(now) > STILL_USABLE
+    }
+
+    fn left(&self, now: SystemTime) -> Duration {
+        self.expires_on.duration_since(now).unwrap_or_default()
     }
 }
 
@@ -440,9 +451,11 @@ impl Identity {
     }
 
     /// A token for `resource` (e.g. `https://vault.azure.net`), from the cache while it has more than five
-    /// minutes left — at once, whatever other fetches are in progress. Otherwise it waits, until `deadline` at
-    /// most, for the one fetch of that resource, which this call starts if none runs. The fetch has the
-    /// identity policy's own budget and goes on after `deadline` (its token is cached for the next caller).
+    /// minutes left — at once, whatever other fetches are in progress. Otherwise one fetch of that resource
+    /// runs (this call starts it if none does), with the identity policy's own budget, going on after
+    /// `deadline` if need be (its token is cached for the next caller). Meanwhile a cached token that is due
+    /// for refresh but still valid for minutes is returned at once; without one, this call waits for the
+    /// fetch until `deadline` at most.
     pub fn token(
         &self,
         resource: &str,
@@ -450,13 +463,15 @@ impl Identity {
         stop: &Stop,
     ) -> Result<AccessToken, IdentityError> {
         let key = resource.trim_end_matches('/').to_string();
-        let fetch = {
+        let (fetch, usable) = {
             let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
             let slot = tokens.entry(key.clone()).or_default();
-            if let Some(t) = slot.token.as_ref().filter(|t| t.fresh(SystemTime::now())) {
+            let now = SystemTime::now();
+            if let Some(t) = slot.token.as_ref().filter(|t| t.fresh(now)) {
                 return Ok(t.clone());
             }
-            match &slot.fetching {
+            let usable = slot.token.as_ref().filter(|t| t.usable(now)).cloned();
+            let fetch = match &slot.fetching {
                 Some(fetch) => fetch.clone(),
                 None => {
                     let fetch = Arc::new(Fetch::new());
@@ -465,9 +480,13 @@ impl Identity {
                     self.start_fetch(key, fetch.clone());
                     fetch
                 }
-            }
+            };
+            (fetch, usable)
         };
-        fetch.wait(deadline, stop, &self.endpoint)
+        match usable {
+            Some(token) => Ok(token),
+            None => fetch.wait(deadline, stop, &self.endpoint),
+        }
     }
 
     /// Runs the fetch on its own thread (inline if no thread can be started), then caches the token and

@@ -347,14 +347,14 @@ fn a_check_that_cannot_wait_for_the_first_token_leaves_it_to_the_next_one() {
             let f = fakes();
             // IMDS is updating (410), and the waits between its tries are longer than the first check lasts.
             let identity = Identity::new(None, None).unwrap().with_policy(RetryPolicy {
-                first_backoff: Duration::from_millis(800),
-                max_backoff: Duration::from_millis(800),
+                first_backoff: Duration::from_millis(2500),
+                max_backoff: Duration::from_millis(2500),
                 max_attempts: 8,
                 ..IDENTITY
             });
             let c = VaultClient::with_policy(Arc::new(identity), TIGHT).unwrap();
             f.imds.script([Reply::Status(410), Reply::Status(410)]);
-            let e = get_within(&c, "web", Duration::from_millis(300)).unwrap_err();
+            let e = get_within(&c, "web", Duration::from_millis(1500)).unwrap_err();
             assert_eq!(e.reason(), "identity-timeout", "{e}");
             assert!(
                 e.to_string()
@@ -365,6 +365,53 @@ fn a_check_that_cannot_wait_for_the_first_token_leaves_it_to_the_next_one() {
             get(&c, "web").unwrap();
             let statuses: Vec<u16> = f.imds.requests().iter().map(|r| r.status).collect();
             assert_eq!(statuses, [410, 410, 200]);
+        },
+    );
+}
+
+#[test]
+fn a_token_due_for_refresh_is_still_served_while_the_refresh_hangs() {
+    run_isolated(
+        "a_token_due_for_refresh_is_still_served_while_the_refresh_hangs",
+        || {
+            let f = fakes();
+            // Tokens that live 4 minutes: due for refresh (under 5 minutes left) but valid for a while.
+            f.imds.set_token_lifetime(Duration::from_secs(240));
+            let identity = Identity::new(None, None).unwrap().with_policy(IDENTITY);
+            let stop = Stop::default();
+            let first = identity
+                .token(VAULT_RESOURCE, Deadline::after(CHECK_DEADLINE), &stop)
+                .unwrap();
+            f.imds.script([Reply::Hang]);
+            let statuses = || {
+                f.imds
+                    .requests()
+                    .iter()
+                    .map(|r| r.status)
+                    .collect::<Vec<_>>()
+            };
+            // The refresh starts and hangs; the old token is handed out meanwhile, to every caller.
+            for _ in 0..3 {
+                let t = identity
+                    .token(VAULT_RESOURCE, Deadline::after(CHECK_DEADLINE), &stop)
+                    .unwrap();
+                assert_eq!(t.secret(), first.secret());
+            }
+            wait_until("the refresh hanging", || statuses() == [200, 0]);
+            let t = identity
+                .token(VAULT_RESOURCE, Deadline::after(CHECK_DEADLINE), &stop)
+                .unwrap();
+            assert_eq!(t.secret(), first.secret());
+            assert_eq!(statuses(), [200, 0], "one refresh at a time");
+            // The refresh, cut off at its limit and retried, brings a new token.
+            wait_until("the refresh retried", || statuses() == [200, 0, 200]);
+            wait_until("the new token handed out", || {
+                identity
+                    .token(VAULT_RESOURCE, Deadline::after(CHECK_DEADLINE), &stop)
+                    .unwrap()
+                    .secret()
+                    != first.secret()
+            });
         },
     );
 }
