@@ -415,3 +415,33 @@ fn a_token_due_for_refresh_is_still_served_while_the_refresh_hangs() {
         },
     );
 }
+
+#[test]
+fn a_hung_challenge_request_does_not_hold_up_another_secrets_challenge() {
+    run_isolated(
+        "a_hung_challenge_request_does_not_hold_up_another_secrets_challenge",
+        || {
+            let f = fakes();
+            // A new client knows no challenge yet: each secret's first request asks without a token.
+            let c = Arc::new(client(RetryPolicy {
+                per_try_timeout: Duration::from_secs(5),
+                ..TIGHT
+            }));
+            f.vault.script_secret(HOST, "a", [Reply::Hang]);
+            let first = {
+                let c = c.clone();
+                std::thread::spawn(move || get(&c, "a").map(|b| b.version))
+            };
+            wait_until("the challenge request for a hanging", || {
+                statuses(&f, "a") == [0]
+            });
+            get(&c, "b").unwrap();
+            assert_eq!(statuses(&f, "a"), [0], "a still hangs");
+            first.join().unwrap().unwrap();
+            assert_eq!(statuses(&f, "b"), [401, 200]);
+            // a's retry found the challenge b had cached, and b's token: no second 401, no second token.
+            assert_eq!(statuses(&f, "a"), [0, 200]);
+            assert_eq!(f.imds.stats().token_requests, 1);
+        },
+    );
+}
