@@ -5,6 +5,11 @@
 //! Two routes exist: [`Route::Direct`] for the identity endpoints (IMDS and Azure Arc must never be reached
 //! through a proxy) and [`Route::Environment`] for Key Vault, which honours `HTTPS_PROXY` / `NO_PROXY` the way
 //! curl does. An [`ureq::Agent`] keeps connections alive, so a poll cycle costs one TLS handshake per vault.
+//!
+//! [`retry`] is the one retry loop: the identity and vault modules only classify each answer ([`Verdict`]).
+//! Every attempt has a deadline that covers connect, TLS, headers and body (the policy's per-try limit, or less
+//! when the caller's [`Deadline`] is nearer), so a server that accepts a connection and never answers costs
+//! one per-try limit, never a stalled worker.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,21 +35,24 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     /// IMDS and Azure Arc: retried on 404, 410, 429 and 5xx. IMDS answers 410 for up to 70 s while it is being
-    /// updated, so the budget is longer than that.
+    /// updated, so the budget is longer than that: a token fetch runs on its own thread with this budget and
+    /// is not bounded by the deadline of the check that needed it (see [`crate::identity`]).
+    /// Enough attempts that even the shortest jittered waits add up to more than those 70 s.
     pub const IDENTITY: RetryPolicy = RetryPolicy {
         per_try_timeout: Duration::from_secs(10),
         first_backoff: Duration::from_secs(1),
         max_backoff: Duration::from_secs(16),
         total: Duration::from_secs(100),
-        max_attempts: 12,
+        max_attempts: 16,
     };
 
-    /// Key Vault: retried on 408, 429 and 5xx and on connection failures, as the Azure SDKs do.
+    /// Key Vault: retried on 408, 429 and 5xx and on connection failures, as the Azure SDKs do. A try gets
+    /// 20 s; the whole check is bounded by [`CHECK_DEADLINE`] as well.
     pub const VAULT: RetryPolicy = RetryPolicy {
-        per_try_timeout: Duration::from_secs(30),
+        per_try_timeout: Duration::from_secs(20),
         first_backoff: Duration::from_millis(800),
         max_backoff: Duration::from_secs(30),
-        total: Duration::from_secs(120),
+        total: CHECK_DEADLINE,
         max_attempts: 5,
     };
 
@@ -71,6 +79,195 @@ impl RetryPolicy {
     /// Whether another attempt, after waiting `wait`, still fits the policy.
     pub fn allows(&self, attempts_made: u32, started: Instant, wait: Duration) -> bool {
         attempts_made < self.max_attempts && started.elapsed() + wait <= self.total
+    }
+}
+
+/// How long one certificate check may take in all: every attempt, every wait between them and the wait for a
+/// token included. Well under any polling interval, so a vault that hangs costs a cycle one minute per
+/// certificate at most, and the other certificates go on meanwhile.
+pub const CHECK_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The instant by which something must be over, and how long it was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadline {
+    start: Instant,
+    end: Instant,
+}
+
+impl Deadline {
+    /// A deadline `length` from now.
+    pub fn after(length: Duration) -> Deadline {
+        let start = Instant::now();
+        Deadline {
+            start,
+            end: start + length,
+        }
+    }
+
+    /// The instant it passes.
+    pub fn instant(self) -> Instant {
+        self.end
+    }
+
+    /// Time left (zero once passed).
+    pub fn left(self) -> Duration {
+        self.end.saturating_duration_since(Instant::now())
+    }
+
+    /// Whether it has passed.
+    pub fn passed(self) -> bool {
+        Instant::now() >= self.end
+    }
+
+    /// Time since it was set.
+    pub fn elapsed(self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// How long it was given, in whole seconds (rounded), for messages.
+    pub fn seconds(self) -> u64 {
+        ((self.end - self.start) + Duration::from_millis(500)).as_secs()
+    }
+}
+
+/// What one attempt came to, as the service that made it judges the answer.
+#[derive(Debug)]
+pub enum Verdict<T, E, L> {
+    /// The result.
+    Done(T),
+    /// A final answer that retrying cannot change.
+    Fail(E),
+    /// A transient failure: try again after the policy's backoff, never sooner than `retry_after`.
+    Retry {
+        /// What this attempt saw, for the message if it was the last.
+        last: L,
+        /// The server's `Retry-After`.
+        retry_after: Option<Duration>,
+    },
+    /// A step of the protocol (an authentication challenge answered): ask again at once. It counts as an
+    /// attempt but waits for nothing.
+    Again,
+}
+
+/// Why [`retry`] ended without a result.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended<E, L> {
+    /// The service said the answer was final.
+    Failed(E),
+    /// The policy's attempts or its total budget ran out, each attempt failing transiently.
+    GaveUp {
+        /// Attempts made.
+        attempts: u32,
+        /// Time since the first.
+        elapsed: Duration,
+        /// What the last one saw.
+        last: L,
+    },
+    /// The caller's deadline came before a result: no attempt or wait runs past it.
+    TimedOut {
+        /// Attempts made.
+        attempts: u32,
+        /// Time since the first.
+        elapsed: Duration,
+        /// What the last one saw (`None` if none failed transiently).
+        last: Option<L>,
+    },
+    /// A stop was requested.
+    Stopped,
+}
+
+/// One attempt inside [`retry`].
+#[derive(Clone, Copy, Debug)]
+pub struct Attempt {
+    number: u32,
+    per_try: Duration,
+    started: Instant,
+    deadline: Deadline,
+}
+
+impl Attempt {
+    /// 1 for the first attempt.
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// The time this attempt's request may take, counted from now: the policy's per-try limit, or what is
+    /// left before the deadline if that is less (never zero, so a request always gets a clean timeout error).
+    pub fn timeout(&self) -> Duration {
+        self.per_try
+            .min(self.deadline.left())
+            .max(Duration::from_millis(1))
+    }
+
+    /// The deadline of the whole operation (for waits inside an attempt, such as for a token).
+    pub fn deadline(&self) -> Deadline {
+        self.deadline
+    }
+
+    /// Time since the first attempt started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+/// The retry loop every service uses: calls `attempt` until it gives a result or a final failure, waiting
+/// between transient failures as `policy` says (never less than the server's `Retry-After`), and stops when
+/// the policy's attempts or budget run out, when the next wait would pass `deadline`, or when `stop` is raised.
+/// `what` names the operation in the log line written before each retry.
+pub fn retry<T, E, L: std::fmt::Display>(
+    what: &dyn std::fmt::Display,
+    policy: &RetryPolicy,
+    deadline: Deadline,
+    stop: &Stop,
+    mut attempt: impl FnMut(&Attempt) -> Verdict<T, E, L>,
+) -> Result<T, Ended<E, L>> {
+    let started = Instant::now();
+    let mut number = 0u32;
+    let mut last = None;
+    loop {
+        if stop.requested() {
+            return Err(Ended::Stopped);
+        }
+        if deadline.passed() {
+            return Err(Ended::TimedOut {
+                attempts: number,
+                elapsed: started.elapsed(),
+                last,
+            });
+        }
+        number += 1;
+        let this = Attempt {
+            number,
+            per_try: policy.per_try_timeout,
+            started,
+            deadline,
+        };
+        let (seen, retry_after) = match attempt(&this) {
+            Verdict::Done(value) => return Ok(value),
+            Verdict::Fail(e) => return Err(Ended::Failed(e)),
+            Verdict::Again => continue,
+            Verdict::Retry { last, retry_after } => (last, retry_after),
+        };
+        let wait = policy.wait(number, retry_after);
+        if wait >= deadline.left() {
+            return Err(Ended::TimedOut {
+                attempts: number,
+                elapsed: started.elapsed(),
+                last: Some(seen),
+            });
+        }
+        if !policy.allows(number, started, wait) {
+            return Err(Ended::GaveUp {
+                attempts: number,
+                elapsed: started.elapsed(),
+                last: seen,
+            });
+        }
+        log::info!("{what}: {seen}; retrying in {} ms", wait.as_millis());
+        last = Some(seen);
+        if !stop.pause(wait) {
+            return Err(Ended::Stopped);
+        }
     }
 }
 
@@ -201,7 +398,7 @@ pub fn agent(route: Route, policy: &RetryPolicy) -> Result<ureq::Agent, HttpErro
         .proxy(proxy)
         .user_agent(concat!("kvvm/", env!("CARGO_PKG_VERSION")))
         .timeout_global(Some(policy.per_try_timeout))
-        .timeout_connect(Some(policy.per_try_timeout.min(Duration::from_secs(10))))
+        .timeout_connect(Some(policy.per_try_timeout.min(CONNECT_TIMEOUT)))
         .max_idle_connections_per_host(CONNECTIONS_PER_HOST)
         .max_idle_connections(MAX_IDLE_CONNECTIONS)
         // Servers close idle connections within minutes; keeping them longer only holds memory.
@@ -224,13 +421,34 @@ pub const MAX_IDLE_CONNECTIONS: usize = 32;
 /// How long an idle connection is kept for the next request.
 pub const MAX_IDLE_AGE: Duration = Duration::from_secs(300);
 
-/// One GET: the answer, whatever its status, or why there was none.
-pub fn get(agent: &ureq::Agent, url: &str, headers: &[(&str, &str)]) -> Result<Reply, Failure> {
-    let mut request = agent.get(url);
+/// One GET that may take `timeout` in all (connect, TLS handshake, response headers and body): the answer,
+/// whatever its status, or why there was none.
+pub fn get(
+    agent: &ureq::Agent,
+    url: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<Reply, Failure> {
+    // The agent's own limit is the policy's per-try limit. A request-level configuration only when less is
+    // left: ureq 3.5 builds a new rustls configuration (with an empty session cache) for every connection a
+    // request-level configuration opens, so using one always would end TLS session resumption.
+    let agent_limit = agent.config().timeouts().global;
+    let mut request = if agent_limit.is_some_and(|limit| timeout >= limit) {
+        agent.get(url)
+    } else {
+        agent
+            .get(url)
+            .config()
+            .timeout_global(Some(timeout))
+            .timeout_connect(Some(timeout.min(CONNECT_TIMEOUT)))
+            .build()
+    };
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let mut response = request.call().map_err(failure)?;
+    let mut response = request
+        .call()
+        .map_err(|e| failure(e, timeout, "no answer"))?;
     let header = |name: &str| {
         response
             .headers()
@@ -246,7 +464,7 @@ pub fn get(agent: &ureq::Agent, url: &str, headers: &[(&str, &str)]) -> Result<R
         .with_config()
         .limit(BODY_LIMIT)
         .read_to_vec()
-        .map_err(failure)?;
+        .map_err(|e| failure(e, timeout, "the headers came, but not the whole body"))?;
     Ok(Reply {
         status,
         www_authenticate,
@@ -255,7 +473,20 @@ pub fn get(agent: &ureq::Agent, url: &str, headers: &[(&str, &str)]) -> Result<R
     })
 }
 
-fn failure(e: ureq::Error) -> Failure {
+/// A connection attempt gets at most this long, even when the try has more.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Seconds (or milliseconds, under one second) for messages.
+fn human(d: Duration) -> String {
+    if d >= Duration::from_secs(1) {
+        format!("{} s", (d + Duration::from_millis(500)).as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+/// `stage` says how far the request got when a timeout cut it off.
+fn failure(e: ureq::Error, timeout: Duration, stage: &str) -> Failure {
     use ureq::Error as E;
     let kind = match &e {
         E::HostNotFound => FailureKind::Dns,
@@ -268,10 +499,11 @@ fn failure(e: ureq::Error) -> Failure {
         E::Io(io) => io_kind(io),
         _ => FailureKind::Broken,
     };
-    Failure {
-        kind,
-        detail: e.to_string(),
-    }
+    let detail = match kind {
+        FailureKind::Timeout => format!("{stage} within {} ({e})", human(timeout)),
+        _ => e.to_string(),
+    };
+    Failure { kind, detail }
 }
 
 fn io_kind(io: &std::io::Error) -> FailureKind {
@@ -402,6 +634,218 @@ mod tests {
         assert!(p.allows(1, start, Duration::from_secs(1)));
         assert!(!p.allows(p.max_attempts, start, Duration::ZERO));
         assert!(!p.allows(1, start, p.total + Duration::from_secs(1)));
+    }
+
+    /// A quick policy for the loop's tests: waits of 10–20 ms unless a `Retry-After` asks for more.
+    const QUICK: RetryPolicy = RetryPolicy {
+        per_try_timeout: Duration::from_secs(5),
+        first_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(20),
+        total: Duration::from_secs(30),
+        max_attempts: 50,
+    };
+
+    type Scripted = Verdict<&'static str, &'static str, String>;
+
+    fn retryable(n: u32) -> Scripted {
+        Verdict::Retry {
+            last: format!("failure {n}"),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn two_retryable_failures_then_success() {
+        let mut calls = Vec::new();
+        let out = retry(
+            &"test",
+            &QUICK,
+            Deadline::after(Duration::from_secs(30)),
+            &Stop::default(),
+            |a| {
+                calls.push(a.number());
+                if a.number() < 3 {
+                    retryable(a.number())
+                } else {
+                    Verdict::Done("token")
+                }
+            },
+        );
+        assert_eq!(out, Ok("token"));
+        assert_eq!(calls, [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_final_failure_stops_at_once() {
+        let mut calls = 0;
+        let out: Result<&str, _> = retry(
+            &"test",
+            &QUICK,
+            Deadline::after(Duration::from_secs(30)),
+            &Stop::default(),
+            |_| {
+                calls += 1;
+                Verdict::<&str, &str, String>::Fail("forbidden")
+            },
+        );
+        assert_eq!(out, Err(Ended::Failed("forbidden")));
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn a_challenge_step_is_asked_again_at_once_and_counted() {
+        let mut calls = Vec::new();
+        let out = retry(
+            &"test",
+            &QUICK,
+            Deadline::after(Duration::from_secs(30)),
+            &Stop::default(),
+            |a| {
+                calls.push(a.number());
+                if a.number() == 1 {
+                    Verdict::Again
+                } else {
+                    Verdict::<_, &str, String>::Done("secret")
+                }
+            },
+        );
+        assert_eq!(out, Ok("secret"));
+        assert_eq!(calls, [1, 2]);
+    }
+
+    #[test]
+    fn the_policy_gives_up_after_its_attempts_with_the_last_failure() {
+        let out: Result<&str, _> = retry(
+            &"test",
+            &RetryPolicy {
+                max_attempts: 4,
+                ..QUICK
+            },
+            Deadline::after(Duration::from_secs(30)),
+            &Stop::default(),
+            |a| retryable(a.number()),
+        );
+        match out {
+            Err(Ended::GaveUp { attempts, last, .. }) => {
+                assert_eq!((attempts, last.as_str()), (4, "failure 4"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn retry_after_is_never_undercut_by_the_loop() {
+        let mut starts = Vec::new();
+        let out = retry(
+            &"test",
+            &QUICK,
+            Deadline::after(Duration::from_secs(30)),
+            &Stop::default(),
+            |a| {
+                starts.push(Instant::now());
+                if a.number() == 1 {
+                    Verdict::Retry {
+                        last: "429".to_string(),
+                        retry_after: Some(Duration::from_millis(400)),
+                    }
+                } else {
+                    Verdict::<_, &str, String>::Done("ok")
+                }
+            },
+        );
+        assert_eq!(out, Ok("ok"));
+        assert!(starts[1] - starts[0] >= Duration::from_millis(400));
+    }
+
+    #[test]
+    fn the_deadline_stops_new_attempts_and_bounds_each_try() {
+        let deadline = Deadline::after(Duration::from_millis(300));
+        let mut tries = Vec::new();
+        let out: Result<&str, _> = retry(&"test", &QUICK, deadline, &Stop::default(), |a| {
+            let now = Instant::now();
+            tries.push((now, a.timeout()));
+            // Each attempt "hangs" for its whole timeout, as a server that never answers makes it.
+            std::thread::sleep(a.timeout().min(Duration::from_millis(100)));
+            retryable(a.number())
+        });
+        match out {
+            Err(Ended::TimedOut {
+                attempts,
+                last: Some(last),
+                ..
+            }) => {
+                assert_eq!(attempts as usize, tries.len());
+                assert_eq!(last, format!("failure {attempts}"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(tries.len() >= 2, "{tries:?}");
+        assert!((tries.len() as u32) < QUICK.max_attempts);
+        for (started, timeout) in &tries {
+            assert!(
+                *started < deadline.instant(),
+                "an attempt began after the deadline"
+            );
+            assert!(
+                *started + *timeout <= deadline.instant() + Duration::from_millis(1),
+                "a try may run past the deadline: {timeout:?}"
+            );
+            assert!(*timeout <= QUICK.per_try_timeout);
+        }
+    }
+
+    #[test]
+    fn a_retry_after_beyond_the_deadline_ends_the_loop_without_waiting_for_it() {
+        let mut calls = 0;
+        let out: Result<&str, _> = retry(
+            &"test",
+            &QUICK,
+            Deadline::after(Duration::from_secs(2)),
+            &Stop::default(),
+            |_| -> Scripted {
+                calls += 1;
+                Verdict::Retry {
+                    last: "429".to_string(),
+                    retry_after: Some(Duration::from_secs(600)),
+                }
+            },
+        );
+        assert!(
+            matches!(out, Err(Ended::TimedOut { attempts: 1, .. })),
+            "{out:?}"
+        );
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn a_stop_ends_the_loop() {
+        let stop = Stop::default();
+        let out: Result<&str, _> = retry(
+            &"test",
+            &QUICK,
+            Deadline::after(Duration::from_secs(30)),
+            &stop,
+            |a| {
+                if a.number() == 2 {
+                    stop.request();
+                }
+                retryable(a.number())
+            },
+        );
+        assert_eq!(out, Err(Ended::Stopped));
+    }
+
+    #[test]
+    fn the_identity_budget_rides_out_70_seconds_of_410() {
+        // Even if every jittered wait comes out at its shortest (half the exponential value), the attempts the
+        // policy allows keep going for longer than IMDS answers 410 while it updates.
+        let p = RetryPolicy::IDENTITY;
+        let shortest: Duration = (1..p.max_attempts)
+            .map(|retry| (p.first_backoff * (1 << (retry - 1).min(16))).min(p.max_backoff) / 2)
+            .sum();
+        assert!(shortest > Duration::from_secs(70), "{shortest:?}");
+        assert!(p.total > Duration::from_secs(70));
+        assert!(RetryPolicy::VAULT.per_try_timeout < CHECK_DEADLINE);
     }
 
     #[test]

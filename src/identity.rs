@@ -3,19 +3,26 @@
 //! Tokens are cached per resource and reused until five minutes before they expire, so a steady worker asks
 //! IMDS nothing at all between refreshes. IMDS is never reached through a proxy. The Arc flow reads a secret
 //! key file that himds names in its challenge; kvvm only reads it from the directory the Arc agent owns.
+//!
+//! No caller ever waits behind another one's request: a fresh cached token is returned at once (so is one
+//! that is due for refresh but still valid for minutes, while the refresh runs), and a fetch runs on a thread
+//! of its own with the whole [`RetryPolicy::IDENTITY`] budget (100 s, enough to ride out the 70 s of 410
+//! answers IMDS gives while it updates). Callers that need the token while it is being fetched wait for that
+//! one fetch, but only until their own deadline (a certificate check's, [`http::CHECK_DEADLINE`]): the check
+//! then fails with `identity-timeout`, the fetch goes on, and the next check gets its token.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use url::Url;
 use zeroize::Zeroizing;
 
-use crate::http::{self, FailureKind, RetryPolicy, Route, Stop};
+use crate::http::{self, Attempt, Deadline, Ended, FailureKind, RetryPolicy, Route, Stop, Verdict};
 
 /// Where IMDS serves tokens on every Azure VM.
 pub const IMDS_TOKEN_URL: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
@@ -29,6 +36,9 @@ const IMDS_API_VERSION: &str = "2018-02-01";
 const ARC_API_VERSION: &str = "2020-06-01";
 /// A cached token is refreshed once less than this remains.
 pub const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
+/// While a refresh is under way, the old token is still handed out if more than this remains (more than a
+/// whole check needs).
+const STILL_USABLE: Duration = Duration::from_secs(2 * 60);
 
 /// A bearer token. Its `Debug` never shows the secret, and the memory is wiped when dropped.
 #[derive(Clone)]
@@ -49,9 +59,16 @@ impl AccessToken {
     }
 
     fn fresh(&self, now: SystemTime) -> bool {
-        self.expires_on
-            .duration_since(now)
-            .is_ok_and(|left| left > REFRESH_BEFORE)
+        self.left(now) > REFRESH_BEFORE
+    }
+
+    /// Whether it may still be sent while a fresh one is fetched in the background.
+    fn usable(&self, now: SystemTime) -> bool {
+        self.left(now) > STILL_USABLE
+    }
+
+    fn left(&self, now: SystemTime) -> Duration {
+        self.expires_on.duration_since(now).unwrap_or_default()
     }
 }
 
@@ -136,9 +153,99 @@ pub enum IdentityError {
          own (system-assigned) identity; remove msiClientId from the settings"
     )]
     ArcUserAssigned { client_id: String, endpoint: String },
+    /// The caller's deadline passed while the token was still being fetched (the fetch goes on).
+    #[error(
+        "the managed identity endpoint {endpoint} gave no token within {seconds} s (kvvm keeps asking in the \
+         background; last: {last}). {hint}"
+    )]
+    Timeout {
+        endpoint: String,
+        seconds: u64,
+        last: String,
+        hint: &'static str,
+    },
     /// The worker is stopping.
     #[error("stopped while waiting for a managed identity token")]
     Cancelled,
+}
+
+/// Every waiter of one fetch gets its outcome; `io::Error` is not `Clone`, so that one is rebuilt from its
+/// kind and text (which is all the message shows).
+impl Clone for IdentityError {
+    fn clone(&self) -> IdentityError {
+        use IdentityError as E;
+        match self {
+            E::NotAssigned {
+                endpoint,
+                identity,
+                detail,
+            } => E::NotAssigned {
+                endpoint: endpoint.clone(),
+                identity: identity.clone(),
+                detail: detail.clone(),
+            },
+            E::Refused {
+                endpoint,
+                identity,
+                status,
+                detail,
+            } => E::Refused {
+                endpoint: endpoint.clone(),
+                identity: identity.clone(),
+                status: *status,
+                detail: detail.clone(),
+            },
+            E::GaveUp {
+                endpoint,
+                attempts,
+                seconds,
+                last,
+                hint,
+            } => E::GaveUp {
+                endpoint: endpoint.clone(),
+                attempts: *attempts,
+                seconds: *seconds,
+                last: last.clone(),
+                hint,
+            },
+            E::BadToken { endpoint, detail } => E::BadToken {
+                endpoint: endpoint.clone(),
+                detail: detail.clone(),
+            },
+            E::ArcChallenge { endpoint, header } => E::ArcChallenge {
+                endpoint: endpoint.clone(),
+                header: header.clone(),
+            },
+            E::ArcKeyPath { path, dir, problem } => E::ArcKeyPath {
+                path: path.clone(),
+                dir: dir.clone(),
+                problem: problem.clone(),
+            },
+            E::ArcKeyRead { path, source } => E::ArcKeyRead {
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            E::ArcUserAssigned {
+                client_id,
+                endpoint,
+            } => E::ArcUserAssigned {
+                client_id: client_id.clone(),
+                endpoint: endpoint.clone(),
+            },
+            E::Timeout {
+                endpoint,
+                seconds,
+                last,
+                hint,
+            } => E::Timeout {
+                endpoint: endpoint.clone(),
+                seconds: *seconds,
+                last: last.clone(),
+                hint,
+            },
+            E::Cancelled => E::Cancelled,
+        }
+    }
 }
 
 impl IdentityError {
@@ -153,6 +260,7 @@ impl IdentityError {
             IdentityError::ArcKeyPath { .. } => "arc-key-path",
             IdentityError::ArcKeyRead { .. } => "arc-key-read",
             IdentityError::ArcUserAssigned { .. } => "arc-user-assigned",
+            IdentityError::Timeout { .. } => "identity-timeout",
             IdentityError::Cancelled => "cancelled",
         }
     }
@@ -160,22 +268,115 @@ impl IdentityError {
 
 /// The machine's managed identity: one per worker, shared by its threads.
 pub struct Identity {
+    endpoint: Endpoint,
+    tokens: Arc<Mutex<HashMap<String, Slot>>>,
+}
+
+/// What a fetch needs, cloned onto the thread that runs it.
+#[derive(Clone)]
+struct Endpoint {
     token_url: Url,
     arc: bool,
     client_id: Option<String>,
     arc_key_dir: PathBuf,
     agent: ureq::Agent,
     policy: RetryPolicy,
-    cache: Mutex<HashMap<String, AccessToken>>,
-    /// Held while a token is being fetched, so threads that need one at the same time ask IMDS once.
-    fetching: Mutex<()>,
+}
+
+/// One resource's cached token and the fetch in progress, if any.
+#[derive(Default)]
+struct Slot {
+    token: Option<AccessToken>,
+    fetching: Option<Arc<Fetch>>,
+}
+
+/// A fetch in progress, shared by the callers waiting for it.
+struct Fetch {
+    started: Instant,
+    state: Mutex<FetchState>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct FetchState {
+    /// What the latest failed attempt saw, for a waiter whose deadline passes.
+    last: Option<String>,
+    /// Callers waiting now.
+    waiting: usize,
+    outcome: Option<Result<AccessToken, IdentityError>>,
+}
+
+impl Fetch {
+    fn new() -> Fetch {
+        Fetch {
+            started: Instant::now(),
+            state: Mutex::new(FetchState::default()),
+            done: Condvar::new(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FetchState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn note(&self, last: &str) {
+        self.state().last = Some(last.to_string());
+    }
+
+    /// Hands the outcome to the waiters; true if there were none.
+    fn finish(&self, outcome: Result<AccessToken, IdentityError>) -> bool {
+        let mut state = self.state();
+        state.outcome = Some(outcome);
+        self.done.notify_all();
+        state.waiting == 0
+    }
+
+    /// The fetch's outcome, or an error once `deadline` passes or `stop` is raised.
+    fn wait(
+        &self,
+        deadline: Deadline,
+        stop: &Stop,
+        endpoint: &Endpoint,
+    ) -> Result<AccessToken, IdentityError> {
+        let mut state = self.state();
+        state.waiting += 1;
+        let outcome = loop {
+            if let Some(outcome) = &state.outcome {
+                break outcome.clone();
+            }
+            if stop.requested() {
+                break Err(IdentityError::Cancelled);
+            }
+            let left = deadline.left();
+            if left.is_zero() {
+                break Err(IdentityError::Timeout {
+                    endpoint: endpoint.token_url.to_string(),
+                    seconds: self.started.elapsed().as_secs(),
+                    last: state
+                        .last
+                        .clone()
+                        .unwrap_or_else(|| "no answer yet".to_string()),
+                    hint: endpoint.hint(),
+                });
+            }
+            // Wake up now and then to notice a stop request.
+            let slice = left.min(Duration::from_millis(50));
+            state = self
+                .done
+                .wait_timeout(state, slice)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        };
+        state.waiting -= 1;
+        outcome
+    }
 }
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Identity")
-            .field("token_url", &self.token_url.as_str())
-            .field("client_id", &self.client_id)
+            .field("token_url", &self.endpoint.token_url.as_str())
+            .field("client_id", &self.endpoint.client_id)
             .finish_non_exhaustive()
     }
 }
@@ -213,77 +414,161 @@ impl Identity {
         let agent =
             http::agent(route_for(&token_url), &policy).expect("direct agents need no roots");
         Ok(Identity {
-            token_url,
-            arc,
-            client_id: client_id.map(str::to_string),
-            arc_key_dir: PathBuf::from(ARC_KEY_DIR),
-            agent,
-            policy,
-            cache: Mutex::new(HashMap::new()),
-            fetching: Mutex::new(()),
+            endpoint: Endpoint {
+                token_url,
+                arc,
+                client_id: client_id.map(str::to_string),
+                arc_key_dir: PathBuf::from(ARC_KEY_DIR),
+                agent,
+                policy,
+            },
+            tokens: Arc::default(),
         })
     }
 
     /// Where Azure Arc key files are accepted from (default [`ARC_KEY_DIR`]).
     pub fn with_arc_key_dir(mut self, dir: impl Into<PathBuf>) -> Identity {
-        self.arc_key_dir = dir.into();
+        self.endpoint.arc_key_dir = dir.into();
         self
     }
 
     /// Replaces the retry policy (default [`RetryPolicy::IDENTITY`]).
     pub fn with_policy(mut self, policy: RetryPolicy) -> Identity {
-        self.agent =
-            http::agent(route_for(&self.token_url), &policy).expect("direct agents need no roots");
-        self.policy = policy;
+        self.endpoint.agent = http::agent(route_for(&self.endpoint.token_url), &policy)
+            .expect("direct agents need no roots");
+        self.endpoint.policy = policy;
         self
     }
 
     /// The token URL requests go to (without query).
     pub fn token_url(&self) -> &Url {
-        &self.token_url
+        &self.endpoint.token_url
     }
 
     /// Which identity this is, in words, for messages.
     pub fn describe(&self) -> String {
-        match &self.client_id {
-            Some(id) => format!("the user-assigned identity with client id {id} (msiClientId)"),
-            None => "the system-assigned identity".to_string(),
-        }
+        self.endpoint.describe()
     }
 
     /// A token for `resource` (e.g. `https://vault.azure.net`), from the cache while it has more than five
-    /// minutes left.
-    pub fn token(&self, resource: &str, stop: &Stop) -> Result<AccessToken, IdentityError> {
+    /// minutes left — at once, whatever other fetches are in progress. Otherwise one fetch of that resource
+    /// runs (this call starts it if none does), with the identity policy's own budget, going on after
+    /// `deadline` if need be (its token is cached for the next caller). Meanwhile a cached token that is due
+    /// for refresh but still valid for minutes is returned at once; without one, this call waits for the
+    /// fetch until `deadline` at most.
+    pub fn token(
+        &self,
+        resource: &str,
+        deadline: Deadline,
+        stop: &Stop,
+    ) -> Result<AccessToken, IdentityError> {
         let key = resource.trim_end_matches('/').to_string();
-        if let Some(t) = self.cached(&key) {
-            return Ok(t);
+        let (fetch, usable) = {
+            let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = tokens.entry(key.clone()).or_default();
+            let now = SystemTime::now();
+            if let Some(t) = slot.token.as_ref().filter(|t| t.fresh(now)) {
+                return Ok(t.clone());
+            }
+            let usable = slot.token.as_ref().filter(|t| t.usable(now)).cloned();
+            let fetch = match &slot.fetching {
+                Some(fetch) => fetch.clone(),
+                None => {
+                    let fetch = Arc::new(Fetch::new());
+                    slot.fetching = Some(fetch.clone());
+                    drop(tokens);
+                    self.start_fetch(key, fetch.clone());
+                    fetch
+                }
+            };
+            (fetch, usable)
+        };
+        match usable {
+            Some(token) => Ok(token),
+            None => fetch.wait(deadline, stop, &self.endpoint),
         }
-        let _one_at_a_time = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(t) = self.cached(&key) {
-            return Ok(t);
+    }
+
+    /// Runs the fetch on its own thread (inline if no thread can be started), then caches the token and
+    /// hands the outcome to every waiter.
+    fn start_fetch(&self, key: String, fetch: Arc<Fetch>) {
+        let job = FetchJob {
+            endpoint: self.endpoint.clone(),
+            tokens: self.tokens.clone(),
+            key,
+            fetch,
+        };
+        let inline = job.clone();
+        let spawned = std::thread::Builder::new()
+            .name("kvvm-identity".into())
+            .spawn(move || job.run());
+        if let Err(e) = spawned {
+            log::warn!("cannot start a thread for the token fetch ({e}); fetching inline");
+            inline.run();
         }
-        let token = self.fetch(&key, stop)?;
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, token.clone());
-        Ok(token)
     }
 
     /// Drops the cached token for `resource` (the vault rejected it).
     pub fn forget(&self, resource: &str) {
-        self.cache
+        if let Some(slot) = self
+            .tokens
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(resource.trim_end_matches('/'));
+            .get_mut(resource.trim_end_matches('/'))
+        {
+            slot.token = None;
+        }
     }
 
-    fn cached(&self, key: &str) -> Option<AccessToken> {
-        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache
-            .get(key)
-            .filter(|t| t.fresh(SystemTime::now()))
-            .cloned()
+    #[cfg(test)]
+    fn request_url(&self, resource: &str) -> String {
+        self.endpoint.request_url(resource)
+    }
+}
+
+/// One fetch and where its outcome goes.
+#[derive(Clone)]
+struct FetchJob {
+    endpoint: Endpoint,
+    tokens: Arc<Mutex<HashMap<String, Slot>>>,
+    key: String,
+    fetch: Arc<Fetch>,
+}
+
+impl FetchJob {
+    fn run(self) {
+        let outcome = self.endpoint.fetch(&self.key, &self.fetch);
+        {
+            let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = tokens.entry(self.key.clone()).or_default();
+            if slot
+                .fetching
+                .as_ref()
+                .is_some_and(|f| Arc::ptr_eq(f, &self.fetch))
+            {
+                slot.fetching = None;
+            }
+            if let Ok(token) = &outcome {
+                slot.token = Some(token.clone());
+            }
+        }
+        let failure = outcome.as_ref().err().map(|e| e.to_string());
+        let unheard = self.fetch.finish(outcome);
+        if let Some(e) = failure
+            && unheard
+        {
+            // Every caller stopped waiting: say here what became of the fetch.
+            log::warn!("managed identity token for {}: {e}", self.key);
+        }
+    }
+}
+
+impl Endpoint {
+    fn describe(&self) -> String {
+        match &self.client_id {
+            Some(id) => format!("the user-assigned identity with client id {id} (msiClientId)"),
+            None => "the system-assigned identity".to_string(),
+        }
     }
 
     fn request_url(&self, resource: &str) -> String {
@@ -306,72 +591,114 @@ impl Identity {
         url.into()
     }
 
-    fn fetch(&self, resource: &str, stop: &Stop) -> Result<AccessToken, IdentityError> {
+    /// One token fetch with the whole identity budget, noting each transient failure in `progress`.
+    fn fetch(&self, resource: &str, progress: &Fetch) -> Result<AccessToken, IdentityError> {
         let url = self.request_url(resource);
         let endpoint = self.token_url.to_string();
-        let started = Instant::now();
-        let mut attempts = 0u32;
+        let what = format!("managed identity endpoint {endpoint}");
         let mut basic: Option<Zeroizing<String>> = None;
-        loop {
-            attempts += 1;
-            let mut headers = vec![("Metadata", "true")];
-            if let Some(b) = &basic {
-                headers.push(("Authorization", b.as_str()));
+        let deadline = Deadline::after(self.policy.total);
+        // Nobody stops a fetch: it is bounded by its budget, and waiters stop waiting on their own.
+        let never = Stop::default();
+        let ended = http::retry(&what, &self.policy, deadline, &never, |attempt| {
+            let verdict = self.classify(attempt, &url, &endpoint, &mut basic);
+            if let Verdict::Retry { last, .. } = &verdict {
+                progress.note(last);
             }
-            let (last, retry_after) = match http::get(&self.agent, &url, &headers) {
-                Ok(reply) => match reply.status {
-                    200 => return parse_token(&reply.body, &endpoint),
-                    401 if basic.is_none() => {
-                        let key = self.arc_key(reply.www_authenticate.as_deref(), &endpoint)?;
-                        basic = Some(Zeroizing::new(format!("Basic {}", key.as_str())));
-                        // The challenge is part of the protocol, not a failure: ask again at once.
-                        continue;
-                    }
-                    400 => {
-                        return Err(IdentityError::NotAssigned {
-                            endpoint,
-                            identity: self.describe(),
-                            detail: error_detail(&reply.body),
-                        });
-                    }
-                    404 | 410 | 429 | 500..=599 => (
-                        format!("HTTP {} ({})", reply.status, error_detail(&reply.body)),
-                        reply.retry_after,
-                    ),
-                    status => {
-                        return Err(IdentityError::Refused {
-                            endpoint,
-                            identity: self.describe(),
-                            status,
-                            detail: error_detail(&reply.body),
-                        });
-                    }
-                },
-                Err(f) if f.kind.is_transient() => (describe_failure(&f), None),
-                Err(f) => {
-                    return Err(IdentityError::GaveUp {
-                        endpoint,
-                        attempts,
-                        seconds: started.elapsed().as_secs(),
-                        last: describe_failure(&f),
-                        hint: self.hint(),
-                    });
-                }
-            };
-            let wait = self.policy.wait(attempts, retry_after);
-            if !self.policy.allows(attempts, started, wait) {
-                return Err(IdentityError::GaveUp {
-                    endpoint,
-                    attempts,
-                    seconds: started.elapsed().as_secs(),
-                    last,
+            verdict
+        });
+        ended.map_err(|ended| match ended {
+            Ended::Failed(e) => e,
+            Ended::GaveUp {
+                attempts,
+                elapsed,
+                last,
+            }
+            | Ended::TimedOut {
+                attempts,
+                elapsed,
+                last: Some(last),
+            } => IdentityError::GaveUp {
+                endpoint: endpoint.clone(),
+                attempts,
+                seconds: elapsed.as_secs(),
+                last,
+                hint: self.hint(),
+            },
+            Ended::TimedOut {
+                attempts, elapsed, ..
+            } => IdentityError::GaveUp {
+                endpoint: endpoint.clone(),
+                attempts,
+                seconds: elapsed.as_secs(),
+                last: "no answer".to_string(),
+                hint: self.hint(),
+            },
+            Ended::Stopped => IdentityError::Cancelled,
+        })
+    }
+
+    /// IMDS's and Arc's code set: 200 is the token; Arc's first 401 names the key file to answer with; 400 means
+    /// the identity is not there; 404, 410, 429, 5xx and connection failures are retried.
+    fn classify(
+        &self,
+        attempt: &Attempt,
+        url: &str,
+        endpoint: &str,
+        basic: &mut Option<Zeroizing<String>>,
+    ) -> Verdict<AccessToken, IdentityError, String> {
+        let mut headers = vec![("Metadata", "true")];
+        if let Some(b) = basic.as_ref() {
+            headers.push(("Authorization", b.as_str()));
+        }
+        let reply = match http::get(&self.agent, url, &headers, attempt.timeout()) {
+            Ok(reply) => reply,
+            Err(f) if f.kind.is_transient() => {
+                return Verdict::Retry {
+                    last: describe_failure(&f),
+                    retry_after: None,
+                };
+            }
+            Err(f) => {
+                return Verdict::Fail(IdentityError::GaveUp {
+                    endpoint: endpoint.to_string(),
+                    attempts: attempt.number(),
+                    seconds: attempt.elapsed().as_secs(),
+                    last: describe_failure(&f),
                     hint: self.hint(),
                 });
             }
-            log::debug!("managed identity endpoint: {last}; retrying in {wait:?}");
-            if !stop.pause(wait) {
-                return Err(IdentityError::Cancelled);
+        };
+        match reply.status {
+            200 => match parse_token(&reply.body, endpoint) {
+                Ok(token) => Verdict::Done(token),
+                Err(e) => Verdict::Fail(e),
+            },
+            401 if basic.is_none() => {
+                match self.arc_key(reply.www_authenticate.as_deref(), endpoint) {
+                    Ok(key) => {
+                        *basic = Some(Zeroizing::new(format!("Basic {}", key.as_str())));
+                        // The challenge is part of the protocol, not a failure: ask again at once.
+                        Verdict::Again
+                    }
+                    Err(e) => Verdict::Fail(e),
+                }
             }
+            400 => Verdict::Fail(IdentityError::NotAssigned {
+                endpoint: endpoint.to_string(),
+                identity: self.describe(),
+                detail: error_detail(&reply.body),
+            }),
+            404 | 410 | 429 | 500..=599 => Verdict::Retry {
+                last: format!("HTTP {} ({})", reply.status, error_detail(&reply.body)),
+                retry_after: reply.retry_after,
+            },
+            status => Verdict::Fail(IdentityError::Refused {
+                endpoint: endpoint.to_string(),
+                identity: self.describe(),
+                status,
+                detail: error_detail(&reply.body),
+            }),
         }
     }
 
@@ -589,7 +916,7 @@ mod tests {
         );
         let default = Identity::new(None, None).unwrap();
         assert_eq!(default.token_url().as_str(), IMDS_TOKEN_URL);
-        assert!(!default.arc);
+        assert!(!default.endpoint.arc);
     }
 
     #[test]

@@ -114,6 +114,7 @@ pub fn check(
         &cert.vault_url,
         &cert.secret_name,
         cert.version.as_deref(),
+        http::Deadline::after(http::CHECK_DEADLINE),
         stop,
     )?;
     let kind = match secret.kind() {

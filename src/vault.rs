@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use url::Url;
 use zeroize::Zeroizing;
 
-use crate::http::{self, FailureKind, RetryPolicy, Route, Stop};
+use crate::http::{self, Attempt, Deadline, Ended, FailureKind, RetryPolicy, Route, Stop, Verdict};
 use crate::identity::{AccessToken, Identity, IdentityError};
 
 /// The Key Vault REST API version kvvm speaks.
@@ -97,6 +97,19 @@ pub enum VaultError {
         seconds: u64,
         last: String,
     },
+    /// The check's deadline passed without an answer (every try hung, or the last one did).
+    #[error(
+        "vault '{vault}' did not answer for secret '{secret}' within {seconds} s ({attempts} attempt(s); last: \
+         {last}); check the network path from the VM to the vault: network security groups and firewalls, the \
+         vault's private endpoint and its DNS, and HTTPS_PROXY / NO_PROXY if traffic goes through a proxy"
+    )]
+    Timeout {
+        vault: String,
+        secret: String,
+        attempts: u32,
+        seconds: u64,
+        last: String,
+    },
     /// The vault host name does not resolve.
     #[error(
         "cannot resolve the vault host '{host}' ({detail}); check the vault name in observedCertificates. For a \
@@ -143,6 +156,7 @@ impl VaultError {
             VaultError::Unauthorized { .. } => "vault-unauthorized",
             VaultError::Status { .. } => "vault-refused",
             VaultError::GaveUp { .. } => "vault-unavailable",
+            VaultError::Timeout { .. } => "vault-timeout",
             VaultError::Dns { .. } => "vault-dns",
             VaultError::Connect { .. } => "vault-connect",
             VaultError::Tls { .. } => "vault-tls",
@@ -317,11 +331,27 @@ impl std::fmt::Debug for VaultClient {
     }
 }
 
-/// The answer to one attempt that may be retried.
+/// What a retryable attempt saw.
 struct Transient {
     last: String,
-    retry_after: Option<Duration>,
     failure: Option<http::Failure>,
+}
+
+impl std::fmt::Display for Transient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.last)
+    }
+}
+
+/// One `get_secret` call: what it asks for and what it has learnt so far.
+struct SecretRequest<'a> {
+    host: String,
+    vault: String,
+    name: &'a str,
+    version: Option<&'a str>,
+    url: String,
+    token: Option<AccessToken>,
+    refreshed: bool,
 }
 
 impl VaultClient {
@@ -364,11 +394,16 @@ impl VaultClient {
     }
 
     /// Reads secret `name` from the vault at `vault_url`: its latest version, or `version` if pinned.
+    ///
+    /// The whole check, the token it may need included, ends by `deadline` (normally
+    /// [`http::CHECK_DEADLINE`] from now): each try gets the policy's per-try limit or what is left, whichever
+    /// is less, and no wait runs past it. A check the deadline cuts off fails with [`VaultError::Timeout`].
     pub fn get_secret(
         &self,
         vault_url: &Url,
         name: &str,
         version: Option<&str>,
+        deadline: Deadline,
         stop: &Stop,
     ) -> Result<SecretBundle, VaultError> {
         if vault_url.scheme() != "https" {
@@ -389,165 +424,215 @@ impl VaultClient {
             "{origin}/secrets/{name}/{}?api-version={API_VERSION}",
             version.unwrap_or("")
         );
-        let started = Instant::now();
-        let mut attempts = 0u32;
-        let mut token: Option<AccessToken> = None;
-        let mut refreshed = false;
-        loop {
-            self.hold(&host, stop)?;
-            let challenge = self.challenge(&host);
-            if let Some(ch) = &challenge
-                && token.is_none()
-            {
-                if !token_allowed(&host, ch) {
-                    return Err(VaultError::ResourceMismatch {
-                        vault_host: host,
-                        resource: ch.resource.clone(),
-                        resource_host: ch.resource_host.clone(),
-                    });
+        let mut req = SecretRequest {
+            host,
+            vault,
+            name,
+            version,
+            url,
+            token: None,
+            refreshed: false,
+        };
+        let what = format!("vault {}, secret {name}", req.vault);
+        let ended = http::retry(&what, &self.policy, deadline, stop, |attempt| {
+            self.attempt(&mut req, attempt, stop)
+        });
+        let (host, vault, secret) = (req.host, req.vault, name.to_string());
+        ended.map_err(|ended| match ended {
+            Ended::Failed(e) => e,
+            Ended::Stopped => VaultError::Cancelled,
+            Ended::TimedOut {
+                attempts,
+                elapsed,
+                last,
+            } => match last {
+                // An error answer, or a name or connection failure, says more than "no answer in time".
+                Some(last)
+                    if last
+                        .failure
+                        .as_ref()
+                        .is_none_or(|f| f.kind != FailureKind::Timeout) =>
+                {
+                    gave_up(host, vault, secret, attempts, elapsed, last)
                 }
-                token = Some(self.identity.token(&ch.resource, stop)?);
-            }
-            attempts += 1;
-            let bearer = token
-                .as_ref()
-                .map(|t| Zeroizing::new(format!("Bearer {}", t.secret())));
-            let mut headers = Vec::new();
-            if let Some(b) = &bearer {
-                headers.push(("Authorization", b.as_str()));
-            }
-            let transient = match http::get(&self.agent(), &url, &headers) {
-                Ok(reply) => match reply.status {
-                    200 => return parse_bundle(&reply.body, &vault, name),
-                    401 => {
-                        let header = reply.www_authenticate.clone().unwrap_or_default();
-                        match parse_challenge(&header) {
-                            Some(ch) => {
-                                self.challenges
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .insert(host.clone(), ch.clone());
-                            }
-                            None if challenge.is_none() => {
-                                return Err(VaultError::BadChallenge {
-                                    vault_host: host,
-                                    header: if header.is_empty() {
-                                        "no WWW-Authenticate header".to_string()
-                                    } else {
-                                        format!("WWW-Authenticate: {header}")
-                                    },
-                                });
-                            }
-                            None => {}
-                        }
-                        if let Some(old) = token.take() {
-                            if refreshed {
-                                return Err(VaultError::Unauthorized {
-                                    vault,
-                                    identity: self.identity.describe(),
-                                    detail: kv_error(&reply.body).1,
-                                });
-                            }
-                            // The token may have been revoked or issued for another tenant: drop it and try
-                            // once more with a fresh one.
-                            drop(old);
-                            if let Some(ch) = &challenge {
-                                self.identity.forget(&ch.resource);
-                            }
-                            refreshed = true;
-                        }
-                        continue;
-                    }
-                    403 => {
-                        let (code, _) = kv_error(&reply.body);
-                        return Err(VaultError::Forbidden {
-                            vault,
-                            secret: name.to_string(),
-                            identity: self.identity.describe(),
-                            code,
-                        });
-                    }
-                    404 => {
-                        let (code, _) = kv_error(&reply.body);
-                        let what = match version {
-                            Some(v) => format!("version {v} of secret '{name}'"),
-                            None => format!("secret '{name}'"),
-                        };
-                        return Err(VaultError::NotFound {
-                            vault,
-                            secret: name.to_string(),
-                            what,
-                            code,
-                        });
-                    }
-                    408 | 429 | 500..=599 => {
-                        if let Some(after) = reply.retry_after {
-                            self.hold_for(&host, after);
-                        }
-                        let (code, message) = kv_error(&reply.body);
-                        Transient {
-                            last: format!("HTTP {} {code}: {message}", reply.status),
-                            retry_after: reply.retry_after,
-                            failure: None,
-                        }
-                    }
-                    status => {
-                        let (code, message) = kv_error(&reply.body);
-                        return Err(VaultError::Status {
-                            vault,
-                            secret: name.to_string(),
-                            status,
-                            code,
-                            message,
-                        });
-                    }
+                last => VaultError::Timeout {
+                    vault,
+                    secret,
+                    attempts,
+                    seconds: deadline.seconds(),
+                    last: last.map_or_else(|| "no answer".to_string(), |t| t.last),
                 },
-                Err(f) if f.kind == FailureKind::Tls => {
-                    return Err(VaultError::Tls {
-                        host,
-                        detail: f.detail,
-                    });
-                }
-                Err(f) if f.kind == FailureKind::TooLarge => {
-                    return Err(VaultError::BadBundle {
-                        vault,
-                        secret: name.to_string(),
-                        detail: format!("the answer is larger than {} bytes", http::BODY_LIMIT),
-                    });
-                }
-                Err(f) => Transient {
-                    last: f.detail.clone(),
-                    retry_after: None,
-                    failure: Some(f),
-                },
-            };
-            let wait = self.policy.wait(attempts, transient.retry_after);
-            if !self.policy.allows(attempts, started, wait) {
-                return Err(match transient.failure {
-                    Some(f) if f.kind == FailureKind::Dns => VaultError::Dns {
-                        host,
-                        detail: f.detail,
-                    },
-                    Some(f) if f.kind == FailureKind::Connect => VaultError::Connect {
-                        host,
-                        detail: f.detail,
-                    },
-                    _ => VaultError::GaveUp {
-                        vault,
-                        secret: name.to_string(),
-                        attempts,
-                        seconds: started.elapsed().as_secs(),
-                        last: transient.last,
-                    },
+            },
+            Ended::GaveUp {
+                attempts,
+                elapsed,
+                last,
+            } => gave_up(host, vault, secret, attempts, elapsed, last),
+        })
+    }
+
+    /// One try, classified with Key Vault's code set: 401 is the challenge (answered at once, and a rejected
+    /// token is refreshed once), 403 and 404 are final with a hint, 408, 429, 5xx and connection failures are
+    /// retried, TLS failures are final.
+    fn attempt(
+        &self,
+        req: &mut SecretRequest<'_>,
+        attempt: &Attempt,
+        stop: &Stop,
+    ) -> Verdict<SecretBundle, VaultError, Transient> {
+        let host = req.host.as_str();
+        let held = self.held_for(host);
+        if !held.is_zero() {
+            if held >= attempt.deadline().left() {
+                return Verdict::Fail(VaultError::GaveUp {
+                    vault: req.vault.clone(),
+                    secret: req.name.to_string(),
+                    attempts: attempt.number() - 1,
+                    seconds: attempt.elapsed().as_secs(),
+                    last: format!(
+                        "the vault asked for no requests during the next {} s (Retry-After), past this \
+                         check's deadline",
+                        held.as_secs_f64().ceil()
+                    ),
                 });
             }
-            log::info!(
-                "vault {vault}, secret {name}: {}; retrying in {} ms",
-                transient.last,
-                wait.as_millis()
-            );
-            if !stop.pause(wait) {
-                return Err(VaultError::Cancelled);
+            if !stop.pause(held) {
+                return Verdict::Fail(VaultError::Cancelled);
+            }
+        }
+        let challenge = self.challenge(host);
+        if let Some(ch) = &challenge
+            && req.token.is_none()
+        {
+            if !token_allowed(host, ch) {
+                return Verdict::Fail(VaultError::ResourceMismatch {
+                    vault_host: host.to_string(),
+                    resource: ch.resource.clone(),
+                    resource_host: ch.resource_host.clone(),
+                });
+            }
+            match self.identity.token(&ch.resource, attempt.deadline(), stop) {
+                Ok(t) => req.token = Some(t),
+                Err(e) => return Verdict::Fail(e.into()),
+            }
+        }
+        let bearer = req
+            .token
+            .as_ref()
+            .map(|t| Zeroizing::new(format!("Bearer {}", t.secret())));
+        let mut headers = Vec::new();
+        if let Some(b) = &bearer {
+            headers.push(("Authorization", b.as_str()));
+        }
+        let reply = match http::get(&self.agent(), &req.url, &headers, attempt.timeout()) {
+            Ok(reply) => reply,
+            Err(f) if f.kind == FailureKind::Tls => {
+                return Verdict::Fail(VaultError::Tls {
+                    host: host.to_string(),
+                    detail: f.detail,
+                });
+            }
+            Err(f) if f.kind == FailureKind::TooLarge => {
+                return Verdict::Fail(VaultError::BadBundle {
+                    vault: req.vault.clone(),
+                    secret: req.name.to_string(),
+                    detail: format!("the answer is larger than {} bytes", http::BODY_LIMIT),
+                });
+            }
+            Err(f) => {
+                return Verdict::Retry {
+                    last: Transient {
+                        last: f.detail.clone(),
+                        failure: Some(f),
+                    },
+                    retry_after: None,
+                };
+            }
+        };
+        let (vault, name) = (req.vault.clone(), req.name.to_string());
+        match reply.status {
+            200 => match parse_bundle(&reply.body, &vault, &name) {
+                Ok(bundle) => Verdict::Done(bundle),
+                Err(e) => Verdict::Fail(e),
+            },
+            401 => {
+                let header = reply.www_authenticate.clone().unwrap_or_default();
+                match parse_challenge(&header) {
+                    Some(ch) => {
+                        self.challenges
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(host.to_string(), ch);
+                    }
+                    None if challenge.is_none() => {
+                        return Verdict::Fail(VaultError::BadChallenge {
+                            vault_host: host.to_string(),
+                            header: if header.is_empty() {
+                                "no WWW-Authenticate header".to_string()
+                            } else {
+                                format!("WWW-Authenticate: {header}")
+                            },
+                        });
+                    }
+                    None => {}
+                }
+                if req.token.take().is_some() {
+                    if req.refreshed {
+                        return Verdict::Fail(VaultError::Unauthorized {
+                            vault,
+                            identity: self.identity.describe(),
+                            detail: kv_error(&reply.body).1,
+                        });
+                    }
+                    // The token may have been revoked or issued for another tenant: drop it and try once more
+                    // with a fresh one.
+                    if let Some(ch) = &challenge {
+                        self.identity.forget(&ch.resource);
+                    }
+                    req.refreshed = true;
+                }
+                Verdict::Again
+            }
+            403 => Verdict::Fail(VaultError::Forbidden {
+                vault,
+                secret: name,
+                identity: self.identity.describe(),
+                code: kv_error(&reply.body).0,
+            }),
+            404 => {
+                let what = match req.version {
+                    Some(v) => format!("version {v} of secret '{name}'"),
+                    None => format!("secret '{name}'"),
+                };
+                Verdict::Fail(VaultError::NotFound {
+                    vault,
+                    secret: name,
+                    what,
+                    code: kv_error(&reply.body).0,
+                })
+            }
+            408 | 429 | 500..=599 => {
+                if let Some(after) = reply.retry_after {
+                    self.hold_for(host, after);
+                }
+                let (code, message) = kv_error(&reply.body);
+                Verdict::Retry {
+                    last: Transient {
+                        last: format!("HTTP {} {code}: {message}", reply.status),
+                        failure: None,
+                    },
+                    retry_after: reply.retry_after,
+                }
+            }
+            status => {
+                let (code, message) = kv_error(&reply.body);
+                Verdict::Fail(VaultError::Status {
+                    vault,
+                    secret: name,
+                    status,
+                    code,
+                    message,
+                })
             }
         }
     }
@@ -577,14 +662,34 @@ impl VaultClient {
             .map(|until| until.saturating_duration_since(Instant::now()))
             .unwrap_or_default()
     }
+}
 
-    /// Waits while `host` is held back.
-    fn hold(&self, host: &str, stop: &Stop) -> Result<(), VaultError> {
-        let wait = self.held_for(host);
-        if !wait.is_zero() && !stop.pause(wait) {
-            return Err(VaultError::Cancelled);
-        }
-        Ok(())
+/// The error for a check whose retries all failed: a name or connection failure says so, anything else
+/// gives the last answer.
+fn gave_up(
+    host: String,
+    vault: String,
+    secret: String,
+    attempts: u32,
+    elapsed: Duration,
+    last: Transient,
+) -> VaultError {
+    match last.failure {
+        Some(f) if f.kind == FailureKind::Dns => VaultError::Dns {
+            host,
+            detail: f.detail,
+        },
+        Some(f) if f.kind == FailureKind::Connect => VaultError::Connect {
+            host,
+            detail: f.detail,
+        },
+        _ => VaultError::GaveUp {
+            vault,
+            secret,
+            attempts,
+            seconds: elapsed.as_secs(),
+            last: last.last,
+        },
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kvvm::http::{RetryPolicy, Stop};
+use kvvm::http::{CHECK_DEADLINE, Deadline, RetryPolicy, Stop};
 use kvvm::identity::{Identity, IdentityError, read_arc_key};
 use kvvm::vault::{SecretKind, VaultClient, VaultError};
 use kvvm_sim::httpserver::Reply;
@@ -64,7 +64,13 @@ fn vault_url(host: &str) -> Url {
 }
 
 fn get(c: &VaultClient, host: &str, name: &str) -> Result<kvvm::vault::SecretBundle, VaultError> {
-    c.get_secret(&vault_url(host), name, None, &Stop::default())
+    c.get_secret(
+        &vault_url(host),
+        name,
+        None,
+        Deadline::after(CHECK_DEADLINE),
+        &Stop::default(),
+    )
 }
 
 /// Requests for `name` in the fake's log: (arrival, status, carried a token).
@@ -124,7 +130,13 @@ fn pinned_version_and_plain_secret() {
             .put_secret(HOST, "password", SecretValue::plain("hunter2"));
         let c = client(RetryPolicy::VAULT);
         let b = c
-            .get_secret(&vault_url(HOST), "web", Some(&v1), &Stop::default())
+            .get_secret(
+                &vault_url(HOST),
+                "web",
+                Some(&v1),
+                Deadline::after(CHECK_DEADLINE),
+                &Stop::default(),
+            )
             .unwrap();
         assert_eq!(b.version, v1);
         assert_eq!(b.kind(), SecretKind::Pkcs12);
@@ -296,6 +308,7 @@ fn forbidden_and_not_found_say_what_to_do() {
                 &vault_url(HOST),
                 "web",
                 Some("0123456789abcdef0123456789abcdef"),
+                Deadline::after(CHECK_DEADLINE),
                 &Stop::default(),
             )
             .unwrap_err();
@@ -392,7 +405,11 @@ fn imds_retries_404_410_429_5xx_and_drops() {
         let identity = Identity::new(None, None).unwrap().with_policy(FAST);
         let stop = Stop::default();
         let e = identity
-            .token("https://vault.azure.net", &stop)
+            .token(
+                "https://vault.azure.net",
+                Deadline::after(CHECK_DEADLINE),
+                &stop,
+            )
             .unwrap_err();
         let text = e.to_string();
         assert!(
@@ -690,7 +707,11 @@ fn azure_arc_challenge_and_key_file() {
             .unwrap()
             .with_policy(FAST);
         let e = identity
-            .token("https://vault.azure.net", &Stop::default())
+            .token(
+                "https://vault.azure.net",
+                Deadline::after(CHECK_DEADLINE),
+                &Stop::default(),
+            )
             .unwrap_err();
         assert_eq!(e.reason(), "arc-key-path");
         assert!(

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -35,6 +35,9 @@ pub enum Reply {
     },
     /// Close the connection without sending a byte of the response.
     Drop,
+    /// Read the request and never answer: the connection stays open, silent, until the client goes away or
+    /// the server stops (a vault or IMDS that accepted the request and hangs).
+    Hang,
     /// Handle normally, but send the body only `delay` after the headers.
     SlowBody {
         /// Pause between the header block and the body.
@@ -162,6 +165,8 @@ pub enum Outcome {
     Respond(Response),
     /// Close the connection without answering.
     Drop,
+    /// Keep the connection open without answering until the client closes it or the server stops.
+    Hang,
 }
 
 /// The request handler a service installs.
@@ -186,6 +191,16 @@ pub struct HttpServer {
     stop: Arc<AtomicBool>,
     conns: Conns,
     accept: Option<JoinHandle<()>>,
+    stalls: Arc<Stalls>,
+}
+
+/// Connections whose TLS handshake the server leaves hanging.
+#[derive(Default)]
+struct Stalls {
+    /// How many of the next connections to stall.
+    pending: AtomicU64,
+    /// How many were stalled so far.
+    stalled: AtomicU64,
 }
 
 impl HttpServer {
@@ -200,9 +215,11 @@ impl HttpServer {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let conns: Conns = Arc::default();
+        let stalls: Arc<Stalls> = Arc::default();
         let accept = {
             let stop = stop.clone();
             let conns = conns.clone();
+            let stalls = stalls.clone();
             std::thread::Builder::new()
                 .name(format!("kvvm-sim-accept-{addr}"))
                 .spawn(move || {
@@ -223,10 +240,26 @@ impl HttpServer {
                         let tls = tls.clone();
                         let hook = on_handshake.clone();
                         let conns = conns.clone();
+                        // Only TLS connections have a handshake to stall.
+                        let stall = tls.is_some()
+                            && stalls
+                                .pending
+                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                                    n.checked_sub(1)
+                                })
+                                .is_ok();
+                        if stall {
+                            stalls.stalled.fetch_add(1, Ordering::SeqCst);
+                        }
                         let _ = std::thread::Builder::new()
                             .name("kvvm-sim-conn".into())
                             .spawn(move || {
-                                serve_connection(stream, tls, handler, hook);
+                                if stall {
+                                    // Accepted, and the ClientHello is left unanswered.
+                                    hang(stream);
+                                } else {
+                                    serve_connection(stream, tls, handler, hook);
+                                }
                                 // Close for real: the clone kept for shutdown-on-drop holds the socket open.
                                 if let Some(s) = conns.lock().unwrap().remove(&id) {
                                     let _ = s.shutdown(Shutdown::Both);
@@ -240,12 +273,45 @@ impl HttpServer {
             stop,
             conns,
             accept: Some(accept),
+            stalls,
         })
     }
 
     /// The bound address (useful when binding port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Leaves the TLS handshake of the next `connections` new connections hanging: the server accepts the TCP
+    /// connection, reads nothing, answers nothing, until the client goes away or the server stops. (A
+    /// handshake comes before any request, so this is per connection, not a scripted [`Reply`].)
+    pub fn stall_handshakes(&self, connections: u64) {
+        self.stalls.pending.fetch_add(connections, Ordering::SeqCst);
+    }
+
+    /// How many connections had their handshake stalled so far.
+    pub fn stalled_handshakes(&self) -> u64 {
+        self.stalls.stalled.load(Ordering::SeqCst)
+    }
+}
+
+/// Keeps a connection open and silent until the peer closes it or the server shuts it down; anything the peer
+/// sends is read and ignored.
+fn hang<S: Read>(mut stream: S) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return,
+        }
     }
 }
 
@@ -331,6 +397,10 @@ fn serve_stream<S: Read + Write>(
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
         match handler(&req) {
             Outcome::Drop => return,
+            Outcome::Hang => {
+                hang(reader);
+                return;
+            }
             Outcome::Respond(resp) => {
                 if write_response(reader.get_mut(), &resp, close).is_err() || close {
                     return;

@@ -152,7 +152,7 @@ pub struct ImdsRequestRecord {
     pub metadata_header: bool,
     /// The `Authorization` header (Arc), if any.
     pub authorization: Option<String>,
-    /// Status sent; 0 when the connection was dropped.
+    /// Status sent; 0 when the connection was dropped or left hanging ([`Reply::Hang`]).
     pub status: u16,
 }
 
@@ -325,6 +325,7 @@ fn handle(state: &Mutex<ImdsState>, tokens: &TokenAuthority, req: &Request) -> O
     let outcome = match scripted {
         None | Some(Reply::Normal) => Outcome::Respond(token_reply(state, tokens, req)),
         Some(Reply::Drop) => Outcome::Drop,
+        Some(Reply::Hang) => Outcome::Hang,
         Some(Reply::Delay { delay }) => {
             std::thread::sleep(delay);
             Outcome::Respond(token_reply(state, tokens, req))
@@ -362,7 +363,7 @@ fn handle(state: &Mutex<ImdsState>, tokens: &TokenAuthority, req: &Request) -> O
     };
     let status = match &outcome {
         Outcome::Respond(r) => r.status,
-        Outcome::Drop => 0,
+        Outcome::Drop | Outcome::Hang => 0,
     };
     let mut s = state.lock().unwrap();
     if status == 200 && req.path() == TOKEN_PATH {

@@ -141,7 +141,7 @@ pub struct RequestRecord {
     pub path_and_query: String,
     /// The bearer token sent, if any.
     pub bearer_token: Option<String>,
-    /// Status sent; 0 when the connection was dropped.
+    /// Status sent; 0 when the connection was dropped or left hanging ([`Reply::Hang`]).
     pub status: u16,
 }
 
@@ -382,6 +382,17 @@ impl FakeVault {
         })
     }
 
+    /// Leaves the TLS handshake of the next `connections` new connections hanging (any vault host: the
+    /// handshake comes before the request names one). See [`HttpServer::stall_handshakes`].
+    pub fn stall_handshakes(&self, connections: u64) {
+        self.server.stall_handshakes(connections);
+    }
+
+    /// How many connections had their handshake stalled so far.
+    pub fn stalled_handshakes(&self) -> u64 {
+        self.server.stalled_handshakes()
+    }
+
     /// Removes the throttle of `vault_host`.
     pub fn unthrottle(&self, vault_host: &str) {
         self.with_vault(vault_host, |v| v.bucket = None)
@@ -521,6 +532,7 @@ fn handle(state: &Mutex<State>, tokens: &TokenAuthority, req: &Request) -> Outco
     let outcome = match scripted {
         None | Some(Reply::Normal) => Outcome::Respond(normal(state, tokens, req, &host, &bearer)),
         Some(Reply::Drop) => Outcome::Drop,
+        Some(Reply::Hang) => Outcome::Hang,
         Some(Reply::Status(c)) => Outcome::Respond(status_reply(c)),
         Some(Reply::Throttle { retry_after }) => Outcome::Respond(throttled(retry_after, false)),
         Some(Reply::ThrottleHttpDate { retry_after }) => {
@@ -548,7 +560,7 @@ fn handle(state: &Mutex<State>, tokens: &TokenAuthority, req: &Request) -> Outco
     };
     let status = match &outcome {
         Outcome::Respond(r) => r.status,
-        Outcome::Drop => 0,
+        Outcome::Drop | Outcome::Hang => 0,
     };
     let mut s = state.lock().unwrap();
     s.stats.requests += 1;
