@@ -672,3 +672,64 @@ fn help_version_and_usage_errors() {
         assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown command \"frobnicate\""));
     });
 }
+
+/// A process that holds the worker lock but never wrote its pid cannot be signalled: disable says so and how to
+/// find it, instead of blaming "pid 0".
+#[test]
+fn a_lock_holder_without_a_pid_is_named_with_the_way_to_find_it() {
+    run_isolated(
+        "a_lock_holder_without_a_pid_is_named_with_the_way_to_find_it",
+        || {
+            let vm = Vm::new();
+            let ext = vm.install(0);
+            let r = vm.agent.disable(&ext, 0).unwrap().unwrap();
+            assert!(r.success(), "{}", r.output);
+            let lock = vm.data_dir().join("worker.lock");
+            let holder = fs::File::open(&lock).unwrap();
+            holder.lock().unwrap();
+            let _ = fs::remove_file(vm.data_dir().join("worker.pid"));
+            let r = vm.agent.run(&ext, Verb::Disable, 0, &[]).unwrap();
+            assert!(!r.success(), "{}", r.output);
+            assert!(
+                r.stdout.contains(&format!(
+                    "a process holds the worker lock {} but never recorded its pid; find it with `fuser {}`",
+                    lock.display(),
+                    lock.display()
+                )),
+                "{}",
+                r.stdout
+            );
+            drop(holder);
+        },
+    );
+}
+
+/// The worker's stdout/stderr log cannot be opened: enable says that, not "cannot start the worker".
+#[test]
+fn an_unopenable_worker_log_is_reported_as_such() {
+    run_isolated("an_unopenable_worker_log_is_reported_as_such", || {
+        let vm = Vm::new();
+        let ext = vm.agent.unpack(&package()).unwrap();
+        vm.agent.write_handler_environment(&ext).unwrap();
+        let log = vm.agent.log_dir(&ext).join("worker.stderr.log");
+        fs::create_dir_all(&log).unwrap();
+        vm.agent
+            .write_settings_as(
+                &ext,
+                0,
+                &vm.settings(&["https://myvault.vault.azure.net/secrets/c1"]),
+            )
+            .unwrap();
+        let r = vm.agent.run(&ext, Verb::Enable, 0, &[]).unwrap();
+        assert!(!r.success(), "{}", r.output);
+        assert!(
+            r.stdout.contains(&format!(
+                "cannot open the worker's log file {}: Is a directory",
+                log.display()
+            )),
+            "{}",
+            r.stdout
+        );
+        assert!(vm.workers().is_empty());
+    });
+}
