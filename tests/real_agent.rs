@@ -7,8 +7,7 @@
 //!
 //! Our own simulator (`kvvm_sim::waagent`) shares our beliefs about the agent; these tests do not. Where 2.7.3
 //! behaves differently from newer agents (2.15: the heartbeat's message also replaces the handler's, the zip is
-//! deleted after extraction, a missing status file gets an `[ExtensionStatusError]` prefix) the test pins what
-//! 2.7.3 does and says so.
+//! deleted after extraction) the test pins what 2.7.3 does and says so.
 //!
 //! Skipped with a printed reason when not root or when `waagent` is not installed (`make deps` installs it).
 
@@ -145,6 +144,11 @@ impl Vm {
                 self.logs()
             ),
         }
+    }
+
+    /// [`Vm::wait`] for an upload that arrived after `since` (the same goal state keeps being reported).
+    fn wait_since(&self, since: Instant, what: &str, done: impl Fn(&VmStatus) -> bool) -> VmStatus {
+        self.wait(0, what, |s| s.at > since && done(s))
     }
 
     fn logs(&self) -> String {
@@ -303,7 +307,14 @@ fn install_and_enable_with_v3_settings_installs_the_certificate() {
             let v = vm.put_cert("web");
             let inc = vm.wire.publish(vec![vm.plugin(0, settings(&["web"]))]);
             vm.start_agent_with(AgentConfig {
-                env: vec![("KVVM_TEST_AGENT_ENV".into(), "from-the-agent".into())],
+                env: vec![
+                    ("KVVM_TEST_AGENT_ENV".into(), "from-the-agent".into()),
+                    // One of the variables the agent sets itself: its own environment wins.
+                    (
+                        "AZURE_GUEST_AGENT_WIRE_PROTOCOL_ADDRESS".into(),
+                        "10.11.12.13".into(),
+                    ),
+                ],
                 ..AgentConfig::default()
             });
             let s = vm.wait(inc, "handler Ready and the certificate installed", |s| {
@@ -378,6 +389,11 @@ fn install_and_enable_with_v3_settings_installs_the_certificate() {
                 "{env:?}"
             );
             assert_eq!(get("ConfigSequenceNumber"), Some("0"));
+            assert_eq!(
+                get("AZURE_GUEST_AGENT_WIRE_PROTOCOL_ADDRESS"),
+                Some("10.11.12.13"),
+                "env.update(os.environ): the agent's environment wins over what it sets"
+            );
             assert_eq!(
                 get("AZURE_GUEST_AGENT_EXTENSION_PATH").map(PathBuf::from),
                 Some(vm.ext_dir())
@@ -815,4 +831,84 @@ fn three_hundred_certificates() {
         );
         assert!(e.substatus.iter().all(|ss| ss.status == "success"));
     });
+}
+
+/// How 2.7.3 reads what the handler writes, pinned with kvvm's worker stopped so that the test owns the files:
+/// the heartbeat's status replaces the handler status (its message does not: 2.15 replaces that too); a status
+/// file with only `status.status` is accepted; one above 128 KiB is passed on truncated (message cut to 1 KiB,
+/// substatus dropped past the budget), not rejected; a missing one is re-read (5 × 2 s) and then reported as
+/// transitioning, code 0, with the agent's own `[ExtensionStatusError]` message.
+#[test]
+fn the_agent_reads_heartbeat_and_status_files_as_2_7_3_does() {
+    with_real_agent(
+        "the_agent_reads_heartbeat_and_status_files_as_2_7_3_does",
+        || {
+            let (vm, _, _) = enabled_vm();
+            realagent::kill_all(&vm.kvvm_exe(&vm.version), Duration::from_secs(5));
+            let status_file = vm.ext_dir().join("status/0.status");
+            let write = |path: &Path, v: &Value| fs::write(path, v.to_string()).unwrap();
+
+            let hb = json!([{"version": 1.0, "heartbeat": {"status": "NotReady", "code": 7,
+            "formattedMessage": {"lang": "en-US", "message": "heartbeat says not ready"}}}]);
+            let t = Instant::now();
+            write(&vm.ext_dir().join("heartbeat.log"), &hb);
+            let s = vm.wait_since(t, "the heartbeat's status reported", |s| {
+                kvvm(s).is_some_and(|h| h.status == "NotReady")
+            });
+            let h = kvvm(&s).unwrap();
+            assert_eq!(
+                h.message.as_deref(),
+                Some("Plugin enabled"),
+                "2.7.3 keeps its own message: {h:#?}"
+            );
+            assert_eq!(h.code, 0, "the code stays the handler's: {h:#?}");
+
+            let t = Instant::now();
+            write(&status_file, &json!([{"status": {"status": "warning"}}]));
+            vm.wait_since(t, "a minimal status file accepted", |s| {
+                ext_is(s, 0, "warning")
+            });
+
+            let long = "x".repeat(5000);
+            let subs: Vec<Value> = (0..40)
+                .map(|i| {
+                    json!({"name": format!("sub{i:02}"), "status": "success", "code": 0,
+                "formattedMessage": {"lang": "en-US", "message": "y".repeat(4000)}})
+                })
+                .collect();
+            let big = json!([{"version": 1.0, "timestampUTC": "2026-12-02T00:00:00Z", "status": {
+            "name": NAME, "operation": "Enable", "status": "success", "code": 0,
+            "formattedMessage": {"lang": "en-US", "message": long}, "substatus": subs}}]);
+            assert!(big.to_string().len() > 128 * 1024);
+            let t = Instant::now();
+            write(&status_file, &big);
+            let s = vm.wait_since(t, "an oversized status file passed on truncated", |s| {
+                ext_is(s, 0, "success")
+            });
+            let e = kvvm(&s).unwrap().extension.clone().unwrap();
+            assert_eq!(e.message, format!("{} ... [TRUNCATED]", &long[..1024]));
+            assert!(
+                !e.substatus.is_empty() && e.substatus.len() < 40,
+                "{} substatus kept",
+                e.substatus.len()
+            );
+            assert_eq!(e.substatus[0].name, "sub00");
+
+            let t = Instant::now();
+            fs::remove_file(&status_file).unwrap();
+            let s = vm.wait_since(t, "a missing status file reported as transitioning", |s| {
+                ext_is(s, 0, "transitioning")
+            });
+            let e = kvvm(&s).unwrap().extension.clone().unwrap();
+            assert_eq!(e.code, 0);
+            assert_eq!(
+                e.message,
+                format!(
+                    "This status is being reported by the Guest Agent since no status file was reported by \
+                 extension {NAME}: [ExtensionStatusError] Status file {} does not exist",
+                    status_file.display()
+                )
+            );
+        },
+    );
 }
