@@ -912,3 +912,30 @@ fn the_agent_reads_heartbeat_and_status_files_as_2_7_3_does() {
         },
     );
 }
+
+/// A plugin that simply vanishes from the goal state (no `uninstall` state first) is only deleted by 2.7.3's
+/// clean-up: no disable, no uninstall runs. (CRP sends `uninstall` first; this is what happens if it does not.)
+#[test]
+fn a_plugin_dropped_from_the_goal_state_is_deleted_without_running_a_command() {
+    with_real_agent(
+        "a_plugin_dropped_from_the_goal_state_is_deleted_without_running_a_command",
+        || {
+            let (vm, _, _) = enabled_vm();
+            let inc = vm.wire.publish(vec![]);
+            vm.wait(inc, "the handler is no longer reported", |s| {
+                kvvm(s).is_none()
+            });
+            vm.wait_until("the directory is removed", || !vm.ext_dir().exists());
+            let verbs: Vec<String> = vm.verbs().into_iter().map(|(_, verb)| verb).collect();
+            assert_eq!(
+                verbs,
+                ["install", "enable"],
+                "no command ran for the removal"
+            );
+            let still = vm.workers(&vm.version);
+            println!(
+                "after the directory was deleted, kvvm processes still running: {still:?} (the agent never told them)"
+            );
+        },
+    );
+}
