@@ -12,6 +12,8 @@
 //! Skipped with a printed reason when not root or when `waagent` is not installed (`make deps` installs it).
 
 use std::fs;
+
+use base64::Engine;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -887,11 +889,9 @@ fn the_agent_reads_heartbeat_and_status_files_as_2_7_3_does() {
             });
             let e = kvvm(&s).unwrap().extension.clone().unwrap();
             assert_eq!(e.message, format!("{} ... [TRUNCATED]", &long[..1024]));
-            assert!(
-                !e.substatus.is_empty() && e.substatus.len() < 40,
-                "{} substatus kept",
-                e.substatus.len()
-            );
+            // The budget: 1,040 (message cut to 1,024 + " ... [TRUNCATED]") + 4,005 per entry ("subNN" + 4,000)
+            // stays within 131,072 for 32 entries.
+            assert_eq!(e.substatus.len(), 32);
             assert_eq!(e.substatus[0].name, "sub00");
 
             let t = Instant::now();
@@ -937,5 +937,163 @@ fn a_plugin_dropped_from_the_goal_state_is_deleted_without_running_a_command() {
                 "after the directory was deleted, kvvm processes still running: {still:?} (the agent never told them)"
             );
         },
+    );
+}
+
+/// A plain HTTP/1.1 exchange (the fake wire server's own test needs no namespace).
+fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The fake wire server answers as the agent's client code expects, including its refusals: a stale
+/// incarnation is 410 Gone, certificates need the transport-certificate headers, FastTrack is "not supported",
+/// and a status blob PUT through the HostGAPlugin is decoded and kept.
+#[test]
+fn the_fake_wire_server_follows_the_protocol() {
+    let wire = WireServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Some("127.0.0.1:0".parse().unwrap()),
+    )
+    .unwrap();
+    let addr: std::net::SocketAddr = wire
+        .base_url()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let v = [
+        ("x-ms-version", "2012-11-30"),
+        ("x-ms-agent-name", "WALinuxAgent"),
+    ];
+    let (code, body) = http(addr, "GET", "/?comp=versions", &[], b"");
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("<Preferred>") && body.contains("2012-11-30"),
+        "{body}"
+    );
+    let (code, _) = http(addr, "GET", "/machine/?comp=goalstate", &[], b"");
+    assert_eq!(code, 400, "x-ms-version is required");
+    let inc = wire.publish(vec![Plugin::enabled(NAME, "1.0.0", 3, json!({"a": "<&>"}))]);
+    let (code, gs) = http(addr, "GET", "/machine/?comp=goalstate", &v, b"");
+    assert_eq!(code, 200);
+    assert!(
+        gs.contains(&format!("<Incarnation>{inc}</Incarnation>")),
+        "{gs}"
+    );
+    let url = |kind: &str, inc: u64| {
+        let start = gs.find(&format!("type={kind}")).unwrap();
+        let open = gs[..start].rfind('>').unwrap() + 1;
+        let close = start + gs[start..].find('<').unwrap();
+        let full = gs[open..close].replace("&amp;", "&");
+        let path = full.trim_start_matches(wire.base_url()).to_string();
+        path.replace(
+            &format!("incarnation={}", wire.incarnation()),
+            &format!("incarnation={inc}"),
+        )
+    };
+    let (code, ext) = http(addr, "GET", &url("extensionsConfig", inc), &v, b"");
+    assert_eq!(code, 200);
+    assert!(
+        ext.contains(r#"state="enabled""#) && ext.contains(r#"seqNo="3""#),
+        "{ext}"
+    );
+    assert!(
+        ext.contains("&lt;&amp;&gt;"),
+        "settings are XML-escaped: {ext}"
+    );
+    let (code, _) = http(addr, "GET", &url("extensionsConfig", inc - 1), &v, b"");
+    assert_eq!(code, 410, "a stale incarnation is gone");
+    let (code, _) = http(addr, "GET", &url("certificates", inc), &v, b"");
+    assert_eq!(code, 400, "certificates need the transport certificate");
+    let cert = [
+        v[0],
+        v[1],
+        ("x-ms-cipher-name", "DES_EDE3_CBC"),
+        ("x-ms-guest-agent-public-x509-cert", "MIIB"),
+    ];
+    let (code, certs) = http(addr, "GET", &url("certificates", inc), &cert, b"");
+    assert_eq!(code, 200);
+    assert!(
+        !certs.contains("<Data>"),
+        "an empty certificate set: {certs}"
+    );
+
+    let hgap = wire.host_plugin_addr().unwrap();
+    let (code, versions) = http(hgap, "GET", "/versions", &[], b"");
+    assert_eq!(code, 200);
+    assert!(versions.contains("2015-09-01"), "{versions}");
+    let (code, _) = http(hgap, "GET", "/vmSettings", &[], b"");
+    assert_eq!(code, 404, "FastTrack is not supported");
+    let status = json!({"version": "1.1", "aggregateStatus": {"guestAgentStatus": {"version": "2.7.3.0", "status": "Ready"},
+        "handlerAggregateStatus": [{"handlerName": NAME, "handlerVersion": "1.0.0", "status": "Ready", "code": 0,
+            "runtimeSettingsStatus": {"sequenceNumber": 3, "settingsStatus": {"status": {"name": NAME,
+                "operation": "Enable", "status": "success", "code": 0,
+                "formattedMessage": {"lang": "en-US", "message": "ok"}}}}}]}});
+    let (code, _) = http(
+        addr,
+        "PUT",
+        "/statusblob/x/status?sv=1",
+        &[("x-ms-blob-type", "BlockBlob")],
+        status.to_string().as_bytes(),
+    );
+    assert_eq!(code, 201);
+    assert_eq!(wire.latest().unwrap().channel, "direct");
+    let wrapped = json!({
+        "requestUri": format!("{}/statusblob/x/status?sv=1", wire.base_url()),
+        "headers": [{"headerName": "x-ms-blob-type", "headerValue": "BlockBlob"}],
+        "content": base64::engine::general_purpose::STANDARD.encode(status.to_string()),
+    });
+    let (code, _) = http(hgap, "PUT", "/status", &[], wrapped.to_string().as_bytes());
+    assert_eq!(code, 410, "the HostGAPlugin checks the container id");
+    let container = gs
+        .split("<ContainerId>")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .unwrap()
+        .to_string();
+    let (code, _) = http(
+        hgap,
+        "PUT",
+        "/status",
+        &[("x-ms-containerid", &container)],
+        wrapped.to_string().as_bytes(),
+    );
+    assert_eq!(code, 200);
+    let up = wire.latest().unwrap();
+    assert_eq!(up.channel, "HostGAPlugin");
+    let h = up.handler(NAME).unwrap();
+    let e = h.extension.as_ref().unwrap();
+    assert_eq!(
+        (h.status.as_str(), e.sequence_number, e.status.as_str()),
+        ("Ready", Some(3), "success")
     );
 }

@@ -928,3 +928,35 @@ fn a_status_file_waagent_would_accept_is_rejected_as_stricter_than_waagent() {
         "waagent needs status too: {err}"
     );
 }
+
+#[test]
+fn an_oversized_status_file_is_truncated_not_rejected() {
+    let f = Fixture::new();
+    let ext = status_ext(&f);
+    let agent = f.agent.clone().with_status_retries(1, Duration::ZERO);
+    let subs: Vec<serde_json::Value> = (0..40)
+        .map(|i| {
+            json!({"name": format!("sub{i:02}"), "status": "success", "code": 0,
+                   "formattedMessage": {"lang": "en-US", "message": "y".repeat(4000)}})
+        })
+        .collect();
+    let long = "x".repeat(5000);
+    let doc = json!([{"version": 1.0, "timestampUTC": "2026-11-22T10:00:00Z", "status": {
+        "name": "n", "operation": "Enable", "status": "success", "code": 0,
+        "formattedMessage": {"lang": "en-US", "message": long}, "substatus": subs}}]);
+    assert!(doc.to_string().len() > 128 * 1024);
+    fs::write(ext.status_file(8), doc.to_string()).unwrap();
+    let r = agent.read_status(&ext, 8).unwrap();
+    assert!(r.truncated);
+    assert_eq!(
+        r.status,
+        StatusValue::Success,
+        "passed on, not turned into an error"
+    );
+    assert_eq!(r.message, format!("{} ... [TRUNCATED]", &long[..1024]));
+    // As the real agent does (tests/real_agent.rs): entries past the 128 KiB budget are dropped, in order.
+    // The budget: 1,040 (message cut to 1,024 + " ... [TRUNCATED]") + 4,005 per entry ("subNN" + 4,000)
+    // stays within 131,072 for 32 entries.
+    assert_eq!(r.substatus.len(), 32);
+    assert_eq!(r.substatus[0].name, "sub00");
+}

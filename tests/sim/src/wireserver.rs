@@ -255,17 +255,23 @@ impl WireServer {
             }),
             Condvar::new(),
         ));
-        let base = if wire.port() == 80 {
-            format!("http://{}", wire.ip())
-        } else {
-            format!("http://{wire}")
-        };
+        // The URL the goal state names needs the bound port (a test may bind port 0): set once bound.
+        let shared_base: Arc<std::sync::OnceLock<String>> = Arc::default();
         let handler: Handler = {
             let state = state.clone();
-            let base = base.clone();
-            Arc::new(move |req: &Request| wire_request(&state, &base, req))
+            let base = shared_base.clone();
+            Arc::new(move |req: &Request| {
+                wire_request(&state, base.get().map_or("", String::as_str), req)
+            })
         };
         let wire_server = HttpServer::start(wire, None, handler, None)?;
+        let bound = wire_server.addr();
+        let base = if bound.port() == 80 {
+            format!("http://{}", bound.ip())
+        } else {
+            format!("http://{bound}")
+        };
+        let _ = shared_base.set(base.clone());
         let host_plugin = match host_plugin {
             Some(addr) => {
                 let state = state.clone();
@@ -337,6 +343,16 @@ impl WireServer {
     /// The server's own log: goal states published, artifacts served, errors answered.
     pub fn log(&self) -> String {
         self.state.0.lock().unwrap().log.join("\n")
+    }
+
+    /// Where the wire server listens.
+    pub fn wire_addr(&self) -> SocketAddr {
+        self._wire.addr()
+    }
+
+    /// Where the HostGAPlugin listens, if it was started.
+    pub fn host_plugin_addr(&self) -> Option<SocketAddr> {
+        self._host_plugin.as_ref().map(HttpServer::addr)
     }
 
     /// The URL prefix the server puts in goal states (`http://168.63.129.16`).
