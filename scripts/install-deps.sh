@@ -8,7 +8,9 @@
 #
 #   apt:    acl libacl1-dev (exacl links -lacl), openssl, unzip, zip, binutils (objdump for the glibc check),
 #           strace (the store test kills an install at each system call),
-#           nginx-light or nginx (used by later tests), python3-venv when the system python lacks it
+#           nginx-light or nginx (used by later tests), python3-venv when the system python lacks it,
+#           waagent (WALinuxAgent, Debian's package: tests/real_agent.rs runs its extension handler in a network
+#           namespace; the packaged service is never started and is left disabled)
 #   rustup: rustfmt, clippy
 #   cargo:  cargo-nextest, cargo-zigbuild (both `cargo install --locked`)
 #   .venv:  ziglang (the zig toolchain cargo-zigbuild uses to link against glibc 2.17), and the python
@@ -70,6 +72,49 @@ if [ ${#missing_deb[@]} -gt 0 ] || $need_nginx || $need_pyvenv; then
     # nginx's package starts a server on port 80; tests start their own, so stop the packaged one if it runs.
     if $need_nginx && command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nginx 2>/dev/null; then
         systemctl stop nginx || true
+    fi
+fi
+
+# ---- the real guest agent ----------------------------------------------------------------------------------
+# Debian's waagent package starts walinuxagent.service from its postinst (invoke-rc.d / deb-systemd-invoke) and
+# enables it for the next boot. On a build machine that agent would try to provision the host and talk to a
+# wire server that is not there, so: a policy-rc.d that forbids starting services while it installs (only if the
+# machine has none of its own), then disable the unit. It also conflicts with network-manager: --no-remove makes
+# apt fail rather than remove anything.
+if ! have_deb waagent; then
+    if ! is_root; then
+        say "missing Debian package: waagent"
+        say "install it as root:  apt-get update && apt-get install -y --no-install-recommends --no-remove waagent"
+        say "  (then: systemctl disable --now walinuxagent.service, so no agent runs outside the tests' namespace)"
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    own_policy=false
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\n# installed by kvvm scripts/install-deps.sh while waagent installs\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 0755 /usr/sbin/policy-rc.d
+        own_policy=true
+    fi
+    say "apt-get install waagent (its service stays stopped and disabled)"
+    [ -n "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' 2>/dev/null | head -1)" ] || apt-get update -qq
+    rc=0
+    apt-get install -y -qq --no-install-recommends --no-remove waagent >/dev/null || rc=$?
+    if [ "$rc" != 0 ]; then
+        apt-get update -qq && { apt-get install -y -qq --no-install-recommends --no-remove waagent >/dev/null; rc=$?; }
+    fi
+    $own_policy && rm -f /usr/sbin/policy-rc.d
+    [ "$rc" = 0 ] || { say "apt-get install waagent failed (rc=$rc)"; exit 1; }
+fi
+# Whether just installed or already there: the agent must never run as a service on this machine.
+if is_root; then
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        if systemctl is-enabled --quiet walinuxagent.service 2>/dev/null || systemctl is-active --quiet walinuxagent.service 2>/dev/null; then
+            say "systemctl disable --now walinuxagent.service"
+            systemctl disable --now walinuxagent.service >/dev/null 2>&1 || true
+        fi
+    elif [ -x /etc/init.d/walinuxagent ] && command -v update-rc.d >/dev/null 2>&1 && ls /etc/rc2.d/S*walinuxagent >/dev/null 2>&1; then
+        say "update-rc.d walinuxagent disable"
+        update-rc.d walinuxagent disable >/dev/null 2>&1 || true
     fi
 fi
 

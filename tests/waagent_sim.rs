@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use kvvm_sim::waagent::{
-    AGENT_PATH, Agent, HANDLER_NAME, HandlerState, NOT_RUN, SUPPORTED_FEATURES, Settings,
-    StatusRule, StatusValue, Timeouts, UpdateMode, Verb, WIRE_PROTOCOL_ADDRESS, WaagentError,
-    ZipEntry, write_zip,
+    AGENT_PATH, Agent, DAEMON_VERSION, DAEMON_VERSION_VAR, HANDLER_ENVIRONMENT_KEYS, HANDLER_NAME,
+    HandlerState, NOT_RUN, SUPPORTED_FEATURES, Settings, StatusRule, StatusValue, Timeouts,
+    UpdateMode, Verb, WIRE_PROTOCOL_ADDRESS, WaagentError, ZipEntry, write_zip,
 };
 use serde_json::json;
 
@@ -269,10 +269,11 @@ fn install_and_enable_runs_commands_with_waagent_environment() {
     assert_eq!(h["statusFolder"], ext.status_dir().to_str().unwrap());
     assert_eq!(h["heartbeatFile"], ext.heartbeat_file().to_str().unwrap());
     assert_eq!(h["eventsFolder"], log_dir.join("events").to_str().unwrap());
-    assert!(
-        h.get("deploymentid").is_some(),
-        "unknown keys are present to prove they are ignored"
-    );
+    let mut keys: Vec<&str> = h.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    let mut want = HANDLER_ENVIRONMENT_KEYS;
+    want.sort_unstable();
+    assert_eq!(keys, want, "exactly the keys waagent writes");
     assert!(log_dir.join("events").is_dir());
 
     let settings: serde_json::Value =
@@ -707,4 +708,255 @@ fn heartbeat_is_validated_and_goes_unresponsive_after_600_seconds() {
     let ext = f.agent.unpack(&f.package("2.0.0", &no_heartbeat)).unwrap();
     let err = f.agent.read_heartbeat(&ext).unwrap_err().to_string();
     assert!(err.contains("waagent never reads it"), "{err}");
+}
+
+// ---- Where the real agent proved our simulator wrong (issue 12): one test per difference. -----------------
+
+fn installed(f: &Fixture, agent: &Agent, seq: u64) -> kvvm_sim::waagent::Extension {
+    let run = agent
+        .install_and_enable(&f.package("1.0.0", &manifest("")), seq, &Settings::Empty)
+        .unwrap();
+    assert!(run.ok(), "{}", run.describe());
+    run.extension.unwrap()
+}
+
+#[test]
+fn the_heartbeat_replaces_the_handler_status_the_agent_reports() {
+    let f = Fixture::new();
+    let ext = installed(&f, &f.agent, 0);
+    let r = f.agent.handler_status(&ext).unwrap().unwrap();
+    assert_eq!((r.status.as_str(), r.message.as_str()), ("Ready", "alive"));
+    assert!(r.from_heartbeat);
+
+    // The fake handler's disable leaves its Ready heartbeat behind: that stale Ready is what the agent
+    // reports, not its own "Plugin disabled".
+    f.agent.disable(&ext, 0).unwrap().unwrap();
+    let r = f.agent.handler_status(&ext).unwrap().unwrap();
+    assert_eq!((r.status.as_str(), r.message.as_str()), ("Ready", "alive"));
+
+    fs::write(
+        ext.heartbeat_file(),
+        r#"[{"version":1.0,"heartbeat":{"status":"NotReady","code":3,"formattedMessage":{"lang":"en-US","message":"disabled; worker stopped"}}}]"#,
+    )
+    .unwrap();
+    let r = f.agent.handler_status(&ext).unwrap().unwrap();
+    assert_eq!(
+        (r.status.as_str(), r.code, r.message.as_str()),
+        ("NotReady", 0, "disabled; worker stopped"),
+        "status and message from the heartbeat, code from the agent"
+    );
+
+    fs::remove_file(ext.heartbeat_file()).unwrap();
+    let r = f.agent.handler_status(&ext).unwrap().unwrap();
+    assert_eq!(
+        (r.status.as_str(), r.code, r.message.as_str()),
+        ("NotReady", -1, "Failed to get heart beat file")
+    );
+
+    // Without reportHeartbeat the agent's own record is reported.
+    let f = Fixture::new();
+    let zip = f.package(
+        "1.0.0",
+        &manifest("").replace(
+            r#""reportHeartbeat": "true""#,
+            r#""reportHeartbeat": false"#,
+        ),
+    );
+    let ext = f
+        .agent
+        .install_and_enable(&zip, 0, &Settings::Empty)
+        .unwrap()
+        .extension
+        .unwrap();
+    let r = f.agent.handler_status(&ext).unwrap().unwrap();
+    assert_eq!(
+        (r.status.as_str(), r.message.as_str(), r.from_heartbeat),
+        ("Ready", "Plugin enabled", false)
+    );
+    f.agent.disable(&ext, 0).unwrap().unwrap();
+    let r = f.agent.handler_status(&ext).unwrap().unwrap();
+    assert_eq!(
+        (r.status.as_str(), r.message.as_str()),
+        ("NotReady", "Plugin disabled")
+    );
+}
+
+#[test]
+fn the_package_zip_is_deleted_after_extraction() {
+    let f = Fixture::new();
+    let zip = f.package("1.0.0", &manifest(""));
+    let ext = f
+        .agent
+        .install_and_enable(&zip, 0, &Settings::Empty)
+        .unwrap()
+        .extension
+        .unwrap();
+    let zips: Vec<String> = fs::read_dir(f.agent.root())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".zip"))
+        .collect();
+    assert!(zips.is_empty(), "{zips:?}");
+    assert!(zip.is_file(), "the caller's package is untouched");
+    assert!(ext.dir.join("handler").is_file());
+}
+
+#[test]
+fn a_missing_status_file_gets_the_agents_message_after_waagents_rereads() {
+    let f = Fixture::new();
+    let ext = status_ext(&f);
+    let quick = f.agent.clone().with_status_retries(1, Duration::ZERO);
+    let missing = quick.read_status(&ext, 4).unwrap();
+    assert!(missing.missing);
+    assert_eq!(
+        missing.message,
+        format!(
+            "This status is being reported by the Guest Agent since no status file was reported by extension \
+             {HANDLER_NAME}: [ExtensionStatusError] Status file {} does not exist",
+            ext.status_file(4).display()
+        )
+    );
+    // waagent's 5 reads 2 s apart still find a file written a few seconds late.
+    let agent = f.agent.clone().with_waagent_timing();
+    let path = ext.status_file(4);
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        fs::write(path, GOOD_STATUS).unwrap();
+    });
+    let late = agent.read_status(&ext, 4).unwrap();
+    writer.join().unwrap();
+    assert!(!late.missing, "{late:?}");
+}
+
+#[test]
+fn a_disabled_goal_state_writes_no_settings_and_passes_its_own_sequence_number() {
+    let f = Fixture::new();
+    let ext = installed(&f, &f.agent, 0);
+    f.agent.disable(&ext, 5).unwrap().unwrap();
+    assert!(
+        f.calls().iter().any(|c| c == "1.0.0 disable 5"),
+        "{:?}",
+        f.calls()
+    );
+    assert!(!ext.settings_file(5).exists());
+    assert_eq!(f.agent.handler_state(&ext), HandlerState::Installed);
+}
+
+#[test]
+fn a_restart_rewrites_the_settings_before_enable() {
+    let f = Fixture::new();
+    let public = json!({"secretsManagementSettings": {"observedCertificates": []}});
+    let run = f
+        .agent
+        .install_and_enable(
+            &f.package("1.0.0", &manifest("")),
+            2,
+            &Settings::public(public.clone()),
+        )
+        .unwrap();
+    let ext = run.extension.unwrap();
+    fs::remove_file(ext.settings_file(2)).unwrap();
+    let r = f.agent.restart(&ext, 2, &Settings::public(public)).unwrap();
+    assert!(r.success());
+    assert!(ext.settings_file(2).is_file(), "rewritten before enable");
+    assert_eq!(
+        f.calls().iter().filter(|c| *c == "1.0.0 enable 2").count(),
+        2
+    );
+    assert_eq!(
+        f.calls().iter().filter(|c| *c == "1.0.0 install 2").count(),
+        1,
+        "no install on restart"
+    );
+}
+
+#[test]
+fn the_agents_own_environment_wins_over_the_variables_it_sets() {
+    let f = Fixture::new();
+    let agent = f
+        .agent
+        .clone()
+        .with_env("ConfigSequenceNumber", "99")
+        .with_env("LANG", "C.UTF-8");
+    let ext = installed(&f, &agent, 0);
+    let env = f.env_of("1.0.0", "enable");
+    assert_eq!(var(&env, "ConfigSequenceNumber"), Some("99"));
+    assert_eq!(var(&env, "LANG"), Some("C.UTF-8"));
+    assert_eq!(var(&env, DAEMON_VERSION_VAR), Some(DAEMON_VERSION));
+    assert!(ext.dir.is_dir());
+}
+
+#[test]
+fn uninstall_may_take_300_seconds_and_waagent_timing_takes_about_two_seconds_a_command() {
+    let t = Timeouts::default();
+    assert_eq!(
+        (t.install, t.enable, t.disable, t.update, t.uninstall),
+        (
+            Duration::from_secs(900),
+            Duration::from_secs(300),
+            Duration::from_secs(900),
+            Duration::from_secs(900),
+            Duration::from_secs(300)
+        )
+    );
+    let f = Fixture::new();
+    let agent = f.agent.clone().with_waagent_timing();
+    let ext = installed(&f, &agent, 0);
+    // The modelled polling: the agent sees an instant command as done after a 1 s poll and a 1 s pause.
+    let r = agent.enable(&ext, 0).unwrap();
+    assert!(r.duration >= Duration::from_secs(2), "{:?}", r.duration);
+}
+
+#[test]
+fn a_status_file_waagent_would_accept_is_rejected_as_stricter_than_waagent() {
+    let f = Fixture::new();
+    let ext = status_ext(&f);
+    let agent = f.agent.clone().with_status_retries(1, Duration::ZERO);
+    fs::write(ext.status_file(6), r#"[{"status": {"status": "success"}}]"#).unwrap();
+    let err = agent.read_status(&ext, 6).unwrap_err();
+    assert_eq!(err.status_rule(), Some(StatusRule::MissingKey));
+    assert!(err.to_string().contains("stricter than waagent"), "{err}");
+    fs::write(
+        ext.status_file(6),
+        r#"[{"version": 1.0, "timestampUTC": "2026-11-22T10:00:00Z"}]"#,
+    )
+    .unwrap();
+    let err = agent.read_status(&ext, 6).unwrap_err();
+    assert!(
+        !err.to_string().contains("stricter"),
+        "waagent needs status too: {err}"
+    );
+}
+
+#[test]
+fn an_oversized_status_file_is_truncated_not_rejected() {
+    let f = Fixture::new();
+    let ext = status_ext(&f);
+    let agent = f.agent.clone().with_status_retries(1, Duration::ZERO);
+    let subs: Vec<serde_json::Value> = (0..40)
+        .map(|i| {
+            json!({"name": format!("sub{i:02}"), "status": "success", "code": 0,
+                   "formattedMessage": {"lang": "en-US", "message": "y".repeat(4000)}})
+        })
+        .collect();
+    let long = "x".repeat(5000);
+    let doc = json!([{"version": 1.0, "timestampUTC": "2026-11-22T10:00:00Z", "status": {
+        "name": "n", "operation": "Enable", "status": "success", "code": 0,
+        "formattedMessage": {"lang": "en-US", "message": long}, "substatus": subs}}]);
+    assert!(doc.to_string().len() > 128 * 1024);
+    fs::write(ext.status_file(8), doc.to_string()).unwrap();
+    let r = agent.read_status(&ext, 8).unwrap();
+    assert!(r.truncated);
+    assert_eq!(
+        r.status,
+        StatusValue::Success,
+        "passed on, not turned into an error"
+    );
+    assert_eq!(r.message, format!("{} ... [TRUNCATED]", &long[..1024]));
+    // As the real agent does (tests/real_agent.rs): entries past the 128 KiB budget are dropped, in order.
+    // The budget: 1,040 (message cut to 1,024 + " ... [TRUNCATED]") + 4,005 per entry ("subNN" + 4,000)
+    // stays within 131,072 for 32 entries.
+    assert_eq!(r.substatus.len(), 32);
+    assert_eq!(r.substatus[0].name, "sub00");
 }

@@ -1,14 +1,17 @@
 //! Test doubles that behave like the real services kvvm talks to: the Linux guest agent (waagent), the Azure
 //! Instance Metadata Service / Azure Arc identity endpoint, and Azure Key Vault. Used by kvvm's integration
-//! tests in-process, and by `make demo` through the `kvvm-sim` binary.
+//! tests in-process, and by `make demo` through the `kvvm-sim` binary. `wireserver` and `realagent` let the
+//! real guest agent (WALinuxAgent) drive the package instead of the simulator (tests/real_agent.rs).
 
 pub mod httpserver;
 pub mod imds;
 pub mod netns;
 pub mod pki;
+pub mod realagent;
 pub mod tls;
 pub mod vault;
 pub mod waagent;
+pub mod wireserver;
 
 /// The package `make package` builds: `dist/Microsoft.Azure.KeyVault.KeyVaultForLinux-<version>.zip` at the
 /// workspace root, `<version>` from the root `Cargo.toml`. Panics with the fix when it is missing.

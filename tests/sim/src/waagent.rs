@@ -10,9 +10,21 @@
 //! by waagent's rules (plus the fields the portal shows, which Microsoft's handlers always write).
 //!
 //! Where waagent is lenient the simulator says so in the error text rather than silently accepting: a status
-//! value such as `"Success"` is not rejected by waagent but reported as `error`, which is just as fatal.
-//! Not simulated: the systemd scope / CPU quota, the goal-state download and signature checks, multi-config
-//! handlers, and the one-second polling granularity of waagent's wait loop.
+//! value such as `"Success"` is not rejected by waagent but reported as `error`, which is just as fatal. The
+//! simulator is deliberately **stricter** than waagent about status and heartbeat files (waagent needs only
+//! `status` and `status.status`, resp. `heartbeat.status`; the simulator also wants every field the portal
+//! shows), to catch kvvm's own mistakes; such errors say "stricter than waagent".
+//!
+//! Aligned with what the real agent was seen doing (tests/real_agent.rs runs WALinuxAgent 2.7.3 itself; the
+//! rest was read in 2.15): the heartbeat's status and message replace the handler status the agent reports
+//! ([`Agent::handler_status`]); the package zip is deleted after extraction; a missing status file is reported
+//! with the agent's `[ExtensionStatusError]` message after re-reads ([`Agent::with_waagent_timing`] makes them
+//! waagent's 5 × 2 s); a `disabled` goal state writes no settings and passes its own sequence number; every goal
+//! state processed, a restart included, rewrites the settings before enable ([`Agent::restart`]); the agent's
+//! own environment is merged last and wins; HandlerEnvironment.json has exactly six keys; uninstall's time
+//! limit is 300 s; with [`Agent::with_waagent_timing`] each command takes ~2 s (1 s polls plus 1 s grace).
+//! Not simulated: the systemd scope / CPU quota, the goal-state download and signature checks (the real agent
+//! covers those against `kvvm_sim::wireserver`), and multi-config handlers.
 
 use std::cmp::Ordering;
 use std::fs;
@@ -42,6 +54,24 @@ pub const MAX_STATUS_SIZE: usize = 128 * 1024;
 pub const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(600);
 /// The PATH a systemd-started waagent (and so every command it runs) has.
 pub const AGENT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The variable waagent's daemon sets for the extension handler process (so every command sees it).
+pub const DAEMON_VERSION_VAR: &str = "_AZURE_GUEST_AGENT_DAEMON_VERSION_";
+/// The daemon version the simulator claims to be.
+pub const DAEMON_VERSION: &str = "2.15.0.1";
+/// How often waagent reads a missing or unparsable status file before giving up, and the pause between reads.
+pub const WAAGENT_STATUS_RETRIES: (u32, Duration) = (5, Duration::from_secs(2));
+/// waagent polls a running command once a second, and after it exits waits one more second (for a forked
+/// child to start) before going on.
+pub const WAAGENT_POLL: Duration = Duration::from_secs(1);
+/// The keys of HandlerEnvironment.json's `handlerEnvironment` object, exactly as waagent writes them.
+pub const HANDLER_ENVIRONMENT_KEYS: [&str; 6] = [
+    "logFolder",
+    "configFolder",
+    "statusFolder",
+    "heartbeatFile",
+    "eventsFolder",
+    "eventsFolder_preview",
+];
 /// waagent error code for a command that ran past its time limit.
 pub const CODE_TIMEOUT: u32 = 1011;
 /// waagent error code for a status file it cannot use.
@@ -234,7 +264,8 @@ impl std::fmt::Display for Verb {
     }
 }
 
-/// Time limits per command. The default is waagent's: install 900 s, enable 300 s, the others 900 s.
+/// Time limits per command. The default is waagent's: install, disable and update 900 s; enable and
+/// uninstall 300 s (uninstall runs with `launch_command`'s default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     pub install: Duration,
@@ -251,7 +282,7 @@ impl Default for Timeouts {
             enable: Duration::from_secs(300),
             disable: Duration::from_secs(900),
             update: Duration::from_secs(900),
-            uninstall: Duration::from_secs(900),
+            uninstall: Duration::from_secs(300),
         }
     }
 }
@@ -648,6 +679,17 @@ impl Heartbeat {
     }
 }
 
+/// The handler status waagent reports upstream (`handlerAggregateStatus[]`: status, code, message).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HandlerReport {
+    /// `Ready`, `NotReady`, `Unresponsive`, or the heartbeat's status.
+    pub status: String,
+    pub code: i64,
+    pub message: String,
+    /// Whether the heartbeat supplied status and message.
+    pub from_heartbeat: bool,
+}
+
 /// One step of a waagent sequence.
 #[derive(Debug, Clone)]
 pub enum Step {
@@ -792,12 +834,14 @@ pub struct Agent {
     extra_env: Vec<(String, String)>,
     status_retries: u32,
     status_retry_delay: Duration,
+    poll: Option<Duration>,
     echo: bool,
 }
 
 impl Agent {
-    /// An agent with waagent's time limits, echo off, and a short status-read retry (3 × 100 ms; waagent's
-    /// is 5 × 2 s — see [`Agent::with_status_retries`]).
+    /// An agent with waagent's time limits, echo off, and — faster than waagent, to keep tests quick — a short
+    /// status-read retry (3 × 100 ms; waagent's is 5 × 2 s) and a 10 ms command poll (waagent's is 1 s plus
+    /// 1 s after exit); [`Agent::with_waagent_timing`] gives waagent's.
     pub fn new(root: &Path, log_root: &Path) -> Agent {
         Agent {
             root: root.to_path_buf(),
@@ -806,8 +850,18 @@ impl Agent {
             extra_env: Vec::new(),
             status_retries: 3,
             status_retry_delay: Duration::from_millis(100),
+            poll: None,
             echo: false,
         }
+    }
+
+    /// waagent's own timing: status files re-read 5 times 2 s apart, and commands polled once a second with
+    /// a one-second pause after they exit (so every command takes about 2 s, and a forked child gets a second
+    /// to start before the agent goes on). Time limits count those one-second polls, as waagent's do.
+    pub fn with_waagent_timing(mut self) -> Agent {
+        (self.status_retries, self.status_retry_delay) = WAAGENT_STATUS_RETRIES;
+        self.poll = Some(WAAGENT_POLL);
+        self
     }
 
     /// Replace the time limits.
@@ -816,8 +870,9 @@ impl Agent {
         self
     }
 
-    /// An extra variable of the agent's own environment, passed to every command (waagent merges its
-    /// `os.environ` into each command's environment): `SSL_CERT_FILE`, `HTTPS_PROXY`, …
+    /// An extra variable of the agent's own environment, passed to every command. waagent merges its
+    /// `os.environ` into each command's environment *last* (`env.update(os.environ)`), so these win even over
+    /// the variables the agent sets itself (`ConfigSequenceNumber`, …): `SSL_CERT_FILE`, `HTTPS_PROXY`, …
     pub fn with_env(mut self, key: &str, value: &str) -> Agent {
         self.extra_env.retain(|(k, _)| k != key);
         self.extra_env.push((key.to_string(), value.to_string()));
@@ -872,7 +927,8 @@ impl Agent {
         self.unpack_named(zip, &name, &version)
     }
 
-    /// Extracts `zip` as handler [`HANDLER_NAME`] version `version`, whatever the file is called. File modes
+    /// Extracts `zip` as handler [`HANDLER_NAME`] version `version`, whatever the file is called (from a copy
+    /// at `<root>/<name>__<version>.zip`, deleted afterwards, as waagent deletes its download). File modes
     /// stored in the zip are not kept (files get 0666 & ~umask, as Python's `extractall` creates them); then
     /// u+x is added to every file. HandlerManifest.json is looked for anywhere in the tree (copied to the root
     /// if found deeper), parsed and validated; config/ and status/ are created 0700.
@@ -883,7 +939,13 @@ impl Agent {
     fn unpack_named(&self, zip: &Path, name: &str, version: &str) -> Result<Extension> {
         let dir = self.root.join(format!("{name}-{version}"));
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        extract_without_modes(zip, &dir)?;
+        // waagent downloads the package to <root>/<name>__<version>.zip, extracts it and deletes it: the
+        // handler never finds its zip.
+        let download = self.root.join(format!("{name}__{version}.zip"));
+        fs::copy(zip, &download).map_err(io_err("copy", zip))?;
+        let extracted = extract_without_modes(&download, &dir);
+        fs::remove_file(&download).map_err(io_err("remove", &download))?;
+        extracted?;
         for file in walk_files(&dir)? {
             let meta = fs::metadata(&file).map_err(io_err("stat", &file))?;
             let mode = meta.permissions().mode() | 0o100;
@@ -928,9 +990,8 @@ impl Agent {
         Ok(ext)
     }
 
-    /// Writes HandlerEnvironment.json as waagent does (a one-element list, schema version 1.0), with the
-    /// five folders plus keys the handler must ignore (deploymentid, rolename, instance, hostResolverAddress,
-    /// eventsFolder_preview); creates config/, status/, the log folder and its events folder.
+    /// Writes HandlerEnvironment.json as waagent does (a one-element list, schema version 1.0) with exactly
+    /// [`HANDLER_ENVIRONMENT_KEYS`]; creates config/, status/, the log folder and its events folder.
     pub fn write_handler_environment(&self, ext: &Extension) -> Result<()> {
         let log_dir = self.log_dir(ext);
         fs::create_dir_all(&log_dir).map_err(io_err("create", &log_dir))?;
@@ -947,10 +1008,6 @@ impl Agent {
                 "heartbeatFile": ext.heartbeat_file(),
                 "eventsFolder": self.events_dir(ext),
                 "eventsFolder_preview": self.events_dir(ext),
-                "deploymentid": "2a9ea1b6-0b0d-4f3e-9c55-5d5f0e1c9a77",
-                "rolename": "_kvvm-sim",
-                "instance": "_kvvm-sim",
-                "hostResolverAddress": null,
             }
         }]);
         let path = ext.handler_environment_file();
@@ -1005,19 +1062,110 @@ impl Agent {
         }
     }
 
+    /// Records the handler status waagent keeps in `config/HandlerStatus` (what it reports before the
+    /// heartbeat is applied).
+    fn set_handler_status(
+        &self,
+        ext: &Extension,
+        status: &str,
+        code: i64,
+        message: &str,
+    ) -> Result<()> {
+        mkdir_0700(&ext.config_dir())?;
+        let path = ext.config_dir().join("HandlerStatus");
+        let doc = json!({"status": status, "code": code, "message": message});
+        fs::write(&path, doc.to_string()).map_err(io_err("write", &path))
+    }
+
+    /// Records what waagent records after a command: success gives `status`/`message`, failure NotReady with
+    /// the failure's code and message.
+    fn handler_status_after(
+        &self,
+        ext: &Extension,
+        r: &CommandResult,
+        status: &str,
+        message: &str,
+    ) -> Result<()> {
+        if r.success() {
+            self.set_handler_status(ext, status, 0, message)
+        } else {
+            let f = failure_of(r.verb.as_str(), r);
+            self.set_handler_status(ext, "NotReady", f.code.into(), &f.message)
+        }
+    }
+
+    /// The handler status waagent would report now: its own record (Ready / "Plugin enabled" after enable,
+    /// NotReady / "Plugin disabled" after disable, NotReady with the failure after a failed command), then —
+    /// when the manifest sets `reportHeartbeat` and the handler is installed — the heartbeat's status **and
+    /// message replace it** (2.15; 2.7.3 replaces only the status), the code stays; a heartbeat older than
+    /// 600 s gives `Unresponsive` (-1), a missing one NotReady "Failed to get heart beat file" (-1). `None` if
+    /// waagent has no record (nothing is reported). A heartbeat the simulator rejects is an error.
+    pub fn handler_status(&self, ext: &Extension) -> Result<Option<HandlerReport>> {
+        let path = ext.config_dir().join("HandlerStatus");
+        let Ok(text) = fs::read_to_string(&path) else {
+            return Ok(None);
+        };
+        let doc: Value = serde_json::from_str(&text).map_err(|e| WaagentError::Io {
+            action: "parse",
+            path: path.clone(),
+            source: io::Error::other(e),
+        })?;
+        let mut report = HandlerReport {
+            status: doc["status"].as_str().unwrap_or_default().to_string(),
+            code: doc["code"].as_i64().unwrap_or_default(),
+            message: doc["message"].as_str().unwrap_or_default().to_string(),
+            from_heartbeat: false,
+        };
+        if self.handler_state(ext) == HandlerState::NotInstalled || !ext.manifest.report_heartbeat {
+            return Ok(Some(report));
+        }
+        if !ext.heartbeat_file().is_file() {
+            report.status = "NotReady".into();
+            report.code = -1;
+            report.message = "Failed to get heart beat file".into();
+            return Ok(Some(report));
+        }
+        let hb = self.read_heartbeat(ext)?;
+        if hb.responsive() {
+            report.status = hb.status;
+            report.message = hb.message;
+        } else {
+            report.status = "Unresponsive".into();
+            report.code = -1;
+            report.message = "Extension heartbeat is not responsive".into();
+        }
+        report.from_heartbeat = true;
+        Ok(Some(report))
+    }
+
     fn set_handler_state(&self, ext: &Extension, state: HandlerState) -> Result<()> {
         mkdir_0700(&ext.config_dir())?;
         let path = ext.config_dir().join("HandlerState");
         fs::write(&path, state.as_str()).map_err(io_err("write", &path))
     }
 
+    /// The agent process's own environment, which waagent merges into every command's last: PATH (as
+    /// systemd gives it), the daemon's `_AZURE_GUEST_AGENT_DAEMON_VERSION_`, and every [`Agent::with_env`].
+    pub fn agent_environment(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("PATH".to_string(), AGENT_PATH.to_string()),
+            (DAEMON_VERSION_VAR.to_string(), DAEMON_VERSION.to_string()),
+        ];
+        for (k, v) in &self.extra_env {
+            env.retain(|(key, _)| key != k);
+            env.push((k.clone(), v.clone()));
+        }
+        env
+    }
+
     /// Runs a manifest command the waagent way: `/bin/sh -c <ext dir>/<command>`, cwd the extension directory,
     /// a new session (so its own process group), stdin /dev/null, stdout/stderr to unlinked files in the
-    /// extension directory, and only the agent's environment: PATH, `ConfigSequenceNumber`,
+    /// extension directory, and the variables the agent sets: `ConfigSequenceNumber`,
     /// `AZURE_GUEST_AGENT_EXTENSION_PATH`/`_VERSION`/`_SUPPORTED_FEATURES`, `…_WIRE_PROTOCOL_ADDRESS`; for
     /// install and enable `AZURE_GUEST_AGENT_UNINSTALL_CMD_EXIT_CODE=NOT_RUN`; for update `VERSION`,
     /// `AZURE_GUEST_AGENT_UPDATING_FROM_VERSION` (this version) and `AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODE=NOT_RUN`.
-    /// `extra_env` adds to or overrides these. Past the verb's time limit the whole process group is SIGKILLed.
+    /// `extra_env` adds to or overrides these, and then [`Agent::agent_environment`] overrides everything (waagent's
+    /// `env.update(os.environ)`). Past the verb's time limit the whole process group is SIGKILLed.
     pub fn run(
         &self,
         ext: &Extension,
@@ -1077,13 +1225,16 @@ impl Agent {
             anonymous_file(&ext.dir, "stdout")?,
             anonymous_file(&ext.dir, "stderr")?,
         );
+        // The agent's own environment (PATH, the daemon's version variable, with_env) goes in last and wins.
+        for (k, v) in self.agent_environment() {
+            env.retain(|(key, _)| *key != k);
+            env.push((k, v));
+        }
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
             .arg(&command)
             .current_dir(&ext.dir)
             .env_clear()
-            .env("PATH", AGENT_PATH)
-            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(
@@ -1109,9 +1260,14 @@ impl Agent {
             source,
         })?;
         let limit = self.timeouts.for_verb(verb);
+        let poll = self.poll.unwrap_or(Duration::from_millis(10));
         let (exit_code, timed_out) = loop {
             match child.try_wait() {
                 Ok(Some(status)) => {
+                    if self.poll.is_some() {
+                        // waagent: "process completed or forked; sleep 1 sec to give the child a chance".
+                        std::thread::sleep(WAAGENT_POLL);
+                    }
                     break (
                         Some(
                             status
@@ -1133,7 +1289,7 @@ impl Agent {
                 let _ = child.wait();
                 break (None, true);
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(poll);
         };
         let duration = started.elapsed();
         let stdout = read_head(&mut out);
@@ -1179,7 +1335,7 @@ impl Agent {
                             lang: "en-US".into(),
                             message: format!(
                                 "This status is being reported by the Guest Agent since no status file was \
-                                 reported by extension {}: Status file {} does not exist",
+                                 reported by extension {}: [ExtensionStatusError] Status file {} does not exist",
                                 ext.name,
                                 path.display()
                             ),
@@ -1362,6 +1518,12 @@ impl Agent {
             seq,
         });
         let install = self.command_step(&mut out, &ext, Verb::Install, seq, &[])?;
+        self.handler_status_after(
+            &ext,
+            &install,
+            "NotReady",
+            "Plugin installed but not enabled",
+        )?;
         if !install.success() {
             Self::fail(&mut out, "install", &install);
             out.extension = Some(ext);
@@ -1369,6 +1531,7 @@ impl Agent {
         }
         self.set_handler_state(&ext, HandlerState::Installed)?;
         let enable = self.command_step(&mut out, &ext, Verb::Enable, seq, &[])?;
+        self.handler_status_after(&ext, &enable, "Ready", "Plugin enabled")?;
         if enable.success() {
             self.set_handler_state(&ext, HandlerState::Enabled)?;
         } else {
@@ -1378,9 +1541,11 @@ impl Agent {
         Ok(out)
     }
 
-    /// Runs enable again, as waagent does on a new goal state, an agent restart or a reboot.
+    /// Runs enable again (waagent always rewrites the settings first: see [`Agent::apply_settings`] and
+    /// [`Agent::restart`]).
     pub fn enable(&self, ext: &Extension, seq: u64) -> Result<CommandResult> {
         let result = self.run(ext, Verb::Enable, seq, &[])?;
+        self.handler_status_after(ext, &result, "Ready", "Plugin enabled")?;
         if result.success() {
             self.set_handler_state(ext, HandlerState::Enabled)?;
         }
@@ -1398,7 +1563,15 @@ impl Agent {
         self.enable(ext, seq)
     }
 
-    /// Disable (waagent runs it only if the handler is enabled; `None` otherwise).
+    /// An agent restart or a reboot with the same goal state: a new agent process treats its first goal state
+    /// as new, so it rewrites `config/<seq>.settings` and runs enable again (no install).
+    pub fn restart(&self, ext: &Extension, seq: u64, settings: &Settings) -> Result<CommandResult> {
+        self.apply_settings(ext, seq, settings)
+    }
+
+    /// A `disabled` goal state: disable, only if the handler is enabled (`None` otherwise). No settings file is
+    /// written; `seq` is the goal state's own sequence number — it may be new — passed as
+    /// `ConfigSequenceNumber`, so the handler's status for it is `status/<seq>.status`.
     pub fn disable(&self, ext: &Extension, seq: u64) -> Result<Option<CommandResult>> {
         if self.handler_state(ext) != HandlerState::Enabled {
             return Ok(None);
@@ -1406,6 +1579,7 @@ impl Agent {
         let result = self.run(ext, Verb::Disable, seq, &[])?;
         if result.success() {
             self.set_handler_state(ext, HandlerState::Installed)?;
+            self.set_handler_status(ext, "NotReady", 0, "Plugin disabled")?;
         }
         Ok(Some(result))
     }
@@ -1568,6 +1742,7 @@ impl Agent {
         }
         self.set_handler_state(&new, HandlerState::Installed)?;
         let r = self.command_step(&mut out, &new, Verb::Enable, seq, &env)?;
+        self.handler_status_after(&new, &r, "Ready", "Plugin enabled")?;
         if r.success() {
             self.set_handler_state(&new, HandlerState::Enabled)?;
         } else {
@@ -1899,7 +2074,18 @@ impl Checker<'_> {
                 format!("\"{found}\" must be spelled \"{key}\" (keys are case-sensitive; waagent: Missing {node} key)"),
             ));
         }
-        Err(self.err(StatusRule::MissingKey, format!("Missing {node} key")))
+        let waagent_needs = ["status", "status/status", "heartbeat", "heartbeat/status"];
+        if waagent_needs.contains(&node.as_str()) {
+            Err(self.err(StatusRule::MissingKey, format!("Missing {node} key")))
+        } else {
+            Err(self.err(
+                StatusRule::MissingKey,
+                format!(
+                    "Missing {node} key (stricter than waagent, which needs only status and status/status; \
+                     the portal shows {node})"
+                ),
+            ))
+        }
     }
 
     fn string(&self, v: &Value, node: &str) -> Result<String> {
