@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 
-.PHONY: all deps build package demo test lint bench clean
+.PHONY: all deps build package demo test lint bench fuzz clean
 
 all: build
 
@@ -34,3 +34,7 @@ clean:
 bench: package
 	cargo build --release --quiet -p kvvm-sim --bin kvvm-bench
 	target/release/kvvm-bench dist/Microsoft.Azure.KeyVault.KeyVaultForLinux-$(VERSION).zip $(CURDIR)
+
+# Every parser of outside input under cargo fuzz for FUZZ_SECONDS each (default 60); see fuzz/harness.rs.
+fuzz:
+	bash scripts/fuzz.sh

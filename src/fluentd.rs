@@ -278,7 +278,8 @@ fn read_ack(stream: &mut TcpStream, chunk: &str) -> io::Result<()> {
     }
 }
 
-fn parse_ack(bytes: &[u8]) -> Option<String> {
+/// The chunk id of a Fluentd Forward acknowledgement (`{"ack": id}`, msgpack).
+pub fn parse_ack(bytes: &[u8]) -> Option<String> {
     use rmp::decode::*;
     let mut rd = bytes;
     let entries = read_map_len(&mut rd).ok()?;

@@ -731,7 +731,8 @@ impl Endpoint {
 }
 
 /// The `realm` of a `Basic realm=<path>` challenge (quoted or not).
-fn basic_realm(header: &str) -> Option<String> {
+/// The key file an Azure Arc `WWW-Authenticate: Basic realm=<path>` challenge names.
+pub fn basic_realm(header: &str) -> Option<String> {
     let (scheme, rest) = header.trim().split_once(char::is_whitespace)?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
@@ -807,7 +808,9 @@ pub fn read_arc_key(path: &Path, dir: &Path) -> Result<Zeroizing<String>, Identi
     Ok(contents)
 }
 
-fn parse_token(body: &[u8], endpoint: &str) -> Result<AccessToken, IdentityError> {
+/// Reads an IMDS or Azure Arc token reply (`access_token` and `expires_on` or `expires_in`, as strings or
+/// numbers). A time that does not fit the clock is refused, not trusted.
+pub fn parse_token(body: &[u8], endpoint: &str) -> Result<AccessToken, IdentityError> {
     let bad = |detail: &str| IdentityError::BadToken {
         endpoint: endpoint.to_string(),
         detail: detail.to_string(),
@@ -828,10 +831,11 @@ fn parse_token(body: &[u8], endpoint: &str) -> Result<AccessToken, IdentityError
     };
     let now = SystemTime::now();
     let expires_on = match (number("expires_on"), number("expires_in")) {
-        (Some(on), _) => UNIX_EPOCH + Duration::from_secs(on),
-        (None, Some(secs)) => now + Duration::from_secs(secs),
+        (Some(on), _) => UNIX_EPOCH.checked_add(Duration::from_secs(on)),
+        (None, Some(secs)) => now.checked_add(Duration::from_secs(secs)),
         (None, None) => return Err(bad("neither expires_on nor expires_in")),
-    };
+    }
+    .ok_or_else(|| bad("its expiry time is out of range"))?;
     Ok(AccessToken {
         secret: Zeroizing::new(secret.to_string()),
         expires_on,

@@ -694,7 +694,7 @@ fn gave_up(
 }
 
 /// `(code, message)` of a Key Vault error body (`innererror.code` preferred, as it is the precise one).
-fn kv_error(body: &[u8]) -> (String, String) {
+pub fn kv_error(body: &[u8]) -> (String, String) {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let err = &v["error"];
     let code = err["innererror"]["code"]
@@ -716,7 +716,8 @@ fn kv_error(body: &[u8]) -> (String, String) {
     (code, message)
 }
 
-fn parse_bundle(body: &[u8], vault: &str, name: &str) -> Result<SecretBundle, VaultError> {
+/// Reads Key Vault's answer to a secret GET (a secret bundle), for vault `vault` and secret `name`.
+pub fn parse_bundle(body: &[u8], vault: &str, name: &str) -> Result<SecretBundle, VaultError> {
     let bad = |detail: String| VaultError::BadBundle {
         vault: vault.to_string(),
         secret: name.to_string(),
