@@ -8,8 +8,8 @@
 //! NotReady while a crashed one is being restarted, NotReady after `disable`.
 //!
 //! The size rule, for any number of certificates: the status file stays under [`STATUS_BUDGET`] (three quarters of
-//! waagent's limit). If one substatus per certificate does not fit, the healthy ones are folded into one
-//! summary entry; if the ones that need attention still do not fit, their messages are shortened to the
+//! waagent's limit). If one full substatus per certificate does not fit, the healthy ones get a one-line
+//! message (version and notAfter); if that does not fit either, they are folded into one summary entry; if the ones that need attention still do not fit, their messages are shortened to the
 //! reason code and a one-line summary; if even that does not fit, they are grouped per reason, each group
 //! naming its certificates by their full URLs as far as the budget goes. `kvvm status` has no limit and lists
 //! everything.
@@ -333,6 +333,7 @@ pub fn worker_report(view: &WorkerView<'_>) -> StatusReport {
     });
     for level in [
         Detail::Full,
+        Detail::CompactHealthy,
         Detail::FoldHealthy,
         Detail::Short,
         Detail::Grouped,
@@ -352,6 +353,7 @@ pub fn worker_report(view: &WorkerView<'_>) -> StatusReport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Detail {
     Full,
+    CompactHealthy,
     FoldHealthy,
     Short,
     Grouped,
@@ -364,6 +366,24 @@ fn needs_attention(c: &CertificateState) -> bool {
 fn substatus(certs: &[CertificateState], level: Detail) -> Vec<SubStatus> {
     if level == Detail::Full {
         return certs.iter().map(certificate_substatus).collect();
+    }
+    if level == Detail::CompactHealthy {
+        return certs
+            .iter()
+            .map(|c| match (c.status, &c.version) {
+                (CertStatus::Installed, Some(version)) => SubStatus::new(
+                    c.url.clone(),
+                    Status::Success,
+                    format!(
+                        "installed; version {version}{}",
+                        c.not_after
+                            .map(|t| format!("; notAfter {}", utc_timestamp(t)))
+                            .unwrap_or_default()
+                    ),
+                ),
+                _ => certificate_substatus(c),
+            })
+            .collect();
     }
     let mut out = Vec::new();
     let installed = certs
@@ -393,7 +413,7 @@ fn substatus(certs: &[CertificateState], level: Detail) -> Vec<SubStatus> {
     }
     let attention = certs.iter().filter(|c| needs_attention(c));
     match level {
-        Detail::Full => unreachable!("handled above"),
+        Detail::Full | Detail::CompactHealthy => unreachable!("handled above"),
         Detail::FoldHealthy => out.extend(attention.map(certificate_substatus)),
         Detail::Short => out.extend(attention.map(|c| {
             SubStatus::new(
@@ -834,6 +854,31 @@ mod tests {
                 .zip(&certs)
                 .all(|(s, c)| s.name == c.url && s.message.contains(c.version.as_deref().unwrap()))
         );
+    }
+
+    #[test]
+    fn three_hundred_healthy_certificates_keep_one_short_entry_each() {
+        let certs: Vec<CertificateState> = (0..300)
+            .map(|i| {
+                let mut c = long_url_cert(i % 3, i, CertStatus::Installed);
+                c.last_check = Some(crate::state::now());
+                c
+            })
+            .collect();
+        let mut full = StatusReport::new(Operation::Enable, Status::Success, "m");
+        full.substatus = certs.iter().map(certificate_substatus).collect();
+        let full = full.to_json().len();
+        assert!(full > STATUS_BUDGET, "full entries take only {full} bytes");
+        let report = worker_report(&view(&certs));
+        assert!(report.to_json().len() <= STATUS_BUDGET);
+        assert_eq!(report.substatus.len(), 300);
+        for (s, c) in report.substatus.iter().zip(&certs) {
+            assert_eq!(s.name, c.url);
+            assert_eq!(
+                s.message,
+                format!("installed; version {}", c.version.as_deref().unwrap())
+            );
+        }
     }
 
     #[test]

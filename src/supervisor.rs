@@ -350,10 +350,12 @@ pub const HEALTHY_RUN: Duration = Duration::from_secs(600);
 /// A running poller whose heartbeat is older than this is stuck: it is killed and restarted (waagent would
 /// call the handler unresponsive after 600 s).
 pub const STUCK_AFTER: Duration = Duration::from_secs(300);
+/// How often the supervisor looks at its poller's heartbeat and at whether the extension is still installed.
+pub const WATCH_EVERY: Duration = Duration::from_secs(10);
 /// How long the supervisor gives its poller to exit after SIGTERM before it kills it.
 const POLLER_GRACE: Duration = Duration::from_secs(8);
 /// The poller's own lock (one poller, even if a supervisor was killed and its orphan is still exiting).
-const POLLER_LOCK_FILE: &str = "poller.lock";
+pub const POLLER_LOCK_FILE: &str = "poller.lock";
 /// How long a new poller waits for an orphaned one to let go of [`POLLER_LOCK_FILE`].
 const POLLER_PATIENCE: Duration = Duration::from_secs(10);
 /// Environment the supervisor passes to the poller it starts: restarts so far, and why the last one exited.
@@ -484,7 +486,9 @@ pub trait Report {
 /// that exits for any reason while the worker is not stopping — a signal, an abort, the out-of-memory killer,
 /// a fatal error — is restarted, after 1 s the first time and twice as long after each further exit in a row
 /// (at most [`RESTART_MAX`]); one that stops sending heartbeats for [`STUCK_AFTER`] is killed and restarted.
-/// SIGHUP is passed on to the poller (new settings), or ends a wait to restart early. The supervisor itself
+/// SIGHUP is passed on to the poller (new settings), or ends a wait to restart early. If waagent deletes the
+/// extension directory without running `disable` (a plugin dropped from the goal state), both exit within
+/// [`WATCH_EVERY`]; certificates stay. The supervisor itself
 /// does nothing else, so it stays small and has nothing to crash on.
 pub fn supervise(
     sup: &Supervisor,
@@ -538,7 +542,7 @@ pub fn supervise(
                         String::new()
                     }
                 );
-                match watch(&wake, &mut child, heartbeat, started) {
+                match watch(&wake, &mut child, heartbeat, extension_dir, started) {
                     None => return Ok(()),
                     Some(why) => why,
                 }
@@ -560,6 +564,13 @@ pub fn supervise(
         report.restarting(&why, restarts, backoff);
         let until = Instant::now() + backoff;
         while !wake.stopping() && Instant::now() < until && !wake.take_reload() {
+            if !installed(extension_dir) {
+                log::warn!(
+                    "the extension directory {} is gone: stopping",
+                    extension_dir.display()
+                );
+                return Ok(());
+            }
             wake.wait(until.saturating_duration_since(Instant::now()));
         }
         backoff = (backoff * 2).min(RESTART_MAX);
@@ -574,6 +585,7 @@ fn watch(
     wake: &Wake,
     child: &mut std::process::Child,
     heartbeat: &Path,
+    extension_dir: &Path,
     started: Instant,
 ) -> Option<String> {
     let pid = child.id();
@@ -582,7 +594,15 @@ fn watch(
         if wake.take_reload() {
             signal(pid, libc::SIGHUP);
         }
-        if wake.stopping() {
+        let removed = !installed(extension_dir);
+        if removed {
+            log::warn!(
+                "the extension directory {} is gone (waagent removed the extension without running disable or \
+                 uninstall): stopping; installed certificates stay",
+                extension_dir.display()
+            );
+        }
+        if wake.stopping() || removed {
             signal(pid, libc::SIGTERM);
             let deadline = Instant::now() + POLLER_GRACE;
             while Instant::now() < deadline {
@@ -622,6 +642,11 @@ fn watch(
             ));
             signal(pid, libc::SIGKILL);
         }
-        wake.wait(Duration::from_secs(60));
+        wake.wait(WATCH_EVERY);
     }
+}
+
+/// Whether the extension is still installed: waagent may delete its directory without running a command.
+fn installed(extension_dir: &Path) -> bool {
+    extension_dir.join("HandlerManifest.json").exists()
 }

@@ -492,6 +492,8 @@ struct Poller<'a> {
     client: Result<Arc<VaultClient>, String>,
     checks: Option<Checks>,
     clocks: Vec<Clock>,
+    /// When every certificate not in flight is next due.
+    next_beat: Instant,
     generation: u64,
     sync: InitialSync,
     rng: fastrand::Rng,
@@ -553,6 +555,7 @@ impl<'a> Poller<'a> {
                 };
                 state.certificates.len()
             ],
+            next_beat: first,
             sync: InitialSync::start(current.settings.require_initial_sync),
             ext,
             current,
@@ -615,15 +618,24 @@ impl<'a> Poller<'a> {
             };
             self.state.certificates.len()
         ];
+        self.next_beat = Instant::now();
         self.sync = InitialSync::start(self.current.settings.require_initial_sync);
         // The new settings' status is written before any check, which may take a while against an unreachable
         // vault.
         self.save();
     }
 
-    /// Starts the checks that are due and allowed.
+    /// Starts the checks that are due and allowed. At each beat (one polling interval, ±10 %, after the last)
+    /// every certificate whose check is not in flight becomes due; one still in flight is skipped.
     fn dispatch(&mut self) {
         let now = Instant::now();
+        if now >= self.next_beat {
+            for clock in self.clocks.iter_mut().filter(|c| !c.busy) {
+                clock.due = clock.due.min(now);
+            }
+            self.next_beat =
+                now + schedule::next_delay(self.current.settings.polling_interval, &mut self.rng);
+        }
         let observed = &self.current.settings.observed_certificates;
         for (i, clock) in self.clocks.iter_mut().enumerate() {
             if clock.busy || clock.due > now {
@@ -643,11 +655,7 @@ impl<'a> Poller<'a> {
                         Some("identity-setup"),
                         state::now(),
                     );
-                    clock.due = now
-                        + schedule::next_delay(
-                            self.current.settings.polling_interval,
-                            &mut self.rng,
-                        );
+                    clock.due = self.next_beat;
                     self.dirty = true;
                 }
                 (None, Ok(_)) => {}
@@ -691,23 +699,22 @@ impl<'a> Poller<'a> {
         let was_trying = matches!(self.sync, InitialSync::Trying { .. });
         self.sync = self.sync.after(certs.iter().all(installed), attempts);
         let interval = self.current.settings.polling_interval;
-        let wait = match self.sync {
-            InitialSync::Trying { .. } if failures > 0 => {
-                schedule::initial_sync_retry(failures, interval)
-            }
-            _ => schedule::next_delay(interval, &mut self.rng),
+        // Healthy certificates wait for the next beat; while the initial sync is not done, a failing one is
+        // retried on its own, sooner.
+        let due = match self.sync {
+            InitialSync::Trying { .. } if failures > 0 => (Instant::now()
+                + schedule::initial_sync_retry(failures, interval))
+            .min(self.next_beat),
+            _ => self.next_beat,
         };
         if was_trying && failures > 0 {
             log::info!(
                 "initial sync: {} failed {failures} time(s); next try in {} s",
                 done.url,
-                wait.as_secs()
+                due.saturating_duration_since(Instant::now()).as_secs()
             );
         }
-        self.clocks[i] = Clock {
-            due: Instant::now() + wait,
-            busy: false,
-        };
+        self.clocks[i] = Clock { due, busy: false };
         self.dirty = true;
     }
 

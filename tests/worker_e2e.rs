@@ -61,6 +61,19 @@ impl Vm {
         }
     }
 
+    /// A VM whose worker watches `web` (every 3 s), once its first version (returned, with its chain) is
+    /// installed.
+    fn with_first_version() -> (Vm, Chain, String) {
+        let mut vm = Vm::new();
+        let first = vm.chain("web", KeyType::Ec("P-256"), 90);
+        let v1 = vm.put_pem("web", &first);
+        vm.enable(settings(json!([url("web")]), json!({})));
+        vm.wait(0, Duration::from_secs(30), "first version", |r| {
+            installed(r, "web", &v1)
+        });
+        (vm, first, v1)
+    }
+
     fn chain(&self, name: &str, key: KeyType, days: i32) -> Chain {
         Chain::generate(
             &self.pki.path().join(name),
@@ -258,13 +271,7 @@ fn a_new_version_in_the_vault_is_installed_within_the_interval() {
     run_isolated(
         "a_new_version_in_the_vault_is_installed_within_the_interval",
         || {
-            let mut vm = Vm::new();
-            let first = vm.chain("web", KeyType::Ec("P-256"), 90);
-            let v1 = vm.put_pem("web", &first);
-            vm.enable(settings(json!([url("web")]), json!({})));
-            vm.wait(0, Duration::from_secs(30), "first version", |r| {
-                installed(r, "web", &v1)
-            });
+            let (vm, first, v1) = Vm::with_first_version();
             let renewed = first.renew("r1", KeyType::Ec("P-384"), 90).unwrap();
             let v2 = vm.put_pfx("web", &renewed);
             let rotated = Instant::now();
@@ -651,13 +658,7 @@ fn a_broken_new_version_leaves_the_previous_one_current() {
     run_isolated(
         "a_broken_new_version_leaves_the_previous_one_current",
         || {
-            let mut vm = Vm::new();
-            let first = vm.chain("web", KeyType::Ec("P-256"), 90);
-            let v1 = vm.put_pem("web", &first);
-            vm.enable(settings(json!([url("web")]), json!({})));
-            vm.wait(0, Duration::from_secs(30), "first version", |r| {
-                installed(r, "web", &v1)
-            });
+            let (vm, first, v1) = Vm::with_first_version();
             let other = vm.chain("other", KeyType::Ec("P-256"), 90);
             let renewed = first.renew("r1", KeyType::Ec("P-256"), 90).unwrap();
             let broken = format!(
@@ -739,13 +740,7 @@ fn a_killed_or_crashed_poller_is_restarted_and_keeps_rotating() {
     run_isolated(
         "a_killed_or_crashed_poller_is_restarted_and_keeps_rotating",
         || {
-            let mut vm = Vm::new();
-            let first = vm.chain("web", KeyType::Ec("P-256"), 90);
-            let v1 = vm.put_pem("web", &first);
-            vm.enable(settings(json!([url("web")]), json!({})));
-            vm.wait(0, Duration::from_secs(30), "first version", |r| {
-                installed(r, "web", &v1)
-            });
+            let (vm, first, _) = Vm::with_first_version();
             let handler_log = vm
                 .agent
                 .log_dir(vm.ext.as_ref().unwrap())
