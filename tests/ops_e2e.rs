@@ -461,3 +461,140 @@ fn status_json_describes_every_certificate_and_exits_1_when_one_needs_attention(
         },
     );
 }
+
+/// Label values the text format must escape (a link name may hold `"` and `\`) come back intact through the
+/// real parser; a certificate never checked has its counters at zero and no times.
+#[test]
+fn odd_link_names_are_escaped_and_unchecked_certificates_have_no_times() {
+    let settings = kvvm::settings::parse_public_settings(&json!({
+        "secretsManagementSettings": {"observedCertificates": [
+            {"url": url("web"), "customSymbolicLinkName": "we\"ird\\name\u{e9}.pem", "certificateStoreLocation": "/etc/ssl/kvvm"}
+        ]}
+    }))
+    .unwrap();
+    let states: Vec<kvvm::state::CertificateState> =
+        kvvm::worker::certificate_states(&settings, None);
+    let counters = kvvm::metrics::Counters::default();
+    let text = kvvm::metrics::render(&kvvm::metrics::Snapshot {
+        observed: &settings.observed_certificates,
+        states: &states,
+        counters: &counters,
+        client: None,
+        restarts: 3,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kvvm.prom");
+    kvvm::metrics::write(&path, &text).unwrap();
+    let metrics = parse_metrics(&path);
+    let labels = [
+        ("vault", HOST),
+        ("certificate", "web"),
+        ("link", "/etc/ssl/kvvm/we\"ird\\name\u{e9}.pem"),
+    ];
+    assert_eq!(
+        sample(&metrics, "kvvm_certificate_installs_total", &labels),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&metrics, "kvvm_certificate_needs_attention", &labels),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "kvvm_certificate_last_check_timestamp_seconds",
+            &labels
+        ),
+        None
+    );
+    assert_eq!(
+        sample(&metrics, "kvvm_token_requests_total", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&metrics, "kvvm_worker_restarts_total", &[]),
+        Some(3.0)
+    );
+}
+
+const STATE_DIR: &str = "/var/lib/waagent/Microsoft.Azure.KeyVault.KeyVaultForLinux";
+
+/// What the poller recorded in `state.json`.
+fn worker_state() -> Option<Value> {
+    serde_json::from_slice(&fs::read(Path::new(STATE_DIR).join("state.json")).ok()?).ok()
+}
+
+/// After the supervisor restarts a SIGKILLed poller, the metrics count the restart and `status --json` says
+/// why it happened; the new poller's counters start from zero while the recorded times carry over.
+#[test]
+fn a_restart_shows_in_the_metrics_and_in_status_json() {
+    run_isolated("a_restart_shows_in_the_metrics_and_in_status_json", || {
+        let mut vm = Vm::new();
+        vm.put_pem("web");
+        vm.put_pem("api");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kvvm.prom");
+        vm.enable(settings(json!({"metricsFile": path.to_str().unwrap()})));
+        vm.wait("both installed", |r| r.status == StatusValue::Success);
+        let web = [("certificate", "web")];
+        let wait_metrics = |what: &str, done: &dyn Fn(&Value) -> bool| -> Value {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if path.exists() {
+                    let m = parse_metrics(&path);
+                    if done(&m) {
+                        return m;
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: not reached\n{}",
+                    vm.log()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        };
+        let before = wait_metrics("web installed once", &|m| {
+            sample(m, "kvvm_certificate_installs_total", &web) == Some(1.0)
+        });
+        let not_after = sample(&before, "kvvm_certificate_not_after_seconds", &web).unwrap();
+
+        let pid = worker_state().unwrap()["pid"].as_i64().unwrap() as i32;
+        // SAFETY: signalling a process of this test's namespace.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        let after = wait_metrics("the restart counted", &|m| {
+            sample(m, "kvvm_worker_restarts_total", &[]) == Some(1.0)
+        });
+        // The new poller installed nothing (the version is in place) and kept what it knew.
+        assert_eq!(
+            sample(&after, "kvvm_certificate_installs_total", &web),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(&after, "kvvm_certificate_not_after_seconds", &web),
+            Some(not_after)
+        );
+        assert!(
+            sample(
+                &after,
+                "kvvm_certificate_last_success_timestamp_seconds",
+                &web
+            )
+            .is_some()
+        );
+
+        let out = vm.kvvm(&["status", "--json"]);
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(doc["worker"]["restarts"], 1, "{doc:#}");
+        assert_ne!(doc["worker"]["pollerPid"], pid, "{doc:#}");
+        assert!(
+            doc["worker"]["lastExit"]
+                .as_str()
+                .unwrap()
+                .contains("killed by signal 9"),
+            "{doc:#}"
+        );
+        assert_eq!(doc["worker"]["supervision"], "running");
+    });
+}
