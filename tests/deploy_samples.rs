@@ -232,3 +232,107 @@ fn the_mistakes_users_make_are_caught() {
         assert!(why.starts_with(reason), "{name}: {why}");
     }
 }
+
+/// The cloud-init path really installs and starts kvvm: its install script, taken from the sample, run in the
+/// VM-like namespace with the package zip as a file:// URL and a settings file for the fake vault (the sample's
+/// own settings are checked above; its store folder is outside the namespace's scratch folders).
+#[test]
+fn the_cloud_init_install_script_installs_and_starts_kvvm() {
+    use kvvm_sim::imds::{FakeImds, TokenAuthority};
+    use kvvm_sim::netns::{run_isolated, test_ca};
+    use kvvm_sim::pki::{Chain, KeyType, PemLayout};
+    use kvvm_sim::vault::{FakeVault, SecretValue};
+    use std::time::{Duration, Instant};
+
+    run_isolated(
+        "the_cloud_init_install_script_installs_and_starts_kvvm",
+        || {
+            const HOST: &str = "myvault.vault.azure.net";
+            let tokens = TokenAuthority::new();
+            let _imds =
+                FakeImds::start("169.254.169.254:80".parse().unwrap(), tokens.clone()).unwrap();
+            let vault = FakeVault::start(
+                "127.0.0.1:443".parse().unwrap(),
+                test_ca().server_config(&[HOST]),
+                tokens,
+            )
+            .unwrap();
+            let tmp = tempfile::tempdir().unwrap();
+            let chain = Chain::generate(
+                &tmp.path().join("pki"),
+                "web.example.com",
+                KeyType::Ec("P-256"),
+                30,
+            )
+            .unwrap();
+            let version = vault.put_secret(
+                HOST,
+                "web",
+                SecretValue::pem(chain.pem(PemLayout::default()).unwrap()),
+            );
+
+            let python = root().join(".venv/bin/python");
+            let out = Command::new(python)
+            .args([
+                "-c",
+                "import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); \
+                 print(next(f['content'] for f in d['write_files'] if f['path'] == '/usr/local/sbin/kvvm-install'), end='')",
+            ])
+            .arg(root().join("docs/deploy/cloud-init/cloud-init.yaml"))
+            .output()
+            .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            let script = tmp.path().join("kvvm-install");
+            std::fs::write(&script, &out.stdout).unwrap();
+            let settings = tmp.path().join("0.settings");
+            std::fs::write(
+                &settings,
+                serde_json::json!({"runtimeSettings": [{"handlerSettings": {"publicSettings": {
+                    "secretsManagementSettings": {
+                        "pollingIntervalInS": "3",
+                        "observedCertificates": [format!("https://{HOST}/secrets/web")]
+                    }
+                }}}]})
+                .to_string(),
+            )
+            .unwrap();
+            let run = Command::new("sh")
+                .arg(&script)
+                .env(
+                    "KVVM_PACKAGE_URL",
+                    format!("file://{}", kvvm_sim::built_package().display()),
+                )
+                .env("KVVM_SETTINGS", &settings)
+                .output()
+                .unwrap();
+            assert!(
+                run.status.success(),
+                "the install script failed: {}\n{}",
+                String::from_utf8_lossy(&run.stdout),
+                String::from_utf8_lossy(&run.stderr)
+            );
+            let dir = std::fs::canonicalize("/var/lib/waagent/kvvm-current").unwrap();
+            let link =
+                Path::new("/var/lib/waagent/Microsoft.Azure.KeyVault.Store").join("myvault.web");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while std::fs::read_link(&link).ok()
+                != Some(PathBuf::from(format!("myvault.web.{version}")))
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "not installed; status: {:?}",
+                    std::fs::read_to_string(dir.join("status/0.status"))
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            kvvm_sim::pki::verify_installed(&link, &chain.root).unwrap();
+            let disable = Command::new(dir.join("handler"))
+                .arg("disable")
+                .current_dir(&dir)
+                .env("ConfigSequenceNumber", "0")
+                .output()
+                .unwrap();
+            assert!(disable.status.success(), "{disable:?}");
+        },
+    );
+}
