@@ -78,7 +78,7 @@ impl Counters {
         self.token_requests += client.identity().token_requests();
     }
 
-    /// A failed counting check counts for `reason` (e.g. `identity-setup`, when there is no client at all).
+    /// Counts a check that failed before it could start, for `reason` (`identity-setup`: no vault client).
     pub fn record_error(&mut self, url: &str, reason: &str) {
         *self
             .errors
