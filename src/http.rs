@@ -304,6 +304,18 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// A short fixed name (`dns`, `connect`, `tls`, `timeout`, `broken`, `too-large`), e.g. a metrics label.
+    pub fn code(self) -> &'static str {
+        match self {
+            FailureKind::Dns => "dns",
+            FailureKind::Connect => "connect",
+            FailureKind::Tls => "tls",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Broken => "broken",
+            FailureKind::TooLarge => "too-large",
+        }
+    }
+
     /// Whether trying again may help.
     pub fn is_transient(self) -> bool {
         !matches!(self, FailureKind::Tls | FailureKind::TooLarge)

@@ -281,6 +281,8 @@ struct Endpoint {
     arc_key_dir: PathBuf,
     agent: ureq::Agent,
     policy: RetryPolicy,
+    /// Requests sent to the token endpoint (every try), for the metrics.
+    requests: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One resource's cached token and the fetch in progress, if any.
@@ -421,6 +423,7 @@ impl Identity {
                 arc_key_dir: PathBuf::from(ARC_KEY_DIR),
                 agent,
                 policy,
+                requests: Arc::default(),
             },
             tokens: Arc::default(),
         })
@@ -443,6 +446,13 @@ impl Identity {
     /// The token URL requests go to (without query).
     pub fn token_url(&self) -> &Url {
         &self.endpoint.token_url
+    }
+
+    /// How many requests this identity sent to its token endpoint (every try of every fetch).
+    pub fn token_requests(&self) -> u64 {
+        self.endpoint
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Which identity this is, in words, for messages.
@@ -651,6 +661,8 @@ impl Endpoint {
         if let Some(b) = basic.as_ref() {
             headers.push(("Authorization", b.as_str()));
         }
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let reply = match http::get(&self.agent, url, &headers, attempt.timeout()) {
             Ok(reply) => reply,
             Err(f) if f.kind.is_transient() => {

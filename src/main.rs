@@ -11,7 +11,8 @@ const USAGE: &str = "\
 kvvm — Azure Key Vault VM extension for Linux (Microsoft.Azure.KeyVault.KeyVaultForLinux)
 
 Usage: kvvm <install|enable|disable|update|uninstall>   (run by waagent through `handler`)
-       kvvm status                                      (what the worker last recorded, per certificate)
+       kvvm status [--json]                             (what the worker last recorded, per certificate;
+                                                         --json: for scripts, exit 1 if anything needs attention)
        kvvm sync --once                                 (one full poll cycle in the foreground, for debugging)
        kvvm worker                                      (started by `enable`: the supervisor; not for direct use)
        kvvm poller                                      (started by the worker; not for direct use)
@@ -38,7 +39,12 @@ fn main() -> ExitCode {
         }
         "worker" => run_supervisor(),
         "poller" => run_poller(),
-        "status" => show_status(),
+        "status" if args.len() == 1 => show_status(false),
+        "status" if args.len() == 2 && args[1] == "--json" => show_status(true),
+        "status" => {
+            eprintln!("kvvm status: the only option is --json\n\n{USAGE}");
+            ExitCode::from(2)
+        }
         "sync" if args.get(1).map(String::as_str) == Some("--once") && args.len() == 2 => {
             sync_once()
         }
@@ -165,8 +171,9 @@ fn run_poller() -> ExitCode {
     }
 }
 
-/// `kvvm status`: what the worker recorded about each certificate, for an operator on the VM.
-fn show_status() -> ExitCode {
+/// `kvvm status`: what the worker recorded about each certificate, for an operator on the VM; with `--json`
+/// the documented JSON document for scripts, exiting 1 when anything needs attention.
+fn show_status(json: bool) -> ExitCode {
     let ext = match Extension::locate() {
         Ok(ext) => ext,
         Err(e) => {
@@ -178,6 +185,24 @@ fn show_status() -> ExitCode {
     let path = kvvm::state::WorkerState::path(&dir);
     match std::fs::read(&path) {
         Ok(bytes) => match serde_json::from_slice::<kvvm::state::WorkerState>(&bytes) {
+            Ok(state) if json => {
+                let supervision = match kvvm::supervisor::Supervisor::new(&dir).state() {
+                    Ok(kvvm::supervisor::WorkerState::Running { pid }) => {
+                        kvvm::state::Supervision::Running { pid }
+                    }
+                    Ok(kvvm::supervisor::WorkerState::Stopped) => kvvm::state::Supervision::Stopped,
+                    Err(e) => kvvm::state::Supervision::Unknown {
+                        detail: e.to_string(),
+                    },
+                };
+                let (document, needs_attention) = state.status_json(&supervision);
+                println!("{document}");
+                if needs_attention {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
             Ok(state) => {
                 let running = kvvm::supervisor::Supervisor::new(&dir).state();
                 let worker = match running {

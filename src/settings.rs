@@ -60,6 +60,8 @@ pub struct Settings {
     /// Warn when an installed certificate expires within this many days and the vault has nothing newer
     /// (0: never).
     pub expiry_warning_days: u32,
+    /// Where to write Prometheus text-format metrics after every check (`metricsFile`); `None`: no metrics.
+    pub metrics_file: Option<PathBuf>,
     /// Settings accepted but not acted on, one sentence each, for the status file and the log.
     pub warnings: Vec<String>,
 }
@@ -362,6 +364,18 @@ pub enum SettingsError {
         /// The value as JSON text.
         value: String,
     },
+    /// `metricsFile` is not a usable absolute file path.
+    #[error(
+        "{setting}: {value:?} {problem}; give an absolute file path such as \"/var/lib/node_exporter/textfile_collector/kvvm.prom\" (or leave metricsFile out for no metrics)"
+    )]
+    MetricsFile {
+        /// JSON path of the setting.
+        setting: String,
+        /// The path as given.
+        value: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
     /// `postInstallCommand` is malformed.
     #[error("{setting}: {value} {problem}; {fix}")]
     PostInstallCommand {
@@ -519,6 +533,7 @@ impl SettingsError {
             Self::PollingInterval { .. } => "polling-interval-invalid",
             Self::RetainedVersions { .. } => "retained-versions-invalid",
             Self::ExpiryWarningDays { .. } => "expiry-warning-days-invalid",
+            Self::MetricsFile { .. } => "metrics-file-invalid",
             Self::PostInstallCommand { .. } => "post-install-command-invalid",
             Self::NotBoolean { .. } => "setting-not-boolean",
             Self::MsiEndpoint { .. } => "msi-endpoint-invalid",
@@ -560,6 +575,7 @@ impl SettingsError {
             | Self::PollingInterval { setting, .. }
             | Self::RetainedVersions { setting, .. }
             | Self::ExpiryWarningDays { setting, .. }
+            | Self::MetricsFile { setting, .. }
             | Self::PostInstallCommand { setting, .. }
             | Self::NotBoolean { setting, .. }
             | Self::MsiEndpoint { setting, .. }
@@ -668,6 +684,8 @@ struct RawSecretsManagement {
     expiry_warning_days: Option<Value>,
     #[serde(rename = "postInstallCommand")]
     post_install_command: Option<Value>,
+    #[serde(rename = "metricsFile")]
+    metrics_file: Option<Value>,
 }
 const SECRETS_KEYS: &[&str] = &[
     "pollingIntervalInS",
@@ -680,6 +698,7 @@ const SECRETS_KEYS: &[&str] = &[
     "retainedVersions",
     "expiryWarningDays",
     "postInstallCommand",
+    "metricsFile",
 ];
 
 /// One v3 `observedCertificates` object.
@@ -761,6 +780,8 @@ const EXPECT_CERTIFICATE: &str = "a secret URL string or an object with \"url\",
 const EXPECT_URL: &str = "a URL string such as \"https://myvault.vault.azure.net/secrets/mycert\"";
 const EXPECT_STORE: &str =
     "a folder path string such as \"/var/lib/waagent/Microsoft.Azure.KeyVault.Store\"";
+const EXPECT_METRICS: &str =
+    "a file path string such as \"/var/lib/node_exporter/textfile_collector/kvvm.prom\"";
 const EXPECT_LINK: &str = "a file name string such as \"mycert.pem\"";
 const EXPECT_ACLS: &str =
     "a list of objects such as [{\"user\": \"app1\", \"group\": \"appgroup\"}]";
@@ -958,6 +979,11 @@ pub fn parse_public_settings(value: &Value) -> Result<Settings, SettingsError> {
                 value: json_text(v),
             })?,
     };
+    let metrics_path = format!("{path}.metricsFile");
+    let metrics_file = match string(secrets.metrics_file.as_ref(), &metrics_path, EXPECT_METRICS)? {
+        None => None,
+        Some(s) => Some(metrics_file(s, &metrics_path, &mut warnings)?),
+    };
     let global_hook = match &secrets.post_install_command {
         None => None,
         Some(v) => post_install_command(v, &format!("{path}.postInstallCommand"), &mut warnings)?,
@@ -1050,6 +1076,7 @@ pub fn parse_public_settings(value: &Value) -> Result<Settings, SettingsError> {
         msi_client_id,
         logging,
         expiry_warning_days,
+        metrics_file,
         warnings,
     })
 }
@@ -1747,6 +1774,34 @@ fn store_location(text: &str, path: &str) -> Result<PathBuf, SettingsError> {
     if normalised == Path::new("/") {
         return Err(fail(
             "is the filesystem root, which cannot hold certificates",
+        ));
+    }
+    Ok(normalised)
+}
+
+/// `metricsFile`: an absolute file path without `..`, normalised like a store location. node_exporter's textfile
+/// collector reads only `*.prom` files, so another name is accepted with a warning.
+fn metrics_file(
+    text: &str,
+    path: &str,
+    warnings: &mut Vec<String>,
+) -> Result<PathBuf, SettingsError> {
+    let fail = |problem| SettingsError::MetricsFile {
+        setting: path.to_string(),
+        value: shown(text),
+        problem,
+    };
+    if text.ends_with('/') || text.ends_with("/.") {
+        return Err(fail("names a folder, not a file"));
+    }
+    let normalised = store_location(text, path).map_err(|e| match e {
+        SettingsError::StoreLocation { problem, .. } => fail(problem),
+        other => other,
+    })?;
+    if normalised.extension().is_none_or(|e| e != "prom") {
+        warnings.push(format!(
+            "{path}: {:?} does not end in .prom, so node_exporter's textfile collector will not read it",
+            shown(text)
         ));
     }
     Ok(normalised)

@@ -52,6 +52,9 @@ pub struct CertificateState {
     /// When a new version was last installed.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub last_change: Option<OffsetDateTime>,
+    /// When a check last succeeded (the newest version is installed), for the metrics and `status --json`.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_success: Option<OffsetDateTime>,
     /// Why the last check failed.
     pub last_error: Option<String>,
     /// The fixed reason code of the last error or warning (e.g. `vault-forbidden`), for the status file.
@@ -84,6 +87,7 @@ impl CertificateState {
             not_after: None,
             last_check: None,
             last_change: None,
+            last_success: None,
             last_error: None,
             reason: None,
             failures: 0,
@@ -192,6 +196,142 @@ impl WorkerState {
     }
 }
 
+/// Version of the `kvvm status --json` document. It changes only when a field changes meaning or goes away;
+/// fields may be added within a version.
+pub const STATUS_SCHEMA_VERSION: u32 = 1;
+
+/// The worker (supervisor) as `kvvm status` finds it, from its lock and pid file in the state folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Supervision {
+    /// A supervisor holds the worker lock.
+    Running {
+        /// Its pid, if it recorded one.
+        pid: Option<u32>,
+    },
+    /// No worker runs: what `state.json` says is what the last one recorded.
+    Stopped,
+    /// The lock could not be looked at.
+    Unknown {
+        /// Why.
+        detail: String,
+    },
+}
+
+/// `kvvm status --json`: a stable document for scripts (see README, "kvvm status --json").
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusDocument<'a> {
+    schema_version: u32,
+    needs_attention: bool,
+    worker: WorkerDocument<'a>,
+    certificates: Vec<CertificateDocument<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WorkerDocument<'a> {
+    supervision: &'static str,
+    supervision_detail: Option<&'a str>,
+    supervisor_pid: Option<u32>,
+    poller_pid: u32,
+    settings_sequence: u64,
+    updated: String,
+    restarts: u32,
+    last_exit: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CertificateDocument<'a> {
+    url: &'a str,
+    state: CertStatus,
+    needs_attention: bool,
+    version: Option<&'a str>,
+    file: Option<&'a Path>,
+    link: &'a Path,
+    not_after: Option<String>,
+    last_check: Option<String>,
+    last_change: Option<String>,
+    last_success: Option<String>,
+    failures: u32,
+    last_error: Option<Problem<'a>>,
+    warning: Option<Problem<'a>>,
+    post_install: Option<&'a str>,
+}
+
+/// An error or a warning with its fixed reason code.
+#[derive(Debug, Serialize)]
+struct Problem<'a> {
+    reason: Option<&'a str>,
+    message: &'a str,
+}
+
+impl CertificateState {
+    /// A failed check or a warning (expiring, not valid now, a plain secret): what `status --json` flags.
+    pub fn needs_attention(&self) -> bool {
+        matches!(self.status, CertStatus::Failed | CertStatus::Warning)
+    }
+}
+
+impl WorkerState {
+    /// The `kvvm status --json` document, and whether anything needs attention (a certificate failed or has a
+    /// warning, or no worker runs): then `kvvm status --json` exits 1.
+    pub fn status_json(&self, supervision: &Supervision) -> (String, bool) {
+        let (name, supervisor_pid, detail) = match supervision {
+            Supervision::Running { pid } => ("running", *pid, None),
+            Supervision::Stopped => ("stopped", None, None),
+            Supervision::Unknown { detail } => ("unknown", None, Some(detail.as_str())),
+        };
+        let certificates: Vec<CertificateDocument<'_>> = self
+            .certificates
+            .iter()
+            .map(|c| CertificateDocument {
+                url: &c.url,
+                state: c.status,
+                needs_attention: c.needs_attention(),
+                version: c.version.as_deref(),
+                file: c.file.as_deref(),
+                link: &c.link,
+                not_after: c.not_after.map(utc_timestamp),
+                last_check: c.last_check.map(utc_timestamp),
+                last_change: c.last_change.map(utc_timestamp),
+                last_success: c.last_success.map(utc_timestamp),
+                failures: c.failures,
+                last_error: c.last_error.as_deref().map(|message| Problem {
+                    reason: c.reason.as_deref(),
+                    message,
+                }),
+                warning: match (&c.status, &c.note) {
+                    (CertStatus::Failed, _) | (_, None) => None,
+                    (_, Some(note)) => Some(Problem {
+                        reason: c.reason.as_deref(),
+                        message: note,
+                    }),
+                },
+                post_install: c.hook.as_deref(),
+            })
+            .collect();
+        let needs_attention = name != "running" || certificates.iter().any(|c| c.needs_attention);
+        let doc = StatusDocument {
+            schema_version: STATUS_SCHEMA_VERSION,
+            needs_attention,
+            worker: WorkerDocument {
+                supervision: name,
+                supervision_detail: detail,
+                supervisor_pid,
+                poller_pid: self.pid,
+                settings_sequence: self.seq,
+                updated: utc_timestamp(self.updated),
+                restarts: self.restarts,
+                last_exit: self.last_exit.as_deref(),
+            },
+            certificates,
+        };
+        let json = serde_json::to_string_pretty(&doc).expect("the status document serialises");
+        (json, needs_attention)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +374,63 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o644);
+    }
+
+    #[test]
+    fn status_json_is_the_documented_shape() {
+        let mut ok = CertificateState::pending(
+            "https://v.vault.azure.net/secrets/a",
+            PathBuf::from("/s/v.a"),
+        );
+        ok.status = CertStatus::Installed;
+        ok.version = Some("a".repeat(32));
+        ok.file = Some(PathBuf::from(format!("/s/v.a.{}", "a".repeat(32))));
+        let t = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        ok.not_after = Some(t);
+        ok.last_check = Some(t);
+        ok.last_success = Some(t);
+        let mut state = WorkerState {
+            seq: 4,
+            pid: 77,
+            updated: t,
+            restarts: 0,
+            last_exit: None,
+            certificates: vec![ok.clone()],
+        };
+        let (json, attention) = state.status_json(&Supervision::Running { pid: Some(76) });
+        assert!(!attention);
+        let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(doc["schemaVersion"], 1);
+        assert_eq!(doc["needsAttention"], false);
+        assert_eq!(doc["worker"]["supervision"], "running");
+        assert_eq!(doc["worker"]["supervisorPid"], 76);
+        assert_eq!(doc["worker"]["pollerPid"], 77);
+        assert_eq!(doc["worker"]["settingsSequence"], 4);
+        let c = &doc["certificates"][0];
+        assert_eq!(c["url"], "https://v.vault.azure.net/secrets/a");
+        assert_eq!(c["state"], "installed");
+        assert_eq!(c["notAfter"], "2027-01-15T08:00:00Z");
+        assert_eq!(c["lastSuccess"], "2027-01-15T08:00:00Z");
+        assert_eq!(c["lastError"], serde_json::Value::Null);
+
+        let mut bad = ok;
+        bad.url = "https://v.vault.azure.net/secrets/b".into();
+        bad.status = CertStatus::Failed;
+        bad.failures = 2;
+        bad.last_error = Some("403 Forbidden".into());
+        bad.reason = Some("vault-forbidden".into());
+        state.certificates.push(bad);
+        let (json, attention) = state.status_json(&Supervision::Running { pid: None });
+        assert!(attention);
+        let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            doc["certificates"][1]["lastError"],
+            serde_json::json!({"reason": "vault-forbidden", "message": "403 Forbidden"})
+        );
+        assert_eq!(doc["certificates"][1]["needsAttention"], true);
+        state.certificates.truncate(1);
+        let (_, attention) = state.status_json(&Supervision::Stopped);
+        assert!(attention, "a stopped worker needs attention");
     }
 
     #[test]

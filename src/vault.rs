@@ -321,6 +321,8 @@ pub struct VaultClient {
     challenges: Mutex<HashMap<String, Challenge>>,
     /// Per vault host: no request before this instant (the vault's `Retry-After`).
     held_until: Mutex<HashMap<String, Instant>>,
+    /// Requests sent, per (vault host, HTTP status or failure kind), for the metrics.
+    requests: Mutex<std::collections::BTreeMap<(String, String), u64>>,
 }
 
 impl std::fmt::Debug for VaultClient {
@@ -385,6 +387,7 @@ impl VaultClient {
             policy,
             challenges: Mutex::new(HashMap::new()),
             held_until: Mutex::new(HashMap::new()),
+            requests: Mutex::default(),
         })
     }
 
@@ -524,7 +527,9 @@ impl VaultClient {
         if let Some(b) = &bearer {
             headers.push(("Authorization", b.as_str()));
         }
-        let reply = match http::get(&self.agent(), &req.url, &headers, attempt.timeout()) {
+        let reply = http::get(&self.agent(), &req.url, &headers, attempt.timeout());
+        self.count(host, &reply);
+        let reply = match reply {
             Ok(reply) => reply,
             Err(f) if f.kind == FailureKind::Tls => {
                 return Verdict::Fail(VaultError::Tls {
@@ -635,6 +640,28 @@ impl VaultClient {
                 })
             }
         }
+    }
+
+    /// Requests sent so far: (vault host, HTTP status code or failure kind such as `connect`, count).
+    pub fn request_counts(&self) -> Vec<(String, String, u64)> {
+        let counts = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        counts
+            .iter()
+            .map(|((host, code), n)| (host.clone(), code.clone(), *n))
+            .collect()
+    }
+
+    fn count(&self, host: &str, reply: &Result<http::Reply, http::Failure>) {
+        let code = match reply {
+            Ok(r) => r.status.to_string(),
+            Err(f) => f.kind.code().to_string(),
+        };
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((host.to_string(), code))
+            .or_default() += 1;
     }
 
     fn challenge(&self, host: &str) -> Option<Challenge> {

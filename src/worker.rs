@@ -209,6 +209,7 @@ fn record(
         }
         Ok(c) => {
             state.last_check = Some(now);
+            state.last_success = Some(now);
             if c.changed {
                 state.last_change = Some(now);
                 state.hook = None;
@@ -504,6 +505,8 @@ struct Poller<'a> {
     dirty: bool,
     saved: Instant,
     busy_before: bool,
+    /// What `metricsFile` shows.
+    counters: crate::metrics::Counters,
 }
 
 impl<'a> Poller<'a> {
@@ -571,6 +574,7 @@ impl<'a> Poller<'a> {
             dirty: true,
             saved: Instant::now(),
             busy_before: false,
+            counters: crate::metrics::Counters::default(),
         }
     }
 
@@ -591,6 +595,9 @@ impl<'a> Poller<'a> {
             );
         self.current = next;
         if auth_changed {
+            if let Ok(old) = &self.client {
+                self.counters.retire(old);
+            }
             self.client = vault_client(&self.current.settings);
         }
         let options = sync_options(
@@ -648,6 +655,8 @@ impl<'a> Poller<'a> {
                     }
                 }
                 (_, Err(why)) => {
+                    self.counters
+                        .record_error(observed[i].url.as_str(), "identity-setup");
                     record_failure(
                         &mut self.state.certificates[i],
                         &observed[i],
@@ -682,6 +691,7 @@ impl<'a> Poller<'a> {
             state::now(),
             self.current.settings.expiry_warning_days,
         );
+        self.counters.record(&done.url, &done.result);
         if let Some(change) = change_of(cert, &done.result) {
             self.first_change.get_or_insert_with(Instant::now);
             self.changes.push(change);
@@ -827,6 +837,17 @@ impl<'a> Poller<'a> {
                 .as_deref()
                 .map(|why| (self.state.restarts, why)),
         });
+        if let Some(path) = &self.current.settings.metrics_file {
+            let snapshot = crate::metrics::Snapshot {
+                observed: &self.current.settings.observed_certificates,
+                states: &self.state.certificates,
+                counters: &self.counters,
+                client: self.client.as_deref().ok(),
+                restarts: self.state.restarts,
+            };
+            let text = crate::metrics::render(&snapshot);
+            crate::metrics::update(path, &text, &mut self.counters);
+        }
         status::write(self.ext, self.current.seq, &report)
     }
 

@@ -400,6 +400,46 @@ const REJECTIONS: &[(Input, &str, &str, &str)] = &[
     ),
     (
         Public(
+            r#"{"secretsManagementSettings": {"metricsFile": "kvvm.prom", "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}"#,
+        ),
+        "metrics-file-invalid",
+        "secretsManagementSettings.metricsFile",
+        r#"secretsManagementSettings.metricsFile: "kvvm.prom" is not an absolute path; give an absolute file path such as "/var/lib/node_exporter/textfile_collector/kvvm.prom" (or leave metricsFile out for no metrics)"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"metricsFile": "", "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}"#,
+        ),
+        "metrics-file-invalid",
+        "secretsManagementSettings.metricsFile",
+        r#"secretsManagementSettings.metricsFile: "" is empty; give an absolute file path such as "/var/lib/node_exporter/textfile_collector/kvvm.prom" (or leave metricsFile out for no metrics)"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"metricsFile": "/var/lib/node_exporter/textfile_collector/", "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}"#,
+        ),
+        "metrics-file-invalid",
+        "secretsManagementSettings.metricsFile",
+        r#"secretsManagementSettings.metricsFile: "/var/lib/node_exporter/textfile_collector/" names a folder, not a file; give an absolute file path such as "/var/lib/node_exporter/textfile_collector/kvvm.prom" (or leave metricsFile out for no metrics)"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"metricsFile": "/var/lib/node_exporter/../kvvm.prom", "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}"#,
+        ),
+        "metrics-file-invalid",
+        "secretsManagementSettings.metricsFile",
+        r#"secretsManagementSettings.metricsFile: "/var/lib/node_exporter/../kvvm.prom" contains a ".." component; give an absolute file path such as "/var/lib/node_exporter/textfile_collector/kvvm.prom" (or leave metricsFile out for no metrics)"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"metricsFile": true, "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}"#,
+        ),
+        "setting-wrong-type",
+        "secretsManagementSettings.metricsFile",
+        r#"secretsManagementSettings.metricsFile must be a file path string such as "/var/lib/node_exporter/textfile_collector/kvvm.prom"; found the boolean true"#,
+    ),
+    (
+        Public(
             r#"{"secretsManagementSettings": {"postInstallCommand": "systemctl reload nginx && echo ok", "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}"#,
         ),
         "post-install-command-invalid",
@@ -1070,4 +1110,32 @@ fn post_install_commands_and_expiry_warning() {
         json!({"secretsManagementSettings": {"observedCertificates": ["https://v.vault.azure.net/secrets/a"]}}),
     );
     assert_eq!(defaults.expiry_warning_days, 14);
+}
+
+#[test]
+fn metrics_file_is_off_by_default_and_normalised_when_given() {
+    let off = parse(
+        json!({"secretsManagementSettings": {"observedCertificates": ["https://v.vault.azure.net/secrets/a"]}}),
+    );
+    assert_eq!(off.metrics_file, None);
+    let on = parse(json!({"secretsManagementSettings": {
+        "metricsFile": "/var/lib/node_exporter//textfile_collector/./kvvm.prom",
+        "observedCertificates": ["https://v.vault.azure.net/secrets/a"]}}));
+    assert_eq!(
+        on.metrics_file,
+        Some(PathBuf::from(
+            "/var/lib/node_exporter/textfile_collector/kvvm.prom"
+        ))
+    );
+    assert!(on.warnings.is_empty(), "{:?}", on.warnings);
+    let other = parse(json!({"secretsManagementSettings": {
+        "metricsFile": "/run/kvvm/metrics.txt",
+        "observedCertificates": ["https://v.vault.azure.net/secrets/a"]}}));
+    assert_eq!(
+        other.warnings,
+        vec![
+            "secretsManagementSettings.metricsFile: \"/run/kvvm/metrics.txt\" does not end in .prom, so node_exporter's textfile collector will not read it"
+                .to_string()
+        ]
+    );
 }
