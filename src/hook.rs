@@ -35,6 +35,8 @@ pub struct Installed {
     pub link: PathBuf,
     pub file: PathBuf,
     pub version: String,
+    /// The version folder's link (`<link>.d`), when `additionalFormats` writes one.
+    pub dir: Option<PathBuf>,
 }
 
 /// How a run ended.
@@ -126,6 +128,9 @@ pub fn run(hook: &Hook, changed: &[Installed]) -> Result<HookRun, HookError> {
             .env("KVVM_CERTIFICATE_PATH", &first.link)
             .env("KVVM_CERTIFICATE_FILE", &first.file)
             .env("KVVM_CERTIFICATE_VERSION", &first.version);
+        if let Some(dir) = &first.dir {
+            command.env("KVVM_CERTIFICATE_DIR", dir);
+        }
     }
     let links: Vec<String> = changed
         .iter()
@@ -223,6 +228,7 @@ mod tests {
             link: PathBuf::from(format!("/store/v.{name}")),
             file: PathBuf::from(format!("/store/v.{name}.0123")),
             version: "0123".into(),
+            dir: None,
         }
     }
 
