@@ -8,7 +8,8 @@
 #
 #   apt:    acl libacl1-dev (exacl links -lacl), openssl, unzip, zip, binutils (objdump for the glibc check),
 #           strace (the store test kills an install at each system call),
-#           nginx-light or nginx (used by later tests), python3-venv when the system python lacks it
+#           nginx-light or nginx (used by later tests), python3-venv when the system python lacks it,
+#           default-jre-headless when there is no keytool (the PFX of additionalFormats is checked with it)
 #   rustup: rustfmt, clippy
 #   cargo:  cargo-nextest, cargo-zigbuild (both `cargo install --locked`)
 #   .venv:  ziglang (the zig toolchain cargo-zigbuild uses to link against glibc 2.17), and the python
@@ -29,6 +30,8 @@ missing_deb=()
 for pkg in acl libacl1-dev openssl unzip zip binutils strace; do
     have_deb "$pkg" || missing_deb+=("$pkg")
 done
+# keytool checks the PFX kvvm writes; any JDK/JRE that provides it will do.
+command -v keytool >/dev/null 2>&1 || missing_deb+=(default-jre-headless)
 need_nginx=false
 if ! have_deb nginx-light && ! have_deb nginx && ! have_deb nginx-core && ! command -v nginx >/dev/null 2>&1; then
     need_nginx=true
