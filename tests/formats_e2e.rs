@@ -75,11 +75,21 @@ impl Vm {
         what: &str,
         done: impl Fn(&StatusReport) -> bool,
     ) -> StatusReport {
+        self.wait_seq(0, within, what, done)
+    }
+
+    fn wait_seq(
+        &self,
+        seq: u64,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&StatusReport) -> bool,
+    ) -> StatusReport {
         let ext = self.ext.as_ref().unwrap();
         let deadline = Instant::now() + within;
         let mut last = None;
         while Instant::now() < deadline {
-            if let Ok(r) = self.agent.read_status(ext, 0) {
+            if let Ok(r) = self.agent.read_status(ext, seq) {
                 if done(&r) {
                     return r;
                 }
@@ -542,6 +552,78 @@ fn public_settings_as_a_json_string_are_used_with_a_warning() {
                 &format!("client_id={CLIENT}"),
                 Some("publicSettings is a JSON string holding the settings object"),
             );
+        },
+    );
+}
+
+#[test]
+fn adding_additional_formats_later_builds_the_folder_for_the_installed_version() {
+    run_isolated(
+        "adding_additional_formats_later_builds_the_folder_for_the_installed_version",
+        || {
+            let mut vm = Vm::new();
+            let chain = vm.chain("web", KeyType::Rsa(2048));
+            let v = vm.vault.put_secret(
+                HOST,
+                "web",
+                SecretValue::pkcs12(&chain.pfx(PfxVariant::KeyVault).unwrap()),
+            );
+            let public = |formats: Value| {
+                Settings::public(json!({"secretsManagementSettings": {
+                    "pollingIntervalInS": "2",
+                    "observedCertificates": [{"url": url("web"), "additionalFormats": formats}]
+                }}))
+            };
+            let ext = vm.enable(&public(json!([])));
+            vm.wait(Duration::from_secs(30), "installed", |r| {
+                installed(r, "web", &v)
+            });
+            let store = Path::new(STORE);
+            assert!(!store.join("myvault.web.d").exists(), "[] writes no folder");
+
+            let run = vm
+                .agent
+                .apply_settings(&ext, 1, &public(json!(["pfx"])))
+                .unwrap();
+            assert!(run.success(), "{}", run.output);
+            let folder = store.join(format!("myvault.web.{v}.d"));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !folder.join("certificate.pfx").exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert_eq!(
+                fs::read_link(store.join("myvault.web.d")).unwrap(),
+                PathBuf::from(format!("myvault.web.{v}.d")),
+                "{}",
+                vm.log()
+            );
+            let mut names: Vec<String> = fs::read_dir(&folder)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            assert_eq!(names, ["certificate.pfx"]);
+            let info = Command::new("openssl")
+                .args([
+                    "pkcs12",
+                    "-info",
+                    "-noout",
+                    "-passin",
+                    "pass:",
+                    "-in",
+                    "certificate.pfx",
+                ])
+                .current_dir(&folder)
+                .output()
+                .unwrap();
+            assert!(
+                info.status.success(),
+                "{}",
+                String::from_utf8_lossy(&info.stderr)
+            );
+            vm.wait_seq(1, Duration::from_secs(30), "settings 1 applied", |r| {
+                installed(r, "web", &v)
+            });
         },
     );
 }
