@@ -263,6 +263,20 @@ mod tests {
     }
 
     #[test]
+    fn the_version_folder_is_in_kvvm_certificate_dir_only_when_there_is_one() {
+        let check = |dir: Option<&str>| {
+            let mut first = installed("a");
+            first.dir = dir.map(PathBuf::from);
+            let line = "echo \"${KVVM_CERTIFICATE_DIR-unset}\"";
+            run(&hook(&[line], true, DEFAULT_TIMEOUT), &[first])
+                .unwrap()
+                .output_tail
+        };
+        assert_eq!(check(Some("/store/v.a.d")), "/store/v.a.d\n");
+        assert_eq!(check(None), "unset\n");
+    }
+
+    #[test]
     fn shell_metacharacters_are_literal_unless_shell_is_asked() {
         let literal = run(
             &hook(&["/bin/echo", "$HOME;", "x"], false, DEFAULT_TIMEOUT),

@@ -1151,17 +1151,25 @@ pub fn parse_public_settings(value: &Value) -> Result<Settings, SettingsError> {
                 secret: certificate.secret_name,
             });
         }
-        let link_key = (
-            certificate.store_location.clone(),
-            certificate.link_name.clone(),
-        );
-        if let Some(first) = seen_links.insert(link_key, index) {
-            return Err(SettingsError::DuplicateLinkName {
-                setting: parsed.link_path,
-                link: certificate.link_name,
-                store: certificate.store_location.display().to_string(),
-                first: format!("{list_path}[{first}]"),
-            });
+        // With additionalFormats the folder's link `<link>.d` is taken too.
+        let mut links = vec![certificate.link_name.clone()];
+        if certificate.formats.any() {
+            links.push(format!(
+                "{}{}",
+                certificate.link_name,
+                crate::store::FOLDER_SUFFIX
+            ));
+        }
+        for link in links {
+            let link_key = (certificate.store_location.clone(), link.clone());
+            if let Some(first) = seen_links.insert(link_key, index) {
+                return Err(SettingsError::DuplicateLinkName {
+                    setting: parsed.link_path,
+                    link,
+                    store: certificate.store_location.display().to_string(),
+                    first: format!("{list_path}[{first}]"),
+                });
+            }
         }
         observed_certificates.push(certificate);
     }

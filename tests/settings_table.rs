@@ -601,6 +601,14 @@ const REJECTIONS: &[(Input, &str, &str, &str)] = &[
     ),
     (
         Public(
+            r#"{"secretsManagementSettings": {"additionalFormats": ["split"], "observedCertificates": [{"url": "https://myvault.vault.azure.net/secrets/a", "customSymbolicLinkName": "web"}, {"url": "https://myvault.vault.azure.net/secrets/b", "customSymbolicLinkName": "web.d", "additionalFormats": []}]}}"#,
+        ),
+        "link-name-duplicate",
+        "secretsManagementSettings.observedCertificates[1].customSymbolicLinkName",
+        r#"secretsManagementSettings.observedCertificates[1].customSymbolicLinkName: link name "web.d" in "/var/lib/waagent/Microsoft.Azure.KeyVault.Store" is already used by secretsManagementSettings.observedCertificates[0]; give one of them a different customSymbolicLinkName"#,
+    ),
+    (
+        Public(
             r#"{"secretsManagementSettings": {"observedCertificates": [{"url": "https://myvault.vault.azure.net/secrets/mycert", "additionalFormats": "split"}]}}"#,
         ),
         "setting-wrong-type",
