@@ -195,7 +195,8 @@ pub fn check(
         version: secret.version.clone(),
         file: installed.file,
         link: installed.link,
-        changed: installed.written || installed.link_changed,
+        // A version folder that appeared or moved is new to applications too (its post-install command runs).
+        changed: installed.written || installed.link_changed || installed.folder_changed,
         not_after: Some(bundle.not_after()),
         serial: Some(bundle.serial_hex()),
         validity_warning: bundle.validity_warning(OffsetDateTime::now_utc()),
