@@ -11,6 +11,7 @@
 #           nginx-light or nginx (used by later tests), python3-venv when the system python lacks it,
 #           waagent (WALinuxAgent, Debian's package: tests/real_agent.rs runs its extension handler in a network
 #           namespace; the packaged service is never started and is left disabled)
+#           default-jre-headless when there is no keytool (the PFX of additionalFormats is checked with it)
 #   rustup: rustfmt, clippy
 #   cargo:  cargo-nextest, cargo-zigbuild (both `cargo install --locked`)
 #   .venv:  ziglang (the zig toolchain cargo-zigbuild uses to link against glibc 2.17), and the python
@@ -31,6 +32,8 @@ missing_deb=()
 for pkg in acl libacl1-dev openssl unzip zip binutils strace; do
     have_deb "$pkg" || missing_deb+=("$pkg")
 done
+# keytool checks the PFX kvvm writes; any JDK/JRE that provides it will do.
+command -v keytool >/dev/null 2>&1 || missing_deb+=(default-jre-headless)
 need_nginx=false
 if ! have_deb nginx-light && ! have_deb nginx && ! have_deb nginx-core && ! command -v nginx >/dev/null 2>&1; then
     need_nginx=true

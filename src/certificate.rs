@@ -120,6 +120,12 @@ pub enum CertificateError {
         "{name}: the chain loops back to {subject}; re-import the certificate with a proper chain"
     )]
     Cycle { name: String, subject: String },
+    /// Writing the PKCS#12 file for `additionalFormats: ["pfx"]` failed (the certificate was read fine).
+    #[error(
+        "{name}: writing certificate.pfx failed ({detail}); the certificate itself is fine — remove \"pfx\" from \
+         additionalFormats to install it without a PFX, and report this as a kvvm bug"
+    )]
+    Pkcs12Write { name: String, detail: String },
 }
 
 impl CertificateError {
@@ -138,6 +144,7 @@ impl CertificateError {
             Self::KeyMismatch { .. } => "key-mismatch",
             Self::Disjoint { .. } => "chain-disjoint",
             Self::Cycle { .. } => "chain-cycle",
+            Self::Pkcs12Write { .. } => "pkcs12-write",
         }
     }
 }
@@ -456,6 +463,78 @@ impl CertificateBundle {
         out
     }
 
+    /// `cert.pem`: the leaf alone.
+    pub fn leaf_pem(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        pem_section(&mut out, "CERTIFICATE", &self.chain[0]);
+        out
+    }
+
+    /// `chain.pem`: the intermediates then the root, without the leaf (empty when the leaf stands alone).
+    pub fn chain_pem(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for der in &self.chain[1..] {
+            pem_section(&mut out, "CERTIFICATE", der);
+        }
+        out
+    }
+
+    /// `fullchain.pem`: the leaf, the intermediates and the root.
+    pub fn fullchain_pem(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for der in &self.chain {
+            pem_section(&mut out, "CERTIFICATE", der);
+        }
+        out
+    }
+
+    /// `privkey.pem`: the private key as PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
+    pub fn key_pem(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(self.key.len() * 4 / 3 + 80));
+        pem_section(&mut out, "PRIVATE KEY", &self.key);
+        out
+    }
+
+    /// `certificate.pfx`: the key and the full chain as PKCS#12 with an empty password, key and certificates
+    /// encrypted with PBES2 (PBKDF2-HMAC-SHA256, AES-256-CBC) and a SHA-256 MAC, so that OpenSSL 3 reads it
+    /// without `-legacy` and Java's keytool accepts it. `name` identifies the certificate in an error; `alias`
+    /// is the entry's friendly name (Java shows it as the alias).
+    pub fn to_pkcs12(
+        &self,
+        name: &str,
+        alias: &str,
+    ) -> Result<Zeroizing<Vec<u8>>, CertificateError> {
+        let err = |e: p12_keystore::error::Error| CertificateError::Pkcs12Write {
+            name: name.to_string(),
+            detail: e.to_string(),
+        };
+        let key = p12_keystore::PrivateKey::from_der(&self.key).map_err(err)?;
+        let certs = self
+            .chain
+            .iter()
+            .map(|der| p12_keystore::Certificate::from_der(der))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
+        // The localKeyId ties the key bag to the leaf's bag; any stable bytes do, so use the leaf's serial.
+        let key_id = self.serial.as_bytes().to_vec();
+        let mut store = p12_keystore::KeyStore::new();
+        store.add_entry(
+            alias,
+            p12_keystore::KeyStoreEntry::PrivateKeyChain(p12_keystore::PrivateKeyChain::new(
+                key_id, key, certs,
+            )),
+        );
+        let der = store
+            .writer("")
+            .encryption_algorithm(p12_keystore::EncryptionAlgorithm::PbeWithHmacSha256AndAes256)
+            .encryption_iterations(PFX_ITERATIONS)
+            .mac_algorithm(p12_keystore::MacAlgorithm::HmacSha256)
+            .mac_iterations(PFX_ITERATIONS)
+            .write()
+            .map_err(err)?;
+        Ok(Zeroizing::new(der))
+    }
+
     /// The chain, leaf first, as DER.
     pub fn chain(&self) -> &[Vec<u8>] {
         &self.chain
@@ -542,6 +621,10 @@ fn order_chain(name: &str, certs: &[Parsed], leaf: usize) -> Result<Vec<usize>, 
     }
     Ok(order)
 }
+
+/// Key-derivation iterations of the PFX kvvm writes (OpenSSL 3's and Java's default is 2048 / 10000; the
+/// password is empty, so the count only has to be one every reader accepts).
+const PFX_ITERATIONS: u32 = 2048;
 
 fn pem_section(out: &mut Vec<u8>, label: &str, der: &[u8]) {
     let mut b64 = Zeroizing::new(String::with_capacity(der.len().div_ceil(3) * 4));

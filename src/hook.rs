@@ -35,6 +35,8 @@ pub struct Installed {
     pub link: PathBuf,
     pub file: PathBuf,
     pub version: String,
+    /// The version folder's link (`<link>.d`), when `additionalFormats` writes one.
+    pub dir: Option<PathBuf>,
 }
 
 /// How a run ended.
@@ -126,6 +128,9 @@ pub fn run(hook: &Hook, changed: &[Installed]) -> Result<HookRun, HookError> {
             .env("KVVM_CERTIFICATE_PATH", &first.link)
             .env("KVVM_CERTIFICATE_FILE", &first.file)
             .env("KVVM_CERTIFICATE_VERSION", &first.version);
+        if let Some(dir) = &first.dir {
+            command.env("KVVM_CERTIFICATE_DIR", dir);
+        }
     }
     let links: Vec<String> = changed
         .iter()
@@ -223,6 +228,7 @@ mod tests {
             link: PathBuf::from(format!("/store/v.{name}")),
             file: PathBuf::from(format!("/store/v.{name}.0123")),
             version: "0123".into(),
+            dir: None,
         }
     }
 
@@ -254,6 +260,20 @@ mod tests {
             run.output_tail,
             "/store/v.a\n/store/v.a.0123\n0123\nhttps://v.vault.azure.net/secrets/a\n/store/v.a\n/store/v.b\n"
         );
+    }
+
+    #[test]
+    fn the_version_folder_is_in_kvvm_certificate_dir_only_when_there_is_one() {
+        let check = |dir: Option<&str>| {
+            let mut first = installed("a");
+            first.dir = dir.map(PathBuf::from);
+            let line = "echo \"${KVVM_CERTIFICATE_DIR-unset}\"";
+            run(&hook(&[line], true, DEFAULT_TIMEOUT), &[first])
+                .unwrap()
+                .output_tail
+        };
+        assert_eq!(check(Some("/store/v.a.d")), "/store/v.a.d\n");
+        assert_eq!(check(None), "unset\n");
     }
 
     #[test]

@@ -81,19 +81,92 @@ impl std::fmt::Debug for AccessToken {
     }
 }
 
+/// A user-assigned identity, as `authenticationSettings` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserIdentity {
+    /// `msiClientId`: the identity's client (application) id, a lower-case GUID.
+    ClientId(String),
+    /// `msiObjectId`: the identity's object (principal) id, a lower-case GUID.
+    ObjectId(String),
+    /// `msiResourceId`: `/subscriptions/…/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>`.
+    ResourceId(String),
+}
+
+impl UserIdentity {
+    /// The setting that names it.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            UserIdentity::ClientId(_) => "msiClientId",
+            UserIdentity::ObjectId(_) => "msiObjectId",
+            UserIdentity::ResourceId(_) => "msiResourceId",
+        }
+    }
+
+    /// The query parameter IMDS takes it as.
+    pub fn query_parameter(&self) -> &'static str {
+        match self {
+            UserIdentity::ClientId(_) => "client_id",
+            UserIdentity::ObjectId(_) => "object_id",
+            UserIdentity::ResourceId(_) => "msi_res_id",
+        }
+    }
+
+    /// The id or resource ID.
+    pub fn value(&self) -> &str {
+        match self {
+            UserIdentity::ClientId(v) | UserIdentity::ObjectId(v) | UserIdentity::ResourceId(v) => {
+                v
+            }
+        }
+    }
+}
+
+/// What IMDS's 400 asks the user to do. IMDS says "Multiple user assigned identities exist, please specify
+/// the clientId / resourceId of the identity in the token request" when the VM has several user-assigned
+/// identities and the request named none, and "Identity not found" when the named one (or the
+/// system-assigned one) is not on the VM.
+fn not_assigned_hint(body: &[u8], user: Option<&UserIdentity>) -> String {
+    const LOOK_UP: &str =
+        "look its client ID up with `az identity show -g <group> -n <name> --query clientId`";
+    let lower = String::from_utf8_lossy(body).to_ascii_lowercase();
+    if lower.contains("multiple user assigned identities") {
+        return format!(
+            "this VM has several user-assigned identities and the settings name none of them; add \
+             authenticationSettings.msiClientId with the client ID of the identity that may read the vault ({LOOK_UP})"
+        );
+    }
+    match user {
+        Some(id) => format!(
+            "{} is not assigned to this VM; assign that identity to the VM or scale set (az vm identity assign), or \
+             fix authenticationSettings.{} ({LOOK_UP} and set msiClientId to it)",
+            match id {
+                UserIdentity::ClientId(v) => format!("the identity with client id {v}"),
+                UserIdentity::ObjectId(v) => format!("the identity with object id {v}"),
+                UserIdentity::ResourceId(v) => format!("the identity {v}"),
+            },
+            id.setting()
+        ),
+        None => format!(
+            "the identity is missing or not assigned to this VM. Assign a system-assigned identity to the VM or \
+             scale set, or assign the user-assigned identity and set authenticationSettings.msiClientId to its \
+             client id ({LOOK_UP})"
+        ),
+    }
+}
+
 /// Why no token could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    /// IMDS answered 400: the identity does not exist on this machine.
+    /// IMDS answered 400: the identity does not exist on this machine, or several do and none was named.
     #[error(
-        "the managed identity endpoint {endpoint} refused a token for {identity} (HTTP 400: {detail}): the \
-         identity is missing or not assigned to this VM. Assign a system-assigned identity to the VM or scale \
-         set, or assign the user-assigned identity and set msiClientId to its client id"
+        "the managed identity endpoint {endpoint} refused a token for {identity} (HTTP 400: {detail}): {hint}"
     )]
     NotAssigned {
         endpoint: String,
         identity: String,
         detail: String,
+        /// What to add or fix, from IMDS's error description and the identity asked for.
+        hint: String,
     },
     /// The endpoint refused for a reason retrying cannot fix.
     #[error(
@@ -149,10 +222,15 @@ pub enum IdentityError {
     },
     /// Arc machines have no user-assigned identities.
     #[error(
-        "msiClientId is '{client_id}', but the Azure Arc identity endpoint {endpoint} serves only the machine's \
-         own (system-assigned) identity; remove msiClientId from the settings"
+        "{setting} is '{client_id}', but the Azure Arc identity endpoint {endpoint} serves only the machine's \
+         own (system-assigned) identity; remove {setting} from the settings"
     )]
-    ArcUserAssigned { client_id: String, endpoint: String },
+    ArcUserAssigned {
+        /// The setting naming the identity (`msiClientId`, `msiObjectId` or `msiResourceId`).
+        setting: &'static str,
+        client_id: String,
+        endpoint: String,
+    },
     /// The caller's deadline passed while the token was still being fetched (the fetch goes on).
     #[error(
         "the managed identity endpoint {endpoint} gave no token within {seconds} s (kvvm keeps asking in the \
@@ -179,10 +257,12 @@ impl Clone for IdentityError {
                 endpoint,
                 identity,
                 detail,
+                hint,
             } => E::NotAssigned {
                 endpoint: endpoint.clone(),
                 identity: identity.clone(),
                 detail: detail.clone(),
+                hint: hint.clone(),
             },
             E::Refused {
                 endpoint,
@@ -226,9 +306,11 @@ impl Clone for IdentityError {
                 source: std::io::Error::new(source.kind(), source.to_string()),
             },
             E::ArcUserAssigned {
+                setting,
                 client_id,
                 endpoint,
             } => E::ArcUserAssigned {
+                setting,
                 client_id: client_id.clone(),
                 endpoint: endpoint.clone(),
             },
@@ -277,7 +359,7 @@ pub struct Identity {
 struct Endpoint {
     token_url: Url,
     arc: bool,
-    client_id: Option<String>,
+    user: Option<UserIdentity>,
     arc_key_dir: PathBuf,
     agent: ureq::Agent,
     policy: RetryPolicy,
@@ -378,7 +460,7 @@ impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Identity")
             .field("token_url", &self.endpoint.token_url.as_str())
-            .field("client_id", &self.endpoint.client_id)
+            .field("user", &self.endpoint.user)
             .finish_non_exhaustive()
     }
 }
@@ -390,6 +472,17 @@ impl Identity {
     /// (`…/metadata/identity/oauth2/token`); both appear in Microsoft's documentation. An endpoint on port
     /// 40342 is Azure Arc's himds.
     pub fn new(endpoint: Option<&Url>, client_id: Option<&str>) -> Result<Identity, IdentityError> {
+        let user = client_id.map(|id| UserIdentity::ClientId(id.to_string()));
+        Identity::for_user(endpoint, user.as_ref())
+    }
+
+    /// [`Identity::new`] for a user-assigned identity named by client id, object id or resource ID (`None`:
+    /// the system-assigned identity). IMDS gets `client_id`, `object_id` or `msi_res_id`; Azure Arc has no
+    /// user-assigned identities, so any of them is refused there.
+    pub fn for_user(
+        endpoint: Option<&Url>,
+        user: Option<&UserIdentity>,
+    ) -> Result<Identity, IdentityError> {
         let mut token_url = match endpoint {
             Some(url) => url.clone(),
             None => Url::parse(IMDS_TOKEN_URL).expect("constant URL"),
@@ -406,9 +499,10 @@ impl Identity {
         token_url.set_query(None);
         token_url.set_fragment(None);
         let arc = token_url.port_or_known_default() == Some(ARC_PORT);
-        if arc && let Some(id) = client_id {
+        if arc && let Some(id) = user {
             return Err(IdentityError::ArcUserAssigned {
-                client_id: id.to_string(),
+                setting: id.setting(),
+                client_id: id.value().to_string(),
                 endpoint: token_url.to_string(),
             });
         }
@@ -419,7 +513,7 @@ impl Identity {
             endpoint: Endpoint {
                 token_url,
                 arc,
-                client_id: client_id.map(str::to_string),
+                user: user.cloned(),
                 arc_key_dir: PathBuf::from(ARC_KEY_DIR),
                 agent,
                 policy,
@@ -575,8 +669,16 @@ impl FetchJob {
 
 impl Endpoint {
     fn describe(&self) -> String {
-        match &self.client_id {
-            Some(id) => format!("the user-assigned identity with client id {id} (msiClientId)"),
+        match &self.user {
+            Some(UserIdentity::ClientId(id)) => {
+                format!("the user-assigned identity with client id {id} (msiClientId)")
+            }
+            Some(UserIdentity::ObjectId(id)) => {
+                format!("the user-assigned identity with object id {id} (msiObjectId)")
+            }
+            Some(UserIdentity::ResourceId(id)) => {
+                format!("the user-assigned identity {id} (msiResourceId)")
+            }
             None => "the system-assigned identity".to_string(),
         }
     }
@@ -594,8 +696,8 @@ impl Endpoint {
                 },
             );
             q.append_pair("resource", resource);
-            if let Some(id) = &self.client_id {
-                q.append_pair("client_id", id);
+            if let Some(user) = &self.user {
+                q.append_pair(user.query_parameter(), user.value());
             }
         }
         url.into()
@@ -700,6 +802,7 @@ impl Endpoint {
                 endpoint: endpoint.to_string(),
                 identity: self.describe(),
                 detail: error_detail(&reply.body),
+                hint: not_assigned_hint(&reply.body, self.user.as_ref()),
             }),
             404 | 410 | 429 | 500..=599 => Verdict::Retry {
                 last: format!("HTTP {} ({})", reply.status, error_detail(&reply.body)),

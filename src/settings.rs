@@ -53,8 +53,9 @@ pub struct Settings {
     pub retained_versions: u32,
     /// Managed identity endpoint (IMDS or Azure Arc); `None` means IMDS's default.
     pub msi_endpoint: Option<Url>,
-    /// Client id (lower-case GUID) of a user-assigned identity; `None` means the system-assigned identity.
-    pub msi_client_id: Option<String>,
+    /// The user-assigned identity (`msiClientId`, `msiObjectId` or `msiResourceId`); `None` means the
+    /// system-assigned identity.
+    pub msi_identity: Option<crate::identity::UserIdentity>,
     /// Send the extension's log to fluentd as well.
     pub logging: Option<LoggingSettings>,
     /// Warn when an installed certificate expires within this many days and the vault has nothing newer
@@ -88,6 +89,45 @@ pub struct ObservedCertificate {
     /// Command to run after a new version is installed: the certificate's own `postInstallCommand`, else the
     /// global one; `None` when neither is set (or the certificate's is an empty list).
     pub post_install: Option<crate::hook::Hook>,
+    /// `additionalFormats`: the files of the version's `.d` folder besides the combined PEM (the
+    /// certificate's own list, else the global one).
+    pub formats: Formats,
+}
+
+/// `additionalFormats`: which files go into a version's folder `<vault>.<cert>.<version>.d/`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Formats {
+    /// `"split"`: `cert.pem`, `chain.pem`, `fullchain.pem` and `privkey.pem`.
+    pub split: bool,
+    /// `"pfx"`: `certificate.pfx`.
+    pub pfx: bool,
+}
+
+impl Formats {
+    /// The format names `additionalFormats` accepts.
+    pub const KNOWN: &'static [&'static str] = &["split", "pfx"];
+    /// The files of `"split"`.
+    pub const SPLIT_FILES: [&'static str; 4] =
+        ["cert.pem", "chain.pem", "fullchain.pem", "privkey.pem"];
+    /// The file of `"pfx"`.
+    pub const PFX_FILE: &'static str = "certificate.pfx";
+
+    /// Whether a folder is written at all.
+    pub fn any(&self) -> bool {
+        self.split || self.pfx
+    }
+
+    /// The folder's file names.
+    pub fn file_names(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.split {
+            names.extend(Self::SPLIT_FILES);
+        }
+        if self.pfx {
+            names.push(Self::PFX_FILE);
+        }
+        names
+    }
 }
 
 impl ObservedCertificate {
@@ -418,6 +458,48 @@ pub enum SettingsError {
         /// The value as given.
         value: String,
     },
+    /// `msiObjectId` is not a GUID.
+    #[error(
+        "{setting}: {value:?} is not an object id; give the user-assigned identity's object (principal) id, a GUID such as \"c7373ae5-91c2-4165-8ab6-7381d6e75619\" (az identity show -g <group> -n <name> --query principalId)"
+    )]
+    MsiObjectId {
+        /// JSON path of the setting.
+        setting: String,
+        /// The value as given.
+        value: String,
+    },
+    /// `msiResourceId` is not a user-assigned identity's ARM resource ID.
+    #[error(
+        "{setting}: {value:?} is not a user-assigned identity's resource ID; give it as \"/subscriptions/<subscription>/resourceGroups/<group>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>\" (az identity show -g <group> -n <name> --query id)"
+    )]
+    MsiResourceId {
+        /// JSON path of the setting.
+        setting: String,
+        /// The value as given.
+        value: String,
+    },
+    /// More than one of `msiClientId`, `msiObjectId`, `msiResourceId`.
+    #[error(
+        "{setting} names the identity twice, as {first} and as {second}; keep only one of msiClientId, msiObjectId and msiResourceId"
+    )]
+    SeveralIdentities {
+        /// JSON path of `authenticationSettings`.
+        setting: String,
+        /// The first setting given.
+        first: &'static str,
+        /// The second one.
+        second: &'static str,
+    },
+    /// `additionalFormats` names a format kvvm does not write.
+    #[error(
+        "{setting}: {value} is not a known format; the formats are \"split\" (cert.pem, chain.pem, fullchain.pem, privkey.pem) and \"pfx\" (certificate.pfx), e.g. [\"split\", \"pfx\"], or [] for none"
+    )]
+    UnknownFormat {
+        /// JSON path of the list element.
+        setting: String,
+        /// The element as JSON text.
+        value: String,
+    },
     /// `loggingSettings.logger` names a logger we do not have.
     #[error(
         "{setting}: {value:?} is not a known logger; the only logger is \"fluentd\" (or remove loggingSettings)"
@@ -538,6 +620,10 @@ impl SettingsError {
             Self::NotBoolean { .. } => "setting-not-boolean",
             Self::MsiEndpoint { .. } => "msi-endpoint-invalid",
             Self::MsiClientId { .. } => "msi-client-id-invalid",
+            Self::MsiObjectId { .. } => "msi-object-id-invalid",
+            Self::MsiResourceId { .. } => "msi-resource-id-invalid",
+            Self::SeveralIdentities { .. } => "msi-identity-given-twice",
+            Self::UnknownFormat { .. } => "additional-format-unknown",
             Self::UnknownLogger { .. } => "logger-unknown",
             Self::FluentdEndpoint { .. } => "fluentd-endpoint-invalid",
             Self::FluentdFormat { .. } => "fluentd-format-unsupported",
@@ -580,6 +666,10 @@ impl SettingsError {
             | Self::NotBoolean { setting, .. }
             | Self::MsiEndpoint { setting, .. }
             | Self::MsiClientId { setting, .. }
+            | Self::MsiObjectId { setting, .. }
+            | Self::MsiResourceId { setting, .. }
+            | Self::SeveralIdentities { setting, .. }
+            | Self::UnknownFormat { setting, .. }
             | Self::UnknownLogger { setting, .. }
             | Self::FluentdEndpoint { setting, .. }
             | Self::FluentdFormat { setting, .. }
@@ -686,8 +776,15 @@ struct RawSecretsManagement {
     post_install_command: Option<Value>,
     #[serde(rename = "metricsFile")]
     metrics_file: Option<Value>,
+    #[serde(rename = "additionalFormats")]
+    additional_formats: Option<Value>,
+    /// Belongs at the top level; accepted here with a warning (a common mistake).
+    #[serde(rename = "authenticationSettings")]
+    authentication_settings: Option<Value>,
 }
 const SECRETS_KEYS: &[&str] = &[
+    "additionalFormats",
+    "authenticationSettings",
     "pollingIntervalInS",
     "certificateStoreName",
     "linkOnRenewal",
@@ -715,8 +812,11 @@ struct RawObservedCertificate {
     certificate_store_name: Option<Value>,
     #[serde(rename = "postInstallCommand")]
     post_install_command: Option<Value>,
+    #[serde(rename = "additionalFormats")]
+    additional_formats: Option<Value>,
 }
 const CERTIFICATE_KEYS: &[&str] = &[
+    "additionalFormats",
     "url",
     "certificateStoreLocation",
     "customSymbolicLinkName",
@@ -753,8 +853,13 @@ struct RawAuthentication {
     msi_endpoint: Option<Value>,
     #[serde(rename = "msiClientId")]
     msi_client_id: Option<Value>,
+    #[serde(rename = "msiObjectId")]
+    msi_object_id: Option<Value>,
+    #[serde(rename = "msiResourceId")]
+    msi_resource_id: Option<Value>,
 }
-const AUTHENTICATION_KEYS: &[&str] = &["msiEndpoint", "msiClientId"];
+const AUTHENTICATION_KEYS: &[&str] =
+    &["msiEndpoint", "msiClientId", "msiObjectId", "msiResourceId"];
 
 /// `loggingSettings`.
 #[derive(Deserialize, Default)]
@@ -793,6 +898,8 @@ const EXPECT_AUTHENTICATION: &str =
 const EXPECT_MSI_ENDPOINT: &str =
     "a URL string such as \"http://169.254.169.254/metadata/identity\"";
 const EXPECT_MSI_CLIENT_ID: &str = "a GUID string such as \"c7373ae5-91c2-4165-8ab6-7381d6e75619\"";
+const EXPECT_MSI_RESOURCE_ID: &str = "a resource ID string such as \"/subscriptions/<subscription>/resourceGroups/<group>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>\"";
+const EXPECT_FORMATS: &str = "a list of format names such as [\"split\", \"pfx\"]";
 const EXPECT_LOGGING: &str =
     "an object such as {\"logger\": \"fluentd\", \"endpoint\": \"tcp://localhost:24224\"}";
 const EXPECT_LOGGER: &str = "the string \"fluentd\"";
@@ -907,6 +1014,34 @@ pub fn parse_settings_file(text: &str) -> Result<Configured, SettingsError> {
 /// Parses the publicSettings object alone (what users write as `settings` in ARM, `--settings` in `az`).
 pub fn parse_public_settings(value: &Value) -> Result<Settings, SettingsError> {
     let mut warnings = Vec::new();
+    // PowerShell's \" quoting and `az` on Windows often deliver the settings object as a JSON string: decode it
+    // and say how to pass an object. A string that holds anything else stays an error.
+    let decoded;
+    let value = match value {
+        Value::String(text) => match serde_json::from_str::<Value>(text) {
+            Ok(inner @ Value::Object(_)) => {
+                warnings.push(
+                    "publicSettings is a JSON string holding the settings object; it was decoded and used, but pass \
+                     the settings as a JSON object: in PowerShell give -Settings a hashtable (or -SettingString the \
+                     output of ConvertTo-Json, converted once), with az give --settings the JSON text or @file.json \
+                     once, without extra quoting"
+                        .to_string(),
+                );
+                decoded = inner;
+                &decoded
+            }
+            _ => {
+                if let Some(preview) = escaped_json(text, true) {
+                    return Err(SettingsError::EscapedJson {
+                        setting: "publicSettings".to_string(),
+                        preview,
+                    });
+                }
+                value
+            }
+        },
+        _ => value,
+    };
     let public: RawPublicSettings = section(
         expect_object(value, "publicSettings", EXPECT_PUBLIC)?,
         "",
@@ -988,6 +1123,10 @@ pub fn parse_public_settings(value: &Value) -> Result<Settings, SettingsError> {
         None => None,
         Some(v) => post_install_command(v, &format!("{path}.postInstallCommand"), &mut warnings)?,
     };
+    let global_formats = match &secrets.additional_formats {
+        None => Formats::default(),
+        Some(v) => additional_formats(v, &format!("{path}.additionalFormats"))?,
+    };
     let store_path = format!("{path}.certificateStoreLocation");
     let global_store = match string(
         secrets.certificate_store_location.as_ref(),
@@ -1021,6 +1160,7 @@ pub fn parse_public_settings(value: &Value) -> Result<Settings, SettingsError> {
             &element_path,
             &default_store,
             global_hook.as_ref(),
+            global_formats,
             &mut warnings,
         )?;
         let certificate = parsed.certificate;
@@ -1037,17 +1177,25 @@ pub fn parse_public_settings(value: &Value) -> Result<Settings, SettingsError> {
                 secret: certificate.secret_name,
             });
         }
-        let link_key = (
-            certificate.store_location.clone(),
-            certificate.link_name.clone(),
-        );
-        if let Some(first) = seen_links.insert(link_key, index) {
-            return Err(SettingsError::DuplicateLinkName {
-                setting: parsed.link_path,
-                link: certificate.link_name,
-                store: certificate.store_location.display().to_string(),
-                first: format!("{list_path}[{first}]"),
-            });
+        // With additionalFormats the folder's link `<link>.d` is taken too.
+        let mut links = vec![certificate.link_name.clone()];
+        if certificate.formats.any() {
+            links.push(format!(
+                "{}{}",
+                certificate.link_name,
+                crate::store::FOLDER_SUFFIX
+            ));
+        }
+        for link in links {
+            let link_key = (certificate.store_location.clone(), link.clone());
+            if let Some(first) = seen_links.insert(link_key, index) {
+                return Err(SettingsError::DuplicateLinkName {
+                    setting: parsed.link_path,
+                    link,
+                    store: certificate.store_location.display().to_string(),
+                    first: format!("{list_path}[{first}]"),
+                });
+            }
         }
         observed_certificates.push(certificate);
     }
@@ -1057,9 +1205,33 @@ pub fn parse_public_settings(value: &Value) -> Result<Settings, SettingsError> {
         ));
     }
 
-    let (msi_endpoint, msi_client_id) = match &public.authentication_settings {
+    // authenticationSettings inside secretsManagementSettings is a common mistake: use it, and say where it
+    // belongs; the top-level one wins when both are given.
+    let nested_path = "secretsManagementSettings.authenticationSettings";
+    let authentication_settings = match (
+        &public.authentication_settings,
+        &secrets.authentication_settings,
+    ) {
+        (Some(top), Some(_)) => {
+            warnings.push(format!(
+                "authenticationSettings is given both at the top level and as {nested_path}; the top-level one is \
+                 used and {nested_path} is ignored: remove it"
+            ));
+            Some((top, "authenticationSettings"))
+        }
+        (Some(top), None) => Some((top, "authenticationSettings")),
+        (None, Some(nested)) => {
+            warnings.push(format!(
+                "{nested_path} is used, but authenticationSettings belongs at the top level of the settings, beside \
+                 secretsManagementSettings: move it there"
+            ));
+            Some((nested, nested_path))
+        }
+        (None, None) => None,
+    };
+    let (msi_endpoint, msi_identity) = match authentication_settings {
         None => (None, None),
-        Some(v) => authentication(v, &mut warnings)?,
+        Some((v, auth_path)) => authentication(v, auth_path, &mut warnings)?,
     };
     let logging = match &public.logging_settings {
         None => None,
@@ -1073,7 +1245,7 @@ pub fn parse_public_settings(value: &Value) -> Result<Settings, SettingsError> {
         acl_enabled,
         retained_versions,
         msi_endpoint,
-        msi_client_id,
+        msi_identity,
         logging,
         expiry_warning_days,
         metrics_file,
@@ -1097,6 +1269,7 @@ fn observed_certificate(
     path: &str,
     default_store: &Path,
     global_hook: Option<&crate::hook::Hook>,
+    global_formats: Formats,
     warnings: &mut Vec<String>,
 ) -> Result<ParsedCertificate, SettingsError> {
     match element {
@@ -1115,6 +1288,7 @@ fn observed_certificate(
                     link_name,
                     Vec::new(),
                     global_hook.cloned(),
+                    global_formats,
                 ),
                 url_text: text.clone(),
                 url_path: path.to_string(),
@@ -1168,8 +1342,12 @@ fn observed_certificate(
                     post_install_command(v, &format!("{path}.postInstallCommand"), warnings)?
                 }
             };
+            let formats = match &raw.additional_formats {
+                None => global_formats,
+                Some(v) => additional_formats(v, &format!("{path}.additionalFormats"))?,
+            };
             Ok(ParsedCertificate {
-                certificate: url.into_certificate(store, link_name, acls, post_install),
+                certificate: url.into_certificate(store, link_name, acls, post_install, formats),
                 url_text: url_text.to_string(),
                 url_path,
                 link_path,
@@ -1351,9 +1529,10 @@ fn is_zero(value: &Value) -> bool {
 
 fn authentication(
     value: &Value,
+    path: &str,
     warnings: &mut Vec<String>,
-) -> Result<(Option<Url>, Option<String>), SettingsError> {
-    let path = "authenticationSettings";
+) -> Result<(Option<Url>, Option<crate::identity::UserIdentity>), SettingsError> {
+    use crate::identity::UserIdentity;
     let raw: RawAuthentication = section(
         expect_object(value, path, EXPECT_AUTHENTICATION)?,
         path,
@@ -1375,28 +1554,136 @@ fn authentication(
         }
         Some(s) => Some(msi_endpoint(s, &endpoint_path)?),
     };
+    let mut given: Vec<UserIdentity> = Vec::new();
     let client_path = format!("{path}.msiClientId");
-    let client_id = match string(
+    match string(
         raw.msi_client_id.as_ref(),
         &client_path,
         EXPECT_MSI_CLIENT_ID,
     )? {
-        None => None,
-        Some(s) if s.trim().is_empty() => {
-            warnings.push(format!(
-                "{client_path} is empty and is ignored; the system-assigned identity is used"
-            ));
-            None
+        None => {}
+        Some(s) if s.trim().is_empty() => warnings.push(format!(
+            "{client_path} is empty and is ignored; the system-assigned identity is used"
+        )),
+        Some(s) if is_guid(s.trim()) => {
+            given.push(UserIdentity::ClientId(s.trim().to_ascii_lowercase()));
         }
-        Some(s) if is_guid(s.trim()) => Some(s.trim().to_ascii_lowercase()),
+        Some(s) if is_identity_resource_id(s.trim()) => {
+            warnings.push(format!(
+                "{client_path} holds a resource ID, so it is used as msiResourceId; move it to \"msiResourceId\" \
+                 (msiClientId takes the identity's client id, a GUID: az identity show -g <group> -n <name> --query \
+                 clientId)"
+            ));
+            given.push(UserIdentity::ResourceId(s.trim().to_string()));
+        }
         Some(s) => {
             return Err(SettingsError::MsiClientId {
                 setting: client_path,
                 value: shown(s),
             });
         }
+    }
+    let object_path = format!("{path}.msiObjectId");
+    match string(
+        raw.msi_object_id.as_ref(),
+        &object_path,
+        EXPECT_MSI_CLIENT_ID,
+    )? {
+        None => {}
+        Some(s) if s.trim().is_empty() => {
+            warnings.push(format!("{object_path} is empty and is ignored"))
+        }
+        Some(s) if is_guid(s.trim()) => {
+            given.push(UserIdentity::ObjectId(s.trim().to_ascii_lowercase()));
+        }
+        Some(s) => {
+            return Err(SettingsError::MsiObjectId {
+                setting: object_path,
+                value: shown(s),
+            });
+        }
+    }
+    let resource_path = format!("{path}.msiResourceId");
+    match string(
+        raw.msi_resource_id.as_ref(),
+        &resource_path,
+        EXPECT_MSI_RESOURCE_ID,
+    )? {
+        None => {}
+        Some(s) if s.trim().is_empty() => {
+            warnings.push(format!("{resource_path} is empty and is ignored"))
+        }
+        Some(s) if is_identity_resource_id(s.trim()) => {
+            given.push(UserIdentity::ResourceId(s.trim().to_string()));
+        }
+        Some(s) => {
+            return Err(SettingsError::MsiResourceId {
+                setting: resource_path,
+                value: shown(s),
+            });
+        }
+    }
+    // A resource ID given as msiClientId counts as msiClientId when it clashes with another.
+    let name = |i: &UserIdentity, index: usize| -> &'static str {
+        if index == 0 && raw.msi_client_id.is_some() && matches!(i, UserIdentity::ResourceId(_)) {
+            "msiClientId"
+        } else {
+            i.setting()
+        }
     };
-    Ok((endpoint, client_id))
+    if given.len() > 1 {
+        return Err(SettingsError::SeveralIdentities {
+            setting: path.to_string(),
+            first: name(&given[0], 0),
+            second: name(&given[1], 1),
+        });
+    }
+    Ok((endpoint, given.pop()))
+}
+
+/// `/subscriptions/<s>/resourceGroups/<g>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>`
+/// (fixed segments in any case, as ARM compares them).
+fn is_identity_resource_id(text: &str) -> bool {
+    let Some(rest) = text.strip_prefix('/') else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    let fixed = [
+        (0, "subscriptions"),
+        (2, "resourceGroups"),
+        (4, "providers"),
+        (5, "Microsoft.ManagedIdentity"),
+        (6, "userAssignedIdentities"),
+    ];
+    parts.len() == 8
+        && fixed
+            .iter()
+            .all(|(i, word)| parts[*i].eq_ignore_ascii_case(word))
+        && [1, 3, 7].iter().all(|i| {
+            !parts[*i].is_empty()
+                && !parts[*i]
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#' | '&'))
+        })
+}
+
+/// `additionalFormats`: a list of known format names (any case; repeats are harmless); `[]` means none.
+fn additional_formats(value: &Value, path: &str) -> Result<Formats, SettingsError> {
+    let list = expect_array(value, path, EXPECT_FORMATS)?;
+    let mut formats = Formats::default();
+    for (index, element) in list.iter().enumerate() {
+        match element {
+            Value::String(s) if s.trim().eq_ignore_ascii_case("split") => formats.split = true,
+            Value::String(s) if s.trim().eq_ignore_ascii_case("pfx") => formats.pfx = true,
+            other => {
+                return Err(SettingsError::UnknownFormat {
+                    setting: format!("{path}[{index}]"),
+                    value: truncate(&json_text(other), MAX_SHOWN),
+                });
+            }
+        }
+    }
+    Ok(formats)
 }
 
 fn msi_endpoint(text: &str, path: &str) -> Result<Url, SettingsError> {
@@ -1526,6 +1813,7 @@ impl SecretUrl {
         link_name: String,
         acls: Vec<AclEntry>,
         post_install: Option<crate::hook::Hook>,
+        formats: Formats,
     ) -> ObservedCertificate {
         ObservedCertificate {
             url: self.url,
@@ -1537,6 +1825,7 @@ impl SecretUrl {
             link_name,
             acls,
             post_install,
+            formats,
         }
     }
 }

@@ -13,6 +13,11 @@
 //!   so nothing but certificates and links belongs there. An older kvvm's `.kvvm.lock` in the store is removed.
 //! * Retention keeps the newest `retained_versions` files of a certificate (by modification time) and never
 //!   the current one.
+//! * `additionalFormats` add a folder per version, `<prefix>.<version>.d/` (0700, its files 0600), behind the
+//!   link `<link>.d`. The folder is built completely under a temp name (every file fsynced, then the folder)
+//!   before it is renamed into place and the link moves, so a reader going through `<link>.d/` sees one
+//!   version's files, never one version's certificate with another's key. Retention removes old folders as it
+//!   removes old files.
 
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File, OpenOptions};
@@ -198,7 +203,25 @@ pub struct Install<'a> {
     pub acls: &'a [AclEntry],
     /// How many version files to keep (at least the current one).
     pub retained_versions: u32,
+    /// The files of the version's folder `<prefix>.<version>.d/` behind the link `<link name>.d`; empty: no
+    /// folder (`additionalFormats` not set).
+    pub folder: &'a [FolderFile<'a>],
 }
+
+/// One file of a version's folder.
+#[derive(Debug)]
+pub struct FolderFile<'a> {
+    /// Its plain file name (`cert.pem`, `certificate.pfx`, ...).
+    pub name: &'static str,
+    /// Its content.
+    pub content: &'a [u8],
+    /// Whether an existing file must hold exactly `content` to be kept. A PFX is written with a random salt,
+    /// so two PFX files of the same version differ although either is right: an existing one is kept.
+    pub exact: bool,
+}
+
+/// The suffix of a version's folder and of its link.
+pub const FOLDER_SUFFIX: &str = ".d";
 
 /// What an install did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,6 +236,10 @@ pub struct Installed {
     pub link_changed: bool,
     /// Older version files deleted by retention.
     pub removed: Vec<PathBuf>,
+    /// The folder's link `<link name>.d`, when the install has a folder.
+    pub folder: Option<PathBuf>,
+    /// The folder was (re)built or its link moved.
+    pub folder_changed: bool,
 }
 
 /// An opened store folder.
@@ -299,6 +326,36 @@ impl Store {
             .map(|_| version.to_string())
     }
 
+    /// Whether the link `<link_name>.d` points at the folder `<prefix>.<version>.d` and that folder holds
+    /// exactly the regular files `names`.
+    pub fn folder_current(
+        &self,
+        link_name: &str,
+        file_prefix: &str,
+        version: &str,
+        names: &[&str],
+    ) -> bool {
+        let dir_name = format!("{file_prefix}.{version}{FOLDER_SUFFIX}");
+        let link = self.dir.join(format!("{link_name}{FOLDER_SUFFIX}"));
+        if fs::read_link(link).ok().as_deref() != Some(Path::new(&dir_name)) {
+            return false;
+        }
+        let dir = self.dir.join(&dir_name);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return false;
+        };
+        let mut found = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let plain = entry.file_type().is_ok_and(|t| t.is_file());
+            if !plain || !names.iter().any(|n| OsStr::new(n) == name) {
+                return false;
+            }
+            found += 1;
+        }
+        found == names.len()
+    }
+
     /// Installs one version and points the link at it; see the module documentation for the guarantees.
     pub fn install(&self, req: &Install<'_>) -> Result<Installed, StoreError> {
         self.check_name("file prefix", req.file_prefix, "this is a bug in kvvm")?;
@@ -322,6 +379,14 @@ impl Store {
                 "choose a customSymbolicLinkName that is not a version file's name",
             ));
         }
+        let folder_link = format!("{}{FOLDER_SUFFIX}", req.link_name);
+        if !req.folder.is_empty() {
+            self.check_name(
+                "link name",
+                &folder_link,
+                "set customSymbolicLinkName to a shorter plain file name",
+            )?;
+        }
         let acl = Principals::resolve(req.acls)?;
 
         let _in_process = FILE_OPERATIONS
@@ -339,6 +404,16 @@ impl Store {
             self.write_file(&file_name, req.pem, &acl)?;
             true
         };
+        let dir_name = format!("{file_name}{FOLDER_SUFFIX}");
+        let folder_written = if req.folder.is_empty() {
+            false
+        } else {
+            self.install_folder(&dir_name, req.folder, &acl)?
+        };
+        if written || folder_written {
+            // The new file and folder are durable before any link points at them.
+            self.sync_dir()?;
+        }
         let link_changed = match fs::read_link(&link) {
             Ok(target) if target.as_os_str() == OsStr::new(&file_name) => false,
             _ => {
@@ -346,17 +421,116 @@ impl Store {
                 true
             }
         };
-        if written || link_changed {
+        let folder_link_changed = !req.folder.is_empty()
+            && match fs::read_link(self.dir.join(&folder_link)) {
+                Ok(target) if target.as_os_str() == OsStr::new(&dir_name) => false,
+                _ => {
+                    self.swap_link(&folder_link, &dir_name)?;
+                    true
+                }
+            };
+        if link_changed || folder_link_changed {
             self.sync_dir()?;
         }
         acl.apply(&self.dir, true)?;
-        let removed = self.retain(req.file_prefix, &file_name, req.retained_versions);
+        let mut removed = self.retain(req.file_prefix, &file_name, req.retained_versions);
+        if !req.folder.is_empty() {
+            removed.extend(self.retain_folders(req.file_prefix, &dir_name, req.retained_versions));
+        }
         Ok(Installed {
             file,
             link,
             written,
             link_changed,
             removed,
+            folder: (!req.folder.is_empty()).then(|| self.dir.join(&folder_link)),
+            folder_changed: folder_written || folder_link_changed,
+        })
+    }
+
+    /// Makes `<dir_name>/` hold exactly `files` (see [`FolderFile::exact`]); returns whether it was rebuilt.
+    /// A folder is never changed in place: a new one is built under a temp name, fsynced, and exchanged with
+    /// the old one (or renamed into place), so a reader inside it sees the old files or the new ones.
+    fn install_folder(
+        &self,
+        dir_name: &str,
+        files: &[FolderFile<'_>],
+        acl: &Principals,
+    ) -> Result<bool, StoreError> {
+        let target = self.dir.join(dir_name);
+        if self.folder_matches(&target, files) {
+            for f in files {
+                acl.apply(&target.join(f.name), false)?;
+            }
+            acl.apply(&target, true)?;
+            return Ok(false);
+        }
+        let temp = self.dir.join(self.temp_name(dir_name));
+        let result = (|| {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&temp)
+                .map_err(self.write_err(dir_name))?;
+            for f in files {
+                let shown = format!("{dir_name}/{}", f.name);
+                let path = temp.join(f.name);
+                let mut out = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                    .open(&path)
+                    .map_err(self.write_err(&shown))?;
+                out.write_all(f.content).map_err(self.write_err(&shown))?;
+                acl.apply(&path, false)?;
+                out.sync_all().map_err(self.write_err(&shown))?;
+            }
+            acl.apply(&temp, true)?;
+            File::open(&temp)
+                .and_then(|d| d.sync_all())
+                .map_err(self.write_err(dir_name))?;
+            match fs::symlink_metadata(&target) {
+                Ok(m) if m.is_dir() => {
+                    exchange(&temp, &target).map_err(self.write_err(dir_name))?;
+                    // `temp` now names the old folder.
+                    if let Err(e) = fs::remove_dir_all(&temp) {
+                        log::warn!("cannot remove the replaced folder {}: {e}", temp.display());
+                    }
+                    Ok(())
+                }
+                Ok(_) => {
+                    // A file or a planted symlink where the folder goes: unlinked, never followed.
+                    fs::remove_file(&target).map_err(self.write_err(dir_name))?;
+                    fs::rename(&temp, &target).map_err(self.write_err(dir_name))
+                }
+                Err(_) => fs::rename(&temp, &target).map_err(self.write_err(dir_name)),
+            }
+        })();
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&temp);
+        }
+        result.map(|()| true)
+    }
+
+    /// Whether `dir` is a real folder holding exactly `files` as regular files.
+    fn folder_matches(&self, dir: &Path, files: &[FolderFile<'_>]) -> bool {
+        if !fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+            return false;
+        }
+        let Ok(entries) = fs::read_dir(dir) else {
+            return false;
+        };
+        if entries.count() != files.len() {
+            return false;
+        }
+        files.iter().all(|f| {
+            let path = dir.join(f.name);
+            if f.exact {
+                self.same_content(&path, f.content)
+            } else {
+                fs::symlink_metadata(&path)
+                    .is_ok_and(|m| m.is_file() && m.len() > 0 && m.mode() & 0o7137 == 0)
+            }
         })
     }
 
@@ -448,7 +622,14 @@ impl Store {
                 .as_bytes()
                 .starts_with(TEMP_PREFIX.as_bytes())
             {
-                match fs::remove_file(entry.path()) {
+                // A half-built version folder is removed whole; anything else (files, links) is unlinked.
+                let folder = entry.file_type().is_ok_and(|t| t.is_dir());
+                let removed = if folder {
+                    fs::remove_dir_all(entry.path())
+                } else {
+                    fs::remove_file(entry.path())
+                };
+                match removed {
                     Ok(()) => log::info!(
                         "removed {} left by an interrupted install",
                         entry.path().display()
@@ -564,6 +745,65 @@ impl Store {
             }
         }
         removed
+    }
+}
+
+impl Store {
+    /// Deletes all but the newest `keep` version folders (`<prefix>.<version>.d`) of `prefix`; `current` is
+    /// always kept.
+    fn retain_folders(&self, prefix: &str, current: &str, keep: u32) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut others: Vec<(SystemTime, PathBuf)> = entries
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name();
+                name.as_bytes() != current.as_bytes()
+                    && name
+                        .to_str()
+                        .and_then(|n| n.strip_suffix(FOLDER_SUFFIX))
+                        .is_some_and(|n| version_of(OsStr::new(n), prefix).is_some())
+            })
+            .filter_map(|e| {
+                let meta = fs::symlink_metadata(e.path()).ok()?;
+                meta.is_dir()
+                    .then(|| (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), e.path()))
+            })
+            .collect();
+        others.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let keep_others = keep.max(1) as usize - 1;
+        let mut removed = Vec::new();
+        for (_, path) in others.into_iter().skip(keep_others) {
+            match fs::remove_dir_all(&path) {
+                Ok(()) => removed.push(path),
+                Err(e) => log::warn!("cannot remove old version folder {}: {e}", path.display()),
+            }
+        }
+        removed
+    }
+}
+
+/// Swaps two paths atomically (`renameat2(RENAME_EXCHANGE)`, Linux 3.15+), through the system call because
+/// the glibc wrapper is newer than the glibc kvvm is built against.
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    let a = CString::new(a.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let b = CString::new(b.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: both strings are NUL-terminated and outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

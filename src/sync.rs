@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use crate::certificate::{CertificateBundle, CertificateError, ContentKind};
 use crate::http::{self, Stop};
 use crate::settings::ObservedCertificate;
-use crate::store::{Install, Store, StoreError};
+use crate::store::{FolderFile, Install, Store, StoreError};
 use crate::vault::{SecretKind, VaultClient, VaultError};
 
 /// How many certificates are checked at once.
@@ -77,6 +77,8 @@ pub struct Checked {
     pub validity_warning: Option<String>,
     /// Old version files deleted by retention.
     pub removed: Vec<PathBuf>,
+    /// The link to the version's folder (`<link>.d`), when `additionalFormats` asks for one.
+    pub folder: Option<PathBuf>,
 }
 
 /// What the worker already knows of a certificate, so an unchanged version is not decoded again.
@@ -135,10 +137,18 @@ pub fn check(
     let file = store.dir().join(format!("{prefix}.{}", secret.version));
     let link = store.dir().join(&cert.link_name);
     let current = store.current_version(&cert.link_name, &prefix);
+    let folder_names = cert.formats.file_names();
+    let folder_link = cert.formats.any().then(|| {
+        store
+            .dir()
+            .join(format!("{}{}", cert.link_name, crate::store::FOLDER_SUFFIX))
+    });
     if known.has_not_after
         && known.version == Some(secret.version.as_str())
         && current.as_deref() == Some(secret.version.as_str())
         && file.is_file()
+        && (folder_names.is_empty()
+            || store.folder_current(&cert.link_name, &prefix, &secret.version, &folder_names))
     {
         return Ok(Checked {
             version: secret.version.clone(),
@@ -149,6 +159,7 @@ pub fn check(
             serial: None,
             validity_warning: None,
             removed: Vec::new(),
+            folder: folder_link,
         });
     }
     let name = format!(
@@ -157,6 +168,15 @@ pub fn check(
     );
     let bundle = CertificateBundle::from_secret(&name, kind, secret.value())?;
     let pem = bundle.to_pem();
+    let folder = folder_files(&bundle, cert, &name)?;
+    let folder: Vec<FolderFile<'_>> = folder
+        .iter()
+        .map(|(file, content, exact)| FolderFile {
+            name: file,
+            content,
+            exact: *exact,
+        })
+        .collect();
     let acls = if options.acl_enabled {
         cert.acls.as_slice()
     } else {
@@ -169,17 +189,43 @@ pub fn check(
         pem: &pem,
         acls,
         retained_versions: options.retained_versions,
+        folder: &folder,
     })?;
     Ok(Checked {
         version: secret.version.clone(),
         file: installed.file,
         link: installed.link,
-        changed: installed.written || installed.link_changed,
+        // A version folder that appeared or moved is new to applications too (its post-install command runs).
+        changed: installed.written || installed.link_changed || installed.folder_changed,
         not_after: Some(bundle.not_after()),
         serial: Some(bundle.serial_hex()),
         validity_warning: bundle.validity_warning(OffsetDateTime::now_utc()),
         removed: installed.removed,
+        folder: installed.folder,
     })
+}
+
+/// The files of the version's folder for the certificate's `additionalFormats` (none when it has none).
+type FolderContent = Vec<(&'static str, zeroize::Zeroizing<Vec<u8>>, bool)>;
+
+fn folder_files(
+    bundle: &CertificateBundle,
+    cert: &ObservedCertificate,
+    name: &str,
+) -> Result<FolderContent, SyncError> {
+    let mut files: FolderContent = Vec::new();
+    if cert.formats.split {
+        let [leaf, chain, full, key] = crate::settings::Formats::SPLIT_FILES;
+        files.push((leaf, bundle.leaf_pem().into(), true));
+        files.push((chain, bundle.chain_pem().into(), true));
+        files.push((full, bundle.fullchain_pem().into(), true));
+        files.push((key, bundle.key_pem(), true));
+    }
+    if cert.formats.pfx {
+        let pfx = bundle.to_pkcs12(name, &cert.link_name)?;
+        files.push((crate::settings::Formats::PFX_FILE, pfx, false));
+    }
+    Ok(files)
 }
 
 /// What a check started by [`Checks`] found.

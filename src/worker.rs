@@ -149,9 +149,9 @@ pub fn certificate_states(
 
 /// The vault client for `settings`, or why there is none (every certificate then fails with that reason).
 pub fn vault_client(settings: &Settings) -> Result<Arc<VaultClient>, String> {
-    let identity = Identity::new(
+    let identity = Identity::for_user(
         settings.msi_endpoint.as_ref(),
-        settings.msi_client_id.as_deref(),
+        settings.msi_identity.as_ref(),
     )
     .map_err(|e| e.to_string())?;
     VaultClient::new(Arc::new(identity))
@@ -436,6 +436,7 @@ fn change_of(cert: &ObservedCertificate, result: &Result<Checked, SyncError>) ->
                 link: c.link.clone(),
                 file: c.file.clone(),
                 version: c.version.clone(),
+                dir: c.folder.clone(),
             },
         }),
         _ => None,
@@ -588,10 +589,10 @@ impl<'a> Poller<'a> {
             }
         };
         log::info!("reloaded settings {} (was {})", next.seq, self.current.seq);
-        let auth_changed = (&next.settings.msi_endpoint, &next.settings.msi_client_id)
+        let auth_changed = (&next.settings.msi_endpoint, &next.settings.msi_identity)
             != (
                 &self.current.settings.msi_endpoint,
-                &self.current.settings.msi_client_id,
+                &self.current.settings.msi_identity,
             );
         self.current = next;
         if auth_changed {

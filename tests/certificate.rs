@@ -686,3 +686,210 @@ fn a_pfx_with_an_absurd_iteration_count_is_refused_naming_the_count() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// additionalFormats: the split PEM files and the PFX, checked with openssl and keytool.
+
+/// The public key of a PEM certificate or key file, as openssl prints it.
+fn public_key_of(dir: &std::path::Path, file: &str, is_key: bool) -> Vec<u8> {
+    if is_key {
+        pki::openssl(dir, &["pkey", "-in", file, "-pubout"]).unwrap()
+    } else {
+        pki::openssl(dir, &["x509", "-in", file, "-noout", "-pubkey"]).unwrap()
+    }
+}
+
+#[test]
+fn split_files_hold_the_leaf_the_chain_without_it_the_full_chain_and_a_pkcs8_key() {
+    for (key, chain) in chains() {
+        let tag = format!("split-{}", key.label());
+        let value = STANDARD.encode(chain.pfx(PfxVariant::KeyVault).unwrap());
+        let bundle = CertificateBundle::from_secret(&tag, ContentKind::Pkcs12, &value).unwrap();
+        let dir = chain.dir.join(&tag);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("cert.pem"), bundle.leaf_pem()).unwrap();
+        fs::write(dir.join("chain.pem"), bundle.chain_pem()).unwrap();
+        fs::write(dir.join("fullchain.pem"), bundle.fullchain_pem()).unwrap();
+        fs::write(dir.join("privkey.pem"), &*bundle.key_pem()).unwrap();
+
+        let leaf = pki::subjects_in(&dir.join("cert.pem")).unwrap();
+        assert_eq!(leaf.len(), 1, "{tag}: {leaf:?}");
+        assert!(
+            leaf[0].ends_with(&format!("CN = {}", chain.cn)),
+            "{tag}: {leaf:?}"
+        );
+        let rest = pki::subjects_in(&dir.join("chain.pem")).unwrap();
+        assert_eq!(rest.len(), 2, "{tag}: {rest:?}");
+        assert!(
+            rest[0].contains("intermediate") && rest[1].contains("root"),
+            "{tag}: {rest:?}"
+        );
+        let full = pki::subjects_in(&dir.join("fullchain.pem")).unwrap();
+        assert_eq!(full, [leaf.clone(), rest.clone()].concat(), "{tag}");
+        // openssl verify: the leaf against the root with chain.pem as the untrusted intermediates.
+        pki::openssl(
+            &dir,
+            &[
+                "verify",
+                "-CAfile",
+                chain.root.to_str().unwrap(),
+                "-untrusted",
+                "chain.pem",
+                "cert.pem",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{tag}: {e}"));
+        let key_text = fs::read_to_string(dir.join("privkey.pem")).unwrap();
+        assert!(
+            key_text.starts_with("-----BEGIN PRIVATE KEY-----\n"),
+            "{tag}: PKCS#8"
+        );
+        assert_eq!(key_text.matches("-----BEGIN").count(), 1, "{tag}");
+        pki::openssl(&dir, &["pkey", "-in", "privkey.pem", "-check", "-noout"])
+            .or_else(|_| pki::openssl(&dir, &["pkey", "-in", "privkey.pem", "-noout"]))
+            .unwrap_or_else(|e| panic!("{tag}: {e}"));
+        assert_eq!(
+            public_key_of(&dir, "privkey.pem", true),
+            public_key_of(&dir, "cert.pem", false),
+            "{tag}: the key matches the leaf"
+        );
+    }
+}
+
+#[test]
+fn a_leaf_alone_gives_an_empty_chain_pem() {
+    let chain = fixture(KeyType::Ec("P-256"));
+    let leaf = fs::read_to_string(&chain.leaf).unwrap();
+    let value = format!("{}{leaf}", chain.key_pem(PemKey::Pkcs8).unwrap());
+    let bundle = CertificateBundle::from_secret("alone", ContentKind::Pem, &value).unwrap();
+    assert!(bundle.chain_pem().is_empty());
+    assert_eq!(bundle.fullchain_pem(), bundle.leaf_pem());
+}
+
+#[test]
+fn the_pfx_reads_with_openssl_3_without_legacy_and_keytool_accepts_it() {
+    for (key, chain) in chains() {
+        let tag = format!("pfx-{}", key.label());
+        let value = STANDARD.encode(chain.pfx(PfxVariant::KeyVault).unwrap());
+        let bundle = CertificateBundle::from_secret(&tag, ContentKind::Pkcs12, &value).unwrap();
+        let pfx = bundle.to_pkcs12(&tag, "myvault.mycert").unwrap();
+        let dir = chain.dir.join(&tag);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("certificate.pfx"), &*pfx).unwrap();
+
+        // -info prints the algorithms on stderr; no -legacy, so RC2/3DES would fail here.
+        let out = std::process::Command::new("openssl")
+            .args([
+                "pkcs12",
+                "-info",
+                "-noout",
+                "-passin",
+                "pass:",
+                "-in",
+                "certificate.pfx",
+            ])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let info = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{tag}: {info}");
+        assert!(info.contains("MAC: sha256"), "{tag}: {info}");
+        assert!(
+            info.contains("PBES2, PBKDF2, AES-256-CBC")
+                && !info.contains("3DES")
+                && !info.contains("RC2"),
+            "{tag}: {info}"
+        );
+        assert!(info.contains("PRF hmacWithSHA256"), "{tag}: {info}");
+
+        // The key and the chain, leaf first, come back out; the key matches the leaf.
+        pki::openssl(
+            &dir,
+            &[
+                "pkcs12",
+                "-in",
+                "certificate.pfx",
+                "-passin",
+                "pass:",
+                "-nokeys",
+                "-out",
+                "certs.pem",
+            ],
+        )
+        .unwrap();
+        pki::openssl(
+            &dir,
+            &[
+                "pkcs12",
+                "-in",
+                "certificate.pfx",
+                "-passin",
+                "pass:",
+                "-nocerts",
+                "-nodes",
+                "-out",
+                "key.pem",
+            ],
+        )
+        .unwrap();
+        let subjects = pki::subjects_in(&dir.join("certs.pem")).unwrap();
+        assert_eq!(subjects.len(), 3, "{tag}: {subjects:?}");
+        assert!(
+            subjects[0].ends_with(&format!("CN = {}", chain.cn)),
+            "{tag}: {subjects:?}"
+        );
+        assert!(subjects[1].contains("intermediate"), "{tag}: {subjects:?}");
+        assert!(subjects[2].contains("root"), "{tag}: {subjects:?}");
+        pki::openssl(&dir, &["x509", "-in", "certs.pem", "-out", "leaf.pem"]).unwrap();
+        assert_eq!(
+            public_key_of(&dir, "key.pem", true),
+            public_key_of(&dir, "leaf.pem", false),
+            "{tag}"
+        );
+
+        // Java reads it as a PKCS12 keystore with an empty password: one PrivateKeyEntry, chain of 3.
+        let Ok(out) = std::process::Command::new("keytool")
+            .args([
+                "-list",
+                "-v",
+                "-storetype",
+                "PKCS12",
+                "-storepass",
+                "",
+                "-keystore",
+                "certificate.pfx",
+            ])
+            .current_dir(&dir)
+            .output()
+        else {
+            panic!("keytool is not installed: make deps installs default-jre-headless");
+        };
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{tag}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("Entry type: PrivateKeyEntry"),
+            "{tag}: {text}"
+        );
+        assert!(
+            text.contains("Certificate chain length: 3"),
+            "{tag}: {text}"
+        );
+        assert!(text.contains("Alias name: myvault.mycert"), "{tag}: {text}");
+    }
+}
+
+#[test]
+fn the_pfx_is_read_back_by_kvvm_itself() {
+    let chain = fixture(KeyType::Rsa(2048));
+    let value = STANDARD.encode(chain.pfx(PfxVariant::Aes).unwrap());
+    let bundle = CertificateBundle::from_secret("again", ContentKind::Pkcs12, &value).unwrap();
+    let pfx = bundle.to_pkcs12("again", "alias").unwrap();
+    let again =
+        CertificateBundle::from_secret("again", ContentKind::Pkcs12, &STANDARD.encode(&*pfx))
+            .unwrap();
+    assert_eq!(*again.to_pem(), *bundle.to_pem());
+}

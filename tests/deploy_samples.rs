@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use kvvm::identity::UserIdentity;
 use kvvm::settings::{Configured, parse_public_settings, parse_settings_file};
 use serde_json::Value;
 
@@ -63,7 +64,7 @@ fn check(sample: &Value) -> Result<kvvm::settings::Settings, String> {
     if !settings.warnings.is_empty() {
         return Err(format!("warnings: {:?}", settings.warnings));
     }
-    if settings.msi_client_id.is_none() {
+    if !matches!(settings.msi_identity, Some(UserIdentity::ClientId(_))) {
         return Err("no msiClientId: every sample uses a user-assigned identity".into());
     }
     Ok(settings)
@@ -146,9 +147,11 @@ fn every_sample_passes_settings_kvvm_accepts() {
                 assert_eq!(cert.store_location, Path::new("/etc/ssl/kvvm"), "{name}");
                 assert_eq!(cert.link_name, "mycert.pem", "{name}");
                 assert!(settings.require_initial_sync, "{name}");
-                let id = settings.msi_client_id.as_deref().unwrap();
+                let Some(UserIdentity::ClientId(id)) = &settings.msi_identity else {
+                    unreachable!("checked by accept()")
+                };
                 assert!(
-                    id == stand_in || id == "c7373ae5-91c2-4165-8ab6-7381d6e75619",
+                    *id == stand_in || id == "c7373ae5-91c2-4165-8ab6-7381d6e75619",
                     "{name}: msiClientId {id}"
                 );
             }

@@ -510,8 +510,59 @@ fn imds_like_the_service() {
         &[("Metadata", "true")],
     );
     assert_eq!(r.status, 200);
+    // Without a system-assigned identity IMDS uses the only user-assigned one when none is named, and refuses
+    // to guess between several with its real error body.
     f.imds.set_system_identity(None);
-    assert_eq!(c.get(path, &[("Metadata", "true")]).status, 400);
+    let r = c.get(path, &[("Metadata", "true")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["client_id"],
+        "11111111-2222-3333-4444-555555555555"
+    );
+    let rid = "/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/two";
+    f.imds.add_user_identity_ids(
+        "22222222-2222-3333-4444-555555555555",
+        "0b0b0b0b-2222-3333-4444-555555555555",
+        rid,
+    );
+    let r = c.get(path, &[("Metadata", "true")]);
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            400,
+            serde_json::json!({
+                "error": "invalid_request",
+                "error_description": "Multiple user assigned identities exist, please specify the clientId / resourceId of the identity in the token request"
+            })
+        )
+    );
+    // object_id and msi_res_id (any case) name the identity as client_id does.
+    let r = c.get(
+        &format!("{path}&object_id=0B0B0B0B-2222-3333-4444-555555555555"),
+        &[("Metadata", "true")],
+    );
+    assert_eq!(
+        (r.status, r.json()["client_id"].clone()),
+        (200, "22222222-2222-3333-4444-555555555555".into())
+    );
+    let encoded: String =
+        url::form_urlencoded::byte_serialize(rid.to_lowercase().as_bytes()).collect();
+    let r = c.get(
+        &format!("{path}&msi_res_id={encoded}"),
+        &[("Metadata", "true")],
+    );
+    assert_eq!(
+        (r.status, r.json()["client_id"].clone()),
+        (200, "22222222-2222-3333-4444-555555555555".into())
+    );
+    let r = c.get(
+        &format!("{path}&object_id=99999999-2222-3333-4444-555555555555"),
+        &[("Metadata", "true")],
+    );
+    assert_eq!(
+        (r.status, r.json()["error_description"].clone()),
+        (400, "Identity not found".into())
+    );
     f.imds
         .set_system_identity(Some("aaaaaaaa-2222-3333-4444-555555555555"));
 
@@ -523,8 +574,8 @@ fn imds_like_the_service() {
     assert_eq!(c.get(path, &[("Metadata", "true")]).status, 500);
     let r = c.get(path, &[("Metadata", "true")]);
     assert_eq!(r.json()["expires_in"], "600");
-    assert_eq!(f.imds.stats().token_requests, 9);
-    assert_eq!(f.imds.stats().tokens_issued, 3);
+    assert_eq!(f.imds.stats().token_requests, 13);
+    assert_eq!(f.imds.stats().tokens_issued, 6);
 }
 
 #[test]

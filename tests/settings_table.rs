@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kvvm::identity::UserIdentity;
+use kvvm::settings::Formats;
 use kvvm::settings::{
     AclEntry, Configured, DEFAULT_STORE, Settings, SettingsError, parse_public_settings,
     parse_settings_file,
@@ -78,12 +80,16 @@ const REJECTIONS: &[(Input, &str, &str, &str)] = &[
     ),
     // publicSettings itself.
     (
-        Public(
-            r#""{\"secretsManagementSettings\":{\"observedCertificates\":[\"https://myvault.vault.azure.net/secrets/mycert\"]}}""#,
-        ),
+        Public(r#""[\"https://myvault.vault.azure.net/secrets/mycert\"]""#),
         "settings-double-encoded",
         "publicSettings",
-        r#"publicSettings is a JSON string that itself holds JSON ("{\"secretsManagementSettings\":{\"obser…), not an object; pass the settings as a JSON object, not as a string: in PowerShell give -Settings a hashtable (or -SettingString the output of ConvertTo-Json, converted once)"#,
+        r#"publicSettings is a JSON string that itself holds JSON ("[\"https://myvault.vault.azure.net/secr…), not an object; pass the settings as a JSON object, not as a string: in PowerShell give -Settings a hashtable (or -SettingString the output of ConvertTo-Json, converted once)"#,
+    ),
+    (
+        Public(r#""secretsManagementSettings=1""#),
+        "setting-wrong-type",
+        "publicSettings",
+        r#"publicSettings must be a JSON object such as {"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}; found the string "secretsManagementSettings=1""#,
     ),
     (
         Public(r#"[]"#),
@@ -571,11 +577,83 @@ const REJECTIONS: &[(Input, &str, &str, &str)] = &[
     ),
     (
         Public(
-            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}, "authenticationSettings": {"msiClientId": "/subscriptions/x/resourceGroups/y/providers/Microsoft.ManagedIdentity/userAssignedIdentities/z"}}"#,
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}, "authenticationSettings": {"msiClientId": "myidentity"}}"#,
         ),
         "msi-client-id-invalid",
         "authenticationSettings.msiClientId",
-        r#"authenticationSettings.msiClientId: "/subscriptions/x/resourceGroups/y/providers/Microsoft.ManagedIdentity/userAssignedIdentities/z" is not a client id; give the user-assigned identity's client id, a GUID such as "c7373ae5-91c2-4165-8ab6-7381d6e75619""#,
+        r#"authenticationSettings.msiClientId: "myidentity" is not a client id; give the user-assigned identity's client id, a GUID such as "c7373ae5-91c2-4165-8ab6-7381d6e75619""#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}, "authenticationSettings": {"msiObjectId": "object-1"}}"#,
+        ),
+        "msi-object-id-invalid",
+        "authenticationSettings.msiObjectId",
+        r#"authenticationSettings.msiObjectId: "object-1" is not an object id; give the user-assigned identity's object (principal) id, a GUID such as "c7373ae5-91c2-4165-8ab6-7381d6e75619" (az identity show -g <group> -n <name> --query principalId)"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}, "authenticationSettings": {"msiResourceId": "/subscriptions/x/resourceGroups/y/providers/Microsoft.Compute/virtualMachines/z"}}"#,
+        ),
+        "msi-resource-id-invalid",
+        "authenticationSettings.msiResourceId",
+        r#"authenticationSettings.msiResourceId: "/subscriptions/x/resourceGroups/y/providers/Microsoft.Compute/virtualMachines/z" is not a user-assigned identity's resource ID; give it as "/subscriptions/<subscription>/resourceGroups/<group>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>" (az identity show -g <group> -n <name> --query id)"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}, "authenticationSettings": {"msiClientId": "c7373ae5-91c2-4165-8ab6-7381d6e75619", "msiObjectId": "00000000-1111-2222-3333-444444444444"}}"#,
+        ),
+        "msi-identity-given-twice",
+        "authenticationSettings",
+        r#"authenticationSettings names the identity twice, as msiClientId and as msiObjectId; keep only one of msiClientId, msiObjectId and msiResourceId"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}, "authenticationSettings": {"msiClientId": "/subscriptions/x/resourceGroups/y/providers/Microsoft.ManagedIdentity/userAssignedIdentities/z", "msiResourceId": "/subscriptions/x/resourceGroups/y/providers/Microsoft.ManagedIdentity/userAssignedIdentities/z"}}"#,
+        ),
+        "msi-identity-given-twice",
+        "authenticationSettings",
+        r#"authenticationSettings names the identity twice, as msiClientId and as msiResourceId; keep only one of msiClientId, msiObjectId and msiResourceId"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"], "authenticationSettings": {"msiObjectId": "x"}}}"#,
+        ),
+        "msi-object-id-invalid",
+        "secretsManagementSettings.authenticationSettings.msiObjectId",
+        r#"secretsManagementSettings.authenticationSettings.msiObjectId: "x" is not an object id; give the user-assigned identity's object (principal) id, a GUID such as "c7373ae5-91c2-4165-8ab6-7381d6e75619" (az identity show -g <group> -n <name> --query principalId)"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"additionalFormats": ["split", "jks"], "observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}}"#,
+        ),
+        "additional-format-unknown",
+        "secretsManagementSettings.additionalFormats[1]",
+        r#"secretsManagementSettings.additionalFormats[1]: "jks" is not a known format; the formats are "split" (cert.pem, chain.pem, fullchain.pem, privkey.pem) and "pfx" (certificate.pfx), e.g. ["split", "pfx"], or [] for none"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": [{"url": "https://myvault.vault.azure.net/secrets/mycert", "additionalFormats": [7]}]}}"#,
+        ),
+        "additional-format-unknown",
+        "secretsManagementSettings.observedCertificates[0].additionalFormats[0]",
+        r#"secretsManagementSettings.observedCertificates[0].additionalFormats[0]: 7 is not a known format; the formats are "split" (cert.pem, chain.pem, fullchain.pem, privkey.pem) and "pfx" (certificate.pfx), e.g. ["split", "pfx"], or [] for none"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"additionalFormats": ["split"], "observedCertificates": [{"url": "https://myvault.vault.azure.net/secrets/a", "customSymbolicLinkName": "web"}, {"url": "https://myvault.vault.azure.net/secrets/b", "customSymbolicLinkName": "web.d", "additionalFormats": []}]}}"#,
+        ),
+        "link-name-duplicate",
+        "secretsManagementSettings.observedCertificates[1].customSymbolicLinkName",
+        r#"secretsManagementSettings.observedCertificates[1].customSymbolicLinkName: link name "web.d" in "/var/lib/waagent/Microsoft.Azure.KeyVault.Store" is already used by secretsManagementSettings.observedCertificates[0]; give one of them a different customSymbolicLinkName"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": [{"url": "https://myvault.vault.azure.net/secrets/mycert", "additionalFormats": "split"}]}}"#,
+        ),
+        "setting-wrong-type",
+        "secretsManagementSettings.observedCertificates[0].additionalFormats",
+        r#"secretsManagementSettings.observedCertificates[0].additionalFormats must be a list of format names such as ["split", "pfx"]; found the string "split""#,
     ),
     (
         Public(
@@ -739,8 +817,10 @@ fn v1_strings_with_global_store() {
         Some("http://169.254.169.254/metadata/identity")
     );
     assert_eq!(
-        settings.msi_client_id.as_deref(),
-        Some("c7373ae5-91c2-4165-8ab6-7381d6e75619")
+        settings.msi_identity,
+        Some(UserIdentity::ClientId(
+            "c7373ae5-91c2-4165-8ab6-7381d6e75619".to_string()
+        ))
     );
     assert_eq!(settings.logging, None);
     assert!(settings.warnings.is_empty(), "{:?}", settings.warnings);
@@ -886,7 +966,7 @@ fn defaults() {
     assert!(!settings.acl_enabled);
     assert_eq!(settings.retained_versions, 2);
     assert_eq!(settings.msi_endpoint, None);
-    assert_eq!(settings.msi_client_id, None);
+    assert_eq!(settings.msi_identity, None);
     assert_eq!(settings.logging, None);
     assert_eq!(
         settings.observed_certificates[0].store_location,
@@ -937,7 +1017,7 @@ fn windows_and_unknown_settings_are_warnings() {
         ]
     );
     assert_eq!(settings.msi_endpoint, None);
-    assert_eq!(settings.msi_client_id, None);
+    assert_eq!(settings.msi_identity, None);
 }
 
 #[test]
@@ -1137,5 +1217,142 @@ fn metrics_file_is_off_by_default_and_normalised_when_given() {
             "secretsManagementSettings.metricsFile: \"/run/kvvm/metrics.txt\" does not end in .prom, so node_exporter's textfile collector will not read it"
                 .to_string()
         ]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Issue 13: additionalFormats and the forgiven mistakes (each with its exact warning).
+
+const CERT: &str = "https://myvault.vault.azure.net/secrets/mycert";
+
+#[test]
+fn additional_formats_global_per_certificate_and_turned_off() {
+    let settings = parse(json!({
+        "secretsManagementSettings": {
+            "additionalFormats": ["split"],
+            "observedCertificates": [
+                "https://v.vault.azure.net/secrets/a",
+                {"url": "https://v.vault.azure.net/secrets/b", "additionalFormats": ["PFX", "split", "pfx"]},
+                {"url": "https://v.vault.azure.net/secrets/c", "additionalFormats": []},
+                {"url": "https://v.vault.azure.net/secrets/d"}
+            ]
+        }
+    }));
+    let formats: Vec<Formats> = settings
+        .observed_certificates
+        .iter()
+        .map(|c| c.formats)
+        .collect();
+    let split = Formats {
+        split: true,
+        pfx: false,
+    };
+    assert_eq!(
+        formats,
+        vec![
+            split,
+            Formats {
+                split: true,
+                pfx: true
+            },
+            Formats::default(),
+            split
+        ]
+    );
+    assert!(settings.warnings.is_empty(), "{:?}", settings.warnings);
+    let none = parse(json!({"secretsManagementSettings": {"observedCertificates": [CERT]}}));
+    assert_eq!(none.observed_certificates[0].formats, Formats::default());
+    assert_eq!(
+        Formats {
+            split: true,
+            pfx: true
+        }
+        .file_names(),
+        [
+            "cert.pem",
+            "chain.pem",
+            "fullchain.pem",
+            "privkey.pem",
+            "certificate.pfx"
+        ]
+    );
+}
+
+const STRING_WARNING: &str = "publicSettings is a JSON string holding the settings object; it was decoded and used, but pass the settings as a JSON object: in PowerShell give -Settings a hashtable (or -SettingString the output of ConvertTo-Json, converted once), with az give --settings the JSON text or @file.json once, without extra quoting";
+
+#[test]
+fn public_settings_as_a_json_string_are_decoded_with_a_warning() {
+    let inner = json!({"secretsManagementSettings": {"observedCertificates": [CERT]}}).to_string();
+    let settings = parse(Value::String(inner.clone()));
+    assert_eq!(settings.observed_certificates[0].url.as_str(), CERT);
+    assert_eq!(settings.warnings, vec![STRING_WARNING.to_string()]);
+    // The same through a settings file, as waagent writes it with PowerShell's quoting.
+    let file = settings_file(&serde_json::to_string(&inner).unwrap());
+    let settings = parse_file(&file);
+    assert_eq!(settings.observed_certificates[0].url.as_str(), CERT);
+    assert_eq!(settings.warnings, vec![STRING_WARNING.to_string()]);
+}
+
+#[test]
+fn object_id_and_resource_id_name_the_identity() {
+    let auth = |a: Value| {
+        parse(
+            json!({"secretsManagementSettings": {"observedCertificates": [CERT]}, "authenticationSettings": a}),
+        )
+    };
+    let s = auth(json!({"msiObjectId": "0A1B2C3D-1111-2222-3333-444444444444"}));
+    assert_eq!(
+        s.msi_identity,
+        Some(UserIdentity::ObjectId(
+            "0a1b2c3d-1111-2222-3333-444444444444".into()
+        ))
+    );
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    let rid = "/subscriptions/5f1c4f43-0000-0000-0000-000000000000/resourceGroups/rg-web/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-web";
+    let s = auth(json!({"msiResourceId": rid}));
+    assert_eq!(s.msi_identity, Some(UserIdentity::ResourceId(rid.into())));
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    // A resource ID given as msiClientId is used as msiResourceId, with a warning.
+    let s = auth(json!({"msiClientId": rid}));
+    assert_eq!(s.msi_identity, Some(UserIdentity::ResourceId(rid.into())));
+    assert_eq!(
+        s.warnings,
+        vec!["authenticationSettings.msiClientId holds a resource ID, so it is used as msiResourceId; move it to \"msiResourceId\" (msiClientId takes the identity's client id, a GUID: az identity show -g <group> -n <name> --query clientId)".to_string()]
+    );
+}
+
+#[test]
+fn authentication_settings_inside_secrets_management_settings_are_used_with_a_warning() {
+    let s = parse(json!({"secretsManagementSettings": {
+        "observedCertificates": [CERT],
+        "authenticationSettings": {"msiClientId": "c7373ae5-91c2-4165-8ab6-7381d6e75619"}
+    }}));
+    assert_eq!(
+        s.msi_identity,
+        Some(UserIdentity::ClientId(
+            "c7373ae5-91c2-4165-8ab6-7381d6e75619".into()
+        ))
+    );
+    assert_eq!(
+        s.warnings,
+        vec!["secretsManagementSettings.authenticationSettings is used, but authenticationSettings belongs at the top level of the settings, beside secretsManagementSettings: move it there".to_string()]
+    );
+    // In both places: the top-level one wins.
+    let s = parse(json!({
+        "secretsManagementSettings": {
+            "observedCertificates": [CERT],
+            "authenticationSettings": {"msiClientId": "c7373ae5-91c2-4165-8ab6-7381d6e75619"}
+        },
+        "authenticationSettings": {"msiObjectId": "00000000-1111-2222-3333-444444444444"}
+    }));
+    assert_eq!(
+        s.msi_identity,
+        Some(UserIdentity::ObjectId(
+            "00000000-1111-2222-3333-444444444444".into()
+        ))
+    );
+    assert_eq!(
+        s.warnings,
+        vec!["authenticationSettings is given both at the top level and as secretsManagementSettings.authenticationSettings; the top-level one is used and secretsManagementSettings.authenticationSettings is ignored: remove it".to_string()]
     );
 }

@@ -10,7 +10,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kvvm::settings::AclEntry;
-use kvvm::store::{Install, LEGACY_LOCK_FILE, Store, StoreError, TEMP_PREFIX, lock_file_name};
+use kvvm::store::{
+    FolderFile, Install, LEGACY_LOCK_FILE, Store, StoreError, TEMP_PREFIX, lock_file_name,
+};
 
 const V1: &str = "11111111111111111111111111111111";
 const V2: &str = "22222222222222222222222222222222";
@@ -44,6 +46,7 @@ fn install_with(
         pem,
         acls,
         retained_versions: retained,
+        folder: &[],
     })
 }
 
@@ -654,6 +657,7 @@ fn the_store_holds_only_certificates_and_links_after_installs_rotation_retention
             pem: &content(V1),
             acls: &[],
             retained_versions: 2,
+            folder: &[],
         })
         .unwrap();
     // What a crash leaves, cleaned by the next install.
@@ -879,4 +883,232 @@ fn a_group_with_thousands_of_members_and_a_user_with_a_huge_entry_get_their_acl(
             assert!(e.to_string().contains("does not exist"), "{e}");
         },
     );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// additionalFormats: the version folder `<prefix>.<version>.d/` behind `<link>.d`.
+
+const SPLIT: [&str; 4] = ["cert.pem", "chain.pem", "fullchain.pem", "privkey.pem"];
+
+/// The split files of a version: every file names its version, so a mixed pair is visible.
+fn split_contents(version: &str) -> Vec<(&'static str, Vec<u8>)> {
+    SPLIT
+        .iter()
+        .map(|name| {
+            let mut c = format!("{name} {version}\n").into_bytes();
+            c.extend(std::iter::repeat_n(b'B', 64 * 1024));
+            (*name, c)
+        })
+        .collect()
+}
+
+fn install_folder(
+    store: &Store,
+    version: &str,
+    acls: &[AclEntry],
+    retained: u32,
+) -> Result<kvvm::store::Installed, StoreError> {
+    let files = split_contents(version);
+    let folder: Vec<FolderFile<'_>> = files
+        .iter()
+        .map(|(name, content)| FolderFile {
+            name,
+            content,
+            exact: true,
+        })
+        .collect();
+    store.install(&Install {
+        file_prefix: "myvault.web",
+        link_name: "myvault.web",
+        version,
+        pem: &content(version),
+        acls,
+        retained_versions: retained,
+        folder: &folder,
+    })
+}
+
+#[test]
+fn a_version_folder_holds_0600_files_in_a_0700_folder_behind_the_d_link() {
+    let f = Fixture::new();
+    let store = f.open();
+    let done = install_folder(&store, V1, &[], 2).unwrap();
+    let link = f.dir.join("myvault.web.d");
+    assert_eq!(done.folder.as_deref(), Some(link.as_path()));
+    assert!(done.folder_changed && done.written && done.link_changed);
+    assert_eq!(
+        fs::read_link(&link).unwrap(),
+        PathBuf::from(format!("myvault.web.{V1}.d"))
+    );
+    let folder = f.dir.join(format!("myvault.web.{V1}.d"));
+    assert_eq!(mode(&folder), 0o700);
+    let mut listed = names(&folder);
+    listed.sort();
+    let mut want: Vec<String> = SPLIT.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(listed, want);
+    for (name, content) in split_contents(V1) {
+        assert_eq!(mode(&folder.join(name)), 0o600, "{name}");
+        assert_eq!(fs::read(link.join(name)).unwrap(), content, "{name}");
+    }
+    assert!(store.folder_current("myvault.web", "myvault.web", V1, &SPLIT));
+    // The same version again changes nothing.
+    let again = install_folder(&store, V1, &[], 2).unwrap();
+    assert!(!again.folder_changed && !again.written && !again.link_changed);
+    // A file missing from the folder (or a different file set) rebuilds it.
+    fs::remove_file(folder.join("chain.pem")).unwrap();
+    assert!(!store.folder_current("myvault.web", "myvault.web", V1, &SPLIT));
+    let repaired = install_folder(&store, V1, &[], 2).unwrap();
+    assert!(repaired.folder_changed);
+    assert_eq!(
+        fs::read(link.join("chain.pem")).unwrap(),
+        split_contents(V1)[1].1
+    );
+    // Nothing but the file, the folder and their links; no temp leftovers.
+    assert_eq!(
+        names(&f.dir),
+        vec![
+            "myvault.web".to_string(),
+            format!("myvault.web.{V1}"),
+            format!("myvault.web.{V1}.d"),
+            "myvault.web.d".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn a_reader_inside_the_d_link_never_sees_one_versions_certificate_with_anothers_key() {
+    use std::os::fd::AsRawFd;
+    let f = Fixture::new();
+    let store = f.open();
+    install_folder(&store, V1, &[], 10).unwrap();
+    let link = f.dir.join("myvault.web.d");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let (mut reads, mut versions) = (0, std::collections::HashSet::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // One resolution of the link, as `cd <link>.d` or opening the folder does.
+                let dir = fs::File::open(&link).expect("the link always resolves");
+                let base = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+                let cert = fs::read(base.join("cert.pem")).expect("cert.pem is there");
+                let key = fs::read(base.join("privkey.pem")).expect("privkey.pem is there");
+                let cert_version = String::from_utf8_lossy(&cert[9..41]).to_string();
+                let key_version = String::from_utf8_lossy(&key[12..44]).to_string();
+                assert_eq!(cert_version, key_version, "a mixed pair");
+                versions.insert(cert_version);
+                reads += 1;
+            }
+            (reads, versions.len())
+        });
+        for i in 0..120 {
+            let v = [V2, V3, V4, V1][i % 4];
+            install_folder(&store, v, &[], 10).unwrap();
+            if i % 4 == 1 {
+                // Rebuild one in place too: the folder is exchanged whole, never edited.
+                fs::remove_file(f.dir.join(format!("myvault.web.{v}.d")).join("chain.pem"))
+                    .unwrap();
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (reads, versions) = reader.join().unwrap();
+        assert!(reads > 0);
+        assert!(versions >= 1);
+    });
+}
+
+#[test]
+fn retention_removes_old_folders_with_their_files() {
+    let f = Fixture::new();
+    let store = f.open();
+    install_folder(&store, V1, &[], 2).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    install_folder(&store, V2, &[], 2).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let third = install_folder(&store, V3, &[], 2).unwrap();
+    let mut removed: Vec<String> = third
+        .removed
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    removed.sort();
+    assert_eq!(
+        removed,
+        vec![format!("myvault.web.{V1}"), format!("myvault.web.{V1}.d")]
+    );
+    assert_eq!(
+        names(&f.dir),
+        vec![
+            "myvault.web".to_string(),
+            format!("myvault.web.{V2}"),
+            format!("myvault.web.{V2}.d"),
+            format!("myvault.web.{V3}"),
+            format!("myvault.web.{V3}.d"),
+            "myvault.web.d".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn a_half_built_folder_and_a_planted_symlink_at_the_folder_path_are_dealt_with() {
+    let f = Fixture::new();
+    let store = f.open();
+    install(&store, V1, "myvault.web").unwrap();
+    // What a crash mid-build leaves: a temp folder with files in it.
+    let half = f
+        .dir
+        .join(format!("{TEMP_PREFIX}myvault.web.{V2}.d.0123456789abcdef"));
+    fs::create_dir(&half).unwrap();
+    fs::write(half.join("cert.pem"), "half").unwrap();
+    // A symlink planted where the folder goes, pointing somewhere it must never write.
+    let elsewhere = f.tmp.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, f.dir.join(format!("myvault.web.{V2}.d"))).unwrap();
+    install_folder(&store, V2, &[], 5).unwrap();
+    assert!(!half.exists(), "the half-built folder is removed");
+    assert!(
+        names(&elsewhere).is_empty(),
+        "the planted link was not followed"
+    );
+    let folder = f.dir.join(format!("myvault.web.{V2}.d"));
+    assert!(fs::symlink_metadata(&folder).unwrap().is_dir());
+    assert_eq!(names(&folder).len(), 4);
+}
+
+#[test]
+fn acls_grant_read_on_the_folders_files_and_traverse_on_the_folder() {
+    if !root() {
+        eprintln!("skipped: ACL tests read files as other users, which needs root");
+        return;
+    }
+    let f = Fixture::new();
+    fs::set_permissions(f.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let store = f.open();
+    let acls = [AclEntry {
+        user: Some("nobody".into()),
+        group: None,
+    }];
+    install_folder(&store, V1, &acls, 2).unwrap();
+    let folder = f.dir.join(format!("myvault.web.{V1}.d"));
+    let dir_acl = getfacl(&folder);
+    assert!(dir_acl.lines().any(|l| l == "user:nobody:r-x"), "{dir_acl}");
+    assert!(dir_acl.lines().any(|l| l == "other::---"), "{dir_acl}");
+    for name in SPLIT {
+        let acl = getfacl(&folder.join(name));
+        assert!(acl.lines().any(|l| l == "user:nobody:r--"), "{name}: {acl}");
+    }
+    let key = f.dir.join("myvault.web.d/privkey.pem");
+    let read = run_as("nobody", &["cat", key.to_str().unwrap()]);
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    assert_eq!(read.stdout, split_contents(V1)[3].1);
+    let denied = run_as("daemon", &["cat", key.to_str().unwrap()]);
+    assert!(!denied.status.success(), "daemon must not read the key");
+    // The next version's folder gets the same grants.
+    install_folder(&store, V2, &acls, 2).unwrap();
+    let read = run_as("nobody", &["cat", key.to_str().unwrap()]);
+    assert_eq!(read.stdout, split_contents(V2)[3].1);
 }

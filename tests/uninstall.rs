@@ -77,6 +77,7 @@ impl Vm {
                 pem: b"-----BEGIN CERTIFICATE-----\n...\n",
                 acls: &[],
                 retained_versions: 2,
+                folder: &[],
             })
             .unwrap();
         assert!(lock_folder(&self.data_dir()).is_dir());

@@ -350,9 +350,10 @@ fn user_assigned_identity_names_msi_client_id() {
             e.to_string(),
             "the managed identity endpoint http://169.254.169.254/metadata/identity/oauth2/token refused a token \
              for the user-assigned identity with client id 00000000-1111-2222-3333-444444444444 (msiClientId) \
-             (HTTP 400: invalid_request: Identity not found): the identity is missing or not assigned to this VM. \
-             Assign a system-assigned identity to the VM or scale set, or assign the user-assigned identity and \
-             set msiClientId to its client id"
+             (HTTP 400: invalid_request: Identity not found): the identity with client id \
+             00000000-1111-2222-3333-444444444444 is not assigned to this VM; assign that identity to the VM or \
+             scale set (az vm identity assign), or fix authenticationSettings.msiClientId (look its client ID up \
+             with `az identity show -g <group> -n <name> --query clientId` and set msiClientId to it)"
         );
         assert_eq!(f.imds.stats().token_requests, 1, "400 is not retried");
 

@@ -167,11 +167,18 @@ pub struct ImdsStats {
     pub arc_challenges: u64,
 }
 
+/// A user-assigned identity on the fake VM.
+struct UserIdentity {
+    client_id: String,
+    object_id: String,
+    resource_id: String,
+}
+
 struct ImdsState {
     arc_key_dir: Option<PathBuf>,
     arc_keys: HashSet<String>,
     system_client_id: Option<String>,
-    user_client_ids: HashSet<String>,
+    user_identities: Vec<UserIdentity>,
     lifetime: Duration,
     script: ReplyQueue,
     stats: ImdsStats,
@@ -217,7 +224,7 @@ impl FakeImds {
             arc_key_dir: arc,
             arc_keys: HashSet::new(),
             system_client_id: Some(random_guid()),
-            user_client_ids: HashSet::new(),
+            user_identities: Vec::new(),
             lifetime: Duration::from_secs(24 * 3600),
             script: ReplyQueue::default(),
             stats: ImdsStats::default(),
@@ -257,12 +264,27 @@ impl FakeImds {
     }
 
     /// Assigns a user-assigned identity, requested with `client_id=<id>` (IMDS only; Arc refuses `client_id`).
+    /// It gets a random object id and a resource ID named after its client id (see [`FakeImds::add_user_identity_ids`]).
     pub fn add_user_identity(&self, client_id: &str) {
+        let resource_id = format!(
+            "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/\
+             Microsoft.ManagedIdentity/userAssignedIdentities/id-{client_id}"
+        );
+        self.add_user_identity_ids(client_id, &random_guid(), &resource_id);
+    }
+
+    /// Assigns a user-assigned identity with all three of its names, as IMDS accepts them: `client_id`,
+    /// `object_id` (GUIDs, any case) and `msi_res_id` (the ARM resource ID, any case).
+    pub fn add_user_identity_ids(&self, client_id: &str, object_id: &str, resource_id: &str) {
         self.state
             .lock()
             .unwrap()
-            .user_client_ids
-            .insert(client_id.to_ascii_lowercase());
+            .user_identities
+            .push(UserIdentity {
+                client_id: client_id.to_ascii_lowercase(),
+                object_id: object_id.to_ascii_lowercase(),
+                resource_id: resource_id.to_string(),
+            });
     }
 
     /// Lifetime of tokens issued from now on.
@@ -490,19 +512,40 @@ fn token_reply(state: &Mutex<ImdsState>, tokens: &TokenAuthority, req: &Request)
             }
         }
     }
+    let object_id = req.query("object_id");
+    let resource_id = req.query("msi_res_id");
     let (identity, lifetime) = {
         let s = state.lock().unwrap();
-        let identity = match &client_id {
-            Some(c) if s.user_client_ids.contains(&c.to_ascii_lowercase()) => Some(c.clone()),
-            Some(c)
-                if s.system_client_id
+        let user = |pick: &dyn Fn(&UserIdentity) -> bool| {
+            s.user_identities
+                .iter()
+                .find(|u| pick(u))
+                .map(|u| u.client_id.clone())
+        };
+        let identity = match (&client_id, &object_id, &resource_id) {
+            (Some(c), _, _) => user(&|u| u.client_id.eq_ignore_ascii_case(c)).or_else(|| {
+                s.system_client_id
                     .as_deref()
-                    .is_some_and(|sys| sys.eq_ignore_ascii_case(c)) =>
-            {
-                Some(c.clone())
-            }
-            Some(_) => None,
-            None => s.system_client_id.clone(),
+                    .filter(|sys| sys.eq_ignore_ascii_case(c))
+                    .map(|_| c.clone())
+            }),
+            (None, Some(o), _) => user(&|u| u.object_id.eq_ignore_ascii_case(o)),
+            (None, None, Some(r)) => user(&|u| u.resource_id.eq_ignore_ascii_case(r)),
+            (None, None, None) => match (&s.system_client_id, s.user_identities.as_slice()) {
+                (Some(sys), _) => Some(sys.clone()),
+                // Without a system-assigned identity IMDS uses the only user-assigned one, and refuses to
+                // guess between several.
+                (None, [only]) => Some(only.client_id.clone()),
+                (None, []) => None,
+                (None, _) => {
+                    return error(
+                        400,
+                        "invalid_request",
+                        "Multiple user assigned identities exist, please specify the clientId / resourceId of \
+                         the identity in the token request",
+                    );
+                }
+            },
         };
         (identity, s.lifetime)
     };
