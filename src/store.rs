@@ -720,38 +720,17 @@ impl Store {
 
     /// Deletes all but the newest `keep` version files of `prefix`; `current` is always kept.
     fn retain(&self, prefix: &str, current: &str, keep: u32) -> Vec<PathBuf> {
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut others: Vec<(SystemTime, PathBuf)> = entries
-            .flatten()
-            .filter(|e| {
-                let name = e.file_name();
-                name.as_bytes() != current.as_bytes() && version_of(&name, prefix).is_some()
-            })
-            .filter_map(|e| {
-                let meta = e.metadata().ok()?;
-                meta.is_file()
-                    .then(|| (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), e.path()))
-            })
-            .collect();
-        others.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-        let keep_others = keep.max(1) as usize - 1;
-        let mut removed = Vec::new();
-        for (_, path) in others.into_iter().skip(keep_others) {
-            match fs::remove_file(&path) {
-                Ok(()) => removed.push(path),
-                Err(e) => log::warn!("cannot remove old version {}: {e}", path.display()),
-            }
-        }
-        removed
+        self.prune(Versions::Files, prefix, current, keep)
     }
-}
 
-impl Store {
     /// Deletes all but the newest `keep` version folders (`<prefix>.<version>.d`) of `prefix`; `current` is
     /// always kept.
     fn retain_folders(&self, prefix: &str, current: &str, keep: u32) -> Vec<PathBuf> {
+        self.prune(Versions::Folders, prefix, current, keep)
+    }
+
+    /// Retention for one kind of version entry: newest first by modification time, `current` always kept.
+    fn prune(&self, kind: Versions, prefix: &str, current: &str, keep: u32) -> Vec<PathBuf> {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return Vec::new();
         };
@@ -760,28 +739,50 @@ impl Store {
             .filter(|e| {
                 let name = e.file_name();
                 name.as_bytes() != current.as_bytes()
-                    && name
-                        .to_str()
-                        .and_then(|n| n.strip_suffix(FOLDER_SUFFIX))
-                        .is_some_and(|n| version_of(OsStr::new(n), prefix).is_some())
+                    && match kind {
+                        Versions::Files => version_of(&name, prefix).is_some(),
+                        Versions::Folders => name
+                            .to_str()
+                            .and_then(|n| n.strip_suffix(FOLDER_SUFFIX))
+                            .is_some_and(|n| version_of(OsStr::new(n), prefix).is_some()),
+                    }
             })
             .filter_map(|e| {
-                let meta = fs::symlink_metadata(e.path()).ok()?;
-                meta.is_dir()
-                    .then(|| (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), e.path()))
+                let meta = match kind {
+                    Versions::Files => e.metadata().ok()?,
+                    Versions::Folders => fs::symlink_metadata(e.path()).ok()?,
+                };
+                let wanted = match kind {
+                    Versions::Files => meta.is_file(),
+                    Versions::Folders => meta.is_dir(),
+                };
+                wanted.then(|| (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), e.path()))
             })
             .collect();
         others.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         let keep_others = keep.max(1) as usize - 1;
         let mut removed = Vec::new();
         for (_, path) in others.into_iter().skip(keep_others) {
-            match fs::remove_dir_all(&path) {
+            let outcome = match kind {
+                Versions::Files => fs::remove_file(&path),
+                Versions::Folders => fs::remove_dir_all(&path),
+            };
+            match outcome {
                 Ok(()) => removed.push(path),
-                Err(e) => log::warn!("cannot remove old version folder {}: {e}", path.display()),
+                Err(e) => log::warn!("cannot remove old version {}: {e}", path.display()),
             }
         }
         removed
     }
+}
+
+/// The two kinds of version entries retention prunes.
+#[derive(Debug, Clone, Copy)]
+enum Versions {
+    /// `<prefix>.<version>` files.
+    Files,
+    /// `<prefix>.<version>.d` folders (`additionalFormats`).
+    Folders,
 }
 
 /// Swaps two paths atomically (`renameat2(RENAME_EXCHANGE)`, Linux 3.15+), through the system call because
