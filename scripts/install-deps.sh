@@ -6,8 +6,10 @@
 # and never touches the network. As a non-root user it installs nothing system-wide: it prints what is missing
 # and exits non-zero.
 #
-#   apt:    acl libacl1-dev (exacl links -lacl), openssl, unzip, zip, binutils (objdump for the glibc check),
+#   apt:    acl libacl1-dev (exacl links -lacl), openssl, unzip, zip, binutils (readelf for the glibc check),
 #           strace (the store test kills an install at each system call),
+#           for the aarch64 build (dpkg architecture arm64 added): rustc-web, libstd-rust-web-dev:arm64,
+#           libacl1-dev:arm64, and qemu-user-static (runs the aarch64 binary in tests/arm64.rs),
 #           nginx-light or nginx (used by later tests), python3-venv when the system python lacks it
 #   rustup: rustfmt, clippy
 #   cargo:  cargo-nextest, cargo-zigbuild (both `cargo install --locked`)
@@ -22,11 +24,27 @@ export PATH
 
 say() { printf 'deps: %s\n' "$*"; }
 is_root() { [ "$(id -u)" = 0 ]; }
-have_deb() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
+# A name without an architecture means the native one (with arm64 added, plain `libacl1-dev` matches both).
+native_arch=$(dpkg --print-architecture 2>/dev/null || echo amd64)
+have_deb() {
+    local pkg=$1
+    case "$pkg" in *:*) ;; *) pkg="$pkg:$native_arch" ;; esac
+    # Arch: all packages are not found under a qualified name; try the plain one too.
+    [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" = "install ok installed" ] ||
+        [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
+}
 
 # ---- apt ---------------------------------------------------------------------------------------------------
 missing_deb=()
 for pkg in acl libacl1-dev openssl unzip zip binutils strace; do
+    have_deb "$pkg" || missing_deb+=("$pkg")
+done
+# The aarch64 build (see package.sh): rustup cannot fetch another target's standard library on these machines,
+# Debian's rustc-web (1.96, /usr/bin/rustc) with libstd-rust-web-dev:arm64 provides one; libacl1-dev:arm64 for
+# -lacl; qemu-user-static runs the aarch64 binary in the tests. arm64 must be a dpkg architecture first.
+need_arm64_arch=false
+dpkg --print-foreign-architectures | grep -qx arm64 || need_arm64_arch=true
+for pkg in rustc-web libstd-rust-web-dev:arm64 libacl1-dev:arm64 qemu-user-static; do
     have_deb "$pkg" || missing_deb+=("$pkg")
 done
 need_nginx=false
@@ -51,6 +69,10 @@ if [ ${#missing_deb[@]} -gt 0 ] || $need_nginx || $need_pyvenv; then
         exit 1
     fi
     export DEBIAN_FRONTEND=noninteractive
+    if $need_arm64_arch; then
+        say "dpkg --add-architecture arm64"
+        dpkg --add-architecture arm64
+    fi
     say "apt-get update"
     apt-get update -qq
     if $need_nginx; then
