@@ -9,6 +9,7 @@ pub mod hook;
 pub mod http;
 pub mod identity;
 pub mod logging;
+pub mod residency;
 pub mod schedule;
 pub mod settings;
 pub mod state;
