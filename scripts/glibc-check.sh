@@ -11,10 +11,12 @@ bin=${1:?usage: glibc-check.sh <binary> [max-glibc-version]}
 max=${2:-2.17}
 [ -f "$bin" ] || { echo "glibc-check: $bin: no such file" >&2; exit 2; }
 
-if command -v objdump >/dev/null 2>&1; then
-    syms=$(objdump -T "$bin")
-elif command -v readelf >/dev/null 2>&1; then
+# readelf first: it reads an ELF of any architecture (the host's objdump knows only the host's), so the aarch64
+# build is checked on an x86_64 build machine too.
+if command -v readelf >/dev/null 2>&1; then
     syms=$(readelf --wide --dyn-syms "$bin")
+elif command -v objdump >/dev/null 2>&1; then
+    syms=$(objdump -T "$bin")
 else
     echo "glibc-check: neither objdump nor readelf found (install binutils)" >&2
     exit 2

@@ -6,12 +6,14 @@
 # and never touches the network. As a non-root user it installs nothing system-wide: it prints what is missing
 # and exits non-zero.
 #
-#   apt:    acl libacl1-dev (exacl links -lacl), openssl, unzip, zip, binutils (objdump for the glibc check),
+#   apt:    acl libacl1-dev (exacl links -lacl), openssl, unzip, zip, binutils (readelf for the glibc check),
 #           strace (the store test kills an install at each system call),
 #           nginx-light or nginx (used by later tests), python3-venv when the system python lacks it,
 #           waagent (WALinuxAgent, Debian's package: tests/real_agent.rs runs its extension handler in a network
 #           namespace; the packaged service is never started and is left disabled)
 #           default-jre-headless when there is no keytool (the PFX of additionalFormats is checked with it)
+#           for the aarch64 build (dpkg architecture arm64 added): rustc-web, libstd-rust-web-dev:arm64,
+#           libacl1-dev:arm64, and qemu-user-static (runs the aarch64 binary in tests/arm64.rs),
 #   rustup: rustfmt, clippy
 #   cargo:  cargo-nextest, cargo-zigbuild (both `cargo install --locked`)
 #   .venv:  ziglang (the zig toolchain cargo-zigbuild uses to link against glibc 2.17), and the python
@@ -25,7 +27,15 @@ export PATH
 
 say() { printf 'deps: %s\n' "$*"; }
 is_root() { [ "$(id -u)" = 0 ]; }
-have_deb() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
+# A name without an architecture means the native one (with arm64 added, plain `libacl1-dev` matches both).
+native_arch=$(dpkg --print-architecture 2>/dev/null || echo amd64)
+have_deb() {
+    local pkg=$1
+    case "$pkg" in *:*) ;; *) pkg="$pkg:$native_arch" ;; esac
+    # Arch: all packages are not found under a qualified name; try the plain one too.
+    [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" = "install ok installed" ] ||
+        [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
+}
 
 # ---- apt ---------------------------------------------------------------------------------------------------
 missing_deb=()
@@ -34,6 +44,8 @@ for pkg in acl libacl1-dev openssl unzip zip binutils strace; do
 done
 # keytool checks the PFX kvvm writes; any JDK/JRE that provides it will do.
 command -v keytool >/dev/null 2>&1 || missing_deb+=(default-jre-headless)
+# The aarch64 build (see package.sh): rustup cannot fetch another target's standard library on these machines,
+# Debian's rustc-web (1.96, /usr/bin/rustc) with libstd-rust-web-dev:arm64 provides one; libacl1-dev:arm64 for
 need_nginx=false
 if ! have_deb nginx-light && ! have_deb nginx && ! have_deb nginx-core && ! command -v nginx >/dev/null 2>&1; then
     need_nginx=true
@@ -56,6 +68,10 @@ if [ ${#missing_deb[@]} -gt 0 ] || $need_nginx || $need_pyvenv; then
         exit 1
     fi
     export DEBIAN_FRONTEND=noninteractive
+    if $need_arm64_arch; then
+        say "dpkg --add-architecture arm64"
+        dpkg --add-architecture arm64
+    fi
     say "apt-get update"
     apt-get update -qq
     if $need_nginx; then

@@ -319,6 +319,36 @@ impl FoundKey {
     }
 }
 
+/// The SubjectPublicKeyInfo (DER) of a private key, derived from the private key itself, so that a key that
+/// does not hold together is refused rather than matched by a public key stored beside it. RSA, P-256 and
+/// P-384 go through ring (the TLS provider, which checks the key's consistency as it loads it); P-521, which
+/// ring cannot load, through the pure-Rust `p521` crate: its public point is computed from the scalar.
+fn public_key_of(key: &FoundKey) -> Result<Vec<u8>, String> {
+    let ring_error = match rustls::crypto::ring::sign::any_supported_type(&key.der()) {
+        Ok(signing) => {
+            return signing
+                .public_key()
+                .map(|spki| spki.as_ref().to_vec())
+                .ok_or_else(|| "its public key cannot be derived".to_string());
+        }
+        Err(e) => e.to_string(),
+    };
+    use p521::pkcs8::{DecodePrivateKey as _, EncodePublicKey as _};
+    let p521 = match key {
+        FoundKey::Pkcs8(der) => p521::SecretKey::from_pkcs8_der(der).ok(),
+        FoundKey::Sec1(der) => p521::SecretKey::from_sec1_der(der).ok(),
+        FoundKey::Pkcs1(_) => None,
+    };
+    match p521 {
+        Some(secret) => secret
+            .public_key()
+            .to_public_key_der()
+            .map(|doc| doc.as_bytes().to_vec())
+            .map_err(|e| format!("its P-521 public key cannot be encoded ({e})")),
+        None => Err(ring_error),
+    }
+}
+
 impl CertificateBundle {
     /// Decodes and checks a secret's value. `name` identifies the certificate in error messages.
     pub fn from_secret(
@@ -370,21 +400,12 @@ impl CertificateBundle {
             .map(|(i, der)| Parsed::new(name, i, der))
             .collect::<Result<Vec<_>, _>>()?;
 
-        let signing =
-            rustls::crypto::aws_lc_rs::sign::any_supported_type(&key.der()).map_err(|e| {
-                CertificateError::UnsupportedKey {
-                    name: name.to_string(),
-                    detail: e.to_string(),
-                }
-            })?;
-        let public = signing
-            .public_key()
-            .ok_or_else(|| CertificateError::UnsupportedKey {
-                name: name.to_string(),
-                detail: "its public key cannot be derived".to_string(),
-            })?;
+        let public = public_key_of(&key).map_err(|detail| CertificateError::UnsupportedKey {
+            name: name.to_string(),
+            detail,
+        })?;
         let (key_alg, key_bits, key_alg_der) =
-            key_identity(public.as_ref()).ok_or_else(|| CertificateError::UnsupportedKey {
+            key_identity(&public).ok_or_else(|| CertificateError::UnsupportedKey {
                 name: name.to_string(),
                 detail: "its public key cannot be encoded".to_string(),
             })?;

@@ -1,6 +1,6 @@
-//! The one place that knows how kvvm speaks HTTP: `ureq` over `rustls` with the aws-lc-rs provider (Key Vault
-//! issues EC P-521 keys, which ring cannot load), trusting the operating system's certificate store only, with
-//! one named [`RetryPolicy`] per service. There is deliberately no switch that turns certificate checks off.
+//! The one place that knows how kvvm speaks HTTP: `ureq` over `rustls` with the ring provider (the smallest in
+//! code and in pages touched; P-521 keys from Key Vault are matched without it, see [`crate::certificate`]),
+//! trusting the operating system's certificate store only, with one named [`RetryPolicy`] per service. There is deliberately no switch that turns certificate checks off.
 //!
 //! Two routes exist: [`Route::Direct`] for the identity endpoints (IMDS and Azure Arc must never be reached
 //! through a proxy) and [`Route::Environment`] for Key Vault, which honours `HTTPS_PROXY` / `NO_PROXY` the way
@@ -397,7 +397,7 @@ pub fn agent(route: Route, policy: &RetryPolicy) -> Result<ureq::Agent, HttpErro
     let tls = TlsConfig::builder()
         .provider(TlsProvider::Rustls)
         .root_certs(RootCerts::new_with_certs(&certs))
-        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .build();
     let proxy = match route {
         Route::Direct | Route::DirectPlain => None,

@@ -10,6 +10,7 @@ pub mod http;
 pub mod identity;
 pub mod logging;
 pub mod metrics;
+pub mod residency;
 pub mod schedule;
 pub mod settings;
 pub mod state;

@@ -34,7 +34,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         "--version" | "-V" => {
-            println!("kvvm {}", env!("CARGO_PKG_VERSION"));
+            // The architecture tells which of the package's builds ran (bin/kvvm picks it by `uname -m`).
+            println!(
+                "kvvm {} ({})",
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::ARCH
+            );
             ExitCode::SUCCESS
         }
         "worker" => run_supervisor(),

@@ -504,6 +504,8 @@ pub fn supervise(
         );
         return Ok(());
     };
+    // The supervisor waits most of its life: keep resident only the code it runs (see crate::residency).
+    crate::residency::map_only_what_is_used();
     let wake = Wake::install().map_err(|e| sup.data_err(e))?;
     let mut restarts = 0u32;
     let mut last_exit = String::new();

@@ -876,6 +876,7 @@ pub fn run(ext: &Extension) -> Result<(), WorkerError> {
         return Err(WorkerError::AnotherPoller { dir: data_dir });
     };
     limit_malloc_arenas();
+    crate::residency::map_only_what_is_used();
     die_on_every_segfault();
     let signals = Signals::install()?;
     let stop = Stop::from_flag(Arc::clone(&signals.stop));

@@ -190,6 +190,35 @@ fn a_key_of_another_certificate_is_refused() {
     assert!(text.contains("previous version stays current"), "{text}");
 }
 
+/// P-521 keys are matched to their leaf by computing the public point from the private scalar (ring, the TLS
+/// provider, cannot load them): another P-521 key, of the same curve and size, matches nothing.
+#[test]
+fn a_p521_key_of_another_p521_certificate_is_refused() {
+    let chain = fixture(KeyType::Ec("P-521"));
+    let dir = tempfile::tempdir().unwrap();
+    let other =
+        Chain::generate(dir.path(), "other521.example.com", KeyType::Ec("P-521"), 90).unwrap();
+    for key in [PemKey::Pkcs8, PemKey::Traditional] {
+        let value = format!(
+            "{}{}{}{}",
+            other.key_pem(key).unwrap(),
+            fs::read_to_string(&chain.leaf).unwrap(),
+            fs::read_to_string(&chain.intermediate).unwrap(),
+            fs::read_to_string(&chain.root).unwrap()
+        );
+        let e = err(ContentKind::Pem, &value);
+        assert_eq!(e.reason(), "key-mismatch", "{key:?}: {e}");
+        assert!(e.to_string().contains(&chain.cn), "{e}");
+        // Its own key still matches, in either form.
+        let own = format!(
+            "{}{}",
+            chain.key_pem(key).unwrap(),
+            fs::read_to_string(&chain.leaf).unwrap()
+        );
+        CertificateBundle::from_secret("t", ContentKind::Pem, &own).unwrap();
+    }
+}
+
 #[test]
 fn a_certificate_outside_the_leafs_chain_is_refused() {
     let chain = fixture(KeyType::Rsa(2048));

@@ -665,7 +665,11 @@ fn help_version_and_usage_errors() {
         let version = run("--version");
         assert_eq!(
             String::from_utf8_lossy(&version.stdout).trim(),
-            format!("kvvm {}", env!("CARGO_PKG_VERSION"))
+            format!(
+                "kvvm {} ({})",
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::ARCH
+            )
         );
         let bad = run("frobnicate");
         assert_eq!(bad.status.code(), Some(2));

@@ -52,18 +52,21 @@ fn handler_manifest_names_every_verb_and_heartbeat() {
 
 #[test]
 fn handler_script_is_posix_sh() {
-    let out = Command::new("sh")
-        .arg("-n")
-        .arg(root().join("handler"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(root().join("handler")).unwrap();
-    assert!(text.starts_with("#!/bin/sh\n"));
+    // `handler`, and bin/kvvm (scripts/bin-kvvm.sh), which picks the build for the machine's architecture.
+    for script in ["handler", "scripts/bin-kvvm.sh"] {
+        let out = Command::new("sh")
+            .arg("-n")
+            .arg(root().join(script))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(root().join(script)).unwrap();
+        assert!(text.starts_with("#!/bin/sh\n"), "{script}");
+    }
 }
 
 /// The handler runs the binary beside it whatever cwd and PATH it is started with.
@@ -100,8 +103,9 @@ fn handler_script_finds_its_binary_from_anywhere() {
     );
 }
 
-/// The zip waagent downloads: manifest at the root, the entry script, and a binary that runs on glibc 2.17
-/// (Ubuntu 18.04 has 2.27, SUSE 15 has 2.26; 2.17 leaves room for every supported distro).
+/// The zip waagent downloads: manifest at the root, the entry script, the architecture switch `bin/kvvm`, and
+/// an x86_64 and an aarch64 binary that run on glibc 2.17 (Ubuntu 18.04 has 2.27, SUSE 15 has 2.26; 2.17 leaves
+/// room for every supported distro).
 #[test]
 fn package_zip_has_the_layout_and_glibc_baseline() {
     let zip = root().join("dist").join(format!(
@@ -123,7 +127,16 @@ fn package_zip_has_the_layout_and_glibc_baseline() {
         .map(str::to_string)
         .collect();
     names.sort();
-    assert_eq!(names, ["HandlerManifest.json", "bin/kvvm", "handler"]);
+    assert_eq!(
+        names,
+        [
+            "HandlerManifest.json",
+            "bin/kvvm",
+            "bin/kvvm-aarch64",
+            "bin/kvvm-x86_64",
+            "handler"
+        ]
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let status = Command::new("unzip")
@@ -134,26 +147,59 @@ fn package_zip_has_the_layout_and_glibc_baseline() {
         .status()
         .unwrap();
     assert!(status.success());
-    let bin = dir.path().join("bin/kvvm");
-    let check = Command::new("bash")
-        .arg(root().join("scripts/glibc-check.sh"))
-        .arg(&bin)
-        .arg("2.17")
+    for (arch, machine) in [("x86_64", "X86-64"), ("aarch64", "AArch64")] {
+        let bin = dir.path().join(format!("bin/kvvm-{arch}"));
+        let check = Command::new("bash")
+            .arg(root().join("scripts/glibc-check.sh"))
+            .arg(&bin)
+            .arg("2.17")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&check.stdout).to_string()
+            + &String::from_utf8_lossy(&check.stderr);
+        assert!(check.status.success(), "{arch}: {said}");
+        assert!(said.contains("needs GLIBC_2."), "{arch}: {said}");
+        // The right machine, and stripped: no symbol table left (readelf reads either architecture).
+        let header = Command::new("readelf")
+            .args(["--file-header", "--section-headers", "--wide"])
+            .arg(&bin)
+            .output()
+            .unwrap();
+        let header = String::from_utf8_lossy(&header.stdout);
+        assert!(
+            header
+                .lines()
+                .any(|l| l.trim_start().starts_with("Machine:") && l.contains(machine)),
+            "{arch}: {header}"
+        );
+        assert!(
+            !header.contains(".symtab"),
+            "{arch}: binary is not stripped"
+        );
+    }
+    // bin/kvvm runs the build for this machine.
+    let version = Command::new(dir.path().join("bin/kvvm"))
+        .arg("--version")
         .output()
         .unwrap();
-    let said = String::from_utf8_lossy(&check.stdout).to_string()
-        + &String::from_utf8_lossy(&check.stderr);
-    assert!(check.status.success(), "{said}");
-    assert!(said.contains("needs GLIBC_2."), "{said}");
-    // Stripped: no symbol table left.
-    let nm = Command::new("nm").arg(&bin).output().unwrap();
-    assert!(
-        String::from_utf8_lossy(&nm.stderr).contains("no symbols"),
-        "binary is not stripped"
-    );
-    let version = Command::new(&bin).arg("--version").output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&version.stdout).trim(),
-        format!("kvvm {}", env!("CARGO_PKG_VERSION"))
+        format!(
+            "kvvm {} ({})",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::ARCH
+        )
+    );
+}
+
+/// Both architectures' binaries fit the package budget waagent downloads to every VM.
+#[test]
+fn package_zip_with_both_architectures_stays_under_3_mib() {
+    let zip = kvvm_sim::built_package();
+    let size = std::fs::metadata(&zip).unwrap().len();
+    assert!(
+        size <= 3 * 1024 * 1024,
+        "{} is {size} bytes, more than 3 MiB",
+        zip.display()
     );
 }
