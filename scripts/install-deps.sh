@@ -46,6 +46,12 @@ done
 command -v keytool >/dev/null 2>&1 || missing_deb+=(default-jre-headless)
 # The aarch64 build (see package.sh): rustup cannot fetch another target's standard library on these machines,
 # Debian's rustc-web (1.96, /usr/bin/rustc) with libstd-rust-web-dev:arm64 provides one; libacl1-dev:arm64 for
+# -lacl; qemu-user-static runs the aarch64 binary in the tests. arm64 must be a dpkg architecture first.
+need_arm64_arch=false
+dpkg --print-foreign-architectures | grep -qx arm64 || need_arm64_arch=true
+for pkg in rustc-web libstd-rust-web-dev:arm64 libacl1-dev:arm64 qemu-user-static; do
+    have_deb "$pkg" || missing_deb+=("$pkg")
+done
 need_nginx=false
 if ! have_deb nginx-light && ! have_deb nginx && ! have_deb nginx-core && ! command -v nginx >/dev/null 2>&1; then
     need_nginx=true
