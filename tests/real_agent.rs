@@ -30,6 +30,11 @@ const HOST: &str = "myvault.vault.azure.net";
 const STORE: &str = "/var/lib/waagent/Microsoft.Azure.KeyVault.Store";
 /// Bound on every wait for the agent (it polls each second; a command takes ~2 s; a missing status file
 /// costs 10 s of re-reads).
+/// The binary `bin/kvvm` (a dispatch script) runs on this machine: what /proc/<pid>/exe of a kvvm process names.
+#[cfg(target_arch = "x86_64")]
+const KVVM_BIN: &str = "bin/kvvm-x86_64";
+#[cfg(target_arch = "aarch64")]
+const KVVM_BIN: &str = "bin/kvvm-aarch64";
 const PATIENCE: Duration = Duration::from_secs(90);
 
 fn version() -> String {
@@ -131,7 +136,7 @@ impl Vm {
     }
 
     fn kvvm_exe(&self, version: &str) -> PathBuf {
-        self.ext_dir_of(version).join("bin/kvvm")
+        self.ext_dir_of(version).join(KVVM_BIN)
     }
 
     /// Waits for an upload at incarnation ≥ `inc` satisfying `done`; on timeout panics with the last upload
@@ -227,7 +232,7 @@ impl Drop for Vm {
         // The worker runs in its own session and outlives the agent (as on a VM): end it with the test.
         if let Ok(entries) = fs::read_dir(LIB_DIR) {
             for e in entries.flatten() {
-                let exe = e.path().join("bin/kvvm");
+                let exe = e.path().join(KVVM_BIN);
                 realagent::kill_all(&exe, Duration::from_secs(5));
             }
         }
