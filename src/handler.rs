@@ -3,7 +3,7 @@
 //! follows the Linux guest agent's own rules (REFERENCE.md §1) so the portal shows what the worker really did.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
@@ -260,36 +260,13 @@ pub fn newest_settings(config_folder: &Path) -> Result<Option<u64>, HandlerError
     Ok(best.map(|(_, seq)| seq))
 }
 
-/// Writes a file the crash-safe way: a temp file beside it with its final mode, fsync, rename, fsync the folder.
+/// Writes a waagent file (status, heartbeat, `mrseq`, state) the crash-safe way ([`crate::files::write_atomically`]:
+/// a temp file beside it with its final mode, fsync, rename, fsync the folder).
 pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), HandlerError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |source| HandlerError::Write {
+    crate::files::write_atomically(path, contents, mode).map_err(|source| HandlerError::Write {
         path: path.to_path_buf(),
         source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(err)
+    })
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod certificate;
 pub mod commands;
+pub mod files;
 pub mod fluentd;
 pub mod handler;
 pub mod hook;
@@ -10,6 +11,7 @@ pub mod http;
 pub mod identity;
 pub mod logging;
 pub mod metrics;
+pub mod names;
 pub mod residency;
 pub mod schedule;
 pub mod settings;

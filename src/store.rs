@@ -20,15 +20,16 @@
 //!   removes old files.
 
 use std::ffi::{CString, OsStr};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockWriteGuard};
 use std::time::SystemTime;
 
-use crate::settings::AclEntry;
+use crate::files;
+use crate::names::{LinkName, Version};
 
 /// Prefix of every temp file and link the installer creates; anything with it is a crash leftover.
 pub const TEMP_PREFIX: &str = ".kvvm-tmp.";
@@ -199,8 +200,9 @@ pub struct Install<'a> {
     pub version: &'a str,
     /// The file's content.
     pub pem: &'a [u8],
-    /// Users and groups to give read access (empty: none).
-    pub acls: &'a [AclEntry],
+    /// Users and groups to give read access (empty: none), resolved beforehand by [`resolve_principals`] so
+    /// that an unknown name fails before anything is written.
+    pub acls: &'a [Principal],
     /// How many version files to keep (at least the current one).
     pub retained_versions: u32,
     /// The files of the version's folder `<prefix>.<version>.d/` behind the link `<link name>.d`; empty: no
@@ -359,19 +361,19 @@ impl Store {
     /// Installs one version and points the link at it; see the module documentation for the guarantees.
     pub fn install(&self, req: &Install<'_>) -> Result<Installed, StoreError> {
         self.check_name("file prefix", req.file_prefix, "this is a bug in kvvm")?;
-        self.check_name(
+        let link_name = self.check_name(
             "link name",
             req.link_name,
             "set customSymbolicLinkName to a plain file name",
         )?;
-        if !is_version(req.version) {
-            return Err(self.bad_name(
+        let version = Version::parse(req.version).ok_or_else(|| {
+            self.bad_name(
                 "version",
                 req.version,
                 "Key Vault versions are 32 hex digits",
-            ));
-        }
-        let file_name = format!("{}.{}", req.file_prefix, req.version);
+            )
+        })?;
+        let file_name = format!("{}.{version}", req.file_prefix);
         if req.link_name == file_name {
             return Err(self.bad_name(
                 "link name",
@@ -379,7 +381,7 @@ impl Store {
                 "choose a customSymbolicLinkName that is not a version file's name",
             ));
         }
-        let folder_link = format!("{}{FOLDER_SUFFIX}", req.link_name);
+        let folder_link = format!("{link_name}{FOLDER_SUFFIX}");
         if !req.folder.is_empty() {
             self.check_name(
                 "link name",
@@ -387,7 +389,7 @@ impl Store {
                 "set customSymbolicLinkName to a shorter plain file name",
             )?;
         }
-        let acl = Principals::resolve(req.acls)?;
+        let acl = Grants(req.acls);
 
         let _in_process = FILE_OPERATIONS
             .read()
@@ -396,7 +398,7 @@ impl Store {
         self.clean_temp_files();
 
         let file = self.dir.join(&file_name);
-        let link = self.dir.join(req.link_name);
+        let link = self.dir.join(link_name.as_str());
         let written = if self.same_content(&file, req.pem) {
             acl.apply(&file, false)?;
             false
@@ -417,7 +419,7 @@ impl Store {
         let link_changed = match fs::read_link(&link) {
             Ok(target) if target.as_os_str() == OsStr::new(&file_name) => false,
             _ => {
-                self.swap_link(req.link_name, &file_name)?;
+                self.swap_link(link_name.as_str(), &file_name)?;
                 true
             }
         };
@@ -455,7 +457,7 @@ impl Store {
         &self,
         dir_name: &str,
         files: &[FolderFile<'_>],
-        acl: &Principals,
+        acl: &Grants<'_>,
     ) -> Result<bool, StoreError> {
         let target = self.dir.join(dir_name);
         if self.folder_matches(&target, files) {
@@ -473,22 +475,16 @@ impl Store {
                 .map_err(self.write_err(dir_name))?;
             for f in files {
                 let shown = format!("{dir_name}/{}", f.name);
-                let path = temp.join(f.name);
-                let mut out = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .open(&path)
-                    .map_err(self.write_err(&shown))?;
-                out.write_all(f.content).map_err(self.write_err(&shown))?;
-                acl.apply(&path, false)?;
-                out.sync_all().map_err(self.write_err(&shown))?;
+                files::write_new(
+                    &temp.join(f.name),
+                    f.content,
+                    0o600,
+                    |e| self.write_err(&shown)(e),
+                    |path| acl.apply(path, false),
+                )?;
             }
             acl.apply(&temp, true)?;
-            File::open(&temp)
-                .and_then(|d| d.sync_all())
-                .map_err(self.write_err(dir_name))?;
+            files::sync_folder(&temp).map_err(self.write_err(dir_name))?;
             match fs::symlink_metadata(&target) {
                 Ok(m) if m.is_dir() => {
                     exchange(&temp, &target).map_err(self.write_err(dir_name))?;
@@ -543,24 +539,16 @@ impl Store {
         }
     }
 
+    /// `name` as a [`LinkName`] that is none of the installer's own names (temp files, the legacy lock).
     fn check_name(
         &self,
         what: &'static str,
         name: &str,
         fix: &'static str,
-    ) -> Result<(), StoreError> {
-        let plain = !name.is_empty()
-            && name != "."
-            && name != ".."
-            && !name.contains(['/', '\0'])
-            && !name.starts_with(TEMP_PREFIX)
-            && name != LEGACY_LOCK_FILE
-            && name.len() <= 255;
-        if plain {
-            Ok(())
-        } else {
-            Err(self.bad_name(what, name, fix))
-        }
+    ) -> Result<LinkName, StoreError> {
+        LinkName::parse(name)
+            .filter(|_| !name.starts_with(TEMP_PREFIX) && name != LEGACY_LOCK_FILE)
+            .ok_or_else(|| self.bad_name(what, name, fix))
     }
 
     fn write_err(&self, file: &str) -> impl FnOnce(io::Error) -> StoreError {
@@ -576,27 +564,14 @@ impl Store {
 
     /// Takes this store's lock, waiting for another install into the same folder (from any process) to finish.
     /// The lock file holds the store's real path, for whoever looks into the locks folder.
-    fn lock(&self) -> Result<File, StoreError> {
+    fn lock(&self) -> Result<fs::File, StoreError> {
         let lock = self.lock_path();
         let err = |source| StoreError::Lock {
             path: self.dir.clone(),
             lock: lock.clone(),
             source,
         };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.locks)
-            .map_err(err)?;
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&lock)
-            .map_err(err)?;
+        let mut file = files::open_lock(&lock).map_err(err)?;
         file.lock().map_err(err)?;
         let mut label = self.real.as_os_str().as_bytes().to_vec();
         label.push(b'\n');
@@ -667,7 +642,7 @@ impl Store {
         &self,
         file_name: &str,
         content: &[u8],
-        acl: &Principals,
+        acl: &Grants<'_>,
     ) -> Result<(), StoreError> {
         let target = self.dir.join(file_name);
         if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
@@ -677,23 +652,14 @@ impl Store {
             });
         }
         let temp = self.dir.join(self.temp_name(file_name));
-        let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&temp)
-                .map_err(self.write_err(file_name))?;
-            f.write_all(content).map_err(self.write_err(file_name))?;
-            acl.apply(&temp, false)?;
-            f.sync_all().map_err(self.write_err(file_name))?;
-            fs::rename(&temp, &target).map_err(self.write_err(file_name))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
-        result
+        files::replace_with(
+            &temp,
+            &target,
+            content,
+            0o600,
+            |e| self.write_err(file_name)(e),
+            |path| acl.apply(path, false),
+        )
     }
 
     fn swap_link(&self, link_name: &str, target: &str) -> Result<(), StoreError> {
@@ -713,9 +679,7 @@ impl Store {
     }
 
     fn sync_dir(&self) -> Result<(), StoreError> {
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(self.write_err("."))
+        files::sync_folder(&self.dir).map_err(self.write_err("."))
     }
 
     /// Deletes all but the newest `keep` version files of `prefix`; `current` is always kept.
@@ -826,11 +790,7 @@ fn remove_legacy_lock(dir: &Path) {
 fn version_of<'a>(name: &'a OsStr, prefix: &str) -> Option<&'a str> {
     let name = name.to_str()?;
     let version = name.strip_prefix(prefix)?.strip_prefix('.')?;
-    is_version(version).then_some(version)
-}
-
-fn is_version(v: &str) -> bool {
-    v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit())
+    Version::parse(version).map(|_| version)
 }
 
 fn has_access_acl(path: &Path) -> bool {
@@ -849,51 +809,92 @@ fn has_access_acl(path: &Path) -> bool {
     n > 0
 }
 
-/// The `acls` entries, resolved to numeric ids.
-struct Principals {
-    users: Vec<u32>,
-    groups: Vec<u32>,
+/// Whether an `acls` principal is a user or a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PrincipalKind {
+    /// A user (a passwd entry, or a numeric uid).
+    User,
+    /// A group (a group entry, or a numeric gid).
+    Group,
 }
 
-impl Principals {
-    fn resolve(entries: &[AclEntry]) -> Result<Principals, StoreError> {
-        let mut users = Vec::new();
-        let mut groups = Vec::new();
-        for entry in entries {
-            if let Some(user) = &entry.user {
-                let uid = lookup(user, false)
-                    .map_err(|source| StoreError::Lookup {
-                        what: "user",
-                        name: user.clone(),
-                        source,
-                    })?
-                    .ok_or_else(|| StoreError::UnknownUser { user: user.clone() })?;
-                if !users.contains(&uid) {
-                    users.push(uid);
-                }
-            }
-            if let Some(group) = &entry.group {
-                let gid = lookup(group, true)
-                    .map_err(|source| StoreError::Lookup {
-                        what: "group",
-                        name: group.clone(),
-                        source,
-                    })?
-                    .ok_or_else(|| StoreError::UnknownGroup {
-                        group: group.clone(),
-                    })?;
-                if !groups.contains(&gid) {
-                    groups.push(gid);
-                }
-            }
+impl PrincipalKind {
+    /// The word the `acls` messages use.
+    fn word(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Group => "group",
         }
-        Ok(Principals { users, groups })
+    }
+}
+
+/// A user or group that exists on this machine, as [`resolve_principals`] found it: only built there, so an
+/// [`Install`] never holds a name that was not looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    kind: PrincipalKind,
+    name: String,
+    id: u32,
+}
+
+impl Principal {
+    /// User or group.
+    pub fn kind(&self) -> PrincipalKind {
+        self.kind
     }
 
+    /// The name (or numeric id) as given.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The numeric uid or gid.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+/// Looks up every `(kind, name)` in order, failing on the first that does not exist ([`StoreError::UnknownUser`],
+/// [`StoreError::UnknownGroup`]) or cannot be looked up ([`StoreError::Lookup`]). A name or numeric id is taken
+/// as `setfacl` takes it; principals with the same kind and id are kept once.
+pub fn resolve_principals<'a>(
+    names: impl IntoIterator<Item = (PrincipalKind, &'a str)>,
+) -> Result<Vec<Principal>, StoreError> {
+    let mut resolved: Vec<Principal> = Vec::new();
+    for (kind, name) in names {
+        let id = lookup(name, kind)
+            .map_err(|source| StoreError::Lookup {
+                what: kind.word(),
+                name: name.to_string(),
+                source,
+            })?
+            .ok_or_else(|| match kind {
+                PrincipalKind::User => StoreError::UnknownUser {
+                    user: name.to_string(),
+                },
+                PrincipalKind::Group => StoreError::UnknownGroup {
+                    group: name.to_string(),
+                },
+            })?;
+        if !resolved.iter().any(|p| p.kind == kind && p.id == id) {
+            resolved.push(Principal {
+                kind,
+                name: name.to_string(),
+                id,
+            });
+        }
+    }
+    Ok(resolved)
+}
+
+/// The principals of one install, applied to each file and folder it writes.
+struct Grants<'a>(&'a [Principal]);
+
+impl Grants<'_> {
     /// Adds read (files) or read+execute (folders) for every principal to `path`'s access ACL, keeping its
     /// other entries; the mask is recomputed.
     fn apply(&self, path: &Path, folder: bool) -> Result<(), StoreError> {
-        if self.users.is_empty() && self.groups.is_empty() {
+        if self.0.is_empty() {
             return Ok(());
         }
         let perms = if folder {
@@ -907,86 +908,66 @@ impl Principals {
         };
         let mut entries = exacl::getfacl(path, exacl::AclOption::ACCESS_ACL).map_err(err)?;
         entries.retain(|e| e.kind != exacl::AclEntryKind::Mask);
-        let mut add = |kind: exacl::AclEntryKind, id: u32| {
-            let name = id.to_string();
-            // getfacl reports known ids by name; compare by resolving both.
-            let existing = entries.iter_mut().find(|e| {
-                e.kind == kind
-                    && !e.name.is_empty()
-                    && lookup(&e.name, kind == exacl::AclEntryKind::Group).ok() == Some(Some(id))
-            });
-            match existing {
-                Some(e) => e.perms |= perms,
-                None => entries.push(match kind {
-                    exacl::AclEntryKind::Group => exacl::AclEntry::allow_group(&name, perms, None),
-                    _ => exacl::AclEntry::allow_user(&name, perms, None),
-                }),
+        // Users first, then groups, as setfacl lists them.
+        for kind in [PrincipalKind::User, PrincipalKind::Group] {
+            let acl_kind = match kind {
+                PrincipalKind::User => exacl::AclEntryKind::User,
+                PrincipalKind::Group => exacl::AclEntryKind::Group,
+            };
+            for principal in self.0.iter().filter(|p| p.kind == kind) {
+                let id = principal.id;
+                // getfacl reports known ids by name; compare by resolving both.
+                let existing = entries.iter_mut().find(|e| {
+                    e.kind == acl_kind
+                        && !e.name.is_empty()
+                        && lookup(&e.name, kind).ok() == Some(Some(id))
+                });
+                match existing {
+                    Some(e) => e.perms |= perms,
+                    None => entries.push(match kind {
+                        PrincipalKind::Group => {
+                            exacl::AclEntry::allow_group(&id.to_string(), perms, None)
+                        }
+                        PrincipalKind::User => {
+                            exacl::AclEntry::allow_user(&id.to_string(), perms, None)
+                        }
+                    }),
+                }
             }
-        };
-        for uid in &self.users {
-            add(exacl::AclEntryKind::User, *uid);
-        }
-        for gid in &self.groups {
-            add(exacl::AclEntryKind::Group, *gid);
         }
         exacl::setfacl(&[path], &entries, exacl::AclOption::ACCESS_ACL).map_err(err)
     }
 }
 
-/// The first buffer for `getpwnam_r` / `getgrnam_r`; doubled on `ERANGE` (a group with many members, a long
-/// GECOS field) up to [`LOOKUP_BUFFER_MAX`].
-const LOOKUP_BUFFER_START: usize = 16 * 1024;
-/// The largest buffer a user or group entry may need (glibc's own `getgrnam` grows without a cap).
-const LOOKUP_BUFFER_MAX: usize = 1024 * 1024;
+/// The largest user or group entry a look-up takes, in KiB: nix's `User::from_name` / `Group::from_name` start
+/// with the system's suggested buffer and double it on `ERANGE` (a group with many members, a long GECOS field)
+/// up to 1 MiB (glibc's own `getgrnam` grows without a cap).
+const LOOKUP_LIMIT_KIB: usize = 1024;
 
 /// Resolves a user (or group) name or numeric id to an id that exists on this machine: `Ok(None)` when there is
 /// no such entry, `Err` when the look-up itself failed (the name service, or an entry above 1 MiB).
-fn lookup(name: &str, group: bool) -> Result<Option<u32>, io::Error> {
-    let Ok(c) = CString::new(name) else {
-        return Ok(None);
-    };
-    let mut size = LOOKUP_BUFFER_START;
+fn lookup(name: &str, kind: PrincipalKind) -> Result<Option<u32>, io::Error> {
+    use nix::errno::Errno;
     let by_name = loop {
-        let mut buf = vec![0u8; size];
-        // SAFETY: the out-structs and buffer outlive the calls; the result pointer is only read when non-null.
-        let (rc, id) = unsafe {
-            if group {
-                let mut grp: libc::group = std::mem::zeroed();
-                let mut out = std::ptr::null_mut();
-                let rc = libc::getgrnam_r(
-                    c.as_ptr(),
-                    &mut grp,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    &mut out,
-                );
-                (rc, (!out.is_null()).then_some(grp.gr_gid))
-            } else {
-                let mut pwd: libc::passwd = std::mem::zeroed();
-                let mut out = std::ptr::null_mut();
-                let rc = libc::getpwnam_r(
-                    c.as_ptr(),
-                    &mut pwd,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    &mut out,
-                );
-                (rc, (!out.is_null()).then_some(pwd.pw_uid))
+        let found = match kind {
+            PrincipalKind::User => {
+                nix::unistd::User::from_name(name).map(|u| u.map(|u| u.uid.as_raw()))
+            }
+            PrincipalKind::Group => {
+                nix::unistd::Group::from_name(name).map(|g| g.map(|g| g.gid.as_raw()))
             }
         };
-        match rc {
-            0 => break Ok(id),
-            libc::ERANGE if size < LOOKUP_BUFFER_MAX => size *= 2,
-            libc::ERANGE => {
+        match found {
+            Ok(id) => break Ok(id),
+            Err(Errno::ERANGE) => {
                 break Err(io::Error::other(format!(
-                    "its entry is larger than {} KiB",
-                    LOOKUP_BUFFER_MAX / 1024
+                    "its entry is larger than {LOOKUP_LIMIT_KIB} KiB"
                 )));
             }
-            libc::EINTR => {}
+            Err(Errno::EINTR) => {}
             // What getpwnam_r(3) lists for "the name was not found" besides 0.
-            libc::ENOENT | libc::ESRCH | libc::EBADF | libc::EPERM => break Ok(None),
-            errno => break Err(io::Error::from_raw_os_error(errno)),
+            Err(Errno::ENOENT | Errno::ESRCH | Errno::EBADF | Errno::EPERM) => break Ok(None),
+            Err(errno) => break Err(io::Error::from(errno)),
         }
     };
     // A numeric id is taken as is (as setfacl does), even without a passwd entry.

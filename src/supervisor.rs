@@ -122,25 +122,7 @@ impl Supervisor {
     }
 
     fn open_lock(&self) -> Result<File, SupervisorError> {
-        self.open_file(LOCK_FILE)
-    }
-
-    fn open_file(&self, name: &str) -> Result<File, SupervisorError> {
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(|e| self.data_err(e))?;
-        fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(self.dir.join(name))
-            .map_err(|e| self.data_err(e))
+        crate::files::open_lock(&self.dir.join(LOCK_FILE)).map_err(|e| self.data_err(e))
     }
 
     fn read_pid(&self) -> Option<u32> {
@@ -462,7 +444,7 @@ fn last_words(pid: u32) -> Option<String> {
 /// another poller keeps it.
 pub fn acquire_poller_lock(dir: &Path) -> Result<Option<File>, SupervisorError> {
     let sup = Supervisor::new(dir);
-    let file = sup.open_file(POLLER_LOCK_FILE)?;
+    let file = crate::files::open_lock(&dir.join(POLLER_LOCK_FILE)).map_err(|e| sup.data_err(e))?;
     let deadline = Instant::now() + POLLER_PATIENCE;
     loop {
         match file.try_lock() {

@@ -13,8 +13,8 @@ use time::OffsetDateTime;
 
 use crate::certificate::{CertificateBundle, CertificateError, ContentKind};
 use crate::http::{self, Stop};
-use crate::settings::ObservedCertificate;
-use crate::store::{FolderFile, Install, Store, StoreError};
+use crate::settings::{AclEntry, ObservedCertificate};
+use crate::store::{FolderFile, Install, PrincipalKind, Store, StoreError, resolve_principals};
 use crate::vault::{SecretKind, VaultClient, VaultError};
 
 /// How many certificates are checked at once.
@@ -177,17 +177,18 @@ pub fn check(
             exact: *exact,
         })
         .collect();
+    // Resolved before the install, so an unknown user or group fails before anything is written.
     let acls = if options.acl_enabled {
-        cert.acls.as_slice()
+        resolve_principals(principal_names(&cert.acls))?
     } else {
-        &[]
+        Vec::new()
     };
     let installed = store.install(&Install {
         file_prefix: &prefix,
         link_name: &cert.link_name,
         version: &secret.version,
         pem: &pem,
-        acls,
+        acls: &acls,
         retained_versions: options.retained_versions,
         folder: &folder,
     })?;
@@ -202,6 +203,15 @@ pub fn check(
         validity_warning: bundle.validity_warning(OffsetDateTime::now_utc()),
         removed: installed.removed,
         folder: installed.folder,
+    })
+}
+
+/// The `acls` setting as the store's `(kind, name)` pairs: each entry's user, then its group.
+fn principal_names(acls: &[AclEntry]) -> impl Iterator<Item = (PrincipalKind, &str)> {
+    acls.iter().flat_map(|entry| {
+        let user = entry.user.as_deref().map(|u| (PrincipalKind::User, u));
+        let group = entry.group.as_deref().map(|g| (PrincipalKind::Group, g));
+        user.into_iter().chain(group)
     })
 }
 

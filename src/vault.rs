@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 
 use crate::http::{self, Attempt, Deadline, Ended, FailureKind, RetryPolicy, Route, Stop, Verdict};
 use crate::identity::{AccessToken, Identity, IdentityError};
+use crate::names::Version;
 
 /// The Key Vault REST API version kvvm speaks.
 pub const API_VERSION: &str = "7.4";
@@ -762,7 +763,7 @@ pub fn parse_bundle(body: &[u8], vault: &str, name: &str) -> Result<SecretBundle
         .next()
         .unwrap_or("")
         .to_string();
-    if version.len() != 32 || !version.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if Version::parse(&version).is_none() {
         return Err(bad(format!(
             "its id '{id}' does not end in a 32-hex-digit version"
         )));

@@ -9,10 +9,25 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kvvm::settings::AclEntry;
 use kvvm::store::{
-    FolderFile, Install, LEGACY_LOCK_FILE, Store, StoreError, TEMP_PREFIX, lock_file_name,
+    FolderFile, Install, LEGACY_LOCK_FILE, PrincipalKind, Store, StoreError, TEMP_PREFIX,
+    lock_file_name, resolve_principals,
 };
+
+/// An `acls` entry as the settings give it: a user, a group, or both.
+struct AclEntry {
+    user: Option<String>,
+    group: Option<String>,
+}
+
+/// Resolves the entries the way `sync` does before an install: each entry's user, then its group.
+fn resolve(acls: &[AclEntry]) -> Result<Vec<kvvm::store::Principal>, StoreError> {
+    resolve_principals(acls.iter().flat_map(|e| {
+        let user = e.user.as_deref().map(|u| (PrincipalKind::User, u));
+        let group = e.group.as_deref().map(|g| (PrincipalKind::Group, g));
+        user.into_iter().chain(group)
+    }))
+}
 
 const V1: &str = "11111111111111111111111111111111";
 const V2: &str = "22222222222222222222222222222222";
@@ -44,7 +59,7 @@ fn install_with(
         link_name: link,
         version,
         pem,
-        acls,
+        acls: &resolve(acls)?,
         retained_versions: retained,
         folder: &[],
     })
@@ -922,7 +937,7 @@ fn install_folder(
         link_name: "myvault.web",
         version,
         pem: &content(version),
-        acls,
+        acls: &resolve(acls)?,
         retained_versions: retained,
         folder: &folder,
     })

@@ -1,0 +1,160 @@
+//! The file mechanics every layer shares, written once: a file replaced the crash-safe way (new temp file in the
+//! same folder, fsync, rename, fsync the folder), the lock files that serialise workers and installs, and the
+//! rule for a plain file name. The store, the waagent files (status, heartbeat, `mrseq`, state) and the
+//! supervisor all go through these, so a fix to one (a flag, an fsync) reaches every file kvvm writes.
+//!
+//! Errors are plain [`io::Error`]s: each caller wraps them in its own layer's error, naming its file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+
+/// Creates `path` as a new file (`O_EXCL`: never an existing file, `O_NOFOLLOW`: never through a planted
+/// symlink) with `mode` (less the umask) from its first byte, writes `contents`, lets `before_sync` act on the
+/// still-open file's path (a store file gets its ACL there), and fsyncs it. I/O failures go through `io_err`.
+/// The file is left in place on failure: the caller decides whether it is a temp file to remove.
+pub fn write_new<E>(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    io_err: impl Fn(io::Error) -> E,
+    before_sync: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(&io_err)?;
+    file.write_all(contents).map_err(&io_err)?;
+    before_sync(path)?;
+    file.sync_all().map_err(&io_err)
+}
+
+/// Writes `contents` to the new file `temp` as [`write_new`] does and renames it over `target`, so readers see
+/// the old file or the new one, never a part. A rename replaces whatever is at `target`: a planted symlink is
+/// replaced, never followed. `temp` is removed on failure. The folder is not fsynced (see [`sync_folder`]):
+/// the store fsyncs it once for several files.
+pub fn replace_with<E>(
+    temp: &Path,
+    target: &Path,
+    contents: &[u8],
+    mode: u32,
+    io_err: impl Fn(io::Error) -> E,
+    before_sync: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
+    let result = write_new(temp, contents, mode, &io_err, before_sync)
+        .and_then(|()| fs::rename(temp, target).map_err(&io_err));
+    if result.is_err() {
+        let _ = fs::remove_file(temp);
+    }
+    result
+}
+
+/// Fsyncs a folder, so that the renames and new entries in it survive a crash.
+pub fn sync_folder(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes a file the crash-safe way: a temp file beside it (`.<name>.tmp.<pid>.<random>`) with its final `mode`,
+/// fsync, rename over `path`, fsync the folder.
+pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(
+        ".{name}.tmp.{}.{:016x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    replace_with(&temp, path, contents, mode, |e| e, |_| Ok(()))?;
+    sync_folder(dir)
+}
+
+/// Opens (creating if needed) the lock file `path` for reading and writing, mode 0600, never through a symlink
+/// (`O_NOFOLLOW`) and never truncated (it may hold a label); its folder is created 0700 first. The caller takes
+/// the kernel lock on the returned file (`File::lock`, `File::try_lock`), which ends with the process.
+pub fn open_lock(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Whether `name` names an entry directly inside a folder: not empty, not `.` or `..`, and without `/` or NUL.
+pub fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn plain_file_names() {
+        for good in ["a", "web.pem", ".hidden", "...", "a b"] {
+            assert!(is_plain_file_name(good), "{good:?}");
+        }
+        for bad in ["", ".", "..", "a/b", "/abs", "a\0b", "dir/"] {
+            assert!(!is_plain_file_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn write_atomically_replaces_a_planted_symlink_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "keep").unwrap();
+        let path = dir.path().join("status.json");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        write_atomically(&path, b"new", 0o600).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        assert!(fs::symlink_metadata(&path).unwrap().is_file());
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn a_failed_write_removes_its_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let temp = dir.path().join("temp");
+        let target = dir.path().join("sub").join("target");
+        let e = replace_with(&temp, &target, b"x", 0o600, |e| e, |_| Ok(())).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(!temp.exists());
+    }
+
+    #[test]
+    fn open_lock_creates_its_folder_and_refuses_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("locks").join("a.lock");
+        let file = open_lock(&lock).unwrap();
+        file.try_lock().unwrap();
+        let meta = fs::metadata(&lock).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let planted = dir.path().join("locks").join("b.lock");
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), &planted).unwrap();
+        assert!(open_lock(&planted).is_err());
+        assert!(!dir.path().join("elsewhere").exists());
+    }
+}
