@@ -1,6 +1,7 @@
 # kvvm — see README.md. `make demo` and `make test` are the two commands a newcomer needs.
 SHELL := /bin/bash
-VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+# Read when a recipe needs it (`=`, not `:=`): before `make deps` there may be no cargo to ask.
+VERSION = $(shell bash scripts/version.sh)
 
 .PHONY: all deps build package demo test lint bench fuzz clean
 

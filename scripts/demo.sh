@@ -3,7 +3,7 @@
 # and identity endpoint) and print what happens.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)
+version=$(bash "$root/scripts/version.sh")
 zip="$root/dist/Microsoft.Azure.KeyVault.KeyVaultForLinux-$version.zip"
 cd "$root"
 cargo build --quiet -p kvvm-sim --bin kvvm-demo

@@ -15,8 +15,7 @@ root=$(CDPATH='' cd -- "$(dirname -- "$0")/.." && pwd -P)
 cd "$root"
 glibc=${KVVM_GLIBC:-2.17}
 name=Microsoft.Azure.KeyVault.KeyVaultForLinux
-version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
-[ -n "$version" ] || { echo "package: no version in Cargo.toml" >&2; exit 1; }
+version=$(bash scripts/version.sh) || { echo "package: no version from Cargo.toml" >&2; exit 1; }
 for f in HandlerManifest.json handler; do
     [ -f "$f" ] || { echo "package: $f is missing at the repository root" >&2; exit 1; }
 done

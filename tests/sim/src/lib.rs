@@ -14,18 +14,13 @@ pub mod waagent;
 pub mod wireserver;
 
 /// The package `make package` builds: `dist/Microsoft.Azure.KeyVault.KeyVaultForLinux-<version>.zip` at the
-/// workspace root, `<version>` from the root `Cargo.toml`. Panics with the fix when it is missing.
+/// workspace root, `<version>` the workspace's (`[workspace.package]` in the root `Cargo.toml`, which this crate
+/// inherits). Panics with the fix when it is missing.
 pub fn built_package() -> std::path::PathBuf {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let manifest =
-        std::fs::read_to_string(root.join("Cargo.toml")).expect("read the root Cargo.toml");
-    let version = manifest
-        .lines()
-        .find_map(|l| l.strip_prefix("version = \""))
-        .map(|v| v.trim_end_matches('"').to_string())
-        .expect("a version in the root Cargo.toml");
     let zip = root.join(format!(
-        "dist/Microsoft.Azure.KeyVault.KeyVaultForLinux-{version}.zip"
+        "dist/Microsoft.Azure.KeyVault.KeyVaultForLinux-{}.zip",
+        env!("CARGO_PKG_VERSION")
     ));
     assert!(
         zip.is_file(),
