@@ -5,6 +5,7 @@
 
 pub mod httpserver;
 pub mod imds;
+pub mod meminfo;
 pub mod netns;
 pub mod pki;
 pub mod realagent;

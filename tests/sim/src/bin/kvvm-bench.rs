@@ -618,6 +618,7 @@ impl Bench {
             mib(kvvm.pss_kib),
             mib(peer.pss_kib)
         ));
+        memory_breakdown(&mut |l| self.line(l), &kvvm.set, &peer.set);
         self.line("");
         self.line(&format!(
             "Where the worker's idle RSS goes (`/proc/<pid>/smaps_rollup`): {:.1} MiB anonymous (heap: settings and \
@@ -719,6 +720,9 @@ impl Bench {
         let anon_kib = rollup(pid, "Anonymous:");
         // Proportional set size: pages shared between the two processes (the same binary) counted once.
         let pss_kib = rollup(pid, "Pss:") + supervisor.map_or(0, |s| rollup(s, "Pss:"));
+        let pids: Vec<u32> = std::iter::once(pid).chain(supervisor).collect();
+        let set =
+            kvvm_sim::meminfo::measure(&pids).context("measure the idle processes' memory")?;
         Ok(Steady {
             req_per_cert: Spread::of(&req),
             imds: Spread::of(&imds),
@@ -731,6 +735,7 @@ impl Bench {
             pss_kib,
             supervisor_rss,
             hwm: hwm.max(proc_sample(pid)?.hwm_kib),
+            set,
         })
     }
 
@@ -1047,6 +1052,68 @@ struct Steady {
     /// The supervisor's VmRSS (KiB), included in `idle_rss`; 0 for the peer.
     supervisor_rss: u64,
     hwm: u64,
+    /// Every measure of the processes' memory at idle, after the last cycle (kvvm_sim::meminfo).
+    set: kvvm_sim::meminfo::Set,
+}
+
+/// The memory section's breakdown: every measure of the idle processes side by side (the target row above uses
+/// the sum of VmRSS, the strictest), then where each kvvm process's pages are.
+fn memory_breakdown(
+    line: &mut dyn FnMut(&str),
+    kvvm: &kvvm_sim::meminfo::Set,
+    peer: &kvvm_sim::meminfo::Set,
+) {
+    let m = |kib: u64| format!("{:.2} MiB", mib(kib));
+    line(&format!(
+        "| distinct physical pages (`/proc/PID/pagemap`: a page shared by poller and supervisor once, shared libc pages in full) | {} | {} | |",
+        m(kvvm.distinct_kib),
+        m(peer.distinct_kib)
+    ));
+    line(&format!(
+        "| of which anonymous (private to one process) | {} | {} | |",
+        m(kvvm.distinct_anon_kib),
+        m(peer.distinct_anon_kib)
+    ));
+    line(&format!(
+        "| sum of VmRSS / Pss / anonymous / file-backed at that moment | {} / {} / {} / {} | {} / {} / {} / {} | |",
+        m(kvvm.rss_kib()),
+        m(kvvm.pss_kib()),
+        m(kvvm.anon_kib()),
+        m(kvvm.file_kib()),
+        m(peer.rss_kib()),
+        m(peer.pss_kib()),
+        m(peer.anon_kib()),
+        m(peer.file_kib())
+    ));
+    line("");
+    line(
+        "The target row uses the sum of VmRSS over kvvm's processes (pages the two share count twice); the distinct physical pages are what they occupy together.",
+    );
+    line("");
+    line(
+        "| kvvm process | VmRSS | Pss | anonymous | file-backed | threads | largest mappings (Rss, of which anonymous) |",
+    );
+    line("|---|---|---|---|---|---|---|");
+    for (role, p) in ["poller", "supervisor"].iter().zip(&kvvm.processes) {
+        let top: Vec<String> = p
+            .mappings
+            .iter()
+            .take(6)
+            .map(|g| {
+                let name = g.name.rsplit('/').next().unwrap_or(&g.name);
+                format!("{name} {} KiB ({})", g.rss_kib, g.anon_kib)
+            })
+            .collect();
+        line(&format!(
+            "| {role} | {} | {} | {} | {} | {} | {} |",
+            m(p.rss_kib),
+            m(p.pss_kib),
+            m(p.anon_kib),
+            m(p.file_kib),
+            p.threads,
+            top.join(", ")
+        ));
+    }
 }
 
 fn peak_rate(times: impl Iterator<Item = Instant>) -> usize {
