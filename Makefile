@@ -33,7 +33,7 @@ clean:
 
 # kvvm against the hand-written SDK poller (bench/peer), in the VM-like namespace (root); writes bench/RESULTS.md.
 bench: package
-	cargo build --release --quiet -p kvvm-sim --bin kvvm-bench
+	cargo build --release --quiet -p kvvm-bench
 	target/release/kvvm-bench dist/Microsoft.Azure.KeyVault.KeyVaultForLinux-$(VERSION).zip $(CURDIR)
 
 # Every parser of outside input under cargo fuzz for FUZZ_SECONDS each (default 60); see fuzz/harness.rs.
