@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
 /// How much of the command's output is kept (its last bytes).
 pub const OUTPUT_TAIL: usize = 1024;
 /// The timeout when none is configured.
@@ -175,15 +178,15 @@ pub fn run(hook: &Hook, changed: &[Installed]) -> Result<HookRun, HookError> {
     })
     .collect();
 
-    let pgid = child.id() as libc::pid_t;
+    // The child leads its own process group (`process_group(0)` above), so its pid names the group.
+    let group = Pid::from_raw(child.id() as i32);
     let mut timed_out = false;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
             Ok(None) if started.elapsed() >= hook.timeout => {
                 timed_out = true;
-                // SAFETY: kill has no memory-safety preconditions; the child leads its own process group.
-                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                let _ = killpg(group, Signal::SIGKILL);
                 break child.wait().ok();
             }
             Ok(None) => thread::sleep(Duration::from_millis(10)),
@@ -191,7 +194,7 @@ pub fn run(hook: &Hook, changed: &[Installed]) -> Result<HookRun, HookError> {
         }
     };
     // Grandchildren that outlive the command keep the pipes open: don't wait for them forever.
-    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let _ = killpg(group, Signal::SIGKILL);
     for reader in readers {
         let _ = reader.join();
     }

@@ -11,6 +11,9 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
 const LOCK_FILE: &str = "worker.lock";
 const PID_FILE: &str = "worker.pid";
 
@@ -208,13 +211,7 @@ impl Supervisor {
             .stderr(stderr);
         // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
         unsafe {
-            command.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(())
-                }
-            });
+            command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
         }
         let mut child = command.spawn().map_err(|source| SupervisorError::Spawn {
             exe: exe.to_path_buf(),
@@ -250,7 +247,7 @@ impl Supervisor {
     /// Asks a running worker to re-read its settings (SIGHUP). Returns whether one was signalled.
     pub fn notify_reload(&self) -> Result<bool, SupervisorError> {
         match self.state()? {
-            WorkerState::Running { pid: Some(pid) } => Ok(signal(pid, libc::SIGHUP)),
+            WorkerState::Running { pid: Some(pid) } => Ok(signal(pid, Signal::SIGHUP)),
             _ => Ok(false),
         }
     }
@@ -277,11 +274,11 @@ impl Supervisor {
             }
             WorkerState::Running { pid: Some(pid) } => pid,
         };
-        signal_group(pid, libc::SIGTERM);
+        signal_group(pid, Signal::SIGTERM);
         if self.wait_stopped(grace)? {
             return Ok(StopOutcome::Stopped { pid, forced: false });
         }
-        signal_group(pid, libc::SIGKILL);
+        signal_group(pid, Signal::SIGKILL);
         if self.wait_stopped(Duration::from_secs(5))? {
             let _ = fs::remove_file(self.dir.join(PID_FILE));
             return Ok(StopOutcome::Stopped { pid, forced: true });
@@ -303,21 +300,20 @@ impl Supervisor {
     }
 }
 
-fn signal(pid: u32, sig: libc::c_int) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    // SAFETY: kill has no memory-safety preconditions.
-    pid > 0 && unsafe { libc::kill(pid, sig) } == 0
+/// Sends `sig` to the process `pid`; whether it was delivered.
+fn signal(pid: u32, sig: Signal) -> bool {
+    match i32::try_from(pid) {
+        Ok(pid) if pid > 0 => kill(Pid::from_raw(pid), sig).is_ok(),
+        _ => false,
+    }
 }
 
 /// The worker is a session leader, so its pid is also its process group: signal hooks it runs as well.
-fn signal_group(pid: u32, sig: libc::c_int) {
-    let Ok(pgid) = libc::pid_t::try_from(pid) else {
+fn signal_group(pid: u32, sig: Signal) {
+    let Ok(pgid) = i32::try_from(pid) else {
         return;
     };
-    // SAFETY: as above.
-    if pgid <= 1 || unsafe { libc::kill(-pgid, sig) } != 0 {
+    if pgid <= 1 || killpg(Pid::from_raw(pgid), sig).is_err() {
         signal(pid, sig);
     }
 }
@@ -399,14 +395,14 @@ impl Wake {
 pub fn describe_exit(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     if let Some(sig) = status.signal() {
-        let name = match sig {
-            libc::SIGKILL => " (SIGKILL: killed, e.g. by the kernel's out-of-memory killer)",
-            libc::SIGSEGV => " (SIGSEGV: a crash)",
-            libc::SIGABRT => " (SIGABRT: aborted, e.g. a panic)",
-            libc::SIGBUS => " (SIGBUS: a crash)",
-            libc::SIGILL => " (SIGILL: a crash)",
-            libc::SIGFPE => " (SIGFPE: a crash)",
-            libc::SIGTERM => " (SIGTERM: stopped by someone else)",
+        let name = match Signal::try_from(sig) {
+            Ok(Signal::SIGKILL) => " (SIGKILL: killed, e.g. by the kernel's out-of-memory killer)",
+            Ok(Signal::SIGSEGV) => " (SIGSEGV: a crash)",
+            Ok(Signal::SIGABRT) => " (SIGABRT: aborted, e.g. a panic)",
+            Ok(Signal::SIGBUS) => " (SIGBUS: a crash)",
+            Ok(Signal::SIGILL) => " (SIGILL: a crash)",
+            Ok(Signal::SIGFPE) => " (SIGFPE: a crash)",
+            Ok(Signal::SIGTERM) => " (SIGTERM: stopped by someone else)",
             _ => "",
         };
         let core = if status.core_dumped() {
@@ -507,8 +503,8 @@ pub fn supervise(
         unsafe {
             command.pre_exec(move || {
                 // A poller must not outlive its supervisor (killed alone, it could not restart it).
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0
-                    || u32::try_from(libc::getppid()).ok() != Some(parent)
+                if nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).is_err()
+                    || u32::try_from(nix::unistd::getppid().as_raw()).ok() != Some(parent)
                 {
                     return Err(io::Error::other("the supervisor is gone"));
                 }
@@ -576,7 +572,7 @@ fn watch(
     let mut killed_stuck = None;
     loop {
         if wake.take_reload() {
-            signal(pid, libc::SIGHUP);
+            signal(pid, Signal::SIGHUP);
         }
         let removed = !installed(extension_dir);
         if removed {
@@ -587,7 +583,7 @@ fn watch(
             );
         }
         if wake.stopping() || removed {
-            signal(pid, libc::SIGTERM);
+            signal(pid, Signal::SIGTERM);
             let deadline = Instant::now() + POLLER_GRACE;
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -624,7 +620,7 @@ fn watch(
                 "stopped responding (no heartbeat for {} s) and was killed",
                 quiet.as_secs()
             ));
-            signal(pid, libc::SIGKILL);
+            signal(pid, Signal::SIGKILL);
         }
         wake.wait(WATCH_EVERY);
     }

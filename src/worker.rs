@@ -332,11 +332,10 @@ fn limit_malloc_arenas() {
 /// so that its supervisor restarts it and reports why, rather than run on in a state nobody can vouch for; a
 /// stack overflow is then reported as SIGSEGV.
 fn die_on_every_segfault() {
-    for sig in [libc::SIGSEGV, libc::SIGBUS] {
-        // SAFETY: restoring the default disposition has no preconditions.
-        unsafe {
-            libc::signal(sig, libc::SIG_DFL);
-        }
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    for sig in [Signal::SIGSEGV, Signal::SIGBUS] {
+        // SAFETY: the default disposition runs no handler of ours, so nothing can run in signal context.
+        let _ = unsafe { signal(sig, SigHandler::SigDfl) };
     }
 }
 
