@@ -137,11 +137,12 @@ struct StatusJson<'a> {
     status: StatusBodyJson<'a>,
 }
 
-/// waagent's timestamp format: `2026-11-22T10:00:00Z`.
+/// waagent's timestamp format: `2026-11-22T10:00:00Z`, RFC 3339 in UTC to the whole second (waagent wants no
+/// fraction, so the nanoseconds are cut before formatting).
 pub fn utc_timestamp(at: OffsetDateTime) -> String {
-    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
     at.to_offset(time::UtcOffset::UTC)
-        .format(&fmt)
+        .truncate_to_second()
+        .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
 
@@ -642,6 +643,37 @@ mod tests {
         let ts = v[0]["timestampUTC"].as_str().unwrap();
         assert_eq!(ts.len(), 20, "{ts}");
         assert!(ts.ends_with('Z'));
+    }
+
+    #[test]
+    fn timestamps_are_utc_whole_seconds_as_waagent_writes_them() {
+        let at = |unix: i64, nanos: u32, offset_hours: i8| {
+            OffsetDateTime::from_unix_timestamp(unix)
+                .unwrap()
+                .replace_nanosecond(nanos)
+                .unwrap()
+                .to_offset(time::UtcOffset::from_hms(offset_hours, 0, 0).unwrap())
+        };
+        assert_eq!(
+            utc_timestamp(at(1_795_341_600, 0, 0)),
+            "2026-11-22T10:00:00Z"
+        );
+        assert_eq!(
+            utc_timestamp(at(1_795_341_600, 999_999_999, 0)),
+            "2026-11-22T10:00:00Z"
+        );
+        assert_eq!(
+            utc_timestamp(at(1_795_341_600, 1, -5)),
+            "2026-11-22T10:00:00Z"
+        );
+        assert_eq!(
+            utc_timestamp(at(-62_135_596_800, 5, 0)),
+            "0001-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            utc_timestamp(at(253_402_300_799, 5, 0)),
+            "9999-12-31T23:59:59Z"
+        );
     }
 
     #[test]

@@ -159,10 +159,6 @@ pub fn vault_client(settings: &Settings) -> Result<Arc<VaultClient>, String> {
         .map_err(|e| e.to_string())
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
-    status::utc_timestamp(t)
-}
-
 fn record_failure(
     state: &mut CertificateState,
     cert: &ObservedCertificate,
@@ -275,11 +271,11 @@ pub fn expiry_warning(
         return None;
     }
     let when = if left.is_negative() {
-        format!("expired on {}", rfc3339(not_after))
+        format!("expired on {}", status::utc_timestamp(not_after))
     } else {
         format!(
             "expires on {} (in {} day(s))",
-            rfc3339(not_after),
+            status::utc_timestamp(not_after),
             left.whole_days()
         )
     };
