@@ -278,29 +278,21 @@ fn read_ack(stream: &mut TcpStream, chunk: &str) -> io::Result<()> {
     }
 }
 
-/// The chunk id of a Fluentd Forward acknowledgement (`{"ack": id}`, msgpack).
+/// The chunk id of a Fluentd Forward acknowledgement (`{"ack": id}`, msgpack): a map of string keys to string
+/// values; `None` until the bytes hold a whole one, or if they are something else.
 pub fn parse_ack(bytes: &[u8]) -> Option<String> {
-    use rmp::decode::*;
-    let mut rd = bytes;
-    let entries = read_map_len(&mut rd).ok()?;
+    use rmp::decode::{read_map_len, read_str_from_slice};
+    let mut rest = bytes;
+    let entries = read_map_len(&mut rest).ok()?;
     for _ in 0..entries {
-        let key = read_string(&mut rd)?;
-        let value = read_string(&mut rd)?;
+        let (key, after_key) = read_str_from_slice(rest).ok()?;
+        let (value, after_value) = read_str_from_slice(after_key).ok()?;
         if key == "ack" {
-            return Some(value);
+            return Some(value.to_string());
         }
+        rest = after_value;
     }
     None
-}
-
-fn read_string(rd: &mut &[u8]) -> Option<String> {
-    let len = rmp::decode::read_str_len(rd).ok()? as usize;
-    if rd.len() < len {
-        return None;
-    }
-    let (s, rest) = rd.split_at(len);
-    *rd = rest;
-    String::from_utf8(s.to_vec()).ok()
 }
 
 #[cfg(test)]
@@ -331,5 +323,46 @@ mod tests {
         rmp::encode::write_str(&mut buf, "kvvm-1-2").unwrap();
         assert_eq!(parse_ack(&buf).as_deref(), Some("kvvm-1-2"));
         assert_eq!(parse_ack(&buf[..buf.len() - 1]), None);
+    }
+
+    #[test]
+    fn acks_in_other_shapes() {
+        use rmp::encode::*;
+        let map = |entries: &[(&[u8], &[u8])]| {
+            let mut buf = Vec::new();
+            write_map_len(&mut buf, entries.len() as u32).unwrap();
+            for (key, value) in entries {
+                buf.extend_from_slice(key);
+                buf.extend_from_slice(value);
+            }
+            buf
+        };
+        let s = |text: &str| {
+            let mut buf = Vec::new();
+            write_str(&mut buf, text).unwrap();
+            buf
+        };
+        // Other string entries first, and the long str8 form: found.
+        let long = "k".repeat(40);
+        assert_eq!(
+            parse_ack(&map(&[(&s("x"), &s("y")), (&s("ack"), &s(&long))])).as_deref(),
+            Some(long.as_str())
+        );
+        // The first "ack" counts.
+        assert_eq!(
+            parse_ack(&map(&[(&s("ack"), &s("a")), (&s("ack"), &s("b"))])).as_deref(),
+            Some("a")
+        );
+        // No ack, a value that is not a string, a key that is not valid UTF-8, not a map: none.
+        assert_eq!(parse_ack(&map(&[])), None);
+        assert_eq!(parse_ack(&map(&[(&s("x"), &s("y"))])), None);
+        assert_eq!(
+            parse_ack(&map(&[(&s("x"), &[0x01]), (&s("ack"), &s("a"))])),
+            None
+        );
+        assert_eq!(parse_ack(&map(&[(&s("ack"), &[0x01])])), None);
+        assert_eq!(parse_ack(&map(&[(&[0xa1, 0xff], &s("a"))])), None);
+        assert_eq!(parse_ack(&s("ack")), None);
+        assert_eq!(parse_ack(&[]), None);
     }
 }
