@@ -1,117 +1,78 @@
-//! `authenticationSettings`: the managed identity endpoint and the user-assigned identity.
+//! `authenticationSettings`: which managed identity endpoint to ask, and which user-assigned identity (by
+//! client id, object id or ARM resource ID) to ask for. Users often put the section inside
+//! `secretsManagementSettings`, or a resource ID into `msiClientId`: both are accepted with a warning that says
+//! where it belongs.
 
 use serde_json::Value;
 use url::Url;
 
 use super::SettingsError;
+use super::error::SettingsErrorKind;
 use super::json::{expect_object, section, shown, string};
-use super::raw::{AUTHENTICATION_KEYS, RawAuthentication};
+use super::raw::RawAuthentication;
 use super::url::empty_authority;
+use crate::identity::UserIdentity;
 
-pub(super) const EXPECT_AUTHENTICATION: &str =
+const EXPECT_AUTHENTICATION: &str =
     "an object such as {\"msiEndpoint\": \"http://169.254.169.254/metadata/identity\"}";
-pub(super) const EXPECT_MSI_ENDPOINT: &str =
+const EXPECT_MSI_ENDPOINT: &str =
     "a URL string such as \"http://169.254.169.254/metadata/identity\"";
-pub(super) const EXPECT_MSI_CLIENT_ID: &str =
-    "a GUID string such as \"c7373ae5-91c2-4165-8ab6-7381d6e75619\"";
-pub(super) const EXPECT_MSI_RESOURCE_ID: &str = "a resource ID string such as \"/subscriptions/<subscription>/resourceGroups/<group>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>\"";
+const EXPECT_MSI_CLIENT_ID: &str = "a GUID string such as \"c7373ae5-91c2-4165-8ab6-7381d6e75619\"";
+const EXPECT_MSI_RESOURCE_ID: &str = "a resource ID string such as \"/subscriptions/<subscription>/resourceGroups/<group>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>\"";
 
-pub(super) fn authentication(
+/// The managed identity endpoint (`None`: IMDS's default) and the user-assigned identity (`None`: the
+/// system-assigned one).
+pub(super) type Authentication = (Option<Url>, Option<UserIdentity>);
+
+/// `authenticationSettings`, given at the top level (`top`) or, by a common mistake, inside
+/// `secretsManagementSettings` (`nested`): the nested one is used with a warning; the top-level one wins when
+/// both are given.
+pub(super) fn authentication_settings(
+    top: Option<&Value>,
+    nested: Option<&Value>,
+    warnings: &mut Vec<String>,
+) -> Result<Authentication, SettingsError> {
+    let nested_path = "secretsManagementSettings.authenticationSettings";
+    let chosen = match (top, nested) {
+        (Some(top), Some(_)) => {
+            warnings.push(format!(
+                "authenticationSettings is given both at the top level and as {nested_path}; the top-level one is \
+                 used and {nested_path} is ignored: remove it"
+            ));
+            Some((top, "authenticationSettings"))
+        }
+        (Some(top), None) => Some((top, "authenticationSettings")),
+        (None, Some(nested)) => {
+            warnings.push(format!(
+                "{nested_path} is used, but authenticationSettings belongs at the top level of the settings, beside \
+                 secretsManagementSettings: move it there"
+            ));
+            Some((nested, nested_path))
+        }
+        (None, None) => None,
+    };
+    match chosen {
+        None => Ok((None, None)),
+        Some((value, path)) => authentication(value, path, warnings),
+    }
+}
+
+/// One `authenticationSettings` object at `path`.
+fn authentication(
     value: &Value,
     path: &str,
     warnings: &mut Vec<String>,
-) -> Result<(Option<Url>, Option<crate::identity::UserIdentity>), SettingsError> {
-    use crate::identity::UserIdentity;
+) -> Result<Authentication, SettingsError> {
     let raw: RawAuthentication = section(
         expect_object(value, path, EXPECT_AUTHENTICATION)?,
         path,
-        AUTHENTICATION_KEYS,
         warnings,
     )?;
-    let endpoint_path = format!("{path}.msiEndpoint");
-    let endpoint = match string(
-        raw.msi_endpoint.as_ref(),
-        &endpoint_path,
-        EXPECT_MSI_ENDPOINT,
-    )? {
-        None => None,
-        Some(s) if s.trim().is_empty() => {
-            warnings.push(format!(
-                "{endpoint_path} is empty and is ignored; the default IMDS endpoint is used"
-            ));
-            None
-        }
-        Some(s) => Some(msi_endpoint(s, &endpoint_path)?),
-    };
+    let endpoint = endpoint_setting(raw.msi_endpoint.as_ref(), path, warnings)?;
     let mut given: Vec<UserIdentity> = Vec::new();
-    let client_path = format!("{path}.msiClientId");
-    match string(
-        raw.msi_client_id.as_ref(),
-        &client_path,
-        EXPECT_MSI_CLIENT_ID,
-    )? {
-        None => {}
-        Some(s) if s.trim().is_empty() => warnings.push(format!(
-            "{client_path} is empty and is ignored; the system-assigned identity is used"
-        )),
-        Some(s) if is_guid(s.trim()) => {
-            given.push(UserIdentity::ClientId(s.trim().to_ascii_lowercase()));
-        }
-        Some(s) if is_identity_resource_id(s.trim()) => {
-            warnings.push(format!(
-                "{client_path} holds a resource ID, so it is used as msiResourceId; move it to \"msiResourceId\" \
-                 (msiClientId takes the identity's client id, a GUID: az identity show -g <group> -n <name> --query \
-                 clientId)"
-            ));
-            given.push(UserIdentity::ResourceId(s.trim().to_string()));
-        }
-        Some(s) => {
-            return Err(SettingsError::MsiClientId {
-                setting: client_path,
-                value: shown(s),
-            });
-        }
-    }
-    let object_path = format!("{path}.msiObjectId");
-    match string(
-        raw.msi_object_id.as_ref(),
-        &object_path,
-        EXPECT_MSI_CLIENT_ID,
-    )? {
-        None => {}
-        Some(s) if s.trim().is_empty() => {
-            warnings.push(format!("{object_path} is empty and is ignored"))
-        }
-        Some(s) if is_guid(s.trim()) => {
-            given.push(UserIdentity::ObjectId(s.trim().to_ascii_lowercase()));
-        }
-        Some(s) => {
-            return Err(SettingsError::MsiObjectId {
-                setting: object_path,
-                value: shown(s),
-            });
-        }
-    }
-    let resource_path = format!("{path}.msiResourceId");
-    match string(
-        raw.msi_resource_id.as_ref(),
-        &resource_path,
-        EXPECT_MSI_RESOURCE_ID,
-    )? {
-        None => {}
-        Some(s) if s.trim().is_empty() => {
-            warnings.push(format!("{resource_path} is empty and is ignored"))
-        }
-        Some(s) if is_identity_resource_id(s.trim()) => {
-            given.push(UserIdentity::ResourceId(s.trim().to_string()));
-        }
-        Some(s) => {
-            return Err(SettingsError::MsiResourceId {
-                setting: resource_path,
-                value: shown(s),
-            });
-        }
-    }
+    given.extend(client_id(raw.msi_client_id.as_ref(), path, warnings)?);
+    given.extend(object_id(raw.msi_object_id.as_ref(), path, warnings)?);
+    given.extend(resource_id(raw.msi_resource_id.as_ref(), path, warnings)?);
     // A resource ID given as msiClientId counts as msiClientId when it clashes with another.
     let name = |i: &UserIdentity, index: usize| -> &'static str {
         if index == 0 && raw.msi_client_id.is_some() && matches!(i, UserIdentity::ResourceId(_)) {
@@ -121,18 +82,112 @@ pub(super) fn authentication(
         }
     };
     if given.len() > 1 {
-        return Err(SettingsError::SeveralIdentities {
-            setting: path.to_string(),
+        return Err(SettingsErrorKind::SeveralIdentities {
             first: name(&given[0], 0),
             second: name(&given[1], 1),
-        });
+        }
+        .at(path));
     }
     Ok((endpoint, given.pop()))
 }
 
+/// `msiEndpoint`; an empty string means the default.
+fn endpoint_setting(
+    value: Option<&Value>,
+    path: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Url>, SettingsError> {
+    let endpoint_path = format!("{path}.msiEndpoint");
+    match string(value, &endpoint_path, EXPECT_MSI_ENDPOINT)? {
+        None => Ok(None),
+        Some(s) if s.trim().is_empty() => {
+            warnings.push(format!(
+                "{endpoint_path} is empty and is ignored; the default IMDS endpoint is used"
+            ));
+            Ok(None)
+        }
+        Some(s) => msi_endpoint(s, &endpoint_path).map(Some),
+    }
+}
+
+/// The string of an identity setting, `None` when absent or empty (an empty one draws a warning ending in
+/// `empty_note`).
+fn identity_text<'a>(
+    value: Option<&'a Value>,
+    setting: &str,
+    expected: &'static str,
+    empty_note: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<&'a str>, SettingsError> {
+    match string(value, setting, expected)? {
+        Some(s) if s.trim().is_empty() => {
+            warnings.push(format!("{setting} is empty and is ignored{empty_note}"));
+            Ok(None)
+        }
+        other => Ok(other),
+    }
+}
+
+/// `msiClientId`: a GUID; a resource ID is taken as `msiResourceId`, with a warning.
+fn client_id(
+    value: Option<&Value>,
+    path: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<UserIdentity>, SettingsError> {
+    let setting = format!("{path}.msiClientId");
+    let note = "; the system-assigned identity is used";
+    let Some(s) = identity_text(value, &setting, EXPECT_MSI_CLIENT_ID, note, warnings)? else {
+        return Ok(None);
+    };
+    if is_guid(s.trim()) {
+        return Ok(Some(UserIdentity::ClientId(s.trim().to_ascii_lowercase())));
+    }
+    if is_identity_resource_id(s.trim()) {
+        warnings.push(format!(
+            "{setting} holds a resource ID, so it is used as msiResourceId; move it to \"msiResourceId\" \
+             (msiClientId takes the identity's client id, a GUID: az identity show -g <group> -n <name> --query \
+             clientId)"
+        ));
+        return Ok(Some(UserIdentity::ResourceId(s.trim().to_string())));
+    }
+    Err(SettingsErrorKind::MsiClientId { value: shown(s) }.at(setting))
+}
+
+/// `msiObjectId`: a GUID.
+fn object_id(
+    value: Option<&Value>,
+    path: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<UserIdentity>, SettingsError> {
+    let setting = format!("{path}.msiObjectId");
+    let Some(s) = identity_text(value, &setting, EXPECT_MSI_CLIENT_ID, "", warnings)? else {
+        return Ok(None);
+    };
+    if is_guid(s.trim()) {
+        return Ok(Some(UserIdentity::ObjectId(s.trim().to_ascii_lowercase())));
+    }
+    Err(SettingsErrorKind::MsiObjectId { value: shown(s) }.at(setting))
+}
+
+/// `msiResourceId`: a user-assigned identity's ARM resource ID.
+fn resource_id(
+    value: Option<&Value>,
+    path: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<UserIdentity>, SettingsError> {
+    let setting = format!("{path}.msiResourceId");
+    let Some(s) = identity_text(value, &setting, EXPECT_MSI_RESOURCE_ID, "", warnings)? else {
+        return Ok(None);
+    };
+    if is_identity_resource_id(s.trim()) {
+        return Ok(Some(UserIdentity::ResourceId(s.trim().to_string())));
+    }
+    Err(SettingsErrorKind::MsiResourceId { value: shown(s) }.at(setting))
+}
+
 /// `/subscriptions/<s>/resourceGroups/<g>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>`
 /// (fixed segments in any case, as ARM compares them).
-pub(super) fn is_identity_resource_id(text: &str) -> bool {
+fn is_identity_resource_id(text: &str) -> bool {
     let Some(rest) = text.strip_prefix('/') else {
         return false;
     };
@@ -156,7 +211,8 @@ pub(super) fn is_identity_resource_id(text: &str) -> bool {
         })
 }
 
-pub(super) fn msi_endpoint(text: &str, path: &str) -> Result<Url, SettingsError> {
+/// `msiEndpoint`: an http(s) URL with a host.
+fn msi_endpoint(text: &str, path: &str) -> Result<Url, SettingsError> {
     let problem = match Url::parse(text.trim()) {
         Err(url::ParseError::EmptyHost) => "has no host".to_string(),
         Ok(_) if empty_authority(text) => "has no host".to_string(),
@@ -167,21 +223,17 @@ pub(super) fn msi_endpoint(text: &str, path: &str) -> Result<Url, SettingsError>
         Ok(url) if url.host_str().is_none_or(str::is_empty) => "has no host".to_string(),
         Ok(url) => return Ok(url),
     };
-    Err(SettingsError::MsiEndpoint {
-        setting: path.to_string(),
+    Err(SettingsErrorKind::MsiEndpoint {
         value: shown(text),
         problem,
-    })
+    }
+    .at(path))
 }
 
-/// 8-4-4-4-12 hexadecimal digits.
-pub(super) fn is_guid(text: &str) -> bool {
-    let groups: Vec<&str> = text.split('-').collect();
-    groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, len)| g.len() == len && g.bytes().all(|b| b.is_ascii_hexdigit()))
+/// 8-4-4-4-12 hexadecimal digits, without braces or a `urn:uuid:` prefix (the hyphenated form is the only
+/// 36-character one `uuid` reads).
+fn is_guid(text: &str) -> bool {
+    text.len() == 36 && uuid::Uuid::try_parse(text).is_ok()
 }
 
 #[cfg(test)]

@@ -1,37 +1,36 @@
-//! JSON helpers: the case-insensitive section reader, type checks, and values quoted in messages.
+//! Reading JSON values into settings: the section reader that matches keys case-insensitively, the type checks
+//! that turn a wrong type into an error naming the setting (or the double-encoding hint when a string holds
+//! the JSON that was expected), and how values are quoted back in messages.
 
 use std::collections::HashMap;
 
-use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::SettingsError;
+use super::error::SettingsErrorKind;
+use super::raw::RawSection;
 
 /// Longest value quoted back in an error message, in characters.
 pub(super) const MAX_SHOWN: usize = 200;
 
-// ---------------------------------------------------------------------------------------------------------------
-// JSON helpers.
-
-/// Keeps the keys of `object` that name fields (matched case-insensitively, renamed to the canonical
+/// Keeps the keys of `object` that name fields of `T` (matched case-insensitively, renamed to the canonical
 /// spelling), warns about the others, and deserializes the raw struct.
-pub(super) fn section<T: DeserializeOwned>(
+pub(super) fn section<T: RawSection>(
     object: &Map<String, Value>,
     path: &str,
-    known: &[&'static str],
     warnings: &mut Vec<String>,
 ) -> Result<T, SettingsError> {
     let mut kept = Map::new();
     let mut spelled: HashMap<&'static str, &str> = HashMap::new();
     for (key, value) in object {
-        match known.iter().find(|k| k.eq_ignore_ascii_case(key)) {
+        match T::KEYS.iter().find(|k| k.eq_ignore_ascii_case(key)) {
             Some(&canonical) => {
                 if let Some(first) = spelled.insert(canonical, key) {
-                    return Err(SettingsError::DuplicateKey {
-                        setting: join(path, canonical),
+                    return Err(SettingsErrorKind::DuplicateKey {
                         first: first.to_string(),
                         second: key.clone(),
-                    });
+                    }
+                    .at(join(path, canonical)));
                 }
                 kept.insert(canonical.to_string(), value.clone());
             }
@@ -42,14 +41,17 @@ pub(super) fn section<T: DeserializeOwned>(
         }
     }
     // Every field is an Option<Value>, so this cannot fail; report it as a type error rather than panic.
-    serde_json::from_value(Value::Object(kept)).map_err(|e| SettingsError::WrongType {
-        setting: path.to_string(),
-        expected: "an object",
-        found: e.to_string(),
+    serde_json::from_value(Value::Object(kept)).map_err(|e| {
+        SettingsErrorKind::WrongType {
+            expected: "an object",
+            found: e.to_string(),
+        }
+        .at(path)
     })
 }
 
-pub(super) fn join(path: &str, key: &str) -> String {
+/// `path.key`, or `key` at the top.
+fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
     } else {
@@ -57,6 +59,7 @@ pub(super) fn join(path: &str, key: &str) -> String {
     }
 }
 
+/// The object at `path`, or the error saying it must be `expected`.
 pub(super) fn expect_object<'a>(
     value: &'a Value,
     path: &str,
@@ -68,6 +71,7 @@ pub(super) fn expect_object<'a>(
     }
 }
 
+/// The list at `path`, or the error saying it must be `expected`.
 pub(super) fn expect_array<'a>(
     value: &'a Value,
     path: &str,
@@ -90,16 +94,13 @@ pub(super) fn not_a(
     if let Value::String(s) = value
         && let Some(preview) = escaped_json(s, list)
     {
-        return SettingsError::EscapedJson {
-            setting: path.to_string(),
-            preview,
-        };
+        return SettingsErrorKind::EscapedJson { preview }.at(path);
     }
-    SettingsError::WrongType {
-        setting: path.to_string(),
+    SettingsErrorKind::WrongType {
         expected,
         found: found(value),
     }
+    .at(path)
 }
 
 /// If `text` is itself a JSON object (or, when `list_too`, a list), its JSON-quoted start for the message.
@@ -136,10 +137,10 @@ pub(super) fn boolean(
         Some(Value::Bool(b)) => Ok(*b),
         Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("true") => Ok(true),
         Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("false") => Ok(false),
-        Some(other) => Err(SettingsError::NotBoolean {
-            setting: path.to_string(),
+        Some(other) => Err(SettingsErrorKind::NotBoolean {
             value: json_text(other),
-        }),
+        }
+        .at(path)),
     }
 }
 
@@ -168,6 +169,15 @@ pub(super) fn whole_number(value: &Value, max: u64) -> Option<u64> {
     (1..=max).contains(&n).then_some(n)
 }
 
+/// Whether a number setting is zero (0, 0.0 or "0").
+pub(super) fn is_zero(value: &Value) -> bool {
+    match value {
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.trim() == "0",
+        _ => false,
+    }
+}
+
 /// What a value is, for "found …" in messages.
 pub(super) fn found(value: &Value) -> String {
     match value {
@@ -190,6 +200,7 @@ pub(super) fn shown(text: &str) -> String {
     truncate(text, MAX_SHOWN)
 }
 
+/// `text` cut to `max_chars` characters, with "…" when something was cut.
 pub(super) fn truncate(text: &str, max_chars: usize) -> String {
     match text.char_indices().nth(max_chars) {
         None => text.to_string(),
@@ -197,19 +208,10 @@ pub(super) fn truncate(text: &str, max_chars: usize) -> String {
     }
 }
 
-/// Whether a number setting is zero (0, 0.0 or "0").
-pub(super) fn is_zero(value: &Value) -> bool {
-    match value {
-        Value::Number(n) => n.as_f64() == Some(0.0),
-        Value::String(s) => s.trim() == "0",
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::MAX_POLLING_SECONDS;
+    use crate::settings::sections::MAX_POLLING_SECONDS;
     use serde_json::json;
 
     #[test]

@@ -4,32 +4,41 @@
 //! (keys matched case-insensitively, as the original .NET/Go readers do; `serde_json::Value` where a field takes
 //! several types), then validated into a typed [`Settings`]. Anything we cannot act on safely is an error naming
 //! the setting by its JSON path, the bad value and the fix; anything merely unused is a warning.
+//!
+//! The parts: `raw` (the structs that mirror the JSON), `json` (reading values, quoting them back), `error`,
+//! and one file per part of the schema: `certificates` (observedCertificates), `url` (a certificate's secret
+//! URL), `paths` (store folders, link names, the metrics file), `sections` (the numbers, acls,
+//! postInstallCommand, additionalFormats), `identity` (authenticationSettings) and `logging`
+//! (loggingSettings). This file holds the types and the two entry points, which read as the schema.
 
 mod certificates;
 mod error;
 mod identity;
 mod json;
+mod logging;
+mod paths;
 mod raw;
 mod sections;
 mod url;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ::url::Url;
 use serde_json::Value;
 
-use certificates::{EXAMPLE_CERTIFICATES, EXPECT_CERTIFICATES, EXPECT_STORE, observed_certificate};
-pub use error::SettingsError;
-use identity::authentication;
-use json::{
-    boolean, escaped_json, expect_array, expect_object, found, is_zero, json_text, section, shown,
-    string, whole_number,
+use certificates::{Defaults, observed_certificates};
+pub use error::{SettingsError, SettingsErrorKind};
+use identity::authentication_settings;
+use json::{boolean, escaped_json, expect_object, found, section};
+use paths::{metrics_setting, store_setting};
+use raw::{
+    RawHandlerSettings, RawPublicSettings, RawRuntimeSetting, RawSecretsManagement, RawSettingsFile,
 };
-use raw::*;
-use sections::EXPECT_METRICS;
-use sections::{additional_formats, logging, metrics_file, post_install_command, store_location};
+use sections::{
+    additional_formats, expiry_warning_days, polling_interval, post_install_command,
+    retained_versions,
+};
 
 /// Where certificates go when neither the certificate nor `secretsManagementSettings` names a folder.
 pub const DEFAULT_STORE: &str = "/var/lib/waagent/Microsoft.Azure.KeyVault.Store";
@@ -47,11 +56,6 @@ pub const DEFAULT_SERVICE_NAME: &str = "akvvm_service";
 pub const DEFAULT_EXPIRY_WARNING_DAYS: u32 = 14;
 /// `postInstallCommand.timeoutInS` when absent.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest post-install command timeout accepted (one hour).
-const MAX_HOOK_SECONDS: u64 = 3600;
-
-/// Longest polling interval accepted, in seconds (keeps `Instant + interval` far from overflow).
-const MAX_POLLING_SECONDS: u64 = u32::MAX as u64;
 
 /// The validated settings: everything the worker, the store and the identity client need.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,15 +192,16 @@ pub enum Configured {
     Settings(Settings),
 }
 
+const RUNTIME: &str = "runtimeSettings[0]";
+const HANDLER: &str = "runtimeSettings[0].handlerSettings";
+const SECRETS: &str = "secretsManagementSettings";
+
 const EXPECT_DOCUMENT: &str = "a JSON object such as {\"runtimeSettings\": [{\"handlerSettings\": {\"publicSettings\": {...}}}]}";
 const EXPECT_RUNTIME: &str = "an object such as {\"handlerSettings\": {\"publicSettings\": {...}}}";
 const EXPECT_HANDLER: &str = "an object such as {\"publicSettings\": {...}}";
 const EXPECT_PUBLIC: &str = "a JSON object such as {\"secretsManagementSettings\": {\"observedCertificates\": [\"https://myvault.vault.azure.net/secrets/mycert\"]}}";
 const EXPECT_SECRETS: &str = "an object such as {\"observedCertificates\": [\"https://myvault.vault.azure.net/secrets/mycert\"]}";
 const EXAMPLE_SECRETS: &str = "add \"secretsManagementSettings\": {\"observedCertificates\": [\"https://myvault.vault.azure.net/secrets/mycert\"]}";
-
-// ---------------------------------------------------------------------------------------------------------------
-// Entry points.
 
 /// Parses a whole `config/<seq>.settings` file
 /// (`{"runtimeSettings":[{"handlerSettings":{"publicSettings":{..},"protectedSettings":..}}]}`).
@@ -207,83 +212,34 @@ pub fn parse_settings_file(text: &str) -> Result<Configured, SettingsError> {
     // Files written by Windows tools may start with a byte order mark, which serde_json rejects.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {
-        return Ok(Configured::Nothing {
-            reason: "the settings file is empty".to_string(),
-        });
+        return Ok(nothing("the settings file is empty"));
     }
-    let document: Value = serde_json::from_str(text).map_err(|e| {
-        let full = e.to_string();
-        let suffix = format!(" at line {} column {}", e.line(), e.column());
-        SettingsError::NotJson {
-            detail: full.strip_suffix(&suffix).unwrap_or(&full).to_string(),
-            line: e.line(),
-            column: e.column(),
-        }
-    })?;
+    let document = json_document(text)?;
     let mut warnings = Vec::new();
     let file: RawSettingsFile = section(
         expect_object(&document, "", EXPECT_DOCUMENT)?,
         "",
-        FILE_KEYS,
         &mut warnings,
     )?;
-    let runtime = match &file.runtime_settings {
-        Some(Value::Array(list)) if list.len() == 1 => &list[0],
-        Some(Value::Array(list)) if list.is_empty() => {
-            return Err(SettingsError::RuntimeSettings {
-                found: "an empty list".to_string(),
-            });
-        }
-        Some(Value::Array(list)) => {
-            return Err(SettingsError::RuntimeSettings {
-                found: format!("{} elements", list.len()),
-            });
-        }
-        Some(other) => {
-            return Err(SettingsError::RuntimeSettings {
-                found: found(other),
-            });
-        }
-        None => {
-            return Err(SettingsError::RuntimeSettings {
-                found: "no runtimeSettings".to_string(),
-            });
-        }
-    };
+    let runtime = only_runtime_setting(file.runtime_settings.as_ref())?;
     let runtime: RawRuntimeSetting = section(
-        expect_object(runtime, "runtimeSettings[0]", EXPECT_RUNTIME)?,
-        "runtimeSettings[0]",
-        RUNTIME_KEYS,
+        expect_object(runtime, RUNTIME, EXPECT_RUNTIME)?,
+        RUNTIME,
         &mut warnings,
     )?;
     let Some(handler) = &runtime.handler_settings else {
-        return Ok(Configured::Nothing {
-            reason: "the settings file has no handlerSettings".to_string(),
-        });
+        return Ok(nothing("the settings file has no handlerSettings"));
     };
     let handler: RawHandlerSettings = section(
-        expect_object(
-            handler,
-            "runtimeSettings[0].handlerSettings",
-            EXPECT_HANDLER,
-        )?,
-        "runtimeSettings[0].handlerSettings",
-        HANDLER_KEYS,
+        expect_object(handler, HANDLER, EXPECT_HANDLER)?,
+        HANDLER,
         &mut warnings,
     )?;
     let Some(public) = &handler.public_settings else {
-        return Ok(Configured::Nothing {
-            reason: "publicSettings are null or absent".to_string(),
-        });
-    };
-    let protected_given = match &handler.protected_settings {
-        None => false,
-        Some(Value::String(s)) => !s.trim().is_empty(),
-        Some(Value::Object(map)) => !map.is_empty(),
-        Some(_) => true,
+        return Ok(nothing("publicSettings are null or absent"));
     };
     let mut settings = parse_public_settings(public)?;
-    if protected_given {
+    if protected_given(handler.protected_settings.as_ref()) {
         warnings.push("protectedSettings are ignored: KeyVaultForLinux needs none".to_string());
     }
     // Envelope warnings first: they describe the file before its contents.
@@ -295,242 +251,203 @@ pub fn parse_settings_file(text: &str) -> Result<Configured, SettingsError> {
 /// Parses the publicSettings object alone (what users write as `settings` in ARM, `--settings` in `az`).
 pub fn parse_public_settings(value: &Value) -> Result<Settings, SettingsError> {
     let mut warnings = Vec::new();
-    // PowerShell's \" quoting and `az` on Windows often deliver the settings object as a JSON string: decode it
-    // and say how to pass an object. A string that holds anything else stays an error.
-    let decoded;
-    let value = match value {
-        Value::String(text) => match serde_json::from_str::<Value>(text) {
-            Ok(inner @ Value::Object(_)) => {
-                warnings.push(
-                    "publicSettings is a JSON string holding the settings object; it was decoded and used, but pass \
-                     the settings as a JSON object: in PowerShell give -Settings a hashtable (or -SettingString the \
-                     output of ConvertTo-Json, converted once), with az give --settings the JSON text or @file.json \
-                     once, without extra quoting"
-                        .to_string(),
-                );
-                decoded = inner;
-                &decoded
-            }
-            _ => {
-                if let Some(preview) = escaped_json(text, true) {
-                    return Err(SettingsError::EscapedJson {
-                        setting: "publicSettings".to_string(),
-                        preview,
-                    });
-                }
-                value
-            }
-        },
-        _ => value,
-    };
-    let public: RawPublicSettings = section(
-        expect_object(value, "publicSettings", EXPECT_PUBLIC)?,
-        "",
-        PUBLIC_KEYS,
+    let decoded = decoded_string(value, &mut warnings)?;
+    let public = expect_object(
+        decoded.as_ref().unwrap_or(value),
+        "publicSettings",
+        EXPECT_PUBLIC,
+    )?;
+    let public: RawPublicSettings = section(public, "", &mut warnings)?;
+    let secrets = secrets_section(public.secrets_management_settings.as_ref(), &mut warnings)?;
+    let settings = secrets_management(&secrets, &mut warnings)?;
+    let (msi_endpoint, msi_identity) = authentication_settings(
+        public.authentication_settings.as_ref(),
+        secrets.authentication_settings.as_ref(),
         &mut warnings,
     )?;
-
-    let path = "secretsManagementSettings";
-    let Some(secrets) = &public.secrets_management_settings else {
-        return Err(SettingsError::Missing {
-            setting: path.to_string(),
-            fix: EXAMPLE_SECRETS,
-        });
-    };
-    let secrets: RawSecretsManagement = section(
-        expect_object(secrets, path, EXPECT_SECRETS)?,
-        path,
-        SECRETS_KEYS,
-        &mut warnings,
-    )?;
-    if secrets.link_on_renewal.is_some() {
-        warnings.push(format!(
-            "{path}.linkOnRenewal is ignored on Linux: it is a Windows certificate store option"
-        ));
-    }
-    if secrets.certificate_store_name.is_some() {
-        warnings.push(format!(
-            "{path}.certificateStoreName is ignored on Linux: it names a Windows certificate store; certificates go to certificateStoreLocation"
-        ));
-    }
-
-    let polling_path = format!("{path}.pollingIntervalInS");
-    let polling_interval = match &secrets.polling_interval_in_s {
-        None => DEFAULT_POLLING_INTERVAL,
-        Some(v) => Duration::from_secs(whole_number(v, MAX_POLLING_SECONDS).ok_or_else(|| {
-            SettingsError::PollingInterval {
-                setting: polling_path,
-                value: json_text(v),
-            }
-        })?),
-    };
-    let require_initial_sync = boolean(
-        secrets.require_initial_sync.as_ref(),
-        &format!("{path}.requireInitialSync"),
-        false,
-    )?;
-    let acl_enabled = boolean(
-        secrets.acl_enabled.as_ref(),
-        &format!("{path}.aclEnabled"),
-        false,
-    )?;
-    let retained_path = format!("{path}.retainedVersions");
-    let retained_versions = match &secrets.retained_versions {
-        None => DEFAULT_RETAINED_VERSIONS,
-        Some(v) => whole_number(v, u64::from(u32::MAX))
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| SettingsError::RetainedVersions {
-                setting: retained_path,
-                value: json_text(v),
-            })?,
-    };
-    let expiry_path = format!("{path}.expiryWarningDays");
-    let expiry_warning_days = match &secrets.expiry_warning_days {
-        None => DEFAULT_EXPIRY_WARNING_DAYS,
-        Some(v) if is_zero(v) => 0,
-        Some(v) => whole_number(v, 36_500)
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| SettingsError::ExpiryWarningDays {
-                setting: expiry_path,
-                value: json_text(v),
-            })?,
-    };
-    let metrics_path = format!("{path}.metricsFile");
-    let metrics_file = match string(secrets.metrics_file.as_ref(), &metrics_path, EXPECT_METRICS)? {
-        None => None,
-        Some(s) => Some(metrics_file(s, &metrics_path, &mut warnings)?),
-    };
-    let global_hook = match &secrets.post_install_command {
-        None => None,
-        Some(v) => post_install_command(v, &format!("{path}.postInstallCommand"), &mut warnings)?,
-    };
-    let global_formats = match &secrets.additional_formats {
-        None => Formats::default(),
-        Some(v) => additional_formats(v, &format!("{path}.additionalFormats"))?,
-    };
-    let store_path = format!("{path}.certificateStoreLocation");
-    let global_store = match string(
-        secrets.certificate_store_location.as_ref(),
-        &store_path,
-        EXPECT_STORE,
-    )? {
-        None => None,
-        Some(s) => Some(store_location(s, &store_path)?),
-    };
-
-    let list_path = format!("{path}.observedCertificates");
-    let Some(list) = &secrets.observed_certificates else {
-        return Err(SettingsError::Missing {
-            setting: list_path,
-            fix: EXAMPLE_CERTIFICATES,
-        });
-    };
-    let list = expect_array(list, &list_path, EXPECT_CERTIFICATES)?;
-    if list.is_empty() {
-        return Err(SettingsError::NoCertificates { setting: list_path });
-    }
-    let default_store = global_store.unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
-    let mut observed_certificates = Vec::with_capacity(list.len());
-    // (vault, lower-case secret) → index; (store, link) → index. Key Vault names are case-insensitive.
-    let mut seen_certificates: HashMap<(String, String), usize> = HashMap::new();
-    let mut seen_links: HashMap<(PathBuf, String), usize> = HashMap::new();
-    for (index, element) in list.iter().enumerate() {
-        let element_path = format!("{list_path}[{index}]");
-        let parsed = observed_certificate(
-            element,
-            &element_path,
-            &default_store,
-            global_hook.as_ref(),
-            global_formats,
-            &mut warnings,
-        )?;
-        let certificate = parsed.certificate;
-        let key = (
-            certificate.vault_name.clone(),
-            certificate.secret_name.to_ascii_lowercase(),
-        );
-        if let Some(first) = seen_certificates.insert(key, index) {
-            return Err(SettingsError::DuplicateCertificate {
-                setting: parsed.url_path,
-                value: shown(&parsed.url_text),
-                first: format!("{list_path}[{first}]"),
-                vault: certificate.vault_name,
-                secret: certificate.secret_name,
-            });
-        }
-        // With additionalFormats the folder's link `<link>.d` is taken too.
-        let mut links = vec![certificate.link_name.clone()];
-        if certificate.formats.any() {
-            links.push(format!(
-                "{}{}",
-                certificate.link_name,
-                crate::store::FOLDER_SUFFIX
-            ));
-        }
-        for link in links {
-            let link_key = (certificate.store_location.clone(), link.clone());
-            if let Some(first) = seen_links.insert(link_key, index) {
-                return Err(SettingsError::DuplicateLinkName {
-                    setting: parsed.link_path,
-                    link,
-                    store: certificate.store_location.display().to_string(),
-                    first: format!("{list_path}[{first}]"),
-                });
-            }
-        }
-        observed_certificates.push(certificate);
-    }
-    if !acl_enabled && observed_certificates.iter().any(|c| !c.acls.is_empty()) {
-        warnings.push(format!(
-            "{path}.aclEnabled is not true, so the certificates' acls are ignored; set \"aclEnabled\": true to apply them"
-        ));
-    }
-
-    // authenticationSettings inside secretsManagementSettings is a common mistake: use it, and say where it
-    // belongs; the top-level one wins when both are given.
-    let nested_path = "secretsManagementSettings.authenticationSettings";
-    let authentication_settings = match (
-        &public.authentication_settings,
-        &secrets.authentication_settings,
-    ) {
-        (Some(top), Some(_)) => {
-            warnings.push(format!(
-                "authenticationSettings is given both at the top level and as {nested_path}; the top-level one is \
-                 used and {nested_path} is ignored: remove it"
-            ));
-            Some((top, "authenticationSettings"))
-        }
-        (Some(top), None) => Some((top, "authenticationSettings")),
-        (None, Some(nested)) => {
-            warnings.push(format!(
-                "{nested_path} is used, but authenticationSettings belongs at the top level of the settings, beside \
-                 secretsManagementSettings: move it there"
-            ));
-            Some((nested, nested_path))
-        }
-        (None, None) => None,
-    };
-    let (msi_endpoint, msi_identity) = match authentication_settings {
-        None => (None, None),
-        Some((v, auth_path)) => authentication(v, auth_path, &mut warnings)?,
-    };
     let logging = match &public.logging_settings {
         None => None,
-        Some(v) => logging(v, &mut warnings)?,
+        Some(v) => logging::logging(v, &mut warnings)?,
     };
+    Ok(Settings {
+        msi_endpoint,
+        msi_identity,
+        logging,
+        warnings,
+        ..settings
+    })
+}
 
+/// What `secretsManagementSettings` sets: everything but the identity and the logging, which are left unset
+/// here, and the warnings, which go to `warnings`.
+fn secrets_management(
+    secrets: &RawSecretsManagement,
+    warnings: &mut Vec<String>,
+) -> Result<Settings, SettingsError> {
+    let at = |key: &str| format!("{SECRETS}.{key}");
+    let polling_interval = polling_interval(
+        secrets.polling_interval_in_s.as_ref(),
+        &at("pollingIntervalInS"),
+    )?;
+    let require_initial_sync = boolean(
+        secrets.require_initial_sync.as_ref(),
+        &at("requireInitialSync"),
+        false,
+    )?;
+    let acl_enabled = boolean(secrets.acl_enabled.as_ref(), &at("aclEnabled"), false)?;
+    let retained_versions =
+        retained_versions(secrets.retained_versions.as_ref(), &at("retainedVersions"))?;
+    let expiry_warning_days = expiry_warning_days(
+        secrets.expiry_warning_days.as_ref(),
+        &at("expiryWarningDays"),
+    )?;
+    let metrics_file =
+        metrics_setting(secrets.metrics_file.as_ref(), &at("metricsFile"), warnings)?;
+    let defaults = certificate_defaults(secrets, warnings)?;
+    let observed_certificates = observed_certificates(
+        secrets.observed_certificates.as_ref(),
+        &at("observedCertificates"),
+        &defaults,
+        warnings,
+    )?;
+    if !acl_enabled && observed_certificates.iter().any(|c| !c.acls.is_empty()) {
+        warnings.push(format!(
+            "{SECRETS}.aclEnabled is not true, so the certificates' acls are ignored; set \"aclEnabled\": true to apply them"
+        ));
+    }
     Ok(Settings {
         observed_certificates,
         polling_interval,
         require_initial_sync,
         acl_enabled,
         retained_versions,
-        msi_endpoint,
-        msi_identity,
-        logging,
+        msi_endpoint: None,
+        msi_identity: None,
+        logging: None,
         expiry_warning_days,
         metrics_file,
+        warnings: Vec::new(),
+    })
+}
+
+fn nothing(reason: &str) -> Configured {
+    Configured::Nothing {
+        reason: reason.to_string(),
+    }
+}
+
+/// The file's JSON, or where it stops being JSON.
+fn json_document(text: &str) -> Result<Value, SettingsError> {
+    serde_json::from_str(text).map_err(|e| {
+        let full = e.to_string();
+        let suffix = format!(" at line {} column {}", e.line(), e.column());
+        SettingsErrorKind::NotJson {
+            detail: full.strip_suffix(&suffix).unwrap_or(&full).to_string(),
+            line: e.line(),
+            column: e.column(),
+        }
+        .at("")
+    })
+}
+
+/// The one element of `runtimeSettings`.
+fn only_runtime_setting(value: Option<&Value>) -> Result<&Value, SettingsError> {
+    let found = match value {
+        Some(Value::Array(list)) if list.len() == 1 => return Ok(&list[0]),
+        Some(Value::Array(list)) if list.is_empty() => "an empty list".to_string(),
+        Some(Value::Array(list)) => format!("{} elements", list.len()),
+        Some(other) => found(other),
+        None => "no runtimeSettings".to_string(),
+    };
+    Err(SettingsErrorKind::RuntimeSettings { found }.at("runtimeSettings"))
+}
+
+/// Whether `protectedSettings` hold anything (waagent writes an empty string or object when there are none).
+fn protected_given(value: Option<&Value>) -> bool {
+    match value {
+        None => false,
+        Some(Value::String(s)) => !s.trim().is_empty(),
+        Some(Value::Object(map)) => !map.is_empty(),
+        Some(_) => true,
+    }
+}
+
+/// PowerShell's \" quoting and `az` on Windows often deliver the settings object as a JSON string: the object
+/// it holds, with a warning that says how to pass an object. A string that holds anything else stays an error.
+fn decoded_string(
+    value: &Value,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Value>, SettingsError> {
+    let Value::String(text) = value else {
+        return Ok(None);
+    };
+    if let Ok(inner @ Value::Object(_)) = serde_json::from_str::<Value>(text) {
+        warnings.push(
+            "publicSettings is a JSON string holding the settings object; it was decoded and used, but pass \
+             the settings as a JSON object: in PowerShell give -Settings a hashtable (or -SettingString the \
+             output of ConvertTo-Json, converted once), with az give --settings the JSON text or @file.json \
+             once, without extra quoting"
+                .to_string(),
+        );
+        return Ok(Some(inner));
+    }
+    match escaped_json(text, true) {
+        Some(preview) => Err(SettingsErrorKind::EscapedJson { preview }.at("publicSettings")),
+        None => Ok(None),
+    }
+}
+
+/// `secretsManagementSettings`, which must be given; the Windows-only settings in it draw a warning.
+fn secrets_section(
+    value: Option<&Value>,
+    warnings: &mut Vec<String>,
+) -> Result<RawSecretsManagement, SettingsError> {
+    let Some(value) = value else {
+        return Err(SettingsErrorKind::Missing {
+            fix: EXAMPLE_SECRETS,
+        }
+        .at(SECRETS));
+    };
+    let secrets: RawSecretsManagement = section(
+        expect_object(value, SECRETS, EXPECT_SECRETS)?,
+        SECRETS,
         warnings,
+    )?;
+    if secrets.link_on_renewal.is_some() {
+        warnings.push(format!(
+            "{SECRETS}.linkOnRenewal is ignored on Linux: it is a Windows certificate store option"
+        ));
+    }
+    if secrets.certificate_store_name.is_some() {
+        warnings.push(format!(
+            "{SECRETS}.certificateStoreName is ignored on Linux: it names a Windows certificate store; certificates go to certificateStoreLocation"
+        ));
+    }
+    Ok(secrets)
+}
+
+/// The settings of `secretsManagementSettings` that a certificate may override.
+fn certificate_defaults(
+    secrets: &RawSecretsManagement,
+    warnings: &mut Vec<String>,
+) -> Result<Defaults, SettingsError> {
+    let hook = match &secrets.post_install_command {
+        None => None,
+        Some(v) => post_install_command(v, &format!("{SECRETS}.postInstallCommand"), warnings)?,
+    };
+    let formats = match &secrets.additional_formats {
+        None => Formats::default(),
+        Some(v) => additional_formats(v, &format!("{SECRETS}.additionalFormats"))?,
+    };
+    let store = store_setting(
+        secrets.certificate_store_location.as_ref(),
+        &format!("{SECRETS}.certificateStoreLocation"),
+    )?
+    .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
+    Ok(Defaults {
+        store,
+        hook,
+        formats,
     })
 }
 

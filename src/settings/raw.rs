@@ -1,220 +1,154 @@
-//! The raw structs: the JSON exactly as written, before validation.
+//! The raw structs: the JSON exactly as written, one struct per object of the schema. Every field is a `Value`
+//! so that a wrong type is reported with the setting's path (serde's own messages have none). Keys are matched
+//! case-insensitively before deserializing (`json::section`), against the list `raw_section!` derives
+//! from the same declaration as the struct's `rename`s, so the two cannot drift apart.
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-// ---------------------------------------------------------------------------------------------------------------
-// Raw structs: the JSON exactly as written. Every field is a `Value` so that a wrong type is reported with the
-// setting's path (serde's own messages have none). Keys are matched case-insensitively before deserializing
-// (see `known_keys`), so the `*_KEYS` lists must name the same keys as the `rename`s (a unit test checks).
-
-/// `{"runtimeSettings": [...]}`, the whole `config/<seq>.settings` file.
-#[derive(Deserialize, Default)]
-#[cfg_attr(test, derive(serde::Serialize))]
-pub(super) struct RawSettingsFile {
-    #[serde(rename = "runtimeSettings")]
-    pub(super) runtime_settings: Option<Value>,
+/// A raw section: a struct of optional JSON values, one per key of its object.
+pub(super) trait RawSection: DeserializeOwned {
+    /// The keys as the schema spells them (the fields' `rename`s).
+    const KEYS: &'static [&'static str];
 }
-pub(super) const FILE_KEYS: &[&str] = &["runtimeSettings"];
 
-/// `runtimeSettings[0]`.
-#[derive(Deserialize, Default)]
-#[cfg_attr(test, derive(serde::Serialize))]
-pub(super) struct RawRuntimeSetting {
-    #[serde(rename = "handlerSettings")]
-    pub(super) handler_settings: Option<Value>,
-}
-pub(super) const RUNTIME_KEYS: &[&str] = &["handlerSettings"];
+/// Declares a raw section: `Name { field: "jsonKey", … }` becomes a struct whose fields are `Option<Value>`
+/// renamed to their keys, and its `RawSection::KEYS`.
+macro_rules! raw_section {
+    ($(#[$meta:meta])* $name:ident { $($(#[$field_meta:meta])* $field:ident: $key:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Deserialize)]
+        pub(super) struct $name {
+            $(
+                $(#[$field_meta])*
+                #[serde(rename = $key)]
+                pub(super) $field: Option<Value>,
+            )*
+        }
 
-/// `runtimeSettings[0].handlerSettings`.
-#[derive(Deserialize, Default)]
-#[cfg_attr(test, derive(serde::Serialize))]
-pub(super) struct RawHandlerSettings {
-    #[serde(rename = "publicSettings")]
-    pub(super) public_settings: Option<Value>,
-    #[serde(rename = "protectedSettings")]
-    pub(super) protected_settings: Option<Value>,
-    /// Names the certificate that decrypts protectedSettings; known so that it draws no warning, never used.
-    #[allow(dead_code)]
-    #[serde(rename = "protectedSettingsCertThumbprint")]
-    pub(super) protected_settings_cert_thumbprint: Option<Value>,
+        impl RawSection for $name {
+            const KEYS: &'static [&'static str] = &[$($key),*];
+        }
+    };
 }
-pub(super) const HANDLER_KEYS: &[&str] = &[
-    "publicSettings",
-    "protectedSettings",
-    "protectedSettingsCertThumbprint",
-];
 
-/// publicSettings.
-#[derive(Deserialize, Default)]
-#[cfg_attr(test, derive(serde::Serialize))]
-pub(super) struct RawPublicSettings {
-    #[serde(rename = "secretsManagementSettings")]
-    pub(super) secrets_management_settings: Option<Value>,
-    #[serde(rename = "authenticationSettings")]
-    pub(super) authentication_settings: Option<Value>,
-    #[serde(rename = "loggingSettings")]
-    pub(super) logging_settings: Option<Value>,
+raw_section! {
+    /// `{"runtimeSettings": [...]}`, the whole `config/<seq>.settings` file.
+    RawSettingsFile {
+        runtime_settings: "runtimeSettings",
+    }
 }
-pub(super) const PUBLIC_KEYS: &[&str] = &[
-    "secretsManagementSettings",
-    "authenticationSettings",
-    "loggingSettings",
-];
 
-/// `secretsManagementSettings`.
-#[derive(Deserialize, Default)]
-#[cfg_attr(test, derive(serde::Serialize))]
-pub(super) struct RawSecretsManagement {
-    #[serde(rename = "pollingIntervalInS")]
-    pub(super) polling_interval_in_s: Option<Value>,
-    #[serde(rename = "certificateStoreName")]
-    pub(super) certificate_store_name: Option<Value>,
-    #[serde(rename = "linkOnRenewal")]
-    pub(super) link_on_renewal: Option<Value>,
-    #[serde(rename = "certificateStoreLocation")]
-    pub(super) certificate_store_location: Option<Value>,
-    #[serde(rename = "requireInitialSync")]
-    pub(super) require_initial_sync: Option<Value>,
-    #[serde(rename = "observedCertificates")]
-    pub(super) observed_certificates: Option<Value>,
-    #[serde(rename = "aclEnabled")]
-    pub(super) acl_enabled: Option<Value>,
-    #[serde(rename = "retainedVersions")]
-    pub(super) retained_versions: Option<Value>,
-    #[serde(rename = "expiryWarningDays")]
-    pub(super) expiry_warning_days: Option<Value>,
-    #[serde(rename = "postInstallCommand")]
-    pub(super) post_install_command: Option<Value>,
-    #[serde(rename = "metricsFile")]
-    pub(super) metrics_file: Option<Value>,
-    #[serde(rename = "additionalFormats")]
-    pub(super) additional_formats: Option<Value>,
-    /// Belongs at the top level; accepted here with a warning (a common mistake).
-    #[serde(rename = "authenticationSettings")]
-    pub(super) authentication_settings: Option<Value>,
+raw_section! {
+    /// `runtimeSettings[0]`.
+    RawRuntimeSetting {
+        handler_settings: "handlerSettings",
+    }
 }
-pub(super) const SECRETS_KEYS: &[&str] = &[
-    "additionalFormats",
-    "authenticationSettings",
-    "pollingIntervalInS",
-    "certificateStoreName",
-    "linkOnRenewal",
-    "certificateStoreLocation",
-    "requireInitialSync",
-    "observedCertificates",
-    "aclEnabled",
-    "retainedVersions",
-    "expiryWarningDays",
-    "postInstallCommand",
-    "metricsFile",
-];
 
-/// One v3 `observedCertificates` object.
-#[derive(Deserialize, Default)]
-#[cfg_attr(test, derive(serde::Serialize))]
-pub(super) struct RawObservedCertificate {
-    pub(super) url: Option<Value>,
-    #[serde(rename = "certificateStoreLocation")]
-    pub(super) certificate_store_location: Option<Value>,
-    #[serde(rename = "customSymbolicLinkName")]
-    pub(super) custom_symbolic_link_name: Option<Value>,
-    pub(super) acls: Option<Value>,
-    #[serde(rename = "certificateStoreName")]
-    pub(super) certificate_store_name: Option<Value>,
-    #[serde(rename = "postInstallCommand")]
-    pub(super) post_install_command: Option<Value>,
-    #[serde(rename = "additionalFormats")]
-    pub(super) additional_formats: Option<Value>,
+raw_section! {
+    /// `runtimeSettings[0].handlerSettings`.
+    RawHandlerSettings {
+        public_settings: "publicSettings",
+        protected_settings: "protectedSettings",
+        /// Names the certificate that decrypts protectedSettings; known so that it draws no warning, never used.
+        #[allow(dead_code)]
+        protected_settings_cert_thumbprint: "protectedSettingsCertThumbprint",
+    }
 }
-pub(super) const CERTIFICATE_KEYS: &[&str] = &[
-    "additionalFormats",
-    "url",
-    "certificateStoreLocation",
-    "customSymbolicLinkName",
-    "acls",
-    "certificateStoreName",
-    "postInstallCommand",
-];
 
-/// A `postInstallCommand` object.
-#[derive(Deserialize, Default)]
-#[cfg_attr(test, derive(serde::Serialize))]
-pub(super) struct RawHook {
-    pub(super) command: Option<Value>,
-    pub(super) shell: Option<Value>,
-    #[serde(rename = "timeoutInS")]
-    pub(super) timeout_in_s: Option<Value>,
+raw_section! {
+    /// publicSettings.
+    RawPublicSettings {
+        secrets_management_settings: "secretsManagementSettings",
+        authentication_settings: "authenticationSettings",
+        logging_settings: "loggingSettings",
+    }
 }
-pub(super) const HOOK_KEYS: &[&str] = &["command", "shell", "timeoutInS"];
 
-/// One `acls` entry.
-#[derive(Deserialize, Default)]
-#[cfg_attr(test, derive(serde::Serialize))]
-pub(super) struct RawAcl {
-    pub(super) user: Option<Value>,
-    pub(super) group: Option<Value>,
+raw_section! {
+    /// `secretsManagementSettings`.
+    RawSecretsManagement {
+        polling_interval_in_s: "pollingIntervalInS",
+        certificate_store_name: "certificateStoreName",
+        link_on_renewal: "linkOnRenewal",
+        certificate_store_location: "certificateStoreLocation",
+        require_initial_sync: "requireInitialSync",
+        observed_certificates: "observedCertificates",
+        acl_enabled: "aclEnabled",
+        retained_versions: "retainedVersions",
+        expiry_warning_days: "expiryWarningDays",
+        post_install_command: "postInstallCommand",
+        metrics_file: "metricsFile",
+        additional_formats: "additionalFormats",
+        /// Belongs at the top level; accepted here with a warning (a common mistake).
+        authentication_settings: "authenticationSettings",
+    }
 }
-pub(super) const ACL_KEYS: &[&str] = &["user", "group"];
 
-/// `authenticationSettings`.
-#[derive(Deserialize, Default)]
-#[cfg_attr(test, derive(serde::Serialize))]
-pub(super) struct RawAuthentication {
-    #[serde(rename = "msiEndpoint")]
-    pub(super) msi_endpoint: Option<Value>,
-    #[serde(rename = "msiClientId")]
-    pub(super) msi_client_id: Option<Value>,
-    #[serde(rename = "msiObjectId")]
-    pub(super) msi_object_id: Option<Value>,
-    #[serde(rename = "msiResourceId")]
-    pub(super) msi_resource_id: Option<Value>,
+raw_section! {
+    /// One v3 `observedCertificates` object.
+    RawObservedCertificate {
+        url: "url",
+        certificate_store_location: "certificateStoreLocation",
+        custom_symbolic_link_name: "customSymbolicLinkName",
+        acls: "acls",
+        certificate_store_name: "certificateStoreName",
+        post_install_command: "postInstallCommand",
+        additional_formats: "additionalFormats",
+    }
 }
-pub(super) const AUTHENTICATION_KEYS: &[&str] =
-    &["msiEndpoint", "msiClientId", "msiObjectId", "msiResourceId"];
 
-/// `loggingSettings`.
-#[derive(Deserialize, Default)]
-#[cfg_attr(test, derive(serde::Serialize))]
-pub(super) struct RawLogging {
-    pub(super) logger: Option<Value>,
-    pub(super) endpoint: Option<Value>,
-    pub(super) format: Option<Value>,
-    pub(super) servicename: Option<Value>,
+raw_section! {
+    /// A `postInstallCommand` object.
+    RawHook {
+        command: "command",
+        shell: "shell",
+        timeout_in_s: "timeoutInS",
+    }
 }
-pub(super) const LOGGING_KEYS: &[&str] = &["logger", "endpoint", "format", "servicename"];
+
+raw_section! {
+    /// One `acls` entry.
+    RawAcl {
+        user: "user",
+        group: "group",
+    }
+}
+
+raw_section! {
+    /// `authenticationSettings`.
+    RawAuthentication {
+        msi_endpoint: "msiEndpoint",
+        msi_client_id: "msiClientId",
+        msi_object_id: "msiObjectId",
+        msi_resource_id: "msiResourceId",
+    }
+}
+
+raw_section! {
+    /// `loggingSettings`.
+    RawLogging {
+        logger: "logger",
+        endpoint: "endpoint",
+        format: "format",
+        servicename: "servicename",
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn keys_of<T: Default + serde::Serialize>() -> Vec<String> {
-        let value = serde_json::to_value(T::default()).unwrap();
-        let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
-        keys.sort();
-        keys
-    }
-
-    fn sorted(keys: &[&str]) -> Vec<String> {
-        let mut keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-        keys.sort();
-        keys
-    }
+    use serde_json::json;
 
     #[test]
-    fn key_lists_match_raw_structs() {
-        assert_eq!(keys_of::<RawSettingsFile>(), sorted(FILE_KEYS));
-        assert_eq!(keys_of::<RawRuntimeSetting>(), sorted(RUNTIME_KEYS));
-        assert_eq!(keys_of::<RawHandlerSettings>(), sorted(HANDLER_KEYS));
-        assert_eq!(keys_of::<RawPublicSettings>(), sorted(PUBLIC_KEYS));
-        assert_eq!(keys_of::<RawSecretsManagement>(), sorted(SECRETS_KEYS));
-        assert_eq!(
-            keys_of::<RawObservedCertificate>(),
-            sorted(CERTIFICATE_KEYS)
-        );
-        assert_eq!(keys_of::<RawAcl>(), sorted(ACL_KEYS));
-        assert_eq!(keys_of::<RawHook>(), sorted(HOOK_KEYS));
-        assert_eq!(keys_of::<RawAuthentication>(), sorted(AUTHENTICATION_KEYS));
-        assert_eq!(keys_of::<RawLogging>(), sorted(LOGGING_KEYS));
+    fn keys_are_the_renames() {
+        assert_eq!(RawHook::KEYS, ["command", "shell", "timeoutInS"]);
+        let hook: RawHook =
+            serde_json::from_value(json!({"command": ["a"], "timeoutInS": 5})).unwrap();
+        assert_eq!(hook.command, Some(json!(["a"])));
+        assert_eq!(hook.shell, None);
+        assert_eq!(hook.timeout_in_s, Some(json!(5)));
     }
 }
