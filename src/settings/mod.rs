@@ -192,10 +192,12 @@ pub enum Configured {
     Settings(Settings),
 }
 
+// The paths of the sections, as messages name them.
 const RUNTIME: &str = "runtimeSettings[0]";
 const HANDLER: &str = "runtimeSettings[0].handlerSettings";
 const SECRETS: &str = "secretsManagementSettings";
 
+// What a section must be, quoted in WrongType messages, and what to add when it is missing.
 const EXPECT_DOCUMENT: &str = "a JSON object such as {\"runtimeSettings\": [{\"handlerSettings\": {\"publicSettings\": {...}}}]}";
 const EXPECT_RUNTIME: &str = "an object such as {\"handlerSettings\": {\"publicSettings\": {...}}}";
 const EXPECT_HANDLER: &str = "an object such as {\"publicSettings\": {...}}";
@@ -330,6 +332,7 @@ fn secrets_management(
     })
 }
 
+/// Nothing to do, and why.
 fn nothing(reason: &str) -> Configured {
     Configured::Nothing {
         reason: reason.to_string(),
@@ -473,5 +476,24 @@ mod tests {
             err.setting(),
             "secretsManagementSettings.observedCertificates"
         );
+    }
+
+    #[test]
+    fn errors_carry_the_setting_and_the_kind() {
+        let err = parse_public_settings(&json!({
+            "secretsManagementSettings": {"observedCertificates": ["https://v.vault.azure.net/secrets/c"], "pollingIntervalInS": "soon"}
+        }))
+        .unwrap_err();
+        assert_eq!(
+            err.setting(),
+            "secretsManagementSettings.pollingIntervalInS"
+        );
+        assert_eq!(
+            err.kind(),
+            &SettingsErrorKind::PollingInterval {
+                value: "\"soon\"".to_string()
+            }
+        );
+        assert_eq!(err.reason(), err.kind().reason());
     }
 }
