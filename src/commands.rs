@@ -395,8 +395,7 @@ pub fn poller() -> Result<(), WorkerError> {
 /// documented JSON document for scripts, with `attention` when anything needs attention.
 pub fn status(json: bool) -> Result<Output, CommandError> {
     let ext = Extension::locate()?;
-    let dir = ext.data_dir();
-    let recorded = state::WorkerState::load(&dir).map_err(|source| {
+    let recorded = state::WorkerState::load(&ext.data_dir()).map_err(|source| {
         let hint = match source {
             StateError::RootOnly { .. } => format!(
                 ": run `sudo {} status`",
@@ -408,7 +407,7 @@ pub fn status(json: bool) -> Result<Output, CommandError> {
         };
         CommandError::State { source, hint }
     })?;
-    let running = Supervisor::new(&dir).state();
+    let running = supervisor(&ext).state();
     if json {
         let supervision = match running {
             Ok(WorkerState::Running { pid }) => Supervision::Running { pid },

@@ -36,7 +36,7 @@ pub enum Process {
 
 impl Process {
     /// Where its logs go.
-    pub fn target(self, ext: &Extension) -> LogTarget {
+    fn target(self, ext: &Extension) -> LogTarget {
         LogTarget {
             folder: ext.env.log_folder.clone(),
             file_name: match self {
@@ -52,23 +52,19 @@ impl Process {
 
 /// Where the logs go.
 #[derive(Debug, Clone)]
-pub struct LogTarget {
+struct LogTarget {
     /// The folder of the log file (waagent's `logFolder`).
-    pub folder: PathBuf,
+    folder: PathBuf,
     /// The log file's name in it.
-    pub file_name: &'static str,
+    file_name: &'static str,
     /// Also print to stderr (`kvvm sync --once`, run by hand; never the detached worker).
-    pub stderr: bool,
+    stderr: bool,
 }
 
 /// Starts `process`'s log in the extension's `logFolder`; the poller's also goes to the Fluentd collector of
 /// `forward` (its `loggingSettings`, which apply from its start: a change restarts the worker). Every kvvm
 /// process that logs begins here, right after [`Extension::locate`].
-pub fn start(
-    ext: &Extension,
-    process: Process,
-    forward: Option<&LoggingSettings>,
-) -> Option<PathBuf> {
+pub fn start(ext: &Extension, process: Process, forward: Option<&LoggingSettings>) {
     let level = LevelFilter::Info;
     let fluentd = forward.filter(|_| process == Process::Poller).map(|l| {
         let config = FluentdConfig {
@@ -78,16 +74,12 @@ pub fn start(
         };
         Box::new(FluentdLogger::start(config, level)) as Box<dyn SharedLogger>
     });
-    init(&process.target(ext), level, fluentd)
+    init(&process.target(ext), level, fluentd);
 }
 
 /// Sets up the global logger. A log folder that cannot be created is reported on stderr and logging continues
 /// there: losing the log must never stop the extension from working.
-pub fn init(
-    target: &LogTarget,
-    level: LevelFilter,
-    extra: Option<Box<dyn SharedLogger>>,
-) -> Option<PathBuf> {
+fn init(target: &LogTarget, level: LevelFilter, extra: Option<Box<dyn SharedLogger>>) {
     let config = ConfigBuilder::new()
         .set_time_format_rfc3339()
         .set_target_level(LevelFilter::Off)
@@ -118,7 +110,6 @@ pub fn init(
     }
     loggers.extend(extra);
     let _ = CombinedLogger::init(loggers);
-    file_ok.then_some(path)
 }
 
 /// Hands complete lines to the rotating file in one `write` each: simplelog writes a record in several pieces,
