@@ -1,53 +1,94 @@
-//! The five waagent verbs. Each returns the one-line message waagent captures from stdout and, where waagent
-//! reads one, writes the status file. `enable` returns in milliseconds: the work happens in the worker.
+//! Every `kvvm` command, from its start to its result; `main.rs` only parses the command line and reports.
+//! The five waagent verbs each return the one-line message waagent captures from stdout and, where waagent
+//! reads one, write the status file; `enable` returns in milliseconds: the work happens in the worker, the
+//! supervisor (`kvvm worker`) that keeps one poller (`kvvm poller`) running. `kvvm status` and
+//! `kvvm sync --once` are for an operator on the VM.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::handler::{Extension, HandlerError};
+use crate::logging::{self, Process};
 use crate::settings::{self, Configured, SettingsError};
+use crate::state::{self, CertStatus, StateError, Supervision};
 use crate::status::{self, Heartbeat, Operation, Status, StatusReport};
 use crate::supervisor::{StartOutcome, StopOutcome, Supervisor, SupervisorError, WorkerState};
+use crate::worker::{self, WorkerError};
 
 /// How long `disable` gives the worker to exit on SIGTERM before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// Errors a verb reports to waagent (exit code 1, message on stdout and in the status file).
+/// Errors a command reports (exit code 1): a verb on stdout and in the status file, the others on stderr.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
+    /// The extension, its environment, a settings file or a status file.
     #[error(transparent)]
     Handler(#[from] HandlerError),
+    /// Starting, stopping or signalling the worker.
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    /// The settings `enable` was given are invalid; `kept` says whether a worker goes on with older ones.
     #[error("invalid settings in {path}: {source}.{kept}")]
     Settings {
+        /// The settings file.
         path: PathBuf,
+        /// What is wrong with it.
         source: Box<SettingsError>,
+        /// Empty, or a sentence saying the running worker keeps the previous settings.
         kept: String,
+    },
+    /// `kvvm sync --once` has no settings to run with.
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    /// `kvvm status` cannot load what the worker recorded; `hint` is the fix when there is one.
+    #[error("{source}{hint}")]
+    State {
+        /// Why.
+        source: StateError,
+        /// Empty, or how to run the command so that it can (as root).
+        hint: String,
     },
 }
 
 impl CommandError {
+    /// A short fixed identifier for the status file and the log.
     pub fn reason(&self) -> &'static str {
         match self {
             CommandError::Handler(e) => e.reason(),
             CommandError::Supervisor(e) => e.reason(),
             CommandError::Settings { source, .. } => source.reason(),
+            CommandError::Worker(e) => e.reason(),
+            CommandError::State { source, .. } => source.reason(),
         }
     }
+}
+
+/// What an operator's command prints on stdout, and whether it then exits 1 (something needs attention).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// The text, with its final newline.
+    pub text: String,
+    /// A certificate failed or needs attention, or no worker runs (`status --json`).
+    pub attention: bool,
 }
 
 /// The verbs waagent runs (HandlerManifest.json).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verb {
+    /// `handler install`.
     Install,
+    /// `handler enable`: (re)start the worker with the newest settings.
     Enable,
+    /// `handler disable`: stop the worker.
     Disable,
+    /// `handler update`, run by the new version during an update.
     Update,
+    /// `handler uninstall`.
     Uninstall,
 }
 
 impl Verb {
+    /// The verb named `word`, as waagent passes it.
     pub fn parse(word: &str) -> Option<Verb> {
         Some(match word {
             "install" => Verb::Install,
@@ -58,19 +99,17 @@ impl Verb {
             _ => return None,
         })
     }
-
-    pub fn operation(self) -> Operation {
-        match self {
-            Verb::Install => Operation::Install,
-            Verb::Enable => Operation::Enable,
-            Verb::Disable => Operation::Disable,
-            Verb::Update => Operation::Update,
-            Verb::Uninstall => Operation::Uninstall,
-        }
-    }
 }
 
-pub fn run(verb: Verb, ext: &Extension) -> Result<String, CommandError> {
+/// `kvvm <verb>`: finds the extension, starts `handler.log` and runs `verb`; the message waagent captures.
+pub fn verb(verb: Verb) -> Result<String, CommandError> {
+    let ext = Extension::locate()?;
+    logging::start(&ext, Process::Handler, None);
+    run(verb, &ext)
+}
+
+/// Runs `verb` for the extension `ext`.
+fn run(verb: Verb, ext: &Extension) -> Result<String, CommandError> {
     match verb {
         Verb::Install => install(ext),
         Verb::Enable => enable(ext),
@@ -326,4 +365,120 @@ fn uninstall(ext: &Extension) -> Result<String, CommandError> {
     heartbeat_stopped(ext, &message)?;
     log::info!("{message}");
     Ok(message)
+}
+
+/// `kvvm worker`: the supervisor `enable` starts. It holds the worker lock and keeps one poller running.
+pub fn supervise() -> Result<(), CommandError> {
+    let ext = Extension::locate()?;
+    logging::start(&ext, Process::Supervisor, None);
+    let exe = std::env::current_exe().map_err(|source| SupervisorError::Spawn {
+        exe: PathBuf::from("/proc/self/exe"),
+        source,
+    })?;
+    let report = worker::RestartReport { ext: &ext };
+    crate::supervisor::supervise(
+        &supervisor(&ext),
+        &exe,
+        &ext.dir,
+        &ext.env.heartbeat_file,
+        &report,
+    )?;
+    Ok(())
+}
+
+/// `kvvm poller`: polls the vaults and installs certificates, until SIGTERM.
+pub fn poller() -> Result<(), WorkerError> {
+    worker::run(worker::start(Process::Poller)?)
+}
+
+/// `kvvm status`: what the worker recorded about each certificate, for an operator on the VM; with `json` the
+/// documented JSON document for scripts, with `attention` when anything needs attention.
+pub fn status(json: bool) -> Result<Output, CommandError> {
+    let ext = Extension::locate()?;
+    let recorded = state::WorkerState::load(&ext.data_dir()).map_err(|source| {
+        let hint = match source {
+            StateError::RootOnly { .. } => format!(
+                ": run `sudo {} status`",
+                std::env::current_exe()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| "kvvm".into())
+            ),
+            _ => String::new(),
+        };
+        CommandError::State { source, hint }
+    })?;
+    let running = supervisor(&ext).state();
+    if json {
+        let supervision = match running {
+            Ok(WorkerState::Running { pid }) => Supervision::Running { pid },
+            Ok(WorkerState::Stopped) => Supervision::Stopped,
+            Err(e) => Supervision::Unknown {
+                detail: e.to_string(),
+            },
+        };
+        let (document, attention) = recorded.status_json(&supervision);
+        return Ok(Output {
+            text: format!("{document}\n"),
+            attention,
+        });
+    }
+    let worker = match running {
+        Ok(WorkerState::Running { pid }) => pid,
+        _ => None,
+    };
+    let mut text = recorded.render(worker);
+    if let Ok(WorkerState::Stopped) = running {
+        text.push_str(
+            "\n(the worker is not running: this is what it recorded last; run enable to start it)\n",
+        );
+    }
+    Ok(Output {
+        text,
+        attention: false,
+    })
+}
+
+/// `kvvm sync --once`: one full poll cycle in the foreground, started the way the poller starts, with the
+/// extension's current settings; one line per certificate, `attention` if any failed. The worker's status and
+/// state files are left to the worker.
+pub fn sync_once() -> Result<Output, CommandError> {
+    let start = worker::start(Process::Sync)?;
+    let current = start.current?;
+    let certs = worker::sync_once(&start.ext, &current);
+    let mut text = format!(
+        "settings {}: {} observed certificate(s)\n",
+        current.seq,
+        certs.len()
+    );
+    let mut attention = false;
+    for c in &certs {
+        let line = match c.status {
+            CertStatus::Failed => {
+                attention = true;
+                format!(
+                    "FAILED  {}: {}",
+                    c.url,
+                    c.last_error.as_deref().unwrap_or("unknown error")
+                )
+            }
+            status => format!(
+                "{:<7} {} version {} -> {}{}",
+                if status == CertStatus::Warning {
+                    "WARNING"
+                } else {
+                    "OK"
+                },
+                c.url,
+                c.version.as_deref().unwrap_or("-"),
+                c.link.display(),
+                c.note
+                    .as_ref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            ),
+        };
+        text.push_str(&line);
+        text.push('\n');
+    }
+    Ok(Output { text, attention })
 }

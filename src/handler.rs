@@ -20,38 +20,73 @@ const ENV_READ_PAUSE: Duration = Duration::from_millis(100);
 /// Errors of the waagent layer: the extension directory, its environment file, settings files and status.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
+    /// Neither `AZURE_GUEST_AGENT_EXTENSION_PATH` nor the binary's own place names the extension directory.
     #[error(
         "cannot find the extension directory: {detail}. waagent sets AZURE_GUEST_AGENT_EXTENSION_PATH; \
          when running by hand, run the binary from <extension dir>/bin/kvvm or set that variable"
     )]
-    NoExtensionDir { detail: String },
+    NoExtensionDir {
+        /// Why the binary's place does not do.
+        detail: String,
+    },
+    /// `HandlerEnvironment.json` cannot be read.
     #[error(
         "cannot read {path}: {source}. waagent writes this file before running any command; \
          check that the extension directory is the one waagent unpacked"
     )]
-    EnvironmentUnreadable { path: PathBuf, source: io::Error },
+    EnvironmentUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// What reading it said.
+        source: io::Error,
+    },
+    /// `HandlerEnvironment.json` is not what waagent writes.
     #[error(
         "{path} is not a valid HandlerEnvironment.json ({detail}); expected a JSON list whose first element \
          has a \"handlerEnvironment\" object with logFolder, configFolder, statusFolder and heartbeatFile"
     )]
-    EnvironmentInvalid { path: PathBuf, detail: String },
+    EnvironmentInvalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// `ConfigSequenceNumber` is set but not a number.
     #[error(
         "ConfigSequenceNumber is {value:?}, which is not a whole number; waagent sets it to the number of the \
          settings file in {config_folder}"
     )]
     BadSequenceNumber {
+        /// Its value.
         value: String,
+        /// Where the settings files are.
         config_folder: PathBuf,
     },
+    /// No `ConfigSequenceNumber` and no settings file to take the number from.
     #[error(
         "no settings file in {config_folder}: waagent writes config/<n>.settings before enable; \
          redeploy the extension with its settings"
     )]
-    NoSettingsFile { config_folder: PathBuf },
+    NoSettingsFile {
+        /// Where the settings files should be.
+        config_folder: PathBuf,
+    },
+    /// A settings file, or the folder of them, cannot be read.
     #[error("cannot read settings file {path}: {source}")]
-    SettingsUnreadable { path: PathBuf, source: io::Error },
+    SettingsUnreadable {
+        /// The file or folder.
+        path: PathBuf,
+        /// What reading it said.
+        source: io::Error,
+    },
+    /// A status, heartbeat, `mrseq` or state file cannot be written.
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What writing it said.
+        source: io::Error,
+    },
 }
 
 impl HandlerError {
@@ -73,12 +108,14 @@ impl HandlerError {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HandlerEnvironment {
+    /// Where kvvm writes its logs.
     pub log_folder: PathBuf,
+    /// Where waagent writes `<n>.settings`.
     pub config_folder: PathBuf,
+    /// Where kvvm writes `<n>.status`.
     pub status_folder: PathBuf,
+    /// The heartbeat file waagent reads (`reportHeartbeat`).
     pub heartbeat_file: PathBuf,
-    #[serde(default)]
-    pub events_folder: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -129,7 +166,9 @@ impl HandlerEnvironment {
 /// One installed copy of the extension: its directory and the folders waagent gave it.
 #[derive(Debug, Clone)]
 pub struct Extension {
+    /// The versioned directory waagent unpacked the package to.
     pub dir: PathBuf,
+    /// Its `HandlerEnvironment.json`.
     pub env: HandlerEnvironment,
 }
 
@@ -149,14 +188,17 @@ impl Extension {
         parent.join(EXTENSION_NAME)
     }
 
+    /// The file recording the most recently processed sequence number.
     pub fn mrseq_path(&self) -> PathBuf {
         self.dir.join("mrseq")
     }
 
+    /// `config/<seq>.settings`.
     pub fn settings_path(&self, seq: u64) -> PathBuf {
         self.env.config_folder.join(format!("{seq}.settings"))
     }
 
+    /// `status/<seq>.status`.
     pub fn status_path(&self, seq: u64) -> PathBuf {
         self.env.status_folder.join(format!("{seq}.status"))
     }
@@ -190,6 +232,7 @@ impl Extension {
             .ok()
     }
 
+    /// Records `seq` as the most recently processed sequence number.
     pub fn write_mrseq(&self, seq: u64) -> Result<(), HandlerError> {
         write_atomically(&self.mrseq_path(), seq.to_string().as_bytes(), 0o644)
     }
@@ -280,7 +323,6 @@ mod tests {
             "deploymentid":"d","rolename":"r","instance":"i","hostResolverAddress":"1.2.3.4"}}]"#;
         let env = HandlerEnvironment::parse(text).unwrap();
         assert_eq!(env.log_folder, PathBuf::from("/var/log/azure/x"));
-        assert_eq!(env.events_folder, None);
     }
 
     #[test]

@@ -12,26 +12,74 @@ use simplelog::{
     ColorChoice, CombinedLogger, ConfigBuilder, SharedLogger, TermLogger, TerminalMode, WriteLogger,
 };
 
-/// Size at which a log file is rotated, and how many rotated files are kept.
+use crate::fluentd::{FluentdConfig, FluentdLogger};
+use crate::handler::Extension;
+use crate::settings::LoggingSettings;
+
+/// Size at which a log file is rotated.
 pub const ROTATE_BYTES: usize = 1024 * 1024;
+/// How many rotated files are kept beside the live one.
 pub const ROTATED_FILES: usize = 5;
+
+/// The kvvm processes that log, each to its own file in `logFolder`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Process {
+    /// A waagent verb: `handler.log`.
+    Handler,
+    /// The supervisor (`kvvm worker`): `supervisor.log`.
+    Supervisor,
+    /// The poller: `kvvm.log`, and the Fluentd collector of its `loggingSettings`.
+    Poller,
+    /// `kvvm sync --once` in the foreground: `kvvm-sync.log`, and stderr for the operator watching it.
+    Sync,
+}
+
+impl Process {
+    /// Where its logs go.
+    fn target(self, ext: &Extension) -> LogTarget {
+        LogTarget {
+            folder: ext.env.log_folder.clone(),
+            file_name: match self {
+                Process::Handler => "handler.log",
+                Process::Supervisor => "supervisor.log",
+                Process::Poller => "kvvm.log",
+                Process::Sync => "kvvm-sync.log",
+            },
+            stderr: self == Process::Sync,
+        }
+    }
+}
 
 /// Where the logs go.
 #[derive(Debug, Clone)]
-pub struct LogTarget {
-    pub folder: PathBuf,
-    pub file_name: &'static str,
-    /// Also print to stderr (handler verbs: waagent captures it; never the detached worker).
-    pub stderr: bool,
+struct LogTarget {
+    /// The folder of the log file (waagent's `logFolder`).
+    folder: PathBuf,
+    /// The log file's name in it.
+    file_name: &'static str,
+    /// Also print to stderr (`kvvm sync --once`, run by hand; never the detached worker).
+    stderr: bool,
+}
+
+/// Starts `process`'s log in the extension's `logFolder`; the poller's also goes to the Fluentd collector of
+/// `forward` (its `loggingSettings`, which apply from its start: a change restarts the worker). Every kvvm
+/// process that logs begins here, right after [`Extension::locate`].
+pub fn start(ext: &Extension, process: Process, forward: Option<&LoggingSettings>) {
+    let level = LevelFilter::Info;
+    let fluentd = forward.filter(|_| process == Process::Poller).map(|l| {
+        let config = FluentdConfig {
+            host: l.endpoint_host.clone(),
+            port: l.endpoint_port,
+            tag: l.service_name.clone(),
+        };
+        Box::new(FluentdLogger::start(config, level)) as Box<dyn SharedLogger>
+    });
+    init(&process.target(ext), level, fluentd);
 }
 
 /// Sets up the global logger. A log folder that cannot be created is reported on stderr and logging continues
 /// there: losing the log must never stop the extension from working.
-pub fn init(
-    target: &LogTarget,
-    level: LevelFilter,
-    extra: Option<Box<dyn SharedLogger>>,
-) -> Option<PathBuf> {
+fn init(target: &LogTarget, level: LevelFilter, extra: Option<Box<dyn SharedLogger>>) {
     let config = ConfigBuilder::new()
         .set_time_format_rfc3339()
         .set_target_level(LevelFilter::Off)
@@ -62,7 +110,6 @@ pub fn init(
     }
     loggers.extend(extra);
     let _ = CombinedLogger::init(loggers);
-    file_ok.then_some(path)
 }
 
 /// Hands complete lines to the rotating file in one `write` each: simplelog writes a record in several pieces,

@@ -1,11 +1,12 @@
 //! The `kvvm` binary: waagent runs it (through `handler`) with one verb; `enable` starts the worker, which is
-//! this same binary run as `kvvm worker`. Everything else lives in the library.
+//! this same binary run as `kvvm worker`. This file only parses the command line, runs the command (all of it
+//! library code, `kvvm::commands`) and reports a failure the way its caller reads it, in one place.
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
-use kvvm::commands::{self, Verb};
-use kvvm::handler::Extension;
-use kvvm::logging::{self, LogTarget};
+use kvvm::commands::{self, CommandError, Output, Verb};
+use kvvm::worker::WorkerError;
 
 const USAGE: &str = "\
 kvvm — Azure Key Vault VM extension for Linux (Microsoft.Azure.KeyVault.KeyVaultForLinux)
@@ -23,300 +24,241 @@ The extension directory is $AZURE_GUEST_AGENT_EXTENSION_PATH, else the package t
 Exit codes: 0 success, 1 failure (the message is on stdout and in the status file), 2 usage error.";
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(word) = args.first().map(String::as_str) else {
-        eprintln!("{USAGE}");
-        return ExitCode::from(2);
+    match parse(std::env::args_os().skip(1)).and_then(run) {
+        Ok(code) => code,
+        Err(failure) => failure.report(),
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Help,
+    Version,
+    Verb(Verb),
+    Worker,
+    Poller,
+    Status { json: bool },
+    SyncOnce,
+}
+
+/// Parses the command line. `lexopt`, not `clap`: it has no dependencies and adds a few KiB, where clap would
+/// add hundreds to a package that holds two builds and must stay within 3 MiB. The first word is the command;
+/// after a waagent verb, `worker`, `poller`, `--help` or `--version`, further words are ignored (as they always
+/// were: waagent passes none).
+fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Failure> {
+    use lexopt::Arg::{Long, Value};
+    let mut parser = lexopt::Parser::from_args(args);
+    // The first word as given: lexopt splits an option such as `-xy` or `--x=y`, and the message names it whole.
+    let first = parser
+        .raw_args()
+        .ok()
+        .and_then(|raw| raw.peek().map(|w| w.to_string_lossy().into_owned()));
+    let word = match parser.next() {
+        Ok(None) => return Err(Failure::Usage { problem: None }),
+        Ok(Some(Value(word))) => word.to_string_lossy().into_owned(),
+        Ok(Some(_)) | Err(_) => first.unwrap_or_default(),
     };
-    match word {
-        "--help" | "-h" | "help" => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        "--version" | "-V" => {
-            // The architecture tells which of the package's builds ran (bin/kvvm picks it by `uname -m`).
-            println!(
-                "kvvm {} ({})",
-                env!("CARGO_PKG_VERSION"),
-                std::env::consts::ARCH
-            );
-            ExitCode::SUCCESS
-        }
-        "worker" => run_supervisor(),
-        "poller" => run_poller(),
-        "status" if args.len() == 1 => show_status(false),
-        "status" if args.len() == 2 && args[1] == "--json" => show_status(true),
+    let command = match word.as_str() {
+        "--help" | "-h" | "help" => Command::Help,
+        "--version" | "-V" => Command::Version,
+        "worker" => Command::Worker,
+        "poller" => Command::Poller,
         "status" => {
-            eprintln!("kvvm status: the only option is --json\n\n{USAGE}");
-            ExitCode::from(2)
-        }
-        "sync" if args.get(1).map(String::as_str) == Some("--once") && args.len() == 2 => {
-            sync_once()
+            let json = match parser.next() {
+                Ok(None) => Some(false),
+                Ok(Some(Long("json"))) => Some(true),
+                _ => None,
+            };
+            match json.filter(|&json| !json || matches!(parser.next(), Ok(None))) {
+                Some(json) => Command::Status { json },
+                None => {
+                    return Err(Failure::Usage {
+                        problem: Some("kvvm status: the only option is --json".into()),
+                    });
+                }
+            }
         }
         "sync" => {
-            eprintln!("kvvm sync: give --once (one poll cycle in the foreground)\n\n{USAGE}");
-            ExitCode::from(2)
+            let once = matches!(parser.next(), Ok(Some(Long("once"))));
+            if !(once && matches!(parser.next(), Ok(None))) {
+                return Err(Failure::Usage {
+                    problem: Some(
+                        "kvvm sync: give --once (one poll cycle in the foreground)".into(),
+                    ),
+                });
+            }
+            Command::SyncOnce
         }
         other => match Verb::parse(other) {
-            Some(verb) => run_verb(verb),
+            Some(verb) => Command::Verb(verb),
             None => {
-                eprintln!("kvvm: unknown command {other:?}\n\n{USAGE}");
-                ExitCode::from(2)
+                return Err(Failure::Usage {
+                    problem: Some(format!("kvvm: unknown command {other:?}")),
+                });
             }
         },
-    }
+    };
+    Ok(command)
 }
 
-fn run_verb(verb: Verb) -> ExitCode {
-    let ext = match Extension::locate() {
-        Ok(ext) => ext,
-        Err(e) => {
-            println!("kvvm {verb:?} failed: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let target = LogTarget {
-        folder: ext.env.log_folder.clone(),
-        file_name: "handler.log",
-        stderr: false,
-    };
-    logging::init(&target, log::LevelFilter::Info, None);
-    match commands::run(verb, &ext) {
-        Ok(message) => {
+/// Runs the command; its exit code when it ran to the end.
+fn run(command: Command) -> Result<ExitCode, Failure> {
+    match command {
+        Command::Help => println!("{USAGE}"),
+        // The architecture tells which of the package's builds ran (bin/kvvm picks it by `uname -m`).
+        Command::Version => println!(
+            "kvvm {} ({})",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::ARCH
+        ),
+        Command::Verb(verb) => {
+            let message = commands::verb(verb).map_err(|error| Failure::Verb { verb, error })?;
             println!("{message}");
-            ExitCode::SUCCESS
         }
-        Err(e) => {
-            log::error!("{verb:?} failed [{}]: {e}", e.reason());
-            println!("kvvm {verb:?} failed: {e}");
-            ExitCode::FAILURE
+        Command::Worker => commands::supervise().map_err(|error| Failure::Worker { error })?,
+        Command::Poller => commands::poller().map_err(|error| Failure::Poller { error })?,
+        Command::Status { json } => {
+            let output = commands::status(json).map_err(|error| Failure::Operator {
+                command: "status",
+                error,
+            })?;
+            return Ok(print(output));
+        }
+        Command::SyncOnce => {
+            let output = commands::sync_once().map_err(|error| Failure::Operator {
+                command: "sync",
+                error,
+            })?;
+            return Ok(print(output));
         }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
-/// `kvvm worker`: the supervisor `enable` starts. It holds the worker lock and keeps one poller running.
-fn run_supervisor() -> ExitCode {
-    let ext = match Extension::locate() {
-        Ok(ext) => ext,
-        Err(e) => {
-            eprintln!("kvvm worker: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let target = LogTarget {
-        folder: ext.env.log_folder.clone(),
-        file_name: "supervisor.log",
-        stderr: false,
-    };
-    logging::init(&target, log::LevelFilter::Info, None);
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => {
-            log::error!("worker failed: cannot find its own executable: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let sup = kvvm::supervisor::Supervisor::new(ext.data_dir());
-    let report = kvvm::worker::RestartReport { ext: &ext };
-    match kvvm::supervisor::supervise(&sup, &exe, &ext.dir, &ext.env.heartbeat_file, &report) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("worker failed [{}]: {e}", e.reason());
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `kvvm poller`: polls the vaults and installs certificates, until SIGTERM.
-fn run_poller() -> ExitCode {
-    let ext = match Extension::locate() {
-        Ok(ext) => ext,
-        Err(e) => {
-            eprintln!(
-                "{} (pid {}): [{}] {e}",
-                kvvm::supervisor::FAILURE_MARK,
-                std::process::id(),
-                e.reason()
-            );
-            return ExitCode::FAILURE;
-        }
-    };
-    let target = LogTarget {
-        folder: ext.env.log_folder.clone(),
-        file_name: "kvvm.log",
-        stderr: false,
-    };
-    // loggingSettings apply from the poller's start (a change restarts the worker).
-    let fluentd = kvvm::worker::logging_settings(&ext).map(|l| {
-        let config = kvvm::fluentd::FluentdConfig {
-            host: l.endpoint_host,
-            port: l.endpoint_port,
-            tag: l.service_name,
-        };
-        Box::new(kvvm::fluentd::FluentdLogger::start(
-            config,
-            log::LevelFilter::Info,
-        )) as Box<dyn simplelog::SharedLogger>
-    });
-    logging::init(&target, log::LevelFilter::Info, fluentd);
-    match kvvm::worker::run(&ext) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("poller failed [{}]: {e}", e.reason());
-            log::logger().flush();
-            // The supervisor quotes this line in the status.
-            eprintln!(
-                "{} (pid {}): [{}] {e}",
-                kvvm::supervisor::FAILURE_MARK,
-                std::process::id(),
-                e.reason()
-            );
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `kvvm status`: what the worker recorded about each certificate, for an operator on the VM; with `--json`
-/// the documented JSON document for scripts, exiting 1 when anything needs attention.
-fn show_status(json: bool) -> ExitCode {
-    let ext = match Extension::locate() {
-        Ok(ext) => ext,
-        Err(e) => {
-            eprintln!("kvvm status: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let dir = ext.data_dir();
-    let path = kvvm::state::WorkerState::path(&dir);
-    match std::fs::read(&path) {
-        Ok(bytes) => match serde_json::from_slice::<kvvm::state::WorkerState>(&bytes) {
-            Ok(state) if json => {
-                let supervision = match kvvm::supervisor::Supervisor::new(&dir).state() {
-                    Ok(kvvm::supervisor::WorkerState::Running { pid }) => {
-                        kvvm::state::Supervision::Running { pid }
-                    }
-                    Ok(kvvm::supervisor::WorkerState::Stopped) => kvvm::state::Supervision::Stopped,
-                    Err(e) => kvvm::state::Supervision::Unknown {
-                        detail: e.to_string(),
-                    },
-                };
-                let (document, needs_attention) = state.status_json(&supervision);
-                println!("{document}");
-                if needs_attention {
-                    ExitCode::FAILURE
-                } else {
-                    ExitCode::SUCCESS
-                }
-            }
-            Ok(state) => {
-                let running = kvvm::supervisor::Supervisor::new(&dir).state();
-                let worker = match running {
-                    Ok(kvvm::supervisor::WorkerState::Running { pid }) => pid,
-                    _ => None,
-                };
-                print!("{}", state.render(worker));
-                if let Ok(kvvm::supervisor::WorkerState::Stopped) = running {
-                    println!(
-                        "\n(the worker is not running: this is what it recorded last; run enable to start it)"
-                    );
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!(
-                    "kvvm status: {} is not a worker state file ({e})",
-                    path.display()
-                );
-                ExitCode::FAILURE
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            eprintln!(
-                "kvvm status: {} is readable by root only (waagent's folders are private): run `sudo {} status`",
-                path.display(),
-                std::env::current_exe()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|_| "kvvm".into())
-            );
-            ExitCode::FAILURE
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!(
-                "kvvm status: no worker has recorded anything yet ({} is missing): is the extension enabled?",
-                path.display()
-            );
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("kvvm status: cannot read {}: {e}", path.display());
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `kvvm sync --once`: one full poll cycle in the foreground with the extension's current settings, printing
-/// one line per certificate. Exits 1 if any certificate failed. The worker's status and state files are left to
-/// the worker.
-fn sync_once() -> ExitCode {
-    let ext = match Extension::locate() {
-        Ok(ext) => ext,
-        Err(e) => {
-            eprintln!("kvvm sync: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let target = LogTarget {
-        folder: ext.env.log_folder.clone(),
-        file_name: "kvvm-sync.log",
-        stderr: true,
-    };
-    logging::init(&target, log::LevelFilter::Info, None);
-    let (seq, settings) = match kvvm::worker::current_settings(&ext) {
-        Ok(current) => current,
-        Err(e) => {
-            eprintln!("kvvm sync: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let saved = kvvm::state::WorkerState::load(&ext.data_dir());
-    let mut certs = kvvm::worker::certificate_states(&settings, saved.as_ref());
-    let client = kvvm::worker::vault_client(&settings);
-    let stop = kvvm::http::Stop::default();
-    let locks = kvvm::store::lock_folder(&ext.data_dir());
-    kvvm::worker::poll_once(&client, &settings, &mut certs, &locks, &stop);
-    println!("settings {seq}: {} observed certificate(s)", certs.len());
-    let mut failed = 0;
-    for c in &certs {
-        let line = match c.status {
-            kvvm::state::CertStatus::Failed => {
-                failed += 1;
-                format!(
-                    "FAILED  {}: {}",
-                    c.url,
-                    c.last_error.as_deref().unwrap_or("unknown error")
-                )
-            }
-            status => format!(
-                "{:<7} {} version {} -> {}{}",
-                if status == kvvm::state::CertStatus::Warning {
-                    "WARNING"
-                } else {
-                    "OK"
-                },
-                c.url,
-                c.version.as_deref().unwrap_or("-"),
-                c.link.display(),
-                c.note
-                    .as_ref()
-                    .map(|n| format!(" ({n})"))
-                    .unwrap_or_default()
-            ),
-        };
-        println!("{line}");
-    }
-    if failed > 0 {
+/// Prints an operator command's output; exit 1 when something needs attention.
+fn print(output: Output) -> ExitCode {
+    print!("{}", output.text);
+    if output.attention {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Why `kvvm` exits non-zero: each is reported where its caller reads it.
+#[derive(Debug)]
+enum Failure {
+    /// The command line is wrong: the problem and the usage on stderr, exit 2.
+    Usage { problem: Option<String> },
+    /// A waagent verb failed: exit 1, the message on stdout (waagent shows it) and in `handler.log`.
+    Verb { verb: Verb, error: CommandError },
+    /// The supervisor ended on an error: exit 1, in `supervisor.log` and on its stderr (`worker.stderr.log`).
+    Worker { error: CommandError },
+    /// The poller ended on an error: exit 1, in `kvvm.log` and on stderr, the line its supervisor quotes in the
+    /// status.
+    Poller { error: WorkerError },
+    /// `status` or `sync` failed: exit 1, the message on stderr.
+    Operator {
+        command: &'static str,
+        error: CommandError,
+    },
+}
+
+impl Failure {
+    /// The one error exit. (Before a command has started its log, logging is a no-op.)
+    fn report(self) -> ExitCode {
+        match self {
+            Failure::Usage { problem: None } => {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
+            Failure::Usage {
+                problem: Some(problem),
+            } => {
+                eprintln!("{problem}\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+            Failure::Verb { verb, error } => {
+                log::error!("{verb:?} failed [{}]: {error}", error.reason());
+                println!("kvvm {verb:?} failed: {error}");
+            }
+            Failure::Worker { error } => {
+                log::error!("worker failed [{}]: {error}", error.reason());
+                eprintln!("kvvm worker: {error}");
+            }
+            Failure::Poller { error } => {
+                log::error!("poller failed [{}]: {error}", error.reason());
+                log::logger().flush();
+                eprintln!(
+                    "{} (pid {}): [{}] {error}",
+                    kvvm::supervisor::FAILURE_MARK,
+                    std::process::id(),
+                    error.reason()
+                );
+            }
+            Failure::Operator { command, error } => eprintln!("kvvm {command}: {error}"),
+        }
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(args: &[&str]) -> Result<Command, Option<String>> {
+        parse(args.iter().map(OsString::from)).map_err(|failure| match failure {
+            Failure::Usage { problem } => problem,
+            other => panic!("not a usage error: {other:?}"),
+        })
+    }
+
+    #[test]
+    fn the_first_word_is_the_command() {
+        use Command::*;
+        for (args, command) in [
+            (&["--help"][..], Help),
+            (&["-h"], Help),
+            (&["help"], Help),
+            (&["--version"], Version),
+            (&["-V"], Version),
+            (&["enable"], Verb(commands::Verb::Enable)),
+            (&["uninstall", "ignored"], Verb(commands::Verb::Uninstall)),
+            (&["worker"], Worker),
+            (&["poller"], Poller),
+            (&["status"], Status { json: false }),
+            (&["status", "--json"], Status { json: true }),
+            (&["sync", "--once"], SyncOnce),
+        ] {
+            assert_eq!(parsed(args), Ok(command), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn usage_errors_say_what_is_wrong() {
+        let status = Some("kvvm status: the only option is --json".to_string());
+        let sync = Some("kvvm sync: give --once (one poll cycle in the foreground)".to_string());
+        for (args, problem) in [
+            (&[][..], None),
+            (
+                &["frobnicate"],
+                Some(r#"kvvm: unknown command "frobnicate""#.into()),
+            ),
+            (
+                &["--frob=nicate"],
+                Some(r#"kvvm: unknown command "--frob=nicate""#.into()),
+            ),
+            (&["-hx"], Some(r#"kvvm: unknown command "-hx""#.into())),
+            (&["status", "--yaml"], status.clone()),
+            (&["status", "--json", "--json"], status.clone()),
+            (&["status", "--json=yes"], status.clone()),
+            (&["status", "json"], status),
+            (&["sync"], sync.clone()),
+            (&["sync", "--once", "x"], sync.clone()),
+            (&["sync", "--twice"], sync),
+        ] {
+            assert_eq!(parsed(args), Err(problem), "{args:?}");
+        }
     }
 }

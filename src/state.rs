@@ -3,6 +3,7 @@
 //! saved (world-readable, no secrets in it) in the worker's state folder so an operator can read it without
 //! root-only surprises.
 
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,51 @@ use crate::status::utc_timestamp;
 
 /// File name of the saved state, in the worker's state folder.
 pub const STATE_FILE: &str = "state.json";
+
+/// Why the saved state could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// No worker has saved its state yet (the extension was never enabled, or the state folder was removed).
+    #[error("no worker has recorded anything yet ({path} is missing): is the extension enabled?")]
+    Missing {
+        /// The state file.
+        path: PathBuf,
+    },
+    /// The file is there but this user may not read it (waagent's folders belong to root).
+    #[error("{path} is readable by root only (waagent's folders are private)")]
+    RootOnly {
+        /// The state file.
+        path: PathBuf,
+    },
+    /// The file is there but reading it failed.
+    #[error("cannot read {path}: {source}")]
+    Unreadable {
+        /// The state file.
+        path: PathBuf,
+        /// What reading it said.
+        source: io::Error,
+    },
+    /// The file holds something that is not a worker state (truncated, edited, another program's).
+    #[error("{path} is not a worker state file ({source})")]
+    NotState {
+        /// The state file.
+        path: PathBuf,
+        /// Where and why the JSON does not match.
+        source: serde_json::Error,
+    },
+}
+
+impl StateError {
+    /// A short fixed identifier for the log.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StateError::Missing { .. } => "state-missing",
+            StateError::RootOnly { .. } => "state-root-only",
+            StateError::Unreadable { .. } => "state-unreadable",
+            StateError::NotState { .. } => "state-invalid",
+        }
+    }
+}
 
 /// Where one certificate stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,19 +178,30 @@ pub struct WorkerState {
 }
 
 impl WorkerState {
+    /// The state file in the worker's state folder `dir`.
     pub fn path(dir: &Path) -> PathBuf {
         dir.join(STATE_FILE)
     }
 
+    /// Saves the state in `dir` (world-readable: it holds no secrets), atomically.
     pub fn save(&self, dir: &Path) -> Result<(), HandlerError> {
         let json = serde_json::to_vec_pretty(self).expect("state serialises");
         write_atomically(&Self::path(dir), &json, 0o644)
     }
 
-    /// The saved state, if any (a missing or unreadable file is `None`: the worker has not run yet).
-    pub fn load(dir: &Path) -> Option<WorkerState> {
-        let text = std::fs::read(Self::path(dir)).ok()?;
-        serde_json::from_slice(&text).ok()
+    /// The saved state, or why there is none: missing (no worker has run yet), not readable, or not a state
+    /// file.
+    pub fn load(dir: &Path) -> Result<WorkerState, StateError> {
+        let path = Self::path(dir);
+        let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => StateError::Missing { path: path.clone() },
+            io::ErrorKind::PermissionDenied => StateError::RootOnly { path: path.clone() },
+            _ => StateError::Unreadable {
+                path: path.clone(),
+                source,
+            },
+        })?;
+        serde_json::from_slice(&bytes).map_err(|source| StateError::NotState { path, source })
     }
 
     /// Finds the record of `url`, or `None`.
@@ -360,7 +417,7 @@ mod tests {
             certificates: vec![c],
         };
         state.save(dir.path()).unwrap();
-        assert_eq!(WorkerState::load(dir.path()), Some(state.clone()));
+        assert_eq!(WorkerState::load(dir.path()).ok(), Some(state.clone()));
         let text = state.render(Some(8));
         assert!(
             text.starts_with("worker pid 8 · poller pid 9 · settings 3"),
@@ -431,6 +488,38 @@ mod tests {
         state.certificates.truncate(1);
         let (_, attention) = state.status_json(&Supervision::Stopped);
         assert!(attention, "a stopped worker needs attention");
+    }
+
+    #[test]
+    fn load_says_why_there_is_no_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = WorkerState::path(dir.path());
+        let err = WorkerState::load(dir.path()).unwrap_err();
+        assert!(matches!(err, StateError::Missing { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "no worker has recorded anything yet ({} is missing): is the extension enabled?",
+                path.display()
+            )
+        );
+        std::fs::write(&path, "{\"seq\": 1").unwrap();
+        let err = WorkerState::load(dir.path()).unwrap_err();
+        assert_eq!(err.reason(), "state-invalid");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{} is not a worker state file (", path.display())),
+            "{err}"
+        );
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let err = WorkerState::load(dir.path()).unwrap_err();
+        assert_eq!(err.reason(), "state-unreadable");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot read {}: ", path.display())),
+            "{err}"
+        );
     }
 
     #[test]

@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
-use crate::handler::Extension;
+use crate::handler::{Extension, HandlerError};
 use crate::hook;
 use crate::http::Stop;
 use crate::identity::Identity;
+use crate::logging::{self, Process};
 use crate::schedule::{self, InitialSync};
 use crate::settings::{self, Configured, ObservedCertificate, Settings};
 use crate::state;
-use crate::state::{CertStatus, CertificateState, WorkerState};
+use crate::state::{CertStatus, CertificateState, StateError, WorkerState};
 use crate::status::{self, Heartbeat, StatusReport, WorkerView};
 use crate::supervisor::{self, SupervisorError};
 use crate::sync::{Checked, Checks, Done, KnownOwned, SyncError, SyncOptions};
@@ -30,10 +31,16 @@ const TICK: Duration = Duration::from_millis(100);
 /// Errors that end the worker.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    /// The extension or its environment cannot be found.
+    #[error(transparent)]
+    Handler(#[from] HandlerError),
+    /// The poller lock cannot be taken.
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    /// A signal handler cannot be installed.
     #[error("cannot install a signal handler: {source}")]
     Signals { source: std::io::Error },
+    /// The settings to run with cannot be read or are invalid, or there is nothing to watch.
     #[error("no usable settings: {detail}")]
     NoSettings { detail: String },
     /// Another poller holds the poller lock.
@@ -47,6 +54,7 @@ pub enum WorkerError {
 impl WorkerError {
     pub fn reason(&self) -> &'static str {
         match self {
+            WorkerError::Handler(e) => e.reason(),
             WorkerError::Supervisor(e) => e.reason(),
             WorkerError::Signals { .. } => "signal-handler",
             WorkerError::NoSettings { .. } => "no-settings",
@@ -89,16 +97,38 @@ impl Signals {
 }
 
 /// The settings the worker runs with, and which sequence number they came from.
-struct Current {
-    seq: u64,
-    settings: Settings,
+#[derive(Debug)]
+pub struct Current {
+    /// The settings file's sequence number.
+    pub seq: u64,
+    /// What it says.
+    pub settings: Settings,
 }
 
-/// The `loggingSettings` of the settings the worker will start with, if any.
-pub fn logging_settings(ext: &Extension) -> Option<crate::settings::LoggingSettings> {
-    load(ext).ok()?.settings.logging
+/// What the poller and `kvvm sync --once` start from: the extension and the settings the worker runs with.
+#[derive(Debug)]
+pub struct Start {
+    /// The extension.
+    pub ext: Extension,
+    /// The settings, read and parsed once, at start; or why there are none. The poller reports that only once
+    /// it holds its lock (another poller running is the better answer).
+    pub current: Result<Current, WorkerError>,
 }
 
+/// The start-up the poller and `kvvm sync --once` share: find the extension, read the settings the worker runs
+/// with, and start `process`'s log (the poller's also goes to the Fluentd collector those settings name).
+pub fn start(process: Process) -> Result<Start, HandlerError> {
+    let ext = Extension::locate()?;
+    let current = load(&ext);
+    let forward = current
+        .as_ref()
+        .ok()
+        .and_then(|c| c.settings.logging.as_ref());
+    logging::start(&ext, process, forward);
+    Ok(Start { ext, current })
+}
+
+/// The settings of `mrseq`, else of the newest settings file.
 fn load(ext: &Extension) -> Result<Current, WorkerError> {
     let seq = match ext.mrseq() {
         Some(seq) => seq,
@@ -122,9 +152,17 @@ fn load(ext: &Extension) -> Result<Current, WorkerError> {
     }
 }
 
-/// The sequence number and settings the worker runs with (those of `mrseq`, else the newest settings file).
-pub fn current_settings(ext: &Extension) -> Result<(u64, Settings), WorkerError> {
-    load(ext).map(|c| (c.seq, c.settings))
+/// What the worker recorded last, to carry over: nothing if no worker has run yet; a file that cannot be read
+/// is logged, and the worker starts from the settings alone.
+fn recorded(ext: &Extension) -> Option<WorkerState> {
+    match WorkerState::load(&ext.data_dir()) {
+        Ok(state) => Some(state),
+        Err(StateError::Missing { .. }) => None,
+        Err(e) => {
+            log::warn!("{e}; starting from the settings alone");
+            None
+        }
+    }
 }
 
 /// The certificates the settings observe, carrying over what is known of each from `previous`.
@@ -148,7 +186,7 @@ pub fn certificate_states(
 }
 
 /// The vault client for `settings`, or why there is none (every certificate then fails with that reason).
-pub fn vault_client(settings: &Settings) -> Result<Arc<VaultClient>, String> {
+fn vault_client(settings: &Settings) -> Result<Arc<VaultClient>, String> {
     let identity = Identity::for_user(
         settings.msi_endpoint.as_ref(),
         settings.msi_identity.as_ref(),
@@ -438,10 +476,25 @@ fn change_of(cert: &ObservedCertificate, result: &Result<Checked, SyncError>) ->
     }
 }
 
+/// `kvvm sync --once`: checks every certificate of `current` once, from what the worker recorded, and returns
+/// their records in settings order. The worker's status and state files are left to the worker.
+pub fn sync_once(ext: &Extension, current: &Current) -> Vec<CertificateState> {
+    let mut certs = certificate_states(&current.settings, recorded(ext).as_ref());
+    let client = vault_client(&current.settings);
+    let locks = crate::store::lock_folder(&ext.data_dir());
+    poll_once(
+        &client,
+        &current.settings,
+        &mut certs,
+        &locks,
+        &Stop::default(),
+    );
+    certs
+}
+
 /// Checks every certificate of `settings` once, all at once within the limits of [`Checks`], records the
-/// results in `certs` (same order) and runs the post-install commands of those that changed. For
-/// `kvvm sync --once`.
-pub fn poll_once(
+/// results in `certs` (same order) and runs the post-install commands of those that changed.
+fn poll_once(
     client: &Result<Arc<VaultClient>, String>,
     settings: &Settings,
     certs: &mut [CertificateState],
@@ -523,10 +576,7 @@ impl<'a> Poller<'a> {
             updated: state::now(),
             restarts,
             last_exit,
-            certificates: certificate_states(
-                &current.settings,
-                WorkerState::load(&ext.data_dir()).as_ref(),
-            ),
+            certificates: certificate_states(&current.settings, recorded(ext).as_ref()),
         };
         let client = vault_client(&current.settings);
         let checks = client.as_ref().ok().map(|c| {
@@ -864,8 +914,10 @@ impl<'a> Poller<'a> {
     }
 }
 
-/// Runs the poller until SIGTERM (`kvvm poller`, started by the supervisor).
-pub fn run(ext: &Extension) -> Result<(), WorkerError> {
+/// Runs the poller until SIGTERM (`kvvm poller`, started by the supervisor), from its [`start`].
+pub fn run(start: Start) -> Result<(), WorkerError> {
+    let Start { ext, current } = start;
+    let ext = &ext;
     let data_dir = ext.data_dir();
     let Some(_lock) = supervisor::acquire_poller_lock(&data_dir)? else {
         return Err(WorkerError::AnotherPoller { dir: data_dir });
@@ -876,8 +928,7 @@ pub fn run(ext: &Extension) -> Result<(), WorkerError> {
     let signals = Signals::install()?;
     let stop = Stop::from_flag(Arc::clone(&signals.stop));
     watch_for_stop()?;
-    let current = load(ext)?;
-    let mut poller = Poller::start(ext, current, stop.clone());
+    let mut poller = Poller::start(ext, current?, stop.clone());
     poller
         .try_save()
         .map_err(|e| WorkerError::StateUnwritable {
