@@ -33,12 +33,19 @@ fn main() -> ExitCode {
 /// What the command line asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Command {
+    /// `--help`: the usage on stdout.
     Help,
+    /// `--version`: the version and the architecture of this build.
     Version,
+    /// A waagent verb.
     Verb(Verb),
+    /// `worker`: the supervisor.
     Worker,
+    /// `poller`: the poller the supervisor runs.
     Poller,
+    /// `status [--json]`.
     Status { json: bool },
+    /// `sync --once`.
     SyncOnce,
 }
 
@@ -160,7 +167,9 @@ enum Failure {
     Poller { error: WorkerError },
     /// `status` or `sync` failed: exit 1, the message on stderr.
     Operator {
+        /// The command's name, which starts the message.
         command: &'static str,
+        /// What went wrong.
         error: CommandError,
     },
 }
