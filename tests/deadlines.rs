@@ -73,9 +73,8 @@ fn get(c: &VaultClient, name: &str) -> Result<SecretBundle, VaultError> {
 /// Statuses the fake vault logged for secret `name`, in order (0: dropped or left hanging).
 fn statuses(f: &Fakes, name: &str) -> Vec<u16> {
     f.vault
-        .requests()
+        .secret_requests(name)
         .iter()
-        .filter(|r| r.path_and_query.starts_with(&format!("/secrets/{name}/")))
         .map(|r| r.status)
         .collect()
 }

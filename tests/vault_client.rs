@@ -71,9 +71,8 @@ fn held_back(c: &VaultClient, host: &str) -> bool {
 /// Requests for `name` in the fake's log: (arrival, status, carried a token).
 fn secret_requests(f: &Fakes, name: &str) -> Vec<(Instant, u16, bool)> {
     f.vault
-        .requests()
+        .secret_requests(name)
         .iter()
-        .filter(|r| r.path_and_query.starts_with(&format!("/secrets/{name}/")))
         .map(|r| (r.at, r.status, r.bearer_token.is_some()))
         .collect()
 }
