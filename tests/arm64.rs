@@ -11,10 +11,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use kvvm_sim::imds::{FakeImds, TokenAuthority};
-use kvvm_sim::netns::{run_isolated, test_ca};
+use kvvm_sim::netns::run_isolated;
 use kvvm_sim::pki::{Chain, KeyType, PfxVariant};
-use kvvm_sim::vault::{FakeVault, SecretValue};
+use kvvm_sim::vault::SecretValue;
+use kvvm_sim::vm::Fakes;
 use kvvm_sim::waagent::{Agent, Extension};
 use serde_json::json;
 
@@ -83,15 +83,7 @@ fn the_aarch64_build_installs_real_certificates_with_sync_once() {
     run_isolated(
         "the_aarch64_build_installs_real_certificates_with_sync_once",
         || {
-            let tokens = TokenAuthority::new();
-            let imds =
-                FakeImds::start("169.254.169.254:80".parse().unwrap(), tokens.clone()).unwrap();
-            let vault = FakeVault::start(
-                "127.0.0.1:443".parse().unwrap(),
-                test_ca().server_config(&[HOST]),
-                tokens,
-            )
-            .unwrap();
+            let Fakes { imds, vault } = Fakes::start(&[HOST]);
             let pki = tempfile::tempdir().unwrap();
             let p521 = Chain::generate(
                 &pki.path().join("p521"),

@@ -13,18 +13,13 @@ use kvvm::http::{CHECK_DEADLINE, Deadline, RetryPolicy, Stop};
 use kvvm::identity::Identity;
 use kvvm::vault::{SecretBundle, VaultClient, VaultError};
 use kvvm_sim::httpserver::Reply;
-use kvvm_sim::imds::{FakeImds, TokenAuthority};
-use kvvm_sim::netns::{run_isolated, test_ca};
-use kvvm_sim::vault::{FakeVault, SecretValue};
+use kvvm_sim::netns::run_isolated;
+use kvvm_sim::vault::SecretValue;
+use kvvm_sim::vm::Fakes;
 use url::Url;
 
 const HOST: &str = "myvault.vault.azure.net";
-const NAMES: &[&str] = &[
-    "myvault.vault.azure.net",
-    "othervault.vault.azure.net",
-    "myvault.vault.azure.cn",
-    "vault.evil.example",
-];
+const NAMES: &[&str] = kvvm_sim::netns::DEFAULT_HOSTS;
 const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
 const VAULT_RESOURCE: &str = "https://vault.azure.net";
 
@@ -47,24 +42,12 @@ const IDENTITY: RetryPolicy = RetryPolicy {
     max_attempts: 4,
 };
 
-struct Fakes {
-    imds: FakeImds,
-    vault: FakeVault,
-}
-
 fn fakes() -> Fakes {
-    let tokens = TokenAuthority::new();
-    let imds = FakeImds::start("169.254.169.254:80".parse().unwrap(), tokens.clone()).unwrap();
-    let vault = FakeVault::start(
-        "127.0.0.1:443".parse().unwrap(),
-        test_ca().server_config(NAMES),
-        tokens,
-    )
-    .unwrap();
-    vault.put_secret(HOST, "web", SecretValue::pem(PEM));
-    vault.put_secret(HOST, "a", SecretValue::pem(PEM));
-    vault.put_secret(HOST, "b", SecretValue::pem(PEM));
-    Fakes { imds, vault }
+    let f = Fakes::start(NAMES);
+    for name in ["web", "a", "b"] {
+        f.vault.put_secret(HOST, name, SecretValue::pem(PEM));
+    }
+    f
 }
 
 fn client(policy: RetryPolicy) -> VaultClient {
@@ -90,9 +73,8 @@ fn get(c: &VaultClient, name: &str) -> Result<SecretBundle, VaultError> {
 /// Statuses the fake vault logged for secret `name`, in order (0: dropped or left hanging).
 fn statuses(f: &Fakes, name: &str) -> Vec<u16> {
     f.vault
-        .requests()
+        .secret_requests(name)
         .iter()
-        .filter(|r| r.path_and_query.starts_with(&format!("/secrets/{name}/")))
         .map(|r| r.status)
         .collect()
 }

@@ -241,25 +241,17 @@ fn the_mistakes_users_make_are_caught() {
 /// own settings are checked above; its store folder is outside the namespace's scratch folders).
 #[test]
 fn the_cloud_init_install_script_installs_and_starts_kvvm() {
-    use kvvm_sim::imds::{FakeImds, TokenAuthority};
-    use kvvm_sim::netns::{run_isolated, test_ca};
+    use kvvm_sim::netns::run_isolated;
     use kvvm_sim::pki::{Chain, KeyType, PemLayout};
-    use kvvm_sim::vault::{FakeVault, SecretValue};
+    use kvvm_sim::vault::SecretValue;
+    use kvvm_sim::vm::Fakes;
     use std::time::{Duration, Instant};
 
     run_isolated(
         "the_cloud_init_install_script_installs_and_starts_kvvm",
         || {
             const HOST: &str = "myvault.vault.azure.net";
-            let tokens = TokenAuthority::new();
-            let _imds =
-                FakeImds::start("169.254.169.254:80".parse().unwrap(), tokens.clone()).unwrap();
-            let vault = FakeVault::start(
-                "127.0.0.1:443".parse().unwrap(),
-                test_ca().server_config(&[HOST]),
-                tokens,
-            )
-            .unwrap();
+            let Fakes { imds: _imds, vault } = Fakes::start(&[HOST]);
             let tmp = tempfile::tempdir().unwrap();
             let chain = Chain::generate(
                 &tmp.path().join("pki"),

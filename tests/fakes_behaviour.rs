@@ -13,12 +13,7 @@ use kvvm_sim::vault::{ChallengeResource, FakeVault, SecretValue};
 use serde_json::Value;
 
 const HOST: &str = "myvault.vault.azure.net";
-const VAULT_NAMES: &[&str] = &[
-    "myvault.vault.azure.net",
-    "othervault.vault.azure.net",
-    "myvault.vault.azure.cn",
-    "vault.evil.example",
-];
+const VAULT_NAMES: &[&str] = kvvm_sim::netns::DEFAULT_HOSTS;
 
 #[derive(Debug)]
 struct Resp {
@@ -669,14 +664,7 @@ fn netns_looks_like_a_vm() {
         for d in ["/var/lib/waagent", "/var/log/azure", "/var/opt/azcmagent"] {
             assert_eq!(std::fs::read_dir(d).unwrap().count(), 0, "{d} is empty");
         }
-        let tokens = TokenAuthority::new();
-        let imds = FakeImds::start("169.254.169.254:80".parse().unwrap(), tokens.clone()).unwrap();
-        let vault = FakeVault::start(
-            "127.0.0.1:443".parse().unwrap(),
-            test_ca().server_config(VAULT_NAMES),
-            tokens,
-        )
-        .unwrap();
+        let kvvm_sim::vm::Fakes { imds, vault } = kvvm_sim::vm::Fakes::start(VAULT_NAMES);
         let addr = std::net::ToSocketAddrs::to_socket_addrs(&(HOST, 443))
             .unwrap()
             .next()

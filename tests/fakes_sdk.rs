@@ -8,9 +8,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use kvvm_sim::httpserver::Reply;
-use kvvm_sim::imds::{FakeImds, TokenAuthority};
-use kvvm_sim::netns::{ca_bundle, run_isolated, test_ca};
-use kvvm_sim::vault::{FakeVault, SecretValue};
+use kvvm_sim::netns::{ca_bundle, run_isolated};
+use kvvm_sim::vault::SecretValue;
+use kvvm_sim::vm::Fakes;
 
 const HOST: &str = "myvault.vault.azure.net";
 
@@ -58,14 +58,8 @@ fn run_sdk_check(python: &Path, seed_file: &Path, env: &[(&str, &str)]) {
 fn azure_sdk_for_python_accepts_the_fakes() {
     let python = venv_python();
     run_isolated("azure_sdk_for_python_accepts_the_fakes", move || {
-        let tokens = TokenAuthority::new();
-        let imds = FakeImds::start("169.254.169.254:80".parse().unwrap(), tokens.clone()).unwrap();
-        let vault = FakeVault::start(
-            "127.0.0.1:443".parse().unwrap(),
-            test_ca().server_config(&[HOST]),
-            tokens.clone(),
-        )
-        .unwrap();
+        let Fakes { imds, vault } = Fakes::start(&[HOST]);
+        let tokens = imds.tokens();
 
         let versions: Vec<String> = ["one", "two"]
             .iter()
@@ -129,19 +123,8 @@ fn azure_sdk_for_python_accepts_the_fakes() {
 fn azure_sdk_for_python_accepts_the_arc_fake() {
     let python = venv_python();
     run_isolated("azure_sdk_for_python_accepts_the_arc_fake", move || {
-        let tokens = TokenAuthority::new();
-        let arc = FakeImds::start_arc(
-            "127.0.0.1:40342".parse().unwrap(),
-            tokens.clone(),
-            Path::new("/var/opt/azcmagent/tokens"),
-        )
-        .unwrap();
-        let vault = FakeVault::start(
-            "127.0.0.1:443".parse().unwrap(),
-            test_ca().server_config(&[HOST]),
-            tokens.clone(),
-        )
-        .unwrap();
+        let Fakes { imds: arc, vault } =
+            Fakes::start_arc(&[HOST], Path::new("/var/opt/azcmagent/tokens"));
         vault.put_secret(HOST, "cert1", SecretValue::pem("PEM arc"));
         let dir = tempfile::tempdir().unwrap();
         let seed_file = dir.path().join("seed.json");

@@ -10,120 +10,15 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use kvvm_sim::imds::{FakeImds, TokenAuthority};
-use kvvm_sim::netns::{run_isolated, test_ca};
+use kvvm_sim::netns::run_isolated;
 use kvvm_sim::pki::{self, Chain, KeyType, PemLayout, PfxVariant};
-use kvvm_sim::vault::{FakeVault, SecretValue};
-use kvvm_sim::waagent::{Agent, Extension, Settings, StatusReport, StatusValue};
+use kvvm_sim::vault::SecretValue;
+use kvvm_sim::vm::Vm;
+use kvvm_sim::waagent::{Settings, StatusReport, StatusValue};
 use serde_json::{Value, json};
 
 const HOST: &str = "myvault.vault.azure.net";
 const STORE: &str = "/var/lib/waagent/Microsoft.Azure.KeyVault.Store";
-
-/// The services and the agent of one simulated VM (the `Vm` of tests/worker_e2e.rs, cut to what this file needs).
-struct Vm {
-    imds: FakeImds,
-    vault: FakeVault,
-    agent: Agent,
-    pki: tempfile::TempDir,
-    ext: Option<Extension>,
-}
-
-impl Vm {
-    fn new() -> Vm {
-        let tokens = TokenAuthority::new();
-        let imds = FakeImds::start("169.254.169.254:80".parse().unwrap(), tokens.clone()).unwrap();
-        let vault = FakeVault::start(
-            "127.0.0.1:443".parse().unwrap(),
-            test_ca().server_config(&[HOST]),
-            tokens,
-        )
-        .unwrap();
-        Vm {
-            imds,
-            vault,
-            agent: Agent::new(Path::new("/var/lib/waagent"), Path::new("/var/log/azure")),
-            pki: tempfile::tempdir().unwrap(),
-            ext: None,
-        }
-    }
-
-    fn chain(&self, name: &str, key: KeyType) -> Chain {
-        Chain::generate(
-            &self.pki.path().join(name),
-            &format!("{name}.example.com"),
-            key,
-            90,
-        )
-        .unwrap()
-    }
-
-    fn enable(&mut self, settings: &Settings) -> Extension {
-        let run = self
-            .agent
-            .install_and_enable(&kvvm_sim::built_package(), 0, settings)
-            .unwrap();
-        assert!(run.ok(), "{}", run.describe());
-        let ext = run.extension.unwrap();
-        self.ext = Some(ext.clone());
-        ext
-    }
-
-    fn wait(
-        &self,
-        within: Duration,
-        what: &str,
-        done: impl Fn(&StatusReport) -> bool,
-    ) -> StatusReport {
-        self.wait_seq(0, within, what, done)
-    }
-
-    fn wait_seq(
-        &self,
-        seq: u64,
-        within: Duration,
-        what: &str,
-        done: impl Fn(&StatusReport) -> bool,
-    ) -> StatusReport {
-        let ext = self.ext.as_ref().unwrap();
-        let deadline = Instant::now() + within;
-        let mut last = None;
-        while Instant::now() < deadline {
-            if let Ok(r) = self.agent.read_status(ext, seq) {
-                if done(&r) {
-                    return r;
-                }
-                last = Some(r);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!(
-            "{what}: not reached within {within:?}; last status {last:#?}\nlog:\n{}",
-            self.log()
-        );
-    }
-
-    fn log(&self) -> String {
-        let ext = self.ext.as_ref().unwrap();
-        let dir = self.agent.log_dir(ext);
-        ["kvvm.log", "handler.log", "worker.stderr.log"]
-            .iter()
-            .filter_map(|n| {
-                fs::read_to_string(dir.join(n))
-                    .ok()
-                    .map(|t| format!("--- {n}\n{t}"))
-            })
-            .collect()
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        if let Some(ext) = &self.ext {
-            let _ = self.agent.disable(ext, 0);
-        }
-    }
-}
 
 fn url(secret: &str) -> String {
     format!("https://{HOST}/secrets/{secret}")
@@ -249,14 +144,14 @@ fn split_and_pfx_verify_and_a_rotation_moves_the_d_link_without_a_mixed_pair() {
         "split_and_pfx_verify_and_a_rotation_moves_the_d_link_without_a_mixed_pair",
         || {
             let mut vm = Vm::new();
-            let first = vm.chain("web1", KeyType::Ec("P-256"));
-            let v1 = vm.vault.put_secret(
+            let first = vm.chain("web1", KeyType::Ec("P-256"), 90);
+            let v1 = vm.vault().put_secret(
                 HOST,
                 "web",
                 SecretValue::pkcs12(&first.pfx(PfxVariant::KeyVault).unwrap()),
             );
             let hook_out = PathBuf::from("/var/lib/waagent/hook-env");
-            vm.enable(&Settings::public(json!({
+            vm.enable(Settings::public(json!({
             "secretsManagementSettings": {
                 "pollingIntervalInS": "2",
                 "retainedVersions": 2,
@@ -265,7 +160,7 @@ fn split_and_pfx_verify_and_a_rotation_moves_the_d_link_without_a_mixed_pair() {
                 "observedCertificates": [url("web")]
             }
         })));
-            vm.wait(Duration::from_secs(30), "v1 installed", |r| {
+            vm.wait(0, Duration::from_secs(30), "v1 installed", |r| {
                 installed(r, "web", &v1)
             });
             let store = Path::new(STORE);
@@ -300,22 +195,22 @@ fn split_and_pfx_verify_and_a_rotation_moves_the_d_link_without_a_mixed_pair() {
                     }
                     pairs
                 });
-                let second = vm.chain("web2", KeyType::Rsa(2048));
-                let v2 = vm.vault.put_secret(
+                let second = vm.chain("web2", KeyType::Rsa(2048), 90);
+                let v2 = vm.vault().put_secret(
                     HOST,
                     "web",
                     SecretValue::pem(second.pem(PemLayout::default()).unwrap()),
                 );
-                vm.wait(Duration::from_secs(30), "v2 installed", |r| {
+                vm.wait(0, Duration::from_secs(30), "v2 installed", |r| {
                     installed(r, "web", &v2)
                 });
-                let third = vm.chain("web3", KeyType::Ec("P-384"));
-                let v3 = vm.vault.put_secret(
+                let third = vm.chain("web3", KeyType::Ec("P-384"), 90);
+                let v3 = vm.vault().put_secret(
                     HOST,
                     "web",
                     SecretValue::pkcs12(&third.pfx(PfxVariant::KeyVault).unwrap()),
                 );
-                vm.wait(Duration::from_secs(30), "v3 installed", |r| {
+                vm.wait(0, Duration::from_secs(30), "v3 installed", |r| {
                     installed(r, "web", &v3)
                 });
                 std::thread::sleep(Duration::from_millis(200));
@@ -369,15 +264,15 @@ const RID: &str = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceG
 /// A VM with no system-assigned identity and two user-assigned ones, the first known by all three names.
 fn vm_with_two_identities() -> (Vm, String) {
     let vm = Vm::new();
-    let chain = vm.chain("web", KeyType::Ec("P-256"));
-    let v = vm.vault.put_secret(
+    let chain = vm.chain("web", KeyType::Ec("P-256"), 90);
+    let v = vm.vault().put_secret(
         HOST,
         "web",
         SecretValue::pkcs12(&chain.pfx(PfxVariant::KeyVault).unwrap()),
     );
-    vm.imds.set_system_identity(None);
-    vm.imds.add_user_identity_ids(CLIENT, OBJECT, RID);
-    vm.imds
+    vm.imds().set_system_identity(None);
+    vm.imds().add_user_identity_ids(CLIENT, OBJECT, RID);
+    vm.imds()
         .add_user_identity("0c0c0c0c-0000-4000-8000-000000000002");
     (vm, v)
 }
@@ -395,8 +290,8 @@ fn several_identities_and_none_named_the_status_names_the_setting_and_the_look_u
         "several_identities_and_none_named_the_status_names_the_setting_and_the_look_up",
         || {
             let (mut vm, _) = vm_with_two_identities();
-            vm.enable(&with_auth(json!({})));
-            let r = vm.wait(Duration::from_secs(30), "the 400 reported", |r| {
+            vm.enable(with_auth(json!({})));
+            let r = vm.wait(0, Duration::from_secs(30), "the 400 reported", |r| {
                 r.substatus
                     .iter()
                     .any(|s| s.message.contains("identity-not-assigned"))
@@ -426,8 +321,8 @@ fn an_identity_that_is_not_assigned_is_named_in_the_status() {
         || {
             let (mut vm, _) = vm_with_two_identities();
             let missing = "11111111-2222-4333-8444-555555555555";
-            vm.enable(&with_auth(json!({"msiObjectId": missing})));
-            let r = vm.wait(Duration::from_secs(30), "the 400 reported", |r| {
+            vm.enable(with_auth(json!({"msiObjectId": missing})));
+            let r = vm.wait(0, Duration::from_secs(30), "the 400 reported", |r| {
                 r.substatus
                     .iter()
                     .any(|s| s.message.contains("identity-not-assigned"))
@@ -447,7 +342,7 @@ fn an_identity_that_is_not_assigned_is_named_in_the_status() {
                 "{msg}"
             );
             assert!(
-                vm.imds
+                vm.imds()
                     .requests()
                     .iter()
                     .any(|q| q.path_and_query.contains(&format!("object_id={missing}")))
@@ -460,12 +355,12 @@ fn an_identity_that_is_not_assigned_is_named_in_the_status() {
 /// `query` and that the status holds `warning` (when given).
 fn identity_reaches_imds(settings: Settings, query: &str, warning: Option<&str>) {
     let (mut vm, v) = vm_with_two_identities();
-    vm.enable(&settings);
-    let r = vm.wait(Duration::from_secs(30), "installed", |r| {
+    vm.enable(settings);
+    let r = vm.wait(0, Duration::from_secs(30), "installed", |r| {
         installed(r, "web", &v)
     });
     let queries: Vec<String> = vm
-        .imds
+        .imds()
         .requests()
         .into_iter()
         .map(|q| q.path_and_query)
@@ -562,8 +457,8 @@ fn adding_additional_formats_later_builds_the_folder_for_the_installed_version()
         "adding_additional_formats_later_builds_the_folder_for_the_installed_version",
         || {
             let mut vm = Vm::new();
-            let chain = vm.chain("web", KeyType::Rsa(2048));
-            let v = vm.vault.put_secret(
+            let chain = vm.chain("web", KeyType::Rsa(2048), 90);
+            let v = vm.vault().put_secret(
                 HOST,
                 "web",
                 SecretValue::pkcs12(&chain.pfx(PfxVariant::KeyVault).unwrap()),
@@ -574,8 +469,8 @@ fn adding_additional_formats_later_builds_the_folder_for_the_installed_version()
                     "observedCertificates": [{"url": url("web"), "additionalFormats": formats}]
                 }}))
             };
-            let ext = vm.enable(&public(json!([])));
-            vm.wait(Duration::from_secs(30), "installed", |r| {
+            let ext = vm.enable(public(json!([])));
+            vm.wait(0, Duration::from_secs(30), "installed", |r| {
                 installed(r, "web", &v)
             });
             let store = Path::new(STORE);
@@ -621,7 +516,7 @@ fn adding_additional_formats_later_builds_the_folder_for_the_installed_version()
                 "{}",
                 String::from_utf8_lossy(&info.stderr)
             );
-            vm.wait_seq(1, Duration::from_secs(30), "settings 1 applied", |r| {
+            vm.wait(1, Duration::from_secs(30), "settings 1 applied", |r| {
                 installed(r, "web", &v)
             });
         },

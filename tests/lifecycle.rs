@@ -10,124 +10,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kvvm_sim::netns::run_isolated;
-use kvvm_sim::waagent::{Agent, Extension, Settings, StatusValue, Verb};
+use kvvm_sim::vm::Vm;
+use kvvm_sim::waagent::{Extension, Settings, StatusValue, Verb};
 use serde_json::json;
 
 const NAME: &str = "Microsoft.Azure.KeyVault.KeyVaultForLinux";
 
 fn package() -> PathBuf {
     kvvm_sim::built_package()
-}
-
-/// A simulated VM: waagent's folders in a temp dir, and every worker started under it killed at the end.
-struct Vm {
-    dir: tempfile::TempDir,
-    agent: Agent,
-}
-
-impl Vm {
-    fn new() -> Vm {
-        let dir = tempfile::tempdir().unwrap();
-        let agent = Agent::new(&dir.path().join("lib"), &dir.path().join("log"));
-        Vm { dir, agent }
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("lib")
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.root().join(NAME)
-    }
-
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-
-    /// Every live `kvvm worker` process whose binary lives under this VM's root.
-    fn workers(&self) -> Vec<u32> {
-        let root = self.root();
-        let mut found = Vec::new();
-        for entry in fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            let is_ours = args.first().is_some_and(|a| {
-                Path::new(std::str::from_utf8(a).unwrap_or("")).starts_with(&root)
-            });
-            if is_ours && args.get(1) == Some(&&b"worker"[..]) && !is_zombie(pid) {
-                found.push(pid);
-            }
-        }
-        found
-    }
-
-    fn wait_workers(&self, count: usize) -> Vec<u32> {
-        for _ in 0..500 {
-            let workers = self.workers();
-            if workers.len() == count {
-                return workers;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("expected {count} worker(s), found {:?}", self.workers());
-    }
-
-    fn settings(&self, certs: &[&str]) -> Settings {
-        Settings::public(json!({
-            "secretsManagementSettings": {
-                "pollingIntervalInS": "3600",
-                "certificateStoreLocation": self.store(),
-                "observedCertificates": certs,
-            }
-        }))
-    }
-
-    fn install(&self, seq: u64) -> Extension {
-        let run = self
-            .agent
-            .install_and_enable(
-                &package(),
-                seq,
-                &self.settings(&["https://myvault.vault.azure.net/secrets/c1"]),
-            )
-            .unwrap();
-        assert!(run.ok(), "{}", run.describe());
-        run.extension.unwrap()
-    }
-
-    fn settled(&self, ext: &Extension, seq: u64) -> kvvm_sim::waagent::StatusReport {
-        self.agent
-            .wait_status(ext, seq, Duration::from_secs(10), |r| {
-                r.status != StatusValue::Transitioning
-            })
-            .unwrap()
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        for pid in self.workers() {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-    }
-}
-
-fn is_zombie(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(true)
 }
 
 /// Fields 5 (pgrp) and 6 (session) of /proc/<pid>/stat.
@@ -147,7 +37,7 @@ fn install_and_enable_start_one_detached_worker_with_status_and_heartbeat() {
     run_isolated(
         "install_and_enable_start_one_detached_worker_with_status_and_heartbeat",
         || {
-            let vm = Vm::new();
+            let vm = Vm::offline();
             let ext = vm.install(0);
             let report = vm.settled(&ext, 0);
             assert_eq!(report.status, StatusValue::Success, "{report:?}");
@@ -192,7 +82,7 @@ fn enable_again_keeps_the_single_worker_and_new_settings_reach_it() {
     run_isolated(
         "enable_again_keeps_the_single_worker_and_new_settings_reach_it",
         || {
-            let vm = Vm::new();
+            let vm = Vm::offline();
             let ext = vm.install(0);
             let pid = vm.wait_workers(1)[0];
             vm.settled(&ext, 0);
@@ -202,7 +92,7 @@ fn enable_again_keeps_the_single_worker_and_new_settings_reach_it() {
             assert!(again.stdout.contains("already applied"), "{}", again.stdout);
             assert_eq!(vm.wait_workers(1), vec![pid]);
 
-            let two = vm.settings(&[
+            let two = vm.idle_settings(&[
                 "https://myvault.vault.azure.net/secrets/c1",
                 "https://myvault.vault.azure.net/secrets/c2",
             ]);
@@ -233,7 +123,7 @@ fn enable_again_keeps_the_single_worker_and_new_settings_reach_it() {
 #[test]
 fn disable_stops_the_worker_and_reports_it() {
     run_isolated("disable_stops_the_worker_and_reports_it", || {
-        let vm = Vm::new();
+        let vm = Vm::offline();
         let ext = vm.install(0);
         let pid = vm.wait_workers(1)[0];
         let r = vm.agent.disable(&ext, 0).unwrap().unwrap();
@@ -260,7 +150,7 @@ fn update_between_versions_ends_with_one_worker_from_the_new_directory() {
     run_isolated(
         "update_between_versions_ends_with_one_worker_from_the_new_directory",
         || {
-            let vm = Vm::new();
+            let vm = Vm::offline();
             let old = vm.install(0);
             vm.wait_workers(1);
             fs::create_dir_all(vm.store()).unwrap();
@@ -273,7 +163,7 @@ fn update_between_versions_ends_with_one_worker_from_the_new_directory() {
                     &old,
                     new,
                     0,
-                    &vm.settings(&["https://myvault.vault.azure.net/secrets/c1"]),
+                    &vm.idle_settings(&["https://myvault.vault.azure.net/secrets/c1"]),
                 )
                 .unwrap();
             assert!(run.ok(), "{}", run.describe());
@@ -308,7 +198,7 @@ fn update_between_versions_ends_with_one_worker_from_the_new_directory() {
 #[test]
 fn uninstall_stops_the_worker_and_leaves_certificates() {
     run_isolated("uninstall_stops_the_worker_and_leaves_certificates", || {
-        let vm = Vm::new();
+        let vm = Vm::offline();
         let ext = vm.install(0);
         vm.wait_workers(1);
         fs::create_dir_all(vm.store()).unwrap();
@@ -329,7 +219,7 @@ fn after_a_reboot_stale_lock_and_pid_files_do_not_stop_a_fresh_worker() {
     run_isolated(
         "after_a_reboot_stale_lock_and_pid_files_do_not_stop_a_fresh_worker",
         || {
-            let vm = Vm::new();
+            let vm = Vm::offline();
             let ext = vm.install(0);
             let pid = vm.wait_workers(1)[0];
             // A reboot: every process gone, files left behind; the old pid now belongs to someone else.
@@ -370,7 +260,7 @@ fn a_sigkilled_worker_is_replaced_by_the_next_enable_and_disable_copes() {
     run_isolated(
         "a_sigkilled_worker_is_replaced_by_the_next_enable_and_disable_copes",
         || {
-            let vm = Vm::new();
+            let vm = Vm::offline();
             let ext = vm.install(0);
             let pid = vm.wait_workers(1)[0];
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -387,7 +277,7 @@ fn a_sigkilled_worker_is_replaced_by_the_next_enable_and_disable_copes() {
 #[test]
 fn empty_or_null_settings_mean_nothing_to_watch() {
     run_isolated("empty_or_null_settings_mean_nothing_to_watch", || {
-        let vm = Vm::new();
+        let vm = Vm::offline();
         let ext = vm.install(0);
         vm.wait_workers(1);
         for (seq, settings) in [
@@ -418,7 +308,7 @@ fn empty_or_null_settings_mean_nothing_to_watch() {
 #[test]
 fn protected_settings_are_ignored() {
     run_isolated("protected_settings_are_ignored", || {
-        let vm = Vm::new();
+        let vm = Vm::offline();
         let ext = vm.install(0);
         let settings = Settings::Handler {
             public: Some(
@@ -453,7 +343,7 @@ fn protected_settings_are_ignored() {
 #[test]
 fn every_settings_rejection_reaches_the_status_file() {
     run_isolated("every_settings_rejection_reaches_the_status_file", || {
-        let vm = Vm::new();
+        let vm = Vm::offline();
         let ext = vm.install(0);
         let pid = vm.wait_workers(1)[0];
         let cases: Vec<String> = vec![
@@ -503,7 +393,7 @@ fn every_settings_rejection_reaches_the_status_file() {
 #[test]
 fn kvvm_status_shows_each_observed_certificate() {
     run_isolated("kvvm_status_shows_each_observed_certificate", || {
-        let vm = Vm::new();
+        let vm = Vm::offline();
         let ext = vm.install(0);
         let report = vm.settled(&ext, 0);
         let sub = &report.substatus;
@@ -564,7 +454,7 @@ fn worker_logs_reach_fluentd_and_a_logging_change_restarts_it() {
             let mut lines = BufReader::new(receiver.stdout.take().unwrap()).lines();
             let port: u16 = lines.next().unwrap().unwrap().trim().parse().unwrap();
 
-            let vm = Vm::new();
+            let vm = Vm::offline();
             let ext = vm.install(0);
             let first = vm.wait_workers(1)[0];
             let with_logging = Settings::public(json!({
@@ -624,7 +514,7 @@ fn disable_escalates_to_sigkill_when_the_worker_ignores_sigterm() {
     run_isolated(
         "disable_escalates_to_sigkill_when_the_worker_ignores_sigterm",
         || {
-            let vm = Vm::new();
+            let vm = Vm::offline();
             let ext = vm.install(0);
             let pid = vm.wait_workers(1)[0];
             unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
@@ -645,7 +535,7 @@ fn disable_escalates_to_sigkill_when_the_worker_ignores_sigterm() {
 #[test]
 fn help_version_and_usage_errors() {
     run_isolated("help_version_and_usage_errors", || {
-        let vm = Vm::new();
+        let vm = Vm::offline();
         let ext = vm.install(0);
         let bin = ext.dir.join("bin/kvvm");
         let run = |arg: &str| std::process::Command::new(&bin).arg(arg).output().unwrap();
@@ -684,7 +574,7 @@ fn a_lock_holder_without_a_pid_is_named_with_the_way_to_find_it() {
     run_isolated(
         "a_lock_holder_without_a_pid_is_named_with_the_way_to_find_it",
         || {
-            let vm = Vm::new();
+            let vm = Vm::offline();
             let ext = vm.install(0);
             let r = vm.agent.disable(&ext, 0).unwrap().unwrap();
             assert!(r.success(), "{}", r.output);
@@ -712,7 +602,7 @@ fn a_lock_holder_without_a_pid_is_named_with_the_way_to_find_it() {
 #[test]
 fn an_unopenable_worker_log_is_reported_as_such() {
     run_isolated("an_unopenable_worker_log_is_reported_as_such", || {
-        let vm = Vm::new();
+        let vm = Vm::offline();
         let ext = vm.agent.unpack(&package()).unwrap();
         vm.agent.write_handler_environment(&ext).unwrap();
         let log = vm.agent.log_dir(&ext).join("worker.stderr.log");
@@ -721,7 +611,7 @@ fn an_unopenable_worker_log_is_reported_as_such() {
             .write_settings_as(
                 &ext,
                 0,
-                &vm.settings(&["https://myvault.vault.azure.net/secrets/c1"]),
+                &vm.idle_settings(&["https://myvault.vault.azure.net/secrets/c1"]),
             )
             .unwrap();
         let r = vm.agent.run(&ext, Verb::Enable, 0, &[]).unwrap();

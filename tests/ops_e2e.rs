@@ -8,123 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kvvm_sim::imds::{FakeImds, TokenAuthority};
-use kvvm_sim::netns::{run_isolated, test_ca};
-use kvvm_sim::pki::{Chain, KeyType, PemLayout};
-use kvvm_sim::vault::{FakeVault, SecretValue};
-use kvvm_sim::waagent::{Agent, Extension, Settings, StatusReport, StatusValue};
+use kvvm_sim::netns::run_isolated;
+use kvvm_sim::vm::Vm;
+use kvvm_sim::waagent::{StatusReport, StatusValue};
 use serde_json::{Value, json};
 
 const HOST: &str = "myvault.vault.azure.net";
 const STORE: &str = "/var/lib/waagent/Microsoft.Azure.KeyVault.Store";
-
-/// The services and the agent of one simulated VM (only built inside the namespace); the pattern of
-/// tests/worker_e2e.rs.
-struct Vm {
-    imds: FakeImds,
-    vault: FakeVault,
-    agent: Agent,
-    pki: tempfile::TempDir,
-    ext: Option<Extension>,
-}
-
-impl Vm {
-    fn new() -> Vm {
-        let tokens = TokenAuthority::new();
-        let imds = FakeImds::start("169.254.169.254:80".parse().unwrap(), tokens.clone()).unwrap();
-        let vault = FakeVault::start(
-            "127.0.0.1:443".parse().unwrap(),
-            test_ca().server_config(&[HOST]),
-            tokens,
-        )
-        .unwrap();
-        Vm {
-            imds,
-            vault,
-            agent: Agent::new(Path::new("/var/lib/waagent"), Path::new("/var/log/azure")),
-            pki: tempfile::tempdir().unwrap(),
-            ext: None,
-        }
-    }
-
-    fn put_pem(&self, secret: &str) -> String {
-        let chain = Chain::generate(
-            &self.pki.path().join(secret),
-            &format!("{secret}.example.com"),
-            KeyType::Ec("P-256"),
-            90,
-        )
-        .unwrap();
-        self.vault.put_secret(
-            HOST,
-            secret,
-            SecretValue::pem(chain.pem(PemLayout::default()).unwrap()),
-        )
-    }
-
-    fn enable(&mut self, settings: Value) -> Extension {
-        let run = self
-            .agent
-            .install_and_enable(&kvvm_sim::built_package(), 0, &Settings::public(settings))
-            .unwrap();
-        assert!(run.ok(), "{}", run.describe());
-        let ext = run.extension.unwrap();
-        self.ext = Some(ext.clone());
-        ext
-    }
-
-    fn wait(&self, what: &str, done: impl Fn(&StatusReport) -> bool) -> StatusReport {
-        let ext = self.ext.as_ref().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut last = None;
-        while Instant::now() < deadline {
-            if let Ok(r) = self.agent.read_status(ext, 0) {
-                if done(&r) {
-                    return r;
-                }
-                last = Some(r);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!(
-            "{what}: not reached; last status {last:#?}\nworker log:\n{}",
-            self.log()
-        );
-    }
-
-    fn log(&self) -> String {
-        let ext = self.ext.as_ref().unwrap();
-        let dir = self.agent.log_dir(ext);
-        let mut text = String::new();
-        for name in [
-            "kvvm.log",
-            "handler.log",
-            "supervisor.log",
-            "worker.stderr.log",
-        ] {
-            if let Ok(t) = fs::read_to_string(dir.join(name)) {
-                text.push_str(&format!("--- {name}\n{t}"));
-            }
-        }
-        text
-    }
-
-    fn kvvm(&self, args: &[&str]) -> std::process::Output {
-        let ext = self.ext.as_ref().unwrap();
-        Command::new(ext.dir.join("bin/kvvm"))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        if let Some(ext) = &self.ext {
-            let _ = self.agent.disable(ext, 0);
-        }
-    }
-}
 
 fn url(secret: &str) -> String {
     format!("https://{HOST}/secrets/{secret}")
@@ -209,16 +99,21 @@ fn the_metrics_file_parses_and_counts_installs_errors_and_requests() {
         "the_metrics_file_parses_and_counts_installs_errors_and_requests",
         || {
             let mut vm = Vm::new();
-            let version = vm.put_pem("web");
-            vm.put_pem("api");
-            vm.vault.deny(HOST, Some("api"));
+            let version = vm.put_certificate("web");
+            vm.put_certificate("api");
+            vm.vault().deny(HOST, Some("api"));
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("kvvm.prom");
             vm.enable(settings(json!({"metricsFile": path.to_str().unwrap()})));
-            vm.wait("web installed, api refused", |r| {
-                substatus_is(r, "web", StatusValue::Success)
-                    && substatus_is(r, "api", StatusValue::Error)
-            });
+            vm.wait(
+                0,
+                Duration::from_secs(60),
+                "web installed, api refused",
+                |r| {
+                    substatus_is(r, "web", StatusValue::Success)
+                        && substatus_is(r, "api", StatusValue::Error)
+                },
+            );
             // The status and the metrics are written together, within half a second of a check.
             let deadline = Instant::now() + Duration::from_secs(10);
             let metrics = loop {
@@ -352,7 +247,7 @@ fn the_metrics_file_parses_and_counts_installs_errors_and_requests() {
             }
             let tokens = sample(&metrics, "kvvm_token_requests_total", &[]).unwrap();
             assert!(tokens >= 1.0, "{metrics}");
-            assert!(tokens as u64 >= vm.imds.stats().tokens_issued);
+            assert!(tokens as u64 >= vm.imds().stats().tokens_issued);
             assert_eq!(
                 sample(&metrics, "kvvm_worker_restarts_total", &[]),
                 Some(0.0)
@@ -370,7 +265,7 @@ fn the_metrics_file_parses_and_counts_installs_errors_and_requests() {
             );
             // No token in the metrics.
             let text = fs::read_to_string(&path).unwrap();
-            for t in vm.imds.tokens().tokens() {
+            for t in vm.imds().tokens().tokens() {
                 assert!(!text.contains(&t), "token in the metrics");
             }
         },
@@ -383,14 +278,19 @@ fn status_json_describes_every_certificate_and_exits_1_when_one_needs_attention(
         "status_json_describes_every_certificate_and_exits_1_when_one_needs_attention",
         || {
             let mut vm = Vm::new();
-            let version = vm.put_pem("web");
-            vm.put_pem("api");
-            vm.vault.deny(HOST, Some("api"));
+            let version = vm.put_certificate("web");
+            vm.put_certificate("api");
+            vm.vault().deny(HOST, Some("api"));
             vm.enable(settings(json!({})));
-            vm.wait("web installed, api refused", |r| {
-                substatus_is(r, "web", StatusValue::Success)
-                    && substatus_is(r, "api", StatusValue::Error)
-            });
+            vm.wait(
+                0,
+                Duration::from_secs(60),
+                "web installed, api refused",
+                |r| {
+                    substatus_is(r, "web", StatusValue::Success)
+                        && substatus_is(r, "api", StatusValue::Error)
+                },
+            );
             let out = vm.kvvm(&["status", "--json"]);
             assert_eq!(out.status.code(), Some(1), "{out:?}");
             let doc: Value = serde_json::from_slice(&out.stdout)
@@ -435,8 +335,10 @@ fn status_json_describes_every_certificate_and_exits_1_when_one_needs_attention(
             );
 
             // Once the vault lets the identity read it, all is well: exit 0.
-            vm.vault.allow(HOST, Some("api"));
-            vm.wait("both installed", |r| r.status == StatusValue::Success);
+            vm.vault().allow(HOST, Some("api"));
+            vm.wait(0, Duration::from_secs(60), "both installed", |r| {
+                r.status == StatusValue::Success
+            });
             let out = vm.kvvm(&["status", "--json"]);
             assert_eq!(out.status.code(), Some(0), "{out:?}\n{}", vm.log());
             let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -518,25 +420,20 @@ fn odd_link_names_are_escaped_and_unchecked_certificates_have_no_times() {
     );
 }
 
-const STATE_DIR: &str = "/var/lib/waagent/Microsoft.Azure.KeyVault.KeyVaultForLinux";
-
-/// What the poller recorded in `state.json`.
-fn worker_state() -> Option<Value> {
-    serde_json::from_slice(&fs::read(Path::new(STATE_DIR).join("state.json")).ok()?).ok()
-}
-
 /// After the supervisor restarts a SIGKILLed poller, the metrics count the restart and `status --json` says
 /// why it happened; the new poller's counters start from zero while the recorded times carry over.
 #[test]
 fn a_restart_shows_in_the_metrics_and_in_status_json() {
     run_isolated("a_restart_shows_in_the_metrics_and_in_status_json", || {
         let mut vm = Vm::new();
-        vm.put_pem("web");
-        vm.put_pem("api");
+        vm.put_certificate("web");
+        vm.put_certificate("api");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kvvm.prom");
         vm.enable(settings(json!({"metricsFile": path.to_str().unwrap()})));
-        vm.wait("both installed", |r| r.status == StatusValue::Success);
+        vm.wait(0, Duration::from_secs(60), "both installed", |r| {
+            r.status == StatusValue::Success
+        });
         let web = [("certificate", "web")];
         let wait_metrics = |what: &str, done: &dyn Fn(&Value) -> bool| -> Value {
             let deadline = Instant::now() + Duration::from_secs(60);
@@ -560,7 +457,7 @@ fn a_restart_shows_in_the_metrics_and_in_status_json() {
         });
         let not_after = sample(&before, "kvvm_certificate_not_after_seconds", &web).unwrap();
 
-        let pid = worker_state().unwrap()["pid"].as_i64().unwrap() as i32;
+        let pid = vm.worker_state().unwrap()["pid"].as_i64().unwrap() as i32;
         // SAFETY: signalling a process of this test's namespace.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
         let after = wait_metrics("the restart counted", &|m| {

@@ -17,34 +17,17 @@ use base64::Engine;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use kvvm_sim::imds::{FakeImds, TokenAuthority};
-use kvvm_sim::netns::{run_isolated, test_ca};
-use kvvm_sim::pki::{Chain, KeyType, PemLayout};
-use kvvm_sim::realagent::{self, AgentConfig, LIB_DIR, RealAgent};
-use kvvm_sim::vault::{FakeVault, SecretValue};
+use kvvm_sim::netns::run_isolated;
+use kvvm_sim::pki::{KeyType, PemLayout};
+use kvvm_sim::realagent::{self, AgentConfig, LIB_DIR};
+use kvvm_sim::vault::SecretValue;
+use kvvm_sim::vm::Vm;
 use kvvm_sim::wireserver::{Plugin, PluginState, VmStatus, WireServer};
 use serde_json::{Value, json};
 
 const NAME: &str = "Microsoft.Azure.KeyVault.KeyVaultForLinux";
 const HOST: &str = "myvault.vault.azure.net";
 const STORE: &str = "/var/lib/waagent/Microsoft.Azure.KeyVault.Store";
-/// Bound on every wait for the agent (it polls each second; a command takes ~2 s; a missing status file
-/// costs 10 s of re-reads).
-/// The binary `bin/kvvm` (a dispatch script) runs on this machine: what /proc/<pid>/exe of a kvvm process names.
-#[cfg(target_arch = "x86_64")]
-const KVVM_BIN: &str = "bin/kvvm-x86_64";
-#[cfg(target_arch = "aarch64")]
-const KVVM_BIN: &str = "bin/kvvm-aarch64";
-const PATIENCE: Duration = Duration::from_secs(90);
-
-fn version() -> String {
-    let zip = kvvm_sim::built_package();
-    let file = zip.file_name().unwrap().to_string_lossy().into_owned();
-    file.trim_start_matches(&format!("{NAME}-"))
-        .trim_end_matches(".zip")
-        .to_string()
-}
-
 /// Runs `body` in the namespace with the real agent available, or prints why it is skipped.
 fn with_real_agent(test: &str, body: impl FnOnce()) {
     if !kvvm_sim::netns::in_netns()
@@ -54,196 +37,6 @@ fn with_real_agent(test: &str, body: impl FnOnce()) {
         return;
     }
     run_isolated(test, body);
-}
-
-/// One VM: the fake IMDS and vault, the fake wire server with kvvm's package, and the real agent.
-struct Vm {
-    _imds: FakeImds,
-    vault: FakeVault,
-    wire: WireServer,
-    agent: Option<RealAgent>,
-    pki: PathBuf,
-    version: String,
-}
-
-impl Vm {
-    fn new() -> Vm {
-        realagent::prepare_machine().expect("prepare the namespace for the agent");
-        let tokens = TokenAuthority::new();
-        let imds = FakeImds::start("169.254.169.254:80".parse().unwrap(), tokens.clone()).unwrap();
-        let vault = FakeVault::start(
-            "127.0.0.1:443".parse().unwrap(),
-            test_ca().server_config(&[HOST]),
-            tokens,
-        )
-        .unwrap();
-        let (wire_addr, hgap_addr) = realagent::wire_addrs();
-        let wire = WireServer::start(wire_addr, Some(hgap_addr)).unwrap();
-        let version = version();
-        wire.add_package(NAME, &version, fs::read(kvvm_sim::built_package()).unwrap());
-        let pki = std::env::temp_dir().join(format!("kvvm-real-agent-pki-{}", std::process::id()));
-        fs::create_dir_all(&pki).unwrap();
-        Vm {
-            _imds: imds,
-            vault,
-            wire,
-            agent: None,
-            pki,
-            version,
-        }
-    }
-
-    fn start_agent(&mut self) {
-        self.start_agent_with(AgentConfig::default());
-    }
-
-    fn start_agent_with(&mut self, cfg: AgentConfig) {
-        assert!(self.agent.is_none(), "the agent is already running");
-        self.agent = Some(RealAgent::start(&cfg).expect("start waagent -run-exthandlers"));
-    }
-
-    fn stop_agent(&mut self) {
-        if let Some(mut a) = self.agent.take() {
-            a.stop(Duration::from_secs(10));
-        }
-    }
-
-    fn put_cert(&self, secret: &str) -> String {
-        let chain = Chain::generate(
-            &self.pki.join(secret),
-            &format!("{secret}.example.com"),
-            KeyType::Ec("P-256"),
-            90,
-        )
-        .unwrap();
-        self.vault.put_secret(
-            HOST,
-            secret,
-            SecretValue::pem(chain.pem(PemLayout::default()).unwrap()),
-        )
-    }
-
-    fn plugin(&self, seq: u64, settings: Value) -> Plugin {
-        Plugin::enabled(NAME, &self.version, seq, settings)
-    }
-
-    fn ext_dir(&self) -> PathBuf {
-        self.ext_dir_of(&self.version)
-    }
-
-    fn ext_dir_of(&self, version: &str) -> PathBuf {
-        Path::new(LIB_DIR).join(format!("{NAME}-{version}"))
-    }
-
-    fn kvvm_exe(&self, version: &str) -> PathBuf {
-        self.ext_dir_of(version).join(KVVM_BIN)
-    }
-
-    /// Waits for an upload at incarnation ≥ `inc` satisfying `done`; on timeout panics with the last upload
-    /// and every log.
-    fn wait(&self, inc: u64, what: &str, done: impl Fn(&VmStatus) -> bool) -> VmStatus {
-        match self.wire.wait_status(inc, PATIENCE, done) {
-            Ok(s) => s,
-            Err(last) => panic!(
-                "{what}: not reported within {PATIENCE:?}\nlast upload: {}\n{}",
-                last.map_or("none".into(), |s| serde_json::to_string_pretty(&s.raw)
-                    .unwrap()),
-                self.logs()
-            ),
-        }
-    }
-
-    /// [`Vm::wait`] for an upload that arrived after `since` (the same goal state keeps being reported).
-    fn wait_since(&self, since: Instant, what: &str, done: impl Fn(&VmStatus) -> bool) -> VmStatus {
-        self.wait(0, what, |s| s.at > since && done(s))
-    }
-
-    fn logs(&self) -> String {
-        let mut text = String::new();
-        if let Some(a) = &self.agent {
-            text.push_str(&tail(&a.log(), 400));
-        } else if let Ok(t) = fs::read_to_string(realagent::AGENT_LOG) {
-            text.push_str(&format!("--- {}\n{}", realagent::AGENT_LOG, tail(&t, 400)));
-        }
-        let log_dir = Path::new(realagent::EXT_LOG_DIR).join(NAME);
-        for name in ["handler.log", "kvvm.log", "worker.stderr.log"] {
-            if let Ok(t) = fs::read_to_string(log_dir.join(name)) {
-                text.push_str(&format!("--- {name}\n{t}"));
-            }
-        }
-        text.push_str(&format!("--- wire server\n{}\n", self.wire.log()));
-        text
-    }
-
-    /// The commands the agent ran, in order: (command path, the variables it set for it), from its log
-    /// ("Executing command: <path> with environment variables: <json>").
-    fn commands(&self) -> Vec<(String, Value)> {
-        let log = fs::read_to_string(realagent::AGENT_LOG).unwrap_or_default();
-        let marker = "Executing command: ";
-        let mut out = Vec::new();
-        for line in log.lines() {
-            let Some(rest) = line.split_once(marker).map(|(_, r)| r) else {
-                continue;
-            };
-            let Some((cmd, env)) = rest.split_once(" with environment variables: ") else {
-                continue;
-            };
-            out.push((
-                cmd.to_string(),
-                serde_json::from_str(env).unwrap_or(Value::Null),
-            ));
-        }
-        out
-    }
-
-    /// `(version, verb)` of each command run, e.g. `("0.1.0", "enable")`.
-    fn verbs(&self) -> Vec<(String, String)> {
-        self.commands()
-            .iter()
-            .filter_map(|(cmd, _)| {
-                let p = Path::new(cmd);
-                let dir = p.parent()?.file_name()?.to_str()?;
-                let version = dir.strip_prefix(&format!("{NAME}-"))?;
-                let verb = p.file_name()?.to_str()?.split_whitespace().last()?;
-                Some((version.to_string(), verb.to_string()))
-            })
-            .collect()
-    }
-
-    fn workers(&self, version: &str) -> Vec<u32> {
-        realagent::processes_running(&self.kvvm_exe(version))
-    }
-
-    fn wait_until(&self, what: &str, cond: impl Fn() -> bool) {
-        let deadline = Instant::now() + PATIENCE;
-        while Instant::now() < deadline {
-            if cond() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("{what}: not within {PATIENCE:?}\n{}", self.logs());
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        self.stop_agent();
-        // The worker runs in its own session and outlives the agent (as on a VM): end it with the test.
-        if let Ok(entries) = fs::read_dir(LIB_DIR) {
-            for e in entries.flatten() {
-                let exe = e.path().join(KVVM_BIN);
-                realagent::kill_all(&exe, Duration::from_secs(5));
-            }
-        }
-        realagent::kill_all(&self.kvvm_exe(&self.version), Duration::from_secs(5));
-        let _ = fs::remove_dir_all(&self.pki);
-    }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n") + "\n"
 }
 
 fn settings(certs: &[&str]) -> Value {
@@ -310,9 +103,9 @@ fn install_and_enable_with_v3_settings_installs_the_certificate() {
     with_real_agent(
         "install_and_enable_with_v3_settings_installs_the_certificate",
         || {
-            let mut vm = Vm::new();
-            let v = vm.put_cert("web");
-            let inc = vm.wire.publish(vec![vm.plugin(0, settings(&["web"]))]);
+            let mut vm = Vm::builder().with_real_agent().build();
+            let v = vm.put_certificate("web");
+            let inc = vm.wire().publish(vec![vm.plugin(0, settings(&["web"]))]);
             vm.start_agent_with(AgentConfig {
                 env: vec![
                     ("KVVM_TEST_AGENT_ENV".into(), "from-the-agent".into()),
@@ -324,11 +117,11 @@ fn install_and_enable_with_v3_settings_installs_the_certificate() {
                 ],
                 ..AgentConfig::default()
             });
-            let s = vm.wait(inc, "handler Ready and the certificate installed", |s| {
+            let s = vm.wait_upload(inc, "handler Ready and the certificate installed", |s| {
                 ext_is(s, 0, "success") && installed(s, "web", &v)
             });
             let h = kvvm(&s).unwrap();
-            assert_eq!(h.version, vm.version);
+            assert_eq!(h.version, vm.version());
             assert_eq!(h.status, "Ready", "{h:#?}");
             assert_eq!(h.code, 0);
             let e = h.extension.as_ref().unwrap();
@@ -336,9 +129,9 @@ fn install_and_enable_with_v3_settings_installs_the_certificate() {
             assert_eq!(e.code, 0);
             assert_eq!(s.agent_status, "Ready");
             assert!(
-                vm.wire.upload_errors().is_empty(),
+                vm.wire().upload_errors().is_empty(),
                 "{:?}",
-                vm.wire.upload_errors()
+                vm.wire().upload_errors()
             );
 
             // The machine.
@@ -367,7 +160,7 @@ fn install_and_enable_with_v3_settings_installs_the_certificate() {
                     "statusFolder"
                 ]
             );
-            let zip = Path::new(LIB_DIR).join(format!("{NAME}__{}.zip", vm.version));
+            let zip = Path::new(LIB_DIR).join(format!("{NAME}__{}.zip", vm.version()));
             assert!(zip.is_file(), "2.7.3 keeps {}", zip.display());
             let written: Value = serde_json::from_str(
                 &fs::read_to_string(vm.ext_dir().join("config/0.settings")).unwrap(),
@@ -378,16 +171,16 @@ fn install_and_enable_with_v3_settings_installs_the_certificate() {
                 settings(&["web"])
             );
             assert_eq!(
-                vm.verbs(),
+                vm.agent_verbs(),
                 [
-                    (vm.version.clone(), "install".to_string()),
-                    (vm.version.clone(), "enable".to_string())
+                    (vm.version().to_string(), "install".to_string()),
+                    (vm.version().to_string(), "enable".to_string())
                 ]
             );
 
             // The worker inherited enable's environment: the agent's own variables, merged last.
-            let workers = vm.workers(&vm.version);
-            assert!(!workers.is_empty(), "no kvvm process\n{}", vm.logs());
+            let workers = vm.processes_of(vm.version());
+            assert!(!workers.is_empty(), "no kvvm process\n{}", vm.log());
             let env = environ(workers[0]);
             let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
             assert_eq!(get("KVVM_TEST_AGENT_ENV"), Some("from-the-agent"));
@@ -409,26 +202,14 @@ fn install_and_enable_with_v3_settings_installs_the_certificate() {
     );
 }
 
-/// Processes of this namespace running the package's `bin/kvvm` of `version` with `arg` as first argument
-/// (`worker` is the supervisor holding the worker lock).
-fn kvvm_processes(vm: &Vm, version: &str, arg: &str) -> Vec<u32> {
-    vm.workers(version)
-        .into_iter()
-        .filter(|pid| {
-            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            cmdline.split(|b| *b == 0).nth(1) == Some(arg.as_bytes())
-        })
-        .collect()
-}
-
 /// A VM whose agent has applied a goal state observing `web` at sequence number 0; returns the VM, the
 /// incarnation and the version of `web` installed.
 fn enabled_vm() -> (Vm, u64, String) {
-    let mut vm = Vm::new();
-    let v = vm.put_cert("web");
-    let inc = vm.wire.publish(vec![vm.plugin(0, settings(&["web"]))]);
+    let mut vm = Vm::builder().with_real_agent().build();
+    let v = vm.put_certificate("web");
+    let inc = vm.wire().publish(vec![vm.plugin(0, settings(&["web"]))]);
     vm.start_agent();
-    vm.wait(inc, "the first goal state succeeds", |s| {
+    vm.wait_upload(inc, "the first goal state succeeds", |s| {
         ext_is(s, 0, "success") && installed(s, "web", &v)
     });
     (vm, inc, v)
@@ -436,7 +217,7 @@ fn enabled_vm() -> (Vm, u64, String) {
 
 /// The `ConfigSequenceNumber` the agent set for each run of `verb`, in order.
 fn seqs_of(vm: &Vm, verb: &str) -> Vec<String> {
-    vm.commands()
+    vm.agent_commands()
         .iter()
         .filter(|(c, _)| c.ends_with(&format!(" {verb}")))
         .map(|(_, env)| {
@@ -456,11 +237,11 @@ fn new_settings_with_a_new_sequence_number_are_applied() {
         "new_settings_with_a_new_sequence_number_are_applied",
         || {
             let (vm, _, _) = enabled_vm();
-            let v_api = vm.put_cert("api");
+            let v_api = vm.put_certificate("api");
             let inc = vm
-                .wire
+                .wire()
                 .publish(vec![vm.plugin(1, settings(&["web", "api"]))]);
-            let s = vm.wait(inc, "settings 1 applied", |s| {
+            let s = vm.wait_upload(inc, "settings 1 applied", |s| {
                 ext_is(s, 1, "success") && installed(s, "api", &v_api)
             });
             let h = kvvm(&s).unwrap();
@@ -469,12 +250,7 @@ fn new_settings_with_a_new_sequence_number_are_applied() {
             assert!(vm.ext_dir().join("config/1.settings").is_file());
             assert!(vm.ext_dir().join("status/1.status").is_file());
             assert_eq!(seqs_of(&vm, "enable"), ["0", "1"]);
-            assert_eq!(
-                kvvm_processes(&vm, &vm.version, "worker").len(),
-                1,
-                "{}",
-                vm.logs()
-            );
+            assert_eq!(vm.workers_of(vm.version()).len(), 1, "{}", vm.log());
         },
     );
 }
@@ -490,8 +266,8 @@ fn invalid_settings_are_reported_as_error_with_kvvms_message() {
             let (vm, _, v) = enabled_vm();
             let mut bad = settings(&["web"]);
             bad["secretsManagementSettings"]["pollingIntervalInS"] = json!("abc");
-            let inc = vm.wire.publish(vec![vm.plugin(1, bad)]);
-            let s = vm.wait(inc, "settings 1 reported as error", |s| {
+            let inc = vm.wire().publish(vec![vm.plugin(1, bad)]);
+            let s = vm.wait_upload(inc, "settings 1 reported as error", |s| {
                 ext_is(s, 1, "error")
             });
             let h = kvvm(&s).unwrap();
@@ -517,12 +293,7 @@ fn invalid_settings_are_reported_as_error_with_kvvms_message() {
                     .to_string_lossy()
                     .ends_with(&v)
             );
-            assert_eq!(
-                kvvm_processes(&vm, &vm.version, "worker").len(),
-                1,
-                "{}",
-                vm.logs()
-            );
+            assert_eq!(vm.workers_of(vm.version()).len(), 1, "{}", vm.log());
         },
     );
 }
@@ -537,14 +308,14 @@ fn agent_restart_with_the_same_goal_state_reenables_after_the_worker_was_killed(
         || {
             let (mut vm, inc, v) = enabled_vm();
             vm.stop_agent();
-            let killed = realagent::kill_all(&vm.kvvm_exe(&vm.version), Duration::from_secs(5));
-            assert!(!killed.is_empty(), "no kvvm process to kill\n{}", vm.logs());
-            assert!(vm.workers(&vm.version).is_empty());
+            let killed = realagent::kill_all(&vm.kvvm_exe(vm.version()), Duration::from_secs(5));
+            assert!(!killed.is_empty(), "no kvvm process to kill\n{}", vm.log());
+            assert!(vm.processes_of(vm.version()).is_empty());
             let settings_file = vm.ext_dir().join("config/0.settings");
             let before = mtime(&settings_file);
             let restarted = Instant::now();
             vm.start_agent();
-            let s = vm.wait(inc, "success after the restart", |s| {
+            let s = vm.wait_upload(inc, "success after the restart", |s| {
                 s.at > restarted && ext_is(s, 0, "success") && installed(s, "web", &v)
             });
             assert_eq!(kvvm(&s).unwrap().status, "Ready");
@@ -553,10 +324,10 @@ fn agent_restart_with_the_same_goal_state_reenables_after_the_worker_was_killed(
                 mtime(&settings_file) > before,
                 "the agent rewrote 0.settings"
             );
-            let verbs: Vec<String> = vm.verbs().into_iter().map(|(_, verb)| verb).collect();
+            let verbs: Vec<String> = vm.agent_verbs().into_iter().map(|(_, verb)| verb).collect();
             assert_eq!(verbs, ["install", "enable", "enable"]);
             vm.wait_until("one worker after the restart", || {
-                kvvm_processes(&vm, &vm.version, "worker").len() == 1
+                vm.workers_of(vm.version()).len() == 1
             });
         },
     );
@@ -572,20 +343,20 @@ fn update_to_a_higher_version_runs_in_the_agents_order() {
         "update_to_a_higher_version_runs_in_the_agents_order",
         || {
             let (vm, _, v) = enabled_vm();
-            let old = vm.version.clone();
+            let old = vm.version().to_string();
             let new = bump(&old);
-            vm.wire
+            vm.wire()
                 .add_package(NAME, &new, fs::read(kvvm_sim::built_package()).unwrap());
             let inc = vm
-                .wire
+                .wire()
                 .publish(vec![Plugin::enabled(NAME, &new, 0, settings(&["web"]))]);
-            let s = vm.wait(inc, "the new version reports success", |s| {
+            let s = vm.wait_upload(inc, "the new version reports success", |s| {
                 kvvm(s).is_some_and(|h| h.version == new)
                     && ext_is(s, 0, "success")
                     && installed(s, "web", &v)
             });
             assert_eq!(kvvm(&s).unwrap().status, "Ready");
-            let verbs = vm.verbs();
+            let verbs = vm.agent_verbs();
             let pair = |ver: &str, verb: &str| (ver.to_string(), verb.to_string());
             assert_eq!(
                 verbs,
@@ -599,7 +370,7 @@ fn update_to_a_higher_version_runs_in_the_agents_order() {
                     pair(&new, "enable"),
                 ]
             );
-            let cmds = vm.commands();
+            let cmds = vm.agent_commands();
             let env_of = |ver: &str, verb: &str| {
                 cmds.iter()
                     .find(|(c, _)| {
@@ -638,12 +409,12 @@ fn update_to_a_higher_version_runs_in_the_agents_order() {
                     .exists()
             );
             assert!(
-                vm.workers(&old).is_empty(),
+                vm.processes_of(&old).is_empty(),
                 "the old worker is gone\n{}",
-                vm.logs()
+                vm.log()
             );
             vm.wait_until("one worker of the new version", || {
-                kvvm_processes(&vm, &new, "worker").len() == 1
+                vm.workers_of(&new).len() == 1
             });
         },
     );
@@ -682,13 +453,13 @@ fn disabled_goal_state_with_a_new_sequence_number() {
 
 fn disabled_case(seq: u64) {
     let (vm, _, v) = enabled_vm();
-    let inc = vm.wire.publish(vec![
+    let inc = vm.wire().publish(vec![
         vm.plugin(seq, settings(&["web"]))
             .with_state(PluginState::Disabled),
     ]);
-    let s = vm.wait(inc, "the handler reported disabled", |s| {
+    let s = vm.wait_upload(inc, "the handler reported disabled", |s| {
         kvvm(s).is_some_and(|h| h.message.as_deref() == Some("Plugin disabled"))
-            && vm.verbs().iter().any(|(_, verb)| verb == "disable")
+            && vm.agent_verbs().iter().any(|(_, verb)| verb == "disable")
     });
     let h = kvvm(&s).unwrap();
     assert_eq!(
@@ -731,13 +502,15 @@ fn disabled_case(seq: u64) {
         json!("Disable"),
         "{status}"
     );
-    let s = vm.wait(inc, "kvvm's disable status reported", |s| {
+    let s = vm.wait_upload(inc, "kvvm's disable status reported", |s| {
         kvvm(s)
             .and_then(|h| h.extension.as_ref())
             .is_some_and(|e| e.sequence_number == Some(seq as i64) && e.operation == "Disable")
     });
     assert_eq!(kvvm(&s).unwrap().status, "NotReady");
-    vm.wait_until("the worker stopped", || vm.workers(&vm.version).is_empty());
+    vm.wait_until("the worker stopped", || {
+        vm.processes_of(vm.version()).is_empty()
+    });
     let link = Path::new(STORE).join("myvault.web");
     assert!(
         fs::read_link(&link)
@@ -754,22 +527,24 @@ fn disabled_case(seq: u64) {
 fn removal_from_the_goal_state_uninstalls() {
     with_real_agent("removal_from_the_goal_state_uninstalls", || {
         let (vm, _, v) = enabled_vm();
-        let inc = vm.wire.publish(vec![
+        let inc = vm.wire().publish(vec![
             vm.plugin(0, settings(&["web"]))
                 .with_state(PluginState::Uninstall),
         ]);
-        vm.wait(inc, "the handler is no longer reported", |s| {
+        vm.wait_upload(inc, "the handler is no longer reported", |s| {
             kvvm(s).is_none()
         });
-        let verbs: Vec<String> = vm.verbs().into_iter().map(|(_, verb)| verb).collect();
+        let verbs: Vec<String> = vm.agent_verbs().into_iter().map(|(_, verb)| verb).collect();
         assert_eq!(verbs, ["install", "enable", "disable", "uninstall"]);
         assert!(!vm.ext_dir().exists(), "the directory is removed");
         assert!(
             !Path::new(LIB_DIR)
-                .join(format!("{NAME}__{}.zip", vm.version))
+                .join(format!("{NAME}__{}.zip", vm.version()))
                 .exists()
         );
-        vm.wait_until("the worker stopped", || vm.workers(&vm.version).is_empty());
+        vm.wait_until("the worker stopped", || {
+            vm.processes_of(vm.version()).is_empty()
+        });
         let link = Path::new(STORE).join("myvault.web");
         assert!(
             fs::read_link(&link)
@@ -778,13 +553,13 @@ fn removal_from_the_goal_state_uninstalls() {
                 .ends_with(&v),
             "certificates stay"
         );
-        let inc = vm.wire.publish(vec![]);
-        let s = vm.wait(inc, "an empty goal state is reported", |s| {
+        let inc = vm.wire().publish(vec![]);
+        let s = vm.wait_upload(inc, "an empty goal state is reported", |s| {
             s.incarnation == inc
         });
         assert!(kvvm(&s).is_none());
         assert_eq!(
-            vm.verbs().len(),
+            vm.agent_verbs().len(),
             4,
             "no command ran for the empty goal state"
         );
@@ -797,25 +572,20 @@ fn removal_from_the_goal_state_uninstalls() {
 #[test]
 fn three_hundred_certificates() {
     with_real_agent("three_hundred_certificates", || {
-        let mut vm = Vm::new();
-        let chain = Chain::generate(
-            &vm.pki.join("bulk"),
-            "bulk.example.com",
-            KeyType::Ec("P-256"),
-            90,
-        )
-        .unwrap();
+        let mut vm = Vm::builder().with_real_agent().build();
+        let chain = vm.chain("bulk", KeyType::Ec("P-256"), 90);
         let pem = chain.pem(PemLayout::default()).unwrap();
         let names: Vec<String> = (0..300).map(|i| format!("cert{i:03}")).collect();
         for n in &names {
-            vm.vault.put_secret(HOST, n, SecretValue::pem(pem.clone()));
+            vm.vault()
+                .put_secret(HOST, n, SecretValue::pem(pem.clone()));
         }
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut st = settings(&refs);
         st["secretsManagementSettings"]["pollingIntervalInS"] = json!("3600");
-        let inc = vm.wire.publish(vec![vm.plugin(0, st)]);
+        let inc = vm.wire().publish(vec![vm.plugin(0, st)]);
         vm.start_agent();
-        let s = vm.wait(inc, "300 certificates installed", |s| {
+        let s = vm.wait_upload(inc, "300 certificates installed", |s| {
             ext_is(s, 0, "success")
         });
         for n in &names {
@@ -849,7 +619,7 @@ fn the_agent_reads_heartbeat_and_status_files_as_2_7_3_does() {
         "the_agent_reads_heartbeat_and_status_files_as_2_7_3_does",
         || {
             let (vm, _, _) = enabled_vm();
-            realagent::kill_all(&vm.kvvm_exe(&vm.version), Duration::from_secs(5));
+            realagent::kill_all(&vm.kvvm_exe(vm.version()), Duration::from_secs(5));
             let status_file = vm.ext_dir().join("status/0.status");
             let write = |path: &Path, v: &Value| fs::write(path, v.to_string()).unwrap();
 
@@ -857,7 +627,7 @@ fn the_agent_reads_heartbeat_and_status_files_as_2_7_3_does() {
             "formattedMessage": {"lang": "en-US", "message": "heartbeat says not ready"}}}]);
             let t = Instant::now();
             write(&vm.ext_dir().join("heartbeat.log"), &hb);
-            let s = vm.wait_since(t, "the heartbeat's status reported", |s| {
+            let s = vm.wait_upload_since(t, "the heartbeat's status reported", |s| {
                 kvvm(s).is_some_and(|h| h.status == "NotReady")
             });
             let h = kvvm(&s).unwrap();
@@ -870,7 +640,7 @@ fn the_agent_reads_heartbeat_and_status_files_as_2_7_3_does() {
 
             let t = Instant::now();
             write(&status_file, &json!([{"status": {"status": "warning"}}]));
-            vm.wait_since(t, "a minimal status file accepted", |s| {
+            vm.wait_upload_since(t, "a minimal status file accepted", |s| {
                 ext_is(s, 0, "warning")
             });
 
@@ -887,7 +657,7 @@ fn the_agent_reads_heartbeat_and_status_files_as_2_7_3_does() {
             assert!(big.to_string().len() > 128 * 1024);
             let t = Instant::now();
             write(&status_file, &big);
-            let s = vm.wait_since(t, "an oversized status file passed on truncated", |s| {
+            let s = vm.wait_upload_since(t, "an oversized status file passed on truncated", |s| {
                 ext_is(s, 0, "success")
             });
             let e = kvvm(&s).unwrap().extension.clone().unwrap();
@@ -899,9 +669,10 @@ fn the_agent_reads_heartbeat_and_status_files_as_2_7_3_does() {
 
             let t = Instant::now();
             fs::remove_file(&status_file).unwrap();
-            let s = vm.wait_since(t, "a missing status file reported as transitioning", |s| {
-                ext_is(s, 0, "transitioning")
-            });
+            let s =
+                vm.wait_upload_since(t, "a missing status file reported as transitioning", |s| {
+                    ext_is(s, 0, "transitioning")
+                });
             let e = kvvm(&s).unwrap().extension.clone().unwrap();
             assert_eq!(e.code, 0);
             assert_eq!(
@@ -924,12 +695,12 @@ fn a_plugin_dropped_from_the_goal_state_is_deleted_without_running_a_command() {
         "a_plugin_dropped_from_the_goal_state_is_deleted_without_running_a_command",
         || {
             let (vm, _, _) = enabled_vm();
-            let inc = vm.wire.publish(vec![]);
-            vm.wait(inc, "the handler is no longer reported", |s| {
+            let inc = vm.wire().publish(vec![]);
+            vm.wait_upload(inc, "the handler is no longer reported", |s| {
                 kvvm(s).is_none()
             });
             vm.wait_until("the directory is removed", || !vm.ext_dir().exists());
-            let verbs: Vec<String> = vm.verbs().into_iter().map(|(_, verb)| verb).collect();
+            let verbs: Vec<String> = vm.agent_verbs().into_iter().map(|(_, verb)| verb).collect();
             assert_eq!(
                 verbs,
                 ["install", "enable"],
@@ -937,7 +708,7 @@ fn a_plugin_dropped_from_the_goal_state_is_deleted_without_running_a_command() {
             );
             // Nobody told the worker, but it notices its directory is gone and exits (certificates stay).
             vm.wait_until("the worker exits by itself", || {
-                vm.workers(&vm.version).is_empty()
+                vm.processes_of(vm.version()).is_empty()
             });
         },
     );

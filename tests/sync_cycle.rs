@@ -10,10 +10,10 @@ use kvvm::identity::Identity;
 use kvvm::settings::parse_public_settings;
 use kvvm::sync::{self, KnownOwned, SyncOptions};
 use kvvm::vault::VaultClient;
-use kvvm_sim::imds::{FakeImds, TokenAuthority};
-use kvvm_sim::netns::{run_isolated, test_ca};
+use kvvm_sim::netns::run_isolated;
 use kvvm_sim::pki::{Chain, KeyType, PemLayout};
-use kvvm_sim::vault::{FakeVault, SecretValue};
+use kvvm_sim::vault::SecretValue;
+use kvvm_sim::vm::Fakes;
 use serde_json::json;
 
 const HOSTS: [&str; 2] = ["myvault.vault.azure.net", "othervault.vault.azure.net"];
@@ -23,15 +23,7 @@ fn a_cycle_is_parallel_with_one_token_and_bounded_connections_per_vault() {
     run_isolated(
         "a_cycle_is_parallel_with_one_token_and_bounded_connections_per_vault",
         || {
-            let tokens = TokenAuthority::new();
-            let imds =
-                FakeImds::start("169.254.169.254:80".parse().unwrap(), tokens.clone()).unwrap();
-            let vault = FakeVault::start(
-                "127.0.0.1:443".parse().unwrap(),
-                test_ca().server_config(&HOSTS),
-                tokens,
-            )
-            .unwrap();
+            let Fakes { imds, vault } = Fakes::start(&HOSTS);
             let dir = tempfile::tempdir().unwrap();
             let chain = Chain::generate(
                 &dir.path().join("pki"),

@@ -12,125 +12,31 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kvvm::store::{Install, LEGACY_LOCK_FILE, Store, lock_file_name, lock_folder};
-use kvvm_sim::imds::{FakeImds, TokenAuthority};
-use kvvm_sim::netns::{run_isolated, test_ca};
-use kvvm_sim::pki::{Chain, KeyType, PemLayout};
-use kvvm_sim::vault::{FakeVault, SecretValue};
-use kvvm_sim::waagent::{Agent, Extension, Settings, StatusValue, Verb};
+use kvvm_sim::netns::run_isolated;
+use kvvm_sim::pki::KeyType;
+use kvvm_sim::vm::Vm;
+use kvvm_sim::waagent::{Settings, StatusValue, Verb};
 use serde_json::json;
 
 const NAME: &str = "Microsoft.Azure.KeyVault.KeyVaultForLinux";
 const VERSION: &str = "0123456789abcdef0123456789abcdef";
 
-/// waagent's folders in a temp dir; every worker started under it is killed at the end.
-struct Vm {
-    dir: tempfile::TempDir,
-    agent: Agent,
-}
-
-impl Vm {
-    fn new() -> Vm {
-        let dir = tempfile::tempdir().unwrap();
-        let agent = Agent::new(&dir.path().join("lib"), &dir.path().join("log"));
-        Vm { dir, agent }
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("lib")
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.root().join(NAME)
-    }
-
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-
-    fn settings(&self) -> Settings {
-        Settings::public(json!({
-            "secretsManagementSettings": {
-                "pollingIntervalInS": "3600",
-                "certificateStoreLocation": self.store(),
-                "observedCertificates": ["https://myvault.vault.azure.net/secrets/c1"],
-            }
-        }))
-    }
-
-    fn install(&self) -> Extension {
-        let run = self
-            .agent
-            .install_and_enable(&kvvm_sim::built_package(), 0, &self.settings())
-            .unwrap();
-        assert!(run.ok(), "{}", run.describe());
-        run.extension.unwrap()
-    }
-
-    /// A certificate installed the way the worker does it: the store's lock goes to the state folder.
-    fn install_certificate(&self) -> PathBuf {
-        let store = Store::open(&self.store(), &lock_folder(&self.data_dir())).unwrap();
-        let done = store
-            .install(&Install {
-                file_prefix: "myvault.c1",
-                link_name: "myvault.c1",
-                version: VERSION,
-                pem: b"-----BEGIN CERTIFICATE-----\n...\n",
-                acls: &[],
-                retained_versions: 2,
-                folder: &[],
-            })
-            .unwrap();
-        assert!(lock_folder(&self.data_dir()).is_dir());
-        done.link
-    }
-
-    /// Live `kvvm worker` processes whose binary lives under this VM's root.
-    fn workers(&self) -> Vec<u32> {
-        let root = self.root();
-        let mut found = Vec::new();
-        for entry in fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            let ours = args.first().is_some_and(|a| {
-                Path::new(std::str::from_utf8(a).unwrap_or("")).starts_with(&root)
-            });
-            let alive = fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                !s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            });
-            if ours && args.get(1) == Some(&&b"worker"[..]) && alive {
-                found.push(pid);
-            }
-        }
-        found
-    }
-
-    fn wait_workers(&self, count: usize) {
-        for _ in 0..500 {
-            if self.workers().len() == count {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("expected {count} worker(s), found {:?}", self.workers());
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        for pid in self.workers() {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-    }
+/// A certificate installed the way the worker does it: the store's lock goes to the state folder.
+fn install_certificate(vm: &Vm) -> PathBuf {
+    let store = Store::open(&vm.store(), &lock_folder(&vm.data_dir())).unwrap();
+    let done = store
+        .install(&Install {
+            file_prefix: "myvault.c1",
+            link_name: "myvault.c1",
+            version: VERSION,
+            pem: b"-----BEGIN CERTIFICATE-----\n...\n",
+            acls: &[],
+            retained_versions: 2,
+            folder: &[],
+        })
+        .unwrap();
+    assert!(lock_folder(&vm.data_dir()).is_dir());
+    done.link
 }
 
 #[test]
@@ -138,10 +44,10 @@ fn the_last_uninstall_removes_the_state_folder_and_keeps_the_certificates() {
     run_isolated(
         "the_last_uninstall_removes_the_state_folder_and_keeps_the_certificates",
         || {
-            let vm = Vm::new();
-            let ext = vm.install();
+            let vm = Vm::offline();
+            let ext = vm.install(0);
             vm.wait_workers(1);
-            let link = vm.install_certificate();
+            let link = install_certificate(&vm);
             let data = vm.data_dir();
             assert!(data.join("worker.lock").exists());
 
@@ -183,10 +89,10 @@ fn the_old_versions_uninstall_during_an_update_keeps_the_state_folder() {
     run_isolated(
         "the_old_versions_uninstall_during_an_update_keeps_the_state_folder",
         || {
-            let vm = Vm::new();
-            let old = vm.install();
+            let vm = Vm::offline();
+            let old = vm.install(0);
             vm.wait_workers(1);
-            let link = vm.install_certificate();
+            let link = install_certificate(&vm);
             let data = vm.data_dir();
             let locks_before: Vec<_> = fs::read_dir(lock_folder(&data))
                 .unwrap()
@@ -200,7 +106,12 @@ fn the_old_versions_uninstall_during_an_update_keeps_the_state_folder() {
                 .unwrap();
             let run = vm
                 .agent
-                .update_unpacked(&old, new, 0, &vm.settings())
+                .update_unpacked(
+                    &old,
+                    new,
+                    0,
+                    &vm.idle_settings(&["https://myvault.vault.azure.net/secrets/c1"]),
+                )
                 .unwrap();
             assert!(run.ok(), "{}", run.describe());
             let uninstall = run.result(&old.version, Verb::Uninstall).unwrap();
@@ -237,30 +148,11 @@ fn the_workers_store_lock_is_in_the_state_folder_and_goes_with_it() {
         "the_workers_store_lock_is_in_the_state_folder_and_goes_with_it",
         || {
             const HOST: &str = "myvault.vault.azure.net";
-            let tokens = TokenAuthority::new();
-            let _imds =
-                FakeImds::start("169.254.169.254:80".parse().unwrap(), tokens.clone()).unwrap();
-            let vault = FakeVault::start(
-                "127.0.0.1:443".parse().unwrap(),
-                test_ca().server_config(&[HOST]),
-                tokens,
-            )
-            .unwrap();
-            let pki = tempfile::tempdir().unwrap();
-            let chain = Chain::generate(
-                &pki.path().join("web"),
-                "web.example.com",
-                KeyType::Rsa(2048),
-                90,
-            )
-            .unwrap();
-            let version = vault.put_secret(
-                HOST,
-                "web",
-                SecretValue::pem(chain.pem(PemLayout::default()).unwrap()),
-            );
             // /var/lib/waagent is the namespace's own tmpfs: the agent and the store live there.
-            let agent = Agent::new(Path::new("/var/lib/waagent"), Path::new("/var/log/azure"));
+            let vm = Vm::new();
+            let agent = &vm.agent;
+            let chain = vm.chain("web", KeyType::Rsa(2048), 90);
+            let version = vm.put_pem("web", &chain);
             let data = Path::new("/var/lib/waagent").join(NAME);
             let store = Path::new("/var/lib/waagent/ssl/kvvm");
             fs::create_dir_all(store).unwrap();

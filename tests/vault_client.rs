@@ -13,19 +13,14 @@ use kvvm::http::{CHECK_DEADLINE, Deadline, RetryPolicy, Stop};
 use kvvm::identity::{Identity, IdentityError, read_arc_key};
 use kvvm::vault::{SecretKind, VaultClient, VaultError};
 use kvvm_sim::httpserver::Reply;
-use kvvm_sim::imds::{FakeImds, TokenAuthority};
-use kvvm_sim::netns::{run_isolated, test_ca};
+use kvvm_sim::netns::run_isolated;
 use kvvm_sim::tls::TestCa;
 use kvvm_sim::vault::{ChallengeResource, FakeVault, SecretValue};
+use kvvm_sim::vm::Fakes;
 use url::Url;
 
 const HOST: &str = "myvault.vault.azure.net";
-const NAMES: &[&str] = &[
-    "myvault.vault.azure.net",
-    "othervault.vault.azure.net",
-    "myvault.vault.azure.cn",
-    "vault.evil.example",
-];
+const NAMES: &[&str] = kvvm_sim::netns::DEFAULT_HOSTS;
 const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
 
 /// Short waits so failure paths are quick; the production policies differ only in their numbers.
@@ -36,23 +31,6 @@ const FAST: RetryPolicy = RetryPolicy {
     total: Duration::from_secs(30),
     max_attempts: 4,
 };
-
-struct Fakes {
-    imds: FakeImds,
-    vault: FakeVault,
-}
-
-fn fakes() -> Fakes {
-    let tokens = TokenAuthority::new();
-    let imds = FakeImds::start("169.254.169.254:80".parse().unwrap(), tokens.clone()).unwrap();
-    let vault = FakeVault::start(
-        "127.0.0.1:443".parse().unwrap(),
-        test_ca().server_config(NAMES),
-        tokens,
-    )
-    .unwrap();
-    Fakes { imds, vault }
-}
 
 fn client(policy: RetryPolicy) -> VaultClient {
     let identity = Identity::new(None, None).unwrap().with_policy(FAST);
@@ -73,12 +51,28 @@ fn get(c: &VaultClient, host: &str, name: &str) -> Result<kvvm::vault::SecretBun
     )
 }
 
+/// Whether `c` holds back requests to `host` for at least another second (a `Retry-After`), seen from
+/// outside: a check with a one-second deadline then fails at once with the hold as its reason, without asking
+/// the vault. (Otherwise it asks for the secret "nothere", which no test stores.)
+fn held_back(c: &VaultClient, host: &str) -> bool {
+    let e = c
+        .get_secret(
+            &vault_url(host),
+            "nothere",
+            None,
+            Deadline::after(Duration::from_secs(1)),
+            &Stop::default(),
+        )
+        .unwrap_err();
+    e.to_string()
+        .contains("(Retry-After), past this check's deadline")
+}
+
 /// Requests for `name` in the fake's log: (arrival, status, carried a token).
 fn secret_requests(f: &Fakes, name: &str) -> Vec<(Instant, u16, bool)> {
     f.vault
-        .requests()
+        .secret_requests(name)
         .iter()
-        .filter(|r| r.path_and_query.starts_with(&format!("/secrets/{name}/")))
         .map(|r| (r.at, r.status, r.bearer_token.is_some()))
         .collect()
 }
@@ -86,7 +80,7 @@ fn secret_requests(f: &Fakes, name: &str) -> Vec<(Instant, u16, bool)> {
 #[test]
 fn latest_version_with_one_token_and_one_handshake() {
     run_isolated("latest_version_with_one_token_and_one_handshake", || {
-        let f = fakes();
+        let f = Fakes::start(NAMES);
         f.vault.put_secret(HOST, "web", SecretValue::pem(PEM));
         let v2 = f.vault.put_secret(HOST, "web", SecretValue::pem(PEM));
         let c = client(RetryPolicy::VAULT);
@@ -120,7 +114,7 @@ fn latest_version_with_one_token_and_one_handshake() {
 #[test]
 fn pinned_version_and_plain_secret() {
     run_isolated("pinned_version_and_plain_secret", || {
-        let f = fakes();
+        let f = Fakes::start(NAMES);
         let v1 = f
             .vault
             .put_secret(HOST, "web", SecretValue::pkcs12(b"pfx-one"));
@@ -149,7 +143,7 @@ fn pinned_version_and_plain_secret() {
 #[test]
 fn transient_vault_errors_are_retried_then_succeed() {
     run_isolated("transient_vault_errors_are_retried_then_succeed", || {
-        let f = fakes();
+        let f = Fakes::start(NAMES);
         f.vault.put_secret(HOST, "web", SecretValue::pem(PEM));
         let c = client(FAST);
         get(&c, HOST, "web").unwrap();
@@ -179,7 +173,7 @@ fn vault_gives_up_after_the_policy_with_the_last_answer() {
     run_isolated(
         "vault_gives_up_after_the_policy_with_the_last_answer",
         || {
-            let f = fakes();
+            let f = Fakes::start(NAMES);
             f.vault.put_secret(HOST, "web", SecretValue::pem(PEM));
             let c = client(FAST);
             get(&c, HOST, "web").unwrap();
@@ -208,7 +202,7 @@ fn vault_gives_up_after_the_policy_with_the_last_answer() {
 #[test]
 fn retry_after_is_never_undercut() {
     run_isolated("retry_after_is_never_undercut", || {
-        let f = fakes();
+        let f = Fakes::start(NAMES);
         f.vault.put_secret(HOST, "web", SecretValue::pem(PEM));
         let c = client(FAST);
         get(&c, HOST, "web").unwrap();
@@ -242,7 +236,7 @@ fn retry_after_is_never_undercut() {
 #[test]
 fn throttling_holds_back_the_whole_vault() {
     run_isolated("throttling_holds_back_the_whole_vault", || {
-        let f = fakes();
+        let f = Fakes::start(NAMES);
         f.vault.put_secret(HOST, "a", SecretValue::pem(PEM));
         f.vault.put_secret(HOST, "b", SecretValue::pem(PEM));
         let c = Arc::new(client(FAST));
@@ -258,9 +252,11 @@ fn throttling_holds_back_the_whole_vault() {
             let c = c.clone();
             std::thread::spawn(move || get(&c, HOST, "a").map(|b| b.version))
         };
-        // Wait until the 429 has been seen, then read another secret of the same vault.
+        // Wait until the client holds the vault back (a check whose deadline ends before the Retry-After
+        // gives up at once, without a request: "nothere" is answered 404 until then), then read another
+        // secret of the same vault.
         let t = Instant::now();
-        while c.held_for(HOST).is_zero() {
+        while !held_back(&c, HOST) {
             assert!(t.elapsed() < Duration::from_secs(10), "no 429 seen");
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -284,7 +280,7 @@ fn throttling_holds_back_the_whole_vault() {
 #[test]
 fn forbidden_and_not_found_say_what_to_do() {
     run_isolated("forbidden_and_not_found_say_what_to_do", || {
-        let f = fakes();
+        let f = Fakes::start(NAMES);
         f.vault.put_secret(HOST, "web", SecretValue::pem(PEM));
         f.vault.deny(HOST, Some("web"));
         let c = client(FAST);
@@ -326,7 +322,7 @@ fn forbidden_and_not_found_say_what_to_do() {
 #[test]
 fn user_assigned_identity_names_msi_client_id() {
     run_isolated("user_assigned_identity_names_msi_client_id", || {
-        let f = fakes();
+        let f = Fakes::start(NAMES);
         f.vault.put_secret(HOST, "web", SecretValue::pem(PEM));
         let id = "c7373ae5-91c2-4165-8ab6-7381d6e75619";
         f.imds.add_user_identity(id);
@@ -373,7 +369,7 @@ fn user_assigned_identity_names_msi_client_id() {
 #[test]
 fn imds_retries_404_410_429_5xx_and_drops() {
     run_isolated("imds_retries_404_410_429_5xx_and_drops", || {
-        let f = fakes();
+        let f = Fakes::start(NAMES);
         f.vault.put_secret(HOST, "web", SecretValue::pem(PEM));
         f.imds.script([
             Reply::Status(404),
@@ -431,7 +427,7 @@ fn imds_retries_404_410_429_5xx_and_drops() {
 #[test]
 fn no_token_for_a_host_outside_the_resource_domain() {
     run_isolated("no_token_for_a_host_outside_the_resource_domain", || {
-        let f = fakes();
+        let f = Fakes::start(NAMES);
         f.vault
             .put_secret("vault.evil.example", "web", SecretValue::pem(PEM));
         let c = client(FAST);
@@ -461,7 +457,7 @@ fn no_token_for_a_host_outside_the_resource_domain() {
 #[test]
 fn sovereign_cloud_resource_comes_from_the_challenge() {
     run_isolated("sovereign_cloud_resource_comes_from_the_challenge", || {
-        let f = fakes();
+        let f = Fakes::start(NAMES);
         f.vault
             .put_secret("myvault.vault.azure.cn", "web", SecretValue::pem(PEM));
         f.vault.set_challenge(
@@ -487,7 +483,7 @@ fn sovereign_cloud_resource_comes_from_the_challenge() {
 #[test]
 fn a_rejected_token_is_refreshed_once() {
     run_isolated("a_rejected_token_is_refreshed_once", || {
-        let f = fakes();
+        let f = Fakes::start(NAMES);
         f.vault.put_secret(HOST, "web", SecretValue::pem(PEM));
         let c = client(FAST);
         get(&c, HOST, "web").unwrap();
@@ -511,7 +507,7 @@ fn a_rejected_token_is_refreshed_once() {
 #[test]
 fn network_failures_name_the_host() {
     run_isolated("network_failures_name_the_host", || {
-        let f = fakes();
+        let f = Fakes::start(NAMES);
         let c = client(RetryPolicy {
             max_attempts: 2,
             ..FAST
@@ -562,7 +558,7 @@ fn network_failures_name_the_host() {
 #[test]
 fn a_slow_body_times_out_and_is_retried() {
     run_isolated("a_slow_body_times_out_and_is_retried", || {
-        let f = fakes();
+        let f = Fakes::start(NAMES);
         f.vault.put_secret(HOST, "web", SecretValue::pem(PEM));
         let c = client(RetryPolicy {
             per_try_timeout: Duration::from_secs(1),
@@ -640,7 +636,7 @@ fn connect_proxy() -> (u16, Arc<Mutex<Vec<String>>>) {
 #[test]
 fn vault_traffic_uses_https_proxy_and_imds_never_does() {
     run_isolated("vault_traffic_uses_https_proxy_and_imds_never_does", || {
-        let f = fakes();
+        let f = Fakes::start(NAMES);
         f.vault.put_secret(HOST, "web", SecretValue::pem(PEM));
         f.vault
             .put_secret("othervault.vault.azure.net", "web", SecretValue::pem(PEM));
@@ -669,20 +665,8 @@ fn vault_traffic_uses_https_proxy_and_imds_never_does() {
 #[test]
 fn azure_arc_challenge_and_key_file() {
     run_isolated("azure_arc_challenge_and_key_file", || {
-        let tokens = TokenAuthority::new();
         let keys = tempfile::tempdir().unwrap();
-        let arc = FakeImds::start_arc(
-            "127.0.0.1:40342".parse().unwrap(),
-            tokens.clone(),
-            keys.path(),
-        )
-        .unwrap();
-        let vault = FakeVault::start(
-            "127.0.0.1:443".parse().unwrap(),
-            test_ca().server_config(NAMES),
-            tokens,
-        )
-        .unwrap();
+        let Fakes { imds: arc, vault } = Fakes::start_arc(NAMES, keys.path());
         vault.put_secret(HOST, "web", SecretValue::pem(PEM));
         let endpoint = Url::parse("http://localhost:40342/metadata/identity").unwrap();
         let identity = Identity::new(Some(&endpoint), None)

@@ -13,161 +13,26 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kvvm_sim::httpserver::Reply;
-use kvvm_sim::imds::{FakeImds, TokenAuthority};
-use kvvm_sim::netns::{run_isolated, run_isolated_with_hosts, test_ca};
+use kvvm_sim::netns::{run_isolated, run_isolated_with_hosts};
 use kvvm_sim::pki::{self, Chain, KeyType, PemLayout, PfxVariant};
-use kvvm_sim::vault::{FakeVault, SecretValue};
-use kvvm_sim::waagent::{Agent, Extension, Settings, StatusReport, StatusValue};
+use kvvm_sim::vault::SecretValue;
+use kvvm_sim::vm::Vm;
+use kvvm_sim::waagent::{Settings, StatusReport, StatusValue};
 use serde_json::{Value, json};
 
 const HOST: &str = "myvault.vault.azure.net";
 const STORE: &str = "/var/lib/waagent/Microsoft.Azure.KeyVault.Store";
 
-fn package() -> PathBuf {
-    kvvm_sim::built_package()
-}
-
-/// The services and the agent of one simulated VM (only built inside the namespace).
-struct Vm {
-    imds: FakeImds,
-    vault: FakeVault,
-    agent: Agent,
-    pki: tempfile::TempDir,
-    ext: Option<Extension>,
-}
-
-impl Vm {
-    fn new() -> Vm {
-        Vm::with_vaults(&[HOST])
-    }
-
-    /// A VM whose fake Key Vault serves these vault hosts (all but [`HOST`] must be passed to
-    /// `run_isolated_with_hosts`).
-    fn with_vaults(hosts: &[&str]) -> Vm {
-        let tokens = TokenAuthority::new();
-        let imds = FakeImds::start("169.254.169.254:80".parse().unwrap(), tokens.clone()).unwrap();
-        let vault = FakeVault::start(
-            "127.0.0.1:443".parse().unwrap(),
-            test_ca().server_config(hosts),
-            tokens,
-        )
-        .unwrap();
-        Vm {
-            imds,
-            vault,
-            agent: Agent::new(Path::new("/var/lib/waagent"), Path::new("/var/log/azure")),
-            pki: tempfile::tempdir().unwrap(),
-            ext: None,
-        }
-    }
-
-    /// A VM whose worker watches `web` (every 3 s), once its first version (returned, with its chain) is
-    /// installed.
-    fn with_first_version() -> (Vm, Chain, String) {
-        let mut vm = Vm::new();
-        let first = vm.chain("web", KeyType::Ec("P-256"), 90);
-        let v1 = vm.put_pem("web", &first);
-        vm.enable(settings(json!([url("web")]), json!({})));
-        vm.wait(0, Duration::from_secs(30), "first version", |r| {
-            installed(r, "web", &v1)
-        });
-        (vm, first, v1)
-    }
-
-    fn chain(&self, name: &str, key: KeyType, days: i32) -> Chain {
-        Chain::generate(
-            &self.pki.path().join(name),
-            &format!("{name}.example.com"),
-            key,
-            days,
-        )
-        .unwrap()
-    }
-
-    fn put_pem(&self, secret: &str, chain: &Chain) -> String {
-        self.vault.put_secret(
-            HOST,
-            secret,
-            SecretValue::pem(chain.pem(PemLayout::default()).unwrap()),
-        )
-    }
-
-    fn put_pfx(&self, secret: &str, chain: &Chain) -> String {
-        self.vault.put_secret(
-            HOST,
-            secret,
-            SecretValue::pkcs12(&chain.pfx(PfxVariant::KeyVault).unwrap()),
-        )
-    }
-
-    fn enable(&mut self, settings: Value) -> Extension {
-        let run = self
-            .agent
-            .install_and_enable(&package(), 0, &Settings::public(settings))
-            .unwrap();
-        assert!(run.ok(), "{}", run.describe());
-        let ext = run.extension.unwrap();
-        self.ext = Some(ext.clone());
-        ext
-    }
-
-    fn wait(
-        &self,
-        seq: u64,
-        within: Duration,
-        what: &str,
-        done: impl Fn(&StatusReport) -> bool,
-    ) -> StatusReport {
-        let ext = self.ext.as_ref().unwrap();
-        let deadline = Instant::now() + within;
-        let mut last = None;
-        while Instant::now() < deadline {
-            if let Ok(r) = self.agent.read_status(ext, seq) {
-                if done(&r) {
-                    return r;
-                }
-                last = Some(r);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!(
-            "{what}: not reached within {within:?}; last status {last:#?}\nworker log:\n{}",
-            self.log()
-        );
-    }
-
-    fn log(&self) -> String {
-        let ext = self.ext.as_ref().unwrap();
-        let dir = self.agent.log_dir(ext);
-        let mut text = String::new();
-        for name in [
-            "kvvm.log",
-            "handler.log",
-            "supervisor.log",
-            "worker.stderr.log",
-        ] {
-            if let Ok(t) = fs::read_to_string(dir.join(name)) {
-                text.push_str(&format!("--- {name}\n{t}"));
-            }
-        }
-        text
-    }
-
-    fn kvvm(&self, args: &[&str]) -> std::process::Output {
-        let ext = self.ext.as_ref().unwrap();
-        Command::new(ext.dir.join("bin/kvvm"))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        if let Some(ext) = &self.ext {
-            let _ = self.agent.disable(ext, 0);
-        }
-    }
+/// A VM whose worker watches `web` (every 3 s), once its first version (returned, with its chain) is installed.
+fn with_first_version() -> (Vm, Chain, String) {
+    let mut vm = Vm::new();
+    let first = vm.chain("web", KeyType::Ec("P-256"), 90);
+    let v1 = vm.put_pem("web", &first);
+    vm.enable(settings(json!([url("web")]), json!({})));
+    vm.wait(0, Duration::from_secs(30), "first version", |r| {
+        installed(r, "web", &v1)
+    });
+    (vm, first, v1)
 }
 
 fn settings(certs: Value, extra: Value) -> Value {
@@ -245,10 +110,10 @@ fn initial_sync_installs_pem_and_pfx_certificates_with_every_default() {
             use std::os::unix::fs::MetadataExt;
             assert_eq!(fs::metadata(STORE).unwrap().mode() & 0o777, 0o700);
             // One token for the vault, reused; the challenge answered once.
-            assert_eq!(vm.imds.stats().tokens_issued, 1);
+            assert_eq!(vm.imds().stats().tokens_issued, 1);
             // Neither token nor key material in the logs.
             let log = vm.log();
-            for t in vm.imds.tokens().tokens() {
+            for t in vm.imds().tokens().tokens() {
                 assert!(!log.contains(&t), "token in the log");
             }
             assert!(!log.contains("PRIVATE KEY"), "key in the log");
@@ -271,7 +136,7 @@ fn a_new_version_in_the_vault_is_installed_within_the_interval() {
     run_isolated(
         "a_new_version_in_the_vault_is_installed_within_the_interval",
         || {
-            let (vm, first, v1) = Vm::with_first_version();
+            let (vm, first, v1) = with_first_version();
             let renewed = first.renew("r1", KeyType::Ec("P-384"), 90).unwrap();
             let v2 = vm.put_pfx("web", &renewed);
             let rotated = Instant::now();
@@ -286,7 +151,7 @@ fn a_new_version_in_the_vault_is_installed_within_the_interval() {
             // The very next poll installed it: the vault was asked for web once or twice (a poll already under
             // way when the version was put) since then, not more.
             let polls_since = vm
-                .vault
+                .vault()
                 .requests()
                 .iter()
                 .filter(|r| r.at >= rotated && r.path_and_query.starts_with("/secrets/web/"))
@@ -308,19 +173,19 @@ fn one_bad_certificate_does_not_block_the_others() {
         let good = vm.chain("good", KeyType::Ec("P-256"), 90);
         let v_good = vm.put_pem("good", &good);
         // No key: a non-exportable certificate.
-        vm.vault.put_secret(
+        vm.vault().put_secret(
             HOST,
             "nokey",
             SecretValue::pkcs12(&good.pfx(PfxVariant::NoKey).unwrap()),
         );
-        vm.vault
+        vm.vault()
             .put_secret(HOST, "plain", SecretValue::plain("a password"));
-        vm.vault.put_secret(
+        vm.vault().put_secret(
             HOST,
             "denied",
             SecretValue::pem(good.pem(PemLayout::default()).unwrap()),
         );
-        vm.vault.deny(HOST, Some("denied"));
+        vm.vault().deny(HOST, Some("denied"));
         let certs = json!([
             url("good"),
             url("nokey"),
@@ -378,7 +243,7 @@ fn require_initial_sync_stays_transitioning_until_imds_works() {
             let web = vm.chain("web", KeyType::Ec("P-256"), 90);
             let v = vm.put_pem("web", &web);
             // IMDS answers 500 for a while (the identity is not ready yet on a fresh VM).
-            vm.imds.script(std::iter::repeat_n(Reply::Status(500), 4));
+            vm.imds().script(std::iter::repeat_n(Reply::Status(500), 4));
             vm.enable(settings(
                 json!([url("web")]),
                 json!({"requireInitialSync": true}),
@@ -394,7 +259,11 @@ fn require_initial_sync_stays_transitioning_until_imds_works() {
             );
             assert_eq!(r.status, StatusValue::Success, "{r:#?}");
             assert!(installed(&r, "web", &v));
-            assert!(vm.imds.stats().token_requests >= 5, "{:?}", vm.imds.stats());
+            assert!(
+                vm.imds().stats().token_requests >= 5,
+                "{:?}",
+                vm.imds().stats()
+            );
         },
     );
 }
@@ -407,7 +276,7 @@ fn throttling_is_obeyed_and_the_certificate_still_arrives() {
             let mut vm = Vm::new();
             let web = vm.chain("web", KeyType::Ec("P-256"), 90);
             let v = vm.put_pem("web", &web);
-            vm.vault.script_secret(
+            vm.vault().script_secret(
                 HOST,
                 "web",
                 [Reply::Throttle {
@@ -418,7 +287,7 @@ fn throttling_is_obeyed_and_the_certificate_still_arrives() {
             vm.wait(0, Duration::from_secs(30), "installed after 429", |r| {
                 installed(r, "web", &v)
             });
-            let log = vm.vault.requests();
+            let log = vm.vault().requests();
             let throttled = log
                 .iter()
                 .position(|r| r.status == 429)
@@ -490,9 +359,9 @@ fn new_settings_take_effect_at_once_and_disable_stops_the_worker() {
 
             // Disable while a poll hangs in the vault (new settings poll at once; every reply takes 20 s): the
             // worker answers SIGTERM before disable has to escalate to SIGKILL (5 s).
-            vm.vault.add_latency(Duration::from_secs(20));
+            vm.vault().add_latency(Duration::from_secs(20));
             s["secretsManagementSettings"]["observedCertificates"] = json!([url("b"), url("a")]);
-            let before = vm.vault.requests().len();
+            let before = vm.vault().requests().len();
             vm.agent
                 .write_settings_as(&ext, 2, &Settings::public(s))
                 .unwrap();
@@ -515,7 +384,7 @@ fn new_settings_take_effect_at_once_and_disable_stops_the_worker() {
                 vm.log()
             );
             // No reply was waited for: the requests in flight were abandoned.
-            assert!(vm.vault.requests().len() <= before + 2);
+            assert!(vm.vault().requests().len() <= before + 2);
             assert!(Path::new(STORE).join("myvault.b").is_file());
             vm.ext = None;
         },
@@ -533,7 +402,7 @@ fn require_initial_sync_ends_in_error_when_the_vault_never_works() {
             let mut vm = Vm::new();
             let web = vm.chain("web", KeyType::Ec("P-256"), 90);
             vm.put_pem("web", &web);
-            vm.vault.deny(HOST, None);
+            vm.vault().deny(HOST, None);
             let mut s = settings(json!([url("web")]), json!({"requireInitialSync": true}));
             s["secretsManagementSettings"]["pollingIntervalInS"] = json!("1");
             vm.enable(s);
@@ -552,7 +421,7 @@ fn require_initial_sync_ends_in_error_when_the_vault_never_works() {
                 r.message
             );
             // Polling goes on: once access is granted the certificate arrives and the status recovers.
-            vm.vault.allow(HOST, None);
+            vm.vault().allow(HOST, None);
             vm.wait(0, Duration::from_secs(30), "recovered", |r| {
                 r.status == StatusValue::Success
             });
@@ -658,7 +527,7 @@ fn a_broken_new_version_leaves_the_previous_one_current() {
     run_isolated(
         "a_broken_new_version_leaves_the_previous_one_current",
         || {
-            let (vm, first, v1) = Vm::with_first_version();
+            let (vm, first, v1) = with_first_version();
             let other = vm.chain("other", KeyType::Ec("P-256"), 90);
             let renewed = first.renew("r1", KeyType::Ec("P-256"), 90).unwrap();
             let broken = format!(
@@ -667,7 +536,7 @@ fn a_broken_new_version_leaves_the_previous_one_current() {
                 fs::read_to_string(&renewed.leaf).unwrap(),
                 fs::read_to_string(&renewed.intermediate).unwrap()
             );
-            let v2 = vm.vault.put_secret(HOST, "web", SecretValue::pem(broken));
+            let v2 = vm.vault().put_secret(HOST, "web", SecretValue::pem(broken));
             let r = vm.wait(
                 0,
                 Duration::from_secs(20),
@@ -702,13 +571,8 @@ fn a_broken_new_version_leaves_the_previous_one_current() {
 
 const STATE_DIR: &str = "/var/lib/waagent/Microsoft.Azure.KeyVault.KeyVaultForLinux";
 
-/// What the poller recorded in `state.json`.
-fn worker_state() -> Option<Value> {
-    serde_json::from_slice(&fs::read(Path::new(STATE_DIR).join("state.json")).ok()?).ok()
-}
-
-fn poller_pid() -> Option<i32> {
-    worker_state()?["pid"].as_i64().map(|p| p as i32)
+fn poller_pid(vm: &Vm) -> Option<i32> {
+    vm.worker_state()?["pid"].as_i64().map(|p| p as i32)
 }
 
 fn alive(pid: i32) -> bool {
@@ -717,10 +581,10 @@ fn alive(pid: i32) -> bool {
 }
 
 /// Waits until `state.json` satisfies `done`.
-fn wait_state(within: Duration, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+fn wait_state(vm: &Vm, within: Duration, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        if let Some(s) = worker_state()
+        if let Some(s) = vm.worker_state()
             && done(&s)
         {
             return s;
@@ -729,7 +593,7 @@ fn wait_state(within: Duration, what: &str, done: impl Fn(&Value) -> bool) -> Va
     }
     panic!(
         "{what}: not reached within {within:?}; state {:#?}",
-        worker_state()
+        vm.worker_state()
     );
 }
 
@@ -740,7 +604,7 @@ fn a_killed_or_crashed_poller_is_restarted_and_keeps_rotating() {
     run_isolated(
         "a_killed_or_crashed_poller_is_restarted_and_keeps_rotating",
         || {
-            let (vm, first, _) = Vm::with_first_version();
+            let (vm, first, _) = with_first_version();
             let handler_log = vm
                 .agent
                 .log_dir(vm.ext.as_ref().unwrap())
@@ -755,11 +619,11 @@ fn a_killed_or_crashed_poller_is_restarted_and_keeps_rotating() {
                 (1, libc::SIGKILL, "killed by signal 9"),
                 (2, libc::SIGSEGV, "killed by signal 11"),
             ] {
-                let pid = poller_pid().unwrap();
+                let pid = poller_pid(&vm).unwrap();
                 assert_ne!(pid, supervisor, "the poller is a child of the supervisor");
                 // SAFETY: signalling a process of this test's namespace.
                 assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-                let state = wait_state(Duration::from_secs(60), "a new poller", |s| {
+                let state = wait_state(&vm, Duration::from_secs(60), "a new poller", |s| {
                     s["restarts"] == n && s["pid"].as_i64() != Some(i64::from(pid))
                 });
                 assert!(
@@ -814,7 +678,7 @@ fn a_crash_loop_backs_off_and_reports_error_until_fixed() {
             sh(&format!(
                 "mount --bind {STATE_DIR} {STATE_DIR} && mount -o remount,bind,ro {STATE_DIR}"
             ));
-            let pid = poller_pid().unwrap();
+            let pid = poller_pid(&vm).unwrap();
             // SAFETY: as above.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             let r = vm.wait(
@@ -868,15 +732,15 @@ fn a_crash_loop_backs_off_and_reports_error_until_fixed() {
 fn a_hung_secret_holds_up_only_itself() {
     const OTHER: &str = "othervault.vault.azure.net";
     run_isolated_with_hosts("a_hung_secret_holds_up_only_itself", &[OTHER], || {
-        let mut vm = Vm::with_vaults(&[HOST, OTHER]);
+        let mut vm = Vm::builder().vaults(&[HOST, OTHER]).build();
         let chain = vm.chain("c", KeyType::Ec("P-256"), 90);
         let pem = || SecretValue::pem(chain.pem(PemLayout::default()).unwrap());
         // The hung secret is the first of its vault: the others must not wait for it.
-        vm.vault.put_secret(HOST, "hung", pem());
-        let a1 = vm.vault.put_secret(HOST, "a1", pem());
-        let a2 = vm.vault.put_secret(HOST, "a2", pem());
-        let b1 = vm.vault.put_secret(OTHER, "b1", pem());
-        vm.vault.script_secret(
+        vm.vault().put_secret(HOST, "hung", pem());
+        let a1 = vm.vault().put_secret(HOST, "a1", pem());
+        let a2 = vm.vault().put_secret(HOST, "a2", pem());
+        let b1 = vm.vault().put_secret(OTHER, "b1", pem());
+        vm.vault().script_secret(
             HOST,
             "hung",
             std::iter::repeat_n(
@@ -905,8 +769,8 @@ fn a_hung_secret_holds_up_only_itself() {
             "still in flight: {hung:?}"
         );
         // Rotations in both vaults land on schedule while the hung request is still in flight.
-        let a1_new = vm.vault.put_secret(HOST, "a1", pem());
-        let b1_new = vm.vault.put_secret(OTHER, "b1", pem());
+        let a1_new = vm.vault().put_secret(HOST, "a1", pem());
+        let b1_new = vm.vault().put_secret(OTHER, "b1", pem());
         vm.wait(
             0,
             Duration::from_secs(30),
@@ -966,7 +830,7 @@ fn disable_reports_in_the_status_the_agent_reads_and_the_heartbeat_says_stopped(
                 let beat = vm.agent.read_heartbeat(&ext).unwrap();
                 assert_eq!(beat.status, "NotReady", "{beat:?}");
                 assert!(beat.message.starts_with("disabled"), "{beat:?}");
-                assert!(poller_pid().is_none_or(|p| !alive(p)), "no poller left");
+                assert!(poller_pid(&vm).is_none_or(|p| !alive(p)), "no poller left");
             }
             vm.ext = None;
         },
@@ -987,7 +851,7 @@ fn a_thousand_certificates_keep_the_status_within_the_agent_limit() {
         "a_thousand_certificates_keep_the_status_within_the_agent_limit",
         &VAULTS[1..],
         || {
-            let mut vm = Vm::with_vaults(&VAULTS);
+            let mut vm = Vm::builder().vaults(&VAULTS).build();
             let chain = vm.chain("c", KeyType::Ec("P-256"), 90);
             let pem = chain.pem(PemLayout::default()).unwrap();
             let mut urls = Vec::new();
@@ -995,11 +859,11 @@ fn a_thousand_certificates_keep_the_status_within_the_agent_limit() {
             for i in 0..1000 {
                 let host = VAULTS[i % 4];
                 let name = format!("certificate-number-{i:04}");
-                vm.vault
+                vm.vault()
                     .put_secret(host, &name, SecretValue::pem(pem.clone()));
                 let u = format!("https://{host}/secrets/{name}");
                 if i % 7 == 0 {
-                    vm.vault.deny(host, Some(&name));
+                    vm.vault().deny(host, Some(&name));
                     failing.push(u.clone());
                 }
                 urls.push(u);

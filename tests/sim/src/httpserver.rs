@@ -410,64 +410,66 @@ fn serve_stream<S: Read + Write>(
     }
 }
 
+/// At most this many headers per request (more is a 400).
+const MAX_HEADERS: usize = 200;
+
+/// Reads one request: the header block line by line up to its empty line (so nothing of a pipelined next
+/// request is consumed), parsed by `httparse`, then a `Content-Length` body. `Ok(None)`: the client closed the
+/// connection between requests.
 fn read_request<R: BufRead>(
     r: &mut R,
     sni: Option<String>,
     peer: SocketAddr,
 ) -> io::Result<Option<Request>> {
-    let mut line = String::new();
+    let mut head = Vec::new();
     // Skip blank lines between pipelined requests (RFC 9112 §2.2).
     loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
+        head.clear();
+        if r.read_until(b'\n', &mut head)? == 0 {
             return Ok(None);
         }
-        if !line.trim().is_empty() {
+        if !head.trim_ascii().is_empty() {
             break;
         }
     }
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "bad request line",
-        ));
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "not HTTP/1.x"));
-    }
-    let (method, target) = (method.to_string(), target.to_string());
-    let mut headers = Vec::new();
     loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
+        let start = head.len();
+        if r.read_until(b'\n', &mut head)? == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "eof in headers",
             ));
         }
-        let l = line.trim_end_matches(['\r', '\n']);
-        if l.is_empty() {
+        if matches!(&head[start..], b"\n" | b"\r\n") {
             break;
         }
-        let (k, v) = l
-            .split_once(':')
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad header"))?;
-        headers.push((k.trim().to_string(), v.trim().to_string()));
-        if headers.len() > 200 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "too many headers",
-            ));
-        }
     }
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut slots);
+    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    match parsed.parse(&head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(bad("incomplete request head".into())),
+        Err(e) => return Err(bad(format!("bad request head: {e}"))),
+    }
+    let text = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .map(str::to_string)
+            .map_err(|_| bad("a header value is not UTF-8".into()))
+    };
+    let method = parsed.method.unwrap_or_default().to_string();
+    let target = parsed.path.unwrap_or_default().to_string();
+    let headers = parsed
+        .headers
+        .iter()
+        .map(|h| Ok((h.name.to_string(), text(h.value)?.trim().to_string())))
+        .collect::<io::Result<Vec<_>>>()?;
     let len = headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
         .map(|(_, v)| v.parse::<usize>())
         .transpose()
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad content-length"))?
+        .map_err(|_| bad("bad content-length".into()))?
         .unwrap_or(0);
     let mut body = vec![0; len.min(16 << 20)];
     r.read_exact(&mut body)?;

@@ -1,7 +1,8 @@
 //! Test doubles that behave like the real services kvvm talks to: the Linux guest agent (waagent), the Azure
 //! Instance Metadata Service / Azure Arc identity endpoint, and Azure Key Vault. Used by kvvm's integration
 //! tests in-process, and by `make demo` through the `kvvm-sim` binary. `wireserver` and `realagent` let the
-//! real guest agent (WALinuxAgent) drive the package instead of the simulator (tests/real_agent.rs).
+//! real guest agent (WALinuxAgent) drive the package instead of the simulator (tests/real_agent.rs); `vm` puts
+//! them together into the one simulated VM every end-to-end suite uses.
 
 pub mod httpserver;
 pub mod imds;
@@ -11,6 +12,7 @@ pub mod pki;
 pub mod realagent;
 pub mod tls;
 pub mod vault;
+pub mod vm;
 pub mod waagent;
 pub mod wireserver;
 

@@ -276,14 +276,23 @@ fn daemon_version() -> String {
 /// the agent removed the extension's directory). Other tests' namespaces run the same paths in parallel, so
 /// the namespace is compared too.
 pub fn processes_running(exe: &Path) -> Vec<u32> {
+    namespace_processes()
+        .into_iter()
+        .filter(|(_, e)| e == exe)
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Every live process of this network namespace with its executable's path (without the ` (deleted)` the
+/// kernel adds once the file is gone). Zombies have no executable and are left out.
+pub(crate) fn namespace_processes() -> Vec<(u32, PathBuf)> {
     let Ok(own_ns) = fs::metadata("/proc/self/ns/net").map(|m| m.ino()) else {
         return Vec::new();
     };
-    let want = exe.display().to_string();
-    let mut pids = Vec::new();
     let Ok(entries) = fs::read_dir("/proc") else {
-        return pids;
+        return Vec::new();
     };
+    let mut found = Vec::new();
     for e in entries.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
@@ -295,12 +304,13 @@ pub fn processes_running(exe: &Path) -> Vec<u32> {
         let Ok(target) = fs::read_link(base.join("exe")) else {
             continue;
         };
-        let t = target.display().to_string();
-        if t == want || t == format!("{want} (deleted)") {
-            pids.push(pid);
-        }
+        let t = target.to_string_lossy();
+        found.push((
+            pid,
+            PathBuf::from(t.strip_suffix(" (deleted)").unwrap_or(&t)),
+        ));
     }
-    pids
+    found
 }
 
 /// SIGKILLs every process [`processes_running`] finds for `exe` and waits (bounded) until they are gone;

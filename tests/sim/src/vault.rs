@@ -408,6 +408,17 @@ impl FakeVault {
         self.state.lock().unwrap().log.clone()
     }
 
+    /// The requests for secret `name` (any version, any vault), in order.
+    pub fn secret_requests(&self, name: &str) -> Vec<RequestRecord> {
+        let prefix = format!("/secrets/{name}/");
+        let s = self.state.lock().unwrap();
+        s.log
+            .iter()
+            .filter(|r| r.path_and_query.starts_with(&prefix))
+            .cloned()
+            .collect()
+    }
+
     /// Zeroes the counters and clears the request log.
     pub fn reset_stats(&self) {
         let mut s = self.state.lock().unwrap();

@@ -539,6 +539,13 @@ impl Settings {
     }
 }
 
+impl From<Value> for Settings {
+    /// [`Settings::public`].
+    fn from(value: Value) -> Settings {
+        Settings::public(value)
+    }
+}
+
 /// What running one command produced, as waagent sees it.
 #[derive(Debug, Clone)]
 pub struct CommandResult {
