@@ -499,14 +499,15 @@ pub fn supervise(
             .current_dir("/")
             .stdin(Stdio::null());
         let parent = std::process::id();
-        // SAFETY: prctl and getppid are async-signal-safe and touch no memory of the parent.
+        // SAFETY: prctl and getppid are async-signal-safe and touch no memory of the parent, and the error is a
+        // bare errno: nothing allocates between fork and exec (std passes only the errno to the parent anyway).
         unsafe {
             command.pre_exec(move || {
                 // A poller must not outlive its supervisor (killed alone, it could not restart it).
-                if nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).is_err()
-                    || u32::try_from(nix::unistd::getppid().as_raw()).ok() != Some(parent)
-                {
-                    return Err(io::Error::other("the supervisor is gone"));
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+                if u32::try_from(nix::unistd::getppid().as_raw()).ok() != Some(parent) {
+                    // The supervisor is gone.
+                    return Err(nix::errno::Errno::ESRCH.into());
                 }
                 Ok(())
             });
