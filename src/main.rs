@@ -3,9 +3,9 @@
 
 use std::process::ExitCode;
 
+use kvvm::Extension;
 use kvvm::commands::{self, Verb};
-use kvvm::handler::Extension;
-use kvvm::logging::{self, LogTarget};
+use kvvm::{LogTarget, init_logging};
 
 const USAGE: &str = "\
 kvvm — Azure Key Vault VM extension for Linux (Microsoft.Azure.KeyVault.KeyVaultForLinux)
@@ -80,7 +80,7 @@ fn run_verb(verb: Verb) -> ExitCode {
         file_name: "handler.log",
         stderr: false,
     };
-    logging::init(&target, log::LevelFilter::Info, None);
+    init_logging(&target, log::LevelFilter::Info, None);
     match commands::run(verb, &ext) {
         Ok(message) => {
             println!("{message}");
@@ -108,7 +108,7 @@ fn run_supervisor() -> ExitCode {
         file_name: "supervisor.log",
         stderr: false,
     };
-    logging::init(&target, log::LevelFilter::Info, None);
+    init_logging(&target, log::LevelFilter::Info, None);
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
@@ -116,9 +116,9 @@ fn run_supervisor() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let sup = kvvm::supervisor::Supervisor::new(ext.data_dir());
-    let report = kvvm::worker::RestartReport { ext: &ext };
-    match kvvm::supervisor::supervise(&sup, &exe, &ext.dir, &ext.env.heartbeat_file, &report) {
+    let sup = kvvm::Supervisor::new(ext.data_dir());
+    let report = kvvm::RestartReport { ext: &ext };
+    match kvvm::supervise(&sup, &exe, &ext.dir, &ext.env.heartbeat_file, &report) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("worker failed [{}]: {e}", e.reason());
@@ -134,7 +134,7 @@ fn run_poller() -> ExitCode {
         Err(e) => {
             eprintln!(
                 "{} (pid {}): [{}] {e}",
-                kvvm::supervisor::FAILURE_MARK,
+                kvvm::FAILURE_MARK,
                 std::process::id(),
                 e.reason()
             );
@@ -147,19 +147,17 @@ fn run_poller() -> ExitCode {
         stderr: false,
     };
     // loggingSettings apply from the poller's start (a change restarts the worker).
-    let fluentd = kvvm::worker::logging_settings(&ext).map(|l| {
-        let config = kvvm::fluentd::FluentdConfig {
+    let fluentd = kvvm::logging_settings(&ext).map(|l| {
+        let config = kvvm::FluentdConfig {
             host: l.endpoint_host,
             port: l.endpoint_port,
             tag: l.service_name,
         };
-        Box::new(kvvm::fluentd::FluentdLogger::start(
-            config,
-            log::LevelFilter::Info,
-        )) as Box<dyn simplelog::SharedLogger>
+        Box::new(kvvm::FluentdLogger::start(config, log::LevelFilter::Info))
+            as Box<dyn simplelog::SharedLogger>
     });
-    logging::init(&target, log::LevelFilter::Info, fluentd);
-    match kvvm::worker::run(&ext) {
+    init_logging(&target, log::LevelFilter::Info, fluentd);
+    match kvvm::run_poller(&ext) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("poller failed [{}]: {e}", e.reason());
@@ -167,7 +165,7 @@ fn run_poller() -> ExitCode {
             // The supervisor quotes this line in the status.
             eprintln!(
                 "{} (pid {}): [{}] {e}",
-                kvvm::supervisor::FAILURE_MARK,
+                kvvm::FAILURE_MARK,
                 std::process::id(),
                 e.reason()
             );
@@ -187,16 +185,14 @@ fn show_status(json: bool) -> ExitCode {
         }
     };
     let dir = ext.data_dir();
-    let path = kvvm::state::WorkerState::path(&dir);
+    let path = kvvm::WorkerState::path(&dir);
     match std::fs::read(&path) {
-        Ok(bytes) => match serde_json::from_slice::<kvvm::state::WorkerState>(&bytes) {
+        Ok(bytes) => match serde_json::from_slice::<kvvm::WorkerState>(&bytes) {
             Ok(state) if json => {
-                let supervision = match kvvm::supervisor::Supervisor::new(&dir).state() {
-                    Ok(kvvm::supervisor::WorkerState::Running { pid }) => {
-                        kvvm::state::Supervision::Running { pid }
-                    }
-                    Ok(kvvm::supervisor::WorkerState::Stopped) => kvvm::state::Supervision::Stopped,
-                    Err(e) => kvvm::state::Supervision::Unknown {
+                let supervision = match kvvm::Supervisor::new(&dir).state() {
+                    Ok(kvvm::WorkerProcess::Running { pid }) => kvvm::Supervision::Running { pid },
+                    Ok(kvvm::WorkerProcess::Stopped) => kvvm::Supervision::Stopped,
+                    Err(e) => kvvm::Supervision::Unknown {
                         detail: e.to_string(),
                     },
                 };
@@ -209,13 +205,13 @@ fn show_status(json: bool) -> ExitCode {
                 }
             }
             Ok(state) => {
-                let running = kvvm::supervisor::Supervisor::new(&dir).state();
+                let running = kvvm::Supervisor::new(&dir).state();
                 let worker = match running {
-                    Ok(kvvm::supervisor::WorkerState::Running { pid }) => pid,
+                    Ok(kvvm::WorkerProcess::Running { pid }) => pid,
                     _ => None,
                 };
                 print!("{}", state.render(worker));
-                if let Ok(kvvm::supervisor::WorkerState::Stopped) = running {
+                if let Ok(kvvm::WorkerProcess::Stopped) = running {
                     println!(
                         "\n(the worker is not running: this is what it recorded last; run enable to start it)"
                     );
@@ -270,25 +266,25 @@ fn sync_once() -> ExitCode {
         file_name: "kvvm-sync.log",
         stderr: true,
     };
-    logging::init(&target, log::LevelFilter::Info, None);
-    let (seq, settings) = match kvvm::worker::current_settings(&ext) {
+    init_logging(&target, log::LevelFilter::Info, None);
+    let (seq, settings) = match kvvm::current_settings(&ext) {
         Ok(current) => current,
         Err(e) => {
             eprintln!("kvvm sync: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let saved = kvvm::state::WorkerState::load(&ext.data_dir());
-    let mut certs = kvvm::worker::certificate_states(&settings, saved.as_ref());
-    let client = kvvm::worker::vault_client(&settings);
-    let stop = kvvm::http::Stop::default();
-    let locks = kvvm::store::lock_folder(&ext.data_dir());
-    kvvm::worker::poll_once(&client, &settings, &mut certs, &locks, &stop);
+    let saved = kvvm::WorkerState::load(&ext.data_dir());
+    let mut certs = kvvm::certificate_states(&settings, saved.as_ref());
+    let client = kvvm::vault_client(&settings);
+    let stop = kvvm::Stop::default();
+    let locks = kvvm::lock_folder(&ext.data_dir());
+    kvvm::poll_once(&client, &settings, &mut certs, &locks, &stop);
     println!("settings {seq}: {} observed certificate(s)", certs.len());
     let mut failed = 0;
     for c in &certs {
         let line = match c.status {
-            kvvm::state::CertStatus::Failed => {
+            kvvm::CertStatus::Failed => {
                 failed += 1;
                 format!(
                     "FAILED  {}: {}",
@@ -298,7 +294,7 @@ fn sync_once() -> ExitCode {
             }
             status => format!(
                 "{:<7} {} version {} -> {}{}",
-                if status == kvvm::state::CertStatus::Warning {
+                if status == kvvm::CertStatus::Warning {
                     "WARNING"
                 } else {
                     "OK"

@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kvvm::store::{Install, LEGACY_LOCK_FILE, Store, lock_file_name, lock_folder};
+use kvvm::{Install, LEGACY_LOCK_FILE, Store, lock_file_name, lock_folder};
 use kvvm_sim::imds::{FakeImds, TokenAuthority};
 use kvvm_sim::netns::{run_isolated, test_ca};
 use kvvm_sim::pki::{Chain, KeyType, PemLayout};
