@@ -8,7 +8,7 @@
 //! every item nobody reaches (dead code that a `pub mod` would hide) and every public item without a doc.
 //!
 //! Three modules stay public as units, because their items are named for the module and read best through it:
-//! [`commands`] (what the binary runs: `commands::run`, one function per command), [`settings`] (the
+//! [`commands`] (what the binary runs: the waagent verbs and the other commands), [`settings`] (the
 //! KeyVaultForLinux schema: `settings::Settings`, `settings::parse_settings_file`) and [`metrics`] (the
 //! metrics file: `metrics::render`, `metrics::write`). [`parse`] gathers, for the fuzz targets, every parser of
 //! input from outside kvvm's trust. Three items are re-exported under another name, where their own would be
@@ -71,6 +71,8 @@ mod vault;
 mod worker;
 
 // The binary: the verbs, the supervisor, the poller, `status` and `sync --once`.
+// TODO(face): once main.rs only dispatches to `commands` (H2), this block shrinks to what main.rs names
+// (`WorkerError`, `FAILURE_MARK`) and the types of the public functions; `poll_once`, `vault_client` go.
 pub use handler::{Extension, HandlerEnvironment};
 pub use logging::{LogTarget, init as init_logging};
 pub use state::{CertStatus, CertificateState, Supervision, WorkerState};
