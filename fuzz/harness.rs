@@ -5,7 +5,7 @@
 
 #![allow(dead_code)]
 
-use kvvm::certificate::{CertificateBundle, ContentKind};
+use kvvm::{CertificateBundle, ContentKind};
 
 /// A harness: feeds one input to one parser.
 pub type Harness = fn(&[u8]);
@@ -31,7 +31,7 @@ pub fn settings_file(data: &[u8]) {
 /// `HandlerEnvironment.json`.
 pub fn handler_environment(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = kvvm::handler::HandlerEnvironment::parse(text);
+        let _ = kvvm::HandlerEnvironment::parse(text);
     }
 }
 
@@ -56,27 +56,27 @@ pub fn secret_pkcs12(data: &[u8]) {
 
 /// Key Vault's answers: a secret bundle, an error body, and the `WWW-Authenticate` challenge.
 pub fn vault_answers(data: &[u8]) {
-    let _ = kvvm::vault::parse_bundle(data, "myvault", "cert");
-    let _ = kvvm::vault::kv_error(data);
+    let _ = kvvm::parse::parse_bundle(data, "myvault", "cert");
+    let _ = kvvm::parse::kv_error(data);
     if let Ok(text) = std::str::from_utf8(data)
-        && let Some(challenge) = kvvm::vault::parse_challenge(text)
+        && let Some(challenge) = kvvm::parse::parse_challenge(text)
     {
-        let _ = kvvm::vault::token_allowed("myvault.vault.azure.net", &challenge);
+        let _ = kvvm::parse::token_allowed("myvault.vault.azure.net", &challenge);
     }
 }
 
 /// IMDS and Azure Arc answers: a token reply, and Arc's `Basic realm=` challenge.
 pub fn identity_answers(data: &[u8]) {
-    let _ = kvvm::identity::parse_token(
+    let _ = kvvm::parse::parse_token(
         data,
         "http://169.254.169.254/metadata/identity/oauth2/token",
     );
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = kvvm::identity::basic_realm(text);
+        let _ = kvvm::parse::basic_realm(text);
     }
 }
 
 /// A Fluentd Forward acknowledgement (msgpack).
 pub fn fluentd_ack(data: &[u8]) {
-    let _ = kvvm::fluentd::parse_ack(data);
+    let _ = kvvm::parse::parse_ack(data);
 }

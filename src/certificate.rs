@@ -35,14 +35,24 @@ pub enum CertificateError {
         "{name}: the secret's value is not base64 ({detail}) although its contentType is application/x-pkcs12; \
          re-import the certificate into Key Vault"
     )]
-    Base64 { name: String, detail: String },
+    Base64 {
+        /// The certificate, as `<vault>/<certificate> version <v>`.
+        name: String,
+        /// What the decoder reported.
+        detail: String,
+    },
     /// The PFX cannot be read with the empty password Key Vault uses.
     #[error(
         "{name}: the PKCS#12 (PFX) value cannot be read with an empty password ({detail}); Key Vault stores \
          certificates without a password, so re-import it with `az keyvault certificate import` (which removes \
          the password) rather than as a plain secret"
     )]
-    Pkcs12 { name: String, detail: String },
+    Pkcs12 {
+        /// The certificate, as `<vault>/<certificate> version <v>`.
+        name: String,
+        /// What the decoder reported.
+        detail: String,
+    },
     /// The PFX asks for more key-derivation iterations than kvvm runs (a PFX made to stall whoever opens it,
     /// or by a tool with an absurd setting; Key Vault writes about 2,000).
     #[error(
@@ -54,45 +64,72 @@ pub enum CertificateError {
          import`"
     )]
     Pkcs12Iterations {
+        /// The certificate, as `<vault>/<certificate> version <v>`.
         name: String,
         /// What the count protects: "its integrity MAC", "its encrypted certificates", "its private key".
         part: &'static str,
+        /// The count the PFX asks for.
         iterations: u64,
+        /// The most kvvm runs.
         limit: u64,
     },
     /// A PEM section is malformed, or the key is encrypted.
     #[error(
         "{name}: the PEM value cannot be read ({detail}); re-import the certificate into Key Vault"
     )]
-    Pem { name: String, detail: String },
+    Pem {
+        /// The certificate, as `<vault>/<certificate> version <v>`.
+        name: String,
+        /// What the decoder reported.
+        detail: String,
+    },
     /// No certificate at all.
     #[error(
         "{name}: the value holds no certificate; observe the secret of a Key Vault certificate"
     )]
-    NoCertificate { name: String },
+    NoCertificate {
+        /// The certificate, as `<vault>/<certificate> version <v>`.
+        name: String,
+    },
     /// No private key: the certificate's key is not exportable.
     #[error(
         "{name}: the value holds no private key, so the certificate cannot be used for TLS; make the key \
          exportable in the certificate policy (keyProperties.exportable: true) and create a new version"
     )]
-    NoPrivateKey { name: String },
+    NoPrivateKey {
+        /// The certificate, as `<vault>/<certificate> version <v>`.
+        name: String,
+    },
     /// More than one private key.
     #[error(
         "{name}: the value holds {count} private keys; a Key Vault certificate has exactly one, so re-import it \
          with only the leaf's key"
     )]
-    SeveralKeys { name: String, count: usize },
+    SeveralKeys {
+        /// The certificate, as `<vault>/<certificate> version <v>`.
+        name: String,
+        /// How many private keys it holds.
+        count: usize,
+    },
     /// A key of a type or size that cannot be used.
     #[error(
         "{name}: the private key cannot be used ({detail}); Key Vault certificates use RSA 2048/3072/4096 or EC \
          P-256/P-384/P-521 keys"
     )]
-    UnsupportedKey { name: String, detail: String },
+    UnsupportedKey {
+        /// The certificate, as `<vault>/<certificate> version <v>`.
+        name: String,
+        /// What is wrong with the key.
+        detail: String,
+    },
     /// A certificate cannot be parsed.
     #[error("{name}: certificate {index} of the value is not a valid X.509 certificate ({detail})")]
     BadCertificate {
+        /// The certificate, as `<vault>/<certificate> version <v>`.
         name: String,
+        /// Its position in the value, from 1.
         index: usize,
+        /// What the X.509 parser reported.
         detail: String,
     },
     /// The key belongs to none of the certificates.
@@ -101,8 +138,11 @@ pub enum CertificateError {
          nothing was installed and the previous version stays current — re-import the certificate with its own key"
     )]
     KeyMismatch {
+        /// The certificate, as `<vault>/<certificate> version <v>`.
         name: String,
+        /// How many certificates it holds.
         count: usize,
+        /// The subject of the certificate taken for the leaf.
         subject: String,
     },
     /// Certificates that are not part of the leaf's chain.
@@ -111,21 +151,34 @@ pub enum CertificateError {
          with only its own chain"
     )]
     Disjoint {
+        /// The certificate, as `<vault>/<certificate> version <v>`.
         name: String,
+        /// The leaf's subject.
         leaf: String,
+        /// The subjects of the certificates outside the chain.
         extra: String,
     },
     /// Issuers that loop.
     #[error(
         "{name}: the chain loops back to {subject}; re-import the certificate with a proper chain"
     )]
-    Cycle { name: String, subject: String },
+    Cycle {
+        /// The certificate, as `<vault>/<certificate> version <v>`.
+        name: String,
+        /// The certificate the chain loops back to.
+        subject: String,
+    },
     /// Writing the PKCS#12 file for `additionalFormats: ["pfx"]` failed (the certificate was read fine).
     #[error(
         "{name}: writing certificate.pfx failed ({detail}); the certificate itself is fine — remove \"pfx\" from \
          additionalFormats to install it without a PFX, and report this as a kvvm bug"
     )]
-    Pkcs12Write { name: String, detail: String },
+    Pkcs12Write {
+        /// The certificate, as `<vault>/<certificate> version <v>`.
+        name: String,
+        /// What the PKCS#12 writer reported.
+        detail: String,
+    },
 }
 
 impl CertificateError {
@@ -304,8 +357,11 @@ fn hex_lower(bytes: &[u8]) -> String {
 
 /// The private key as found, before its public half is known.
 enum FoundKey {
+    /// A PKCS#8 `PrivateKeyInfo` (any key type).
     Pkcs8(Zeroizing<Vec<u8>>),
+    /// A PKCS#1 `RSAPrivateKey`.
     Pkcs1(Zeroizing<Vec<u8>>),
+    /// A SEC1 `ECPrivateKey`.
     Sec1(Zeroizing<Vec<u8>>),
 }
 
@@ -728,7 +784,7 @@ fn read_pkcs12(name: &str, value: &str) -> Result<(Vec<Vec<u8>>, Vec<FoundKey>),
 
 /// The most key-derivation iterations kvvm runs for one part of a PFX: p12-keystore's own cap, well above what
 /// any real tool writes (Key Vault about 2,000, OpenSSL 2,048, Windows 2,000 to 10,000).
-pub const PKCS12_MAX_ITERATIONS: u64 = 1_000_000;
+pub(crate) const PKCS12_MAX_ITERATIONS: u64 = 1_000_000;
 
 const OID_DATA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01];
 const OID_ENCRYPTED_DATA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x06];

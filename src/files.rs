@@ -14,7 +14,7 @@ use std::path::Path;
 /// symlink) with `mode` (less the umask) from its first byte, writes `contents`, lets `before_sync` act on the
 /// still-open file's path (a store file gets its ACL there), and fsyncs it. I/O failures go through `io_err`.
 /// The file is left in place on failure: the caller decides whether it is a temp file to remove.
-pub fn write_new<E>(
+pub(crate) fn write_new<E>(
     path: &Path,
     contents: &[u8],
     mode: u32,
@@ -37,7 +37,7 @@ pub fn write_new<E>(
 /// the old file or the new one, never a part. A rename replaces whatever is at `target`: a planted symlink is
 /// replaced, never followed. `temp` is removed on failure. The folder is not fsynced (see [`sync_folder`]):
 /// the store fsyncs it once for several files.
-pub fn replace_with<E>(
+pub(crate) fn replace_with<E>(
     temp: &Path,
     target: &Path,
     contents: &[u8],
@@ -54,13 +54,13 @@ pub fn replace_with<E>(
 }
 
 /// Fsyncs a folder, so that the renames and new entries in it survive a crash.
-pub fn sync_folder(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_folder(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
 /// Writes a file the crash-safe way: a temp file beside it (`.<name>.tmp.<pid>.<random>`) with its final `mode`,
 /// fsync, rename over `path`, fsync the folder.
-pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -78,7 +78,7 @@ pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> io::Result<(
 /// Opens (creating if needed) the lock file `path` for reading and writing, mode 0600, never through a symlink
 /// (`O_NOFOLLOW`) and never truncated (it may hold a label); its folder is created 0700 first. The caller takes
 /// the kernel lock on the returned file (`File::lock`, `File::try_lock`), which ends with the process.
-pub fn open_lock(path: &Path) -> io::Result<File> {
+pub(crate) fn open_lock(path: &Path) -> io::Result<File> {
     if let Some(dir) = path.parent() {
         fs::DirBuilder::new()
             .recursive(true)
@@ -96,7 +96,7 @@ pub fn open_lock(path: &Path) -> io::Result<File> {
 }
 
 /// Whether `name` names an entry directly inside a folder: not empty, not `.` or `..`, and without `/` or NUL.
-pub fn is_plain_file_name(name: &str) -> bool {
+pub(crate) fn is_plain_file_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
 }
 

@@ -25,17 +25,17 @@ use zeroize::Zeroizing;
 use crate::http::{self, Attempt, Deadline, Ended, FailureKind, RetryPolicy, Route, Stop, Verdict};
 
 /// Where IMDS serves tokens on every Azure VM.
-pub const IMDS_TOKEN_URL: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
+pub(crate) const IMDS_TOKEN_URL: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
 /// The folder where the Azure Arc agent writes the key files its challenge names.
-pub const ARC_KEY_DIR: &str = "/var/opt/azcmagent/tokens";
+pub(crate) const ARC_KEY_DIR: &str = "/var/opt/azcmagent/tokens";
 /// himds listens on this port on Azure Arc machines.
-pub const ARC_PORT: u16 = 40342;
+pub(crate) const ARC_PORT: u16 = 40342;
 /// Largest Arc key file kvvm reads (the agent writes a few dozen bytes).
-pub const ARC_KEY_MAX: u64 = 4096;
+pub(crate) const ARC_KEY_MAX: u64 = 4096;
 const IMDS_API_VERSION: &str = "2018-02-01";
 const ARC_API_VERSION: &str = "2020-06-01";
 /// A cached token is refreshed once less than this remains.
-pub const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
+pub(crate) const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
 /// While a refresh is under way, the old token is still handed out if more than this remains (more than a
 /// whole check needs).
 const STILL_USABLE: Duration = Duration::from_secs(2 * 60);
@@ -162,8 +162,11 @@ pub enum IdentityError {
         "the managed identity endpoint {endpoint} refused a token for {identity} (HTTP 400: {detail}): {hint}"
     )]
     NotAssigned {
+        /// The token URL asked.
         endpoint: String,
+        /// The identity asked for (system-assigned, or the client, object or resource id).
         identity: String,
+        /// IMDS's error and error description.
         detail: String,
         /// What to add or fix, from IMDS's error description and the identity asked for.
         hint: String,
@@ -173,9 +176,13 @@ pub enum IdentityError {
         "the managed identity endpoint {endpoint} refused a token for {identity} (HTTP {status}: {detail})"
     )]
     Refused {
+        /// The token URL asked.
         endpoint: String,
+        /// The identity asked for (system-assigned, or the client, object or resource id).
         identity: String,
+        /// The HTTP status of the refusal.
         status: u16,
+        /// The endpoint's error description, or the start of its body.
         detail: String,
     },
     /// Every attempt failed with a transient error.
@@ -184,23 +191,38 @@ pub enum IdentityError {
          last: {last}. {hint}"
     )]
     GaveUp {
+        /// The token URL asked.
         endpoint: String,
+        /// Attempts made.
         attempts: u32,
+        /// Seconds spent on them.
         seconds: u64,
+        /// What the last attempt saw (a status or a connection failure).
         last: String,
+        /// What to check, for the kind of endpoint (IMDS or Azure Arc).
         hint: &'static str,
     },
     /// A 200 answer that is not a token.
     #[error(
         "the managed identity endpoint {endpoint} answered 200 without a usable token: {detail}"
     )]
-    BadToken { endpoint: String, detail: String },
+    BadToken {
+        /// The token URL asked.
+        endpoint: String,
+        /// What is wrong with the answer.
+        detail: String,
+    },
     /// himds challenged without naming a key file.
     #[error(
         "the Azure Arc identity endpoint {endpoint} answered 401 without a 'Basic realm=<key file>' challenge \
          ({header}); is msiEndpoint really the Arc agent's (http://localhost:40342/metadata/identity)?"
     )]
-    ArcChallenge { endpoint: String, header: String },
+    ArcChallenge {
+        /// The token URL asked.
+        endpoint: String,
+        /// The `WWW-Authenticate` header it sent, or that it sent none.
+        header: String,
+    },
     /// himds named a key file kvvm will not read.
     #[error(
         "the Azure Arc identity endpoint named the key file '{path}', which kvvm will not read: {problem}. Only \
@@ -208,8 +230,11 @@ pub enum IdentityError {
          local Arc agent"
     )]
     ArcKeyPath {
+        /// The path himds named.
         path: String,
+        /// The only folder key files are read from.
         dir: String,
+        /// Which rule the path breaks.
         problem: String,
     },
     /// The Arc key file could not be read.
@@ -217,7 +242,9 @@ pub enum IdentityError {
         "cannot read the Azure Arc key file '{path}': {source}; kvvm must run as root to read the Arc agent's keys"
     )]
     ArcKeyRead {
+        /// The key file.
         path: String,
+        /// Why it could not be read.
         source: std::io::Error,
     },
     /// Arc machines have no user-assigned identities.
@@ -228,7 +255,9 @@ pub enum IdentityError {
     ArcUserAssigned {
         /// The setting naming the identity (`msiClientId`, `msiObjectId` or `msiResourceId`).
         setting: &'static str,
+        /// The identity it names.
         client_id: String,
+        /// The Arc token URL.
         endpoint: String,
     },
     /// The caller's deadline passed while the token was still being fetched (the fetch goes on).
@@ -237,9 +266,13 @@ pub enum IdentityError {
          background; last: {last}). {hint}"
     )]
     Timeout {
+        /// The token URL being asked.
         endpoint: String,
+        /// Seconds the caller waited.
         seconds: u64,
+        /// What the fetch has seen so far.
         last: String,
+        /// What to check, for the kind of endpoint (IMDS or Azure Arc).
         hint: &'static str,
     },
     /// The worker is stopping.
@@ -523,7 +556,7 @@ impl Identity {
         })
     }
 
-    /// Where Azure Arc key files are accepted from (default [`ARC_KEY_DIR`]).
+    /// Where Azure Arc key files are accepted from (default `/var/opt/azcmagent/tokens`, the Arc agent's).
     pub fn with_arc_key_dir(mut self, dir: impl Into<PathBuf>) -> Identity {
         self.endpoint.arc_key_dir = dir.into();
         self
@@ -864,7 +897,7 @@ pub fn basic_realm(header: &str) -> Option<String> {
     (!value.is_empty()).then(|| value.to_string())
 }
 
-/// Reads an Arc key file: a regular `.key` file directly in `dir`, not a symlink, at most [`ARC_KEY_MAX`] bytes.
+/// Reads an Arc key file: a regular `.key` file directly in `dir`, not a symlink, at most 4096 bytes.
 pub fn read_arc_key(path: &Path, dir: &Path) -> Result<Zeroizing<String>, IdentityError> {
     let refuse = |problem: &str| IdentityError::ArcKeyPath {
         path: path.display().to_string(),

@@ -5,8 +5,8 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
+use kvvm::WorkerError;
 use kvvm::commands::{self, CommandError, Output, Verb};
-use kvvm::worker::WorkerError;
 
 const USAGE: &str = "\
 kvvm — Azure Key Vault VM extension for Linux (Microsoft.Azure.KeyVault.KeyVaultForLinux)
@@ -201,7 +201,7 @@ impl Failure {
                 log::logger().flush();
                 eprintln!(
                     "{} (pid {}): [{}] {error}",
-                    kvvm::supervisor::FAILURE_MARK,
+                    kvvm::FAILURE_MARK,
                     std::process::id(),
                     error.reason()
                 );

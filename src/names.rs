@@ -8,17 +8,17 @@ use crate::files::is_plain_file_name;
 
 /// A Key Vault object version: exactly 32 hex digits (the last segment of a secret id), kept as given.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Version(String);
+pub(crate) struct Version(String);
 
 impl Version {
     /// `Some` when `text` is 32 hex digits (either case).
-    pub fn parse(text: &str) -> Option<Version> {
+    pub(crate) fn parse(text: &str) -> Option<Version> {
         (text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit()))
             .then(|| Version(text.to_string()))
     }
 
     /// The version's text.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -35,16 +35,16 @@ const NAME_MAX: usize = 255;
 /// The file name of a link in a store folder: a plain file name ([`is_plain_file_name`]) of at most 255 bytes.
 /// The store refuses its own reserved names on top of this.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct LinkName(String);
+pub(crate) struct LinkName(String);
 
 impl LinkName {
     /// `Some` when `text` is a plain file name no longer than a filesystem takes.
-    pub fn parse(text: &str) -> Option<LinkName> {
+    pub(crate) fn parse(text: &str) -> Option<LinkName> {
         (is_plain_file_name(text) && text.len() <= NAME_MAX).then(|| LinkName(text.to_string()))
     }
 
     /// The name's text.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }

@@ -7,15 +7,15 @@
 use std::time::Duration;
 
 /// Attempts of the initial sync before it is reported as failed (the original extension's number).
-pub const INITIAL_SYNC_ATTEMPTS: u32 = 25;
+pub(crate) const INITIAL_SYNC_ATTEMPTS: u32 = 25;
 /// Fraction of the interval by which each poll is moved, either way.
-pub const JITTER_FRACTION: f64 = 0.10;
+pub(crate) const JITTER_FRACTION: f64 = 0.10;
 /// The longest first-poll delay.
-pub const MAX_FIRST_DELAY: Duration = Duration::from_secs(30);
+pub(crate) const MAX_FIRST_DELAY: Duration = Duration::from_secs(30);
 const INITIAL_SYNC_STEP: Duration = Duration::from_secs(5);
 
 /// A source of uniform numbers in `[0, 1)`, passed in so tests can pin it.
-pub trait Uniform {
+pub(crate) trait Uniform {
     fn next(&mut self) -> f64;
 }
 
@@ -26,23 +26,23 @@ impl Uniform for fastrand::Rng {
 }
 
 /// Delay before the first poll after the worker starts.
-pub fn first_delay(interval: Duration, rng: &mut impl Uniform) -> Duration {
+pub(crate) fn first_delay(interval: Duration, rng: &mut impl Uniform) -> Duration {
     (interval / 10).min(MAX_FIRST_DELAY).mul_f64(rng.next())
 }
 
 /// Delay between two polls: the interval, ± 10 %.
-pub fn next_delay(interval: Duration, rng: &mut impl Uniform) -> Duration {
+pub(crate) fn next_delay(interval: Duration, rng: &mut impl Uniform) -> Duration {
     interval.mul_f64(1.0 - JITTER_FRACTION + 2.0 * JITTER_FRACTION * rng.next())
 }
 
 /// Wait after the `attempt`-th (1-based) failed initial-sync attempt.
-pub fn initial_sync_retry(attempt: u32, interval: Duration) -> Duration {
+pub(crate) fn initial_sync_retry(attempt: u32, interval: Duration) -> Duration {
     (INITIAL_SYNC_STEP * attempt.max(1)).min(interval)
 }
 
 /// Where the initial sync stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InitialSync {
+pub(crate) enum InitialSync {
     /// Not required, or done.
     Done,
     /// Still trying: attempts made so far.
@@ -52,7 +52,7 @@ pub enum InitialSync {
 }
 
 impl InitialSync {
-    pub fn start(required: bool) -> InitialSync {
+    pub(crate) fn start(required: bool) -> InitialSync {
         if required {
             InitialSync::Trying { attempts: 0 }
         } else {
@@ -62,7 +62,7 @@ impl InitialSync {
 
     /// After a check: `all_installed` says whether every certificate is installed now, `attempts` how many
     /// times in a row the most-tried certificate that is not installed has failed.
-    pub fn after(self, all_installed: bool, attempts: u32) -> InitialSync {
+    pub(crate) fn after(self, all_installed: bool, attempts: u32) -> InitialSync {
         match self {
             _ if all_installed => InitialSync::Done,
             InitialSync::Trying { .. } if attempts >= INITIAL_SYNC_ATTEMPTS => InitialSync::Failed,

@@ -34,7 +34,7 @@ use crate::names::{LinkName, Version};
 /// Prefix of every temp file and link the installer creates; anything with it is a crash leftover.
 pub const TEMP_PREFIX: &str = ".kvvm-tmp.";
 /// The subfolder of kvvm's state folder holding one lock file per store folder (see [`lock_folder`]).
-pub const LOCKS_FOLDER: &str = "store-locks";
+pub(crate) const LOCKS_FOLDER: &str = "store-locks";
 /// The lock file older versions of kvvm kept in the store folder itself; removed when the store is opened, and
 /// never accepted as a link name.
 pub const LEGACY_LOCK_FILE: &str = ".kvvm.lock";
@@ -77,7 +77,7 @@ static FILE_OPERATIONS: RwLock<()> = RwLock::new(());
 /// Waits for the installs in progress in this process to finish and keeps new ones from starting while the
 /// guard lives: the worker takes it before exiting with requests still in flight, so no file operation is cut
 /// short (although a cut would still leave the previous version usable).
-pub fn quiesce() -> RwLockWriteGuard<'static, ()> {
+pub(crate) fn quiesce() -> RwLockWriteGuard<'static, ()> {
     FILE_OPERATIONS
         .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -90,12 +90,18 @@ pub enum StoreError {
     #[error(
         "certificate store {path}: not an absolute path; set certificateStoreLocation to an absolute folder"
     )]
-    NotAbsolute { path: PathBuf },
+    NotAbsolute {
+        /// The folder as configured.
+        path: PathBuf,
+    },
     /// The folder cannot be created or prepared.
     #[error("certificate store {path}: {action} failed: {source}; check the folder and the disk")]
     Folder {
+        /// The store folder.
         path: PathBuf,
+        /// What was being done, e.g. "creating it".
         action: &'static str,
+        /// Why it failed.
         #[source]
         source: io::Error,
     },
@@ -103,13 +109,20 @@ pub enum StoreError {
     #[error(
         "certificate store {path}: exists but is not a folder; remove it or choose another certificateStoreLocation"
     )]
-    NotAFolder { path: PathBuf },
+    NotAFolder {
+        /// The store folder.
+        path: PathBuf,
+    },
     /// A name would escape the folder or clash with the installer's own files.
     #[error("certificate store {path}: {what} {name:?} is not a plain file name; {fix}")]
     BadName {
+        /// The store folder.
         path: PathBuf,
+        /// Which name: "link name", "version", "file prefix".
         what: &'static str,
+        /// The name as given.
         name: String,
+        /// What to change.
         fix: &'static str,
     },
     /// Writing a file failed.
@@ -117,8 +130,11 @@ pub enum StoreError {
         "certificate store {path}: writing {file} failed: {source}; check free space and the folder's permissions"
     )]
     Write {
+        /// The store folder.
         path: PathBuf,
+        /// The file in it.
         file: String,
+        /// Why it failed.
         #[source]
         source: io::Error,
     },
@@ -129,8 +145,11 @@ pub enum StoreError {
          a symlink or a file) and that the disk has space"
     )]
     Lock {
+        /// The store folder.
         path: PathBuf,
+        /// Its lock file.
         lock: PathBuf,
+        /// Why it failed.
         #[source]
         source: io::Error,
     },
@@ -138,17 +157,28 @@ pub enum StoreError {
     #[error(
         "certificate store {path}: {file} is a folder; remove it so the certificate can be installed there"
     )]
-    InTheWay { path: PathBuf, file: String },
+    InTheWay {
+        /// The store folder.
+        path: PathBuf,
+        /// The name the folder holds.
+        file: String,
+    },
     /// An `acls` user does not exist on this machine.
     #[error(
         "acls: user {user:?} does not exist on this machine; create it or fix the certificate's acls setting"
     )]
-    UnknownUser { user: String },
+    UnknownUser {
+        /// The user's name.
+        user: String,
+    },
     /// An `acls` group does not exist on this machine.
     #[error(
         "acls: group {group:?} does not exist on this machine; create it or fix the certificate's acls setting"
     )]
-    UnknownGroup { group: String },
+    UnknownGroup {
+        /// The group's name.
+        group: String,
+    },
     /// Looking a user or group up failed (not "not found": the name service itself, or an oversized entry).
     #[error(
         "acls: looking up {what} {name:?} failed: {source}; check /etc/nsswitch.conf and the {what} database \
@@ -156,8 +186,11 @@ pub enum StoreError {
         db = if *what == "group" { "group" } else { "passwd" }
     )]
     Lookup {
+        /// "user" or "group".
         what: &'static str,
+        /// The name looked up.
         name: String,
+        /// What the look-up returned.
         #[source]
         source: io::Error,
     },
@@ -166,7 +199,9 @@ pub enum StoreError {
         "acls: setting the ACL of {file} failed: {source}; the filesystem must support POSIX ACLs (mount option acl)"
     )]
     Acl {
+        /// The file or folder.
         file: PathBuf,
+        /// Why it failed.
         #[source]
         source: io::Error,
     },
@@ -223,7 +258,7 @@ pub struct FolderFile<'a> {
 }
 
 /// The suffix of a version's folder and of its link.
-pub const FOLDER_SUFFIX: &str = ".d";
+pub(crate) const FOLDER_SUFFIX: &str = ".d";
 
 /// What an install did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,9 +18,9 @@ use crate::store::{FolderFile, Install, PrincipalKind, Store, StoreError, resolv
 use crate::vault::{SecretKind, VaultClient, VaultError};
 
 /// How many certificates are checked at once.
-pub const PARALLELISM: usize = 8;
+pub(crate) const PARALLELISM: usize = 8;
 /// How long the other certificates of a vault wait for its first check before they go ahead anyway.
-pub const WARM_UP: Duration = Duration::from_secs(3);
+pub(crate) const WARM_UP: Duration = Duration::from_secs(3);
 
 /// Why a certificate could not be brought up to date. What was installed before stays in place.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +33,12 @@ pub enum SyncError {
         "{url} is a plain secret (contentType {content_type}), not a certificate, so it is ignored; observe the \
          secret of a Key Vault certificate (its contentType is application/x-pkcs12 or application/x-pem-file)"
     )]
-    NotACertificate { url: String, content_type: String },
+    NotACertificate {
+        /// The observed certificate's URL.
+        url: String,
+        /// The secret's contentType, quoted, or `not set`.
+        content_type: String,
+    },
     /// The certificate's content is unusable.
     #[error(transparent)]
     Certificate(#[from] CertificateError),
@@ -83,7 +88,7 @@ pub struct Checked {
 
 /// What the worker already knows of a certificate, so an unchanged version is not decoded again.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Known<'a> {
+pub(crate) struct Known<'a> {
     /// The version recorded as installed.
     pub version: Option<&'a str>,
     /// Whether its notAfter is recorded (needed for the expiry alarm).
@@ -102,7 +107,7 @@ pub struct SyncOptions {
 }
 
 /// Brings one certificate up to date.
-pub fn check(
+pub(crate) fn check(
     client: &VaultClient,
     cert: &ObservedCertificate,
     known: Known<'_>,
@@ -240,7 +245,7 @@ fn folder_files(
 
 /// What a check started by [`Checks`] found.
 #[derive(Debug)]
-pub struct Done {
+pub(crate) struct Done {
     /// The [`Checks::new_generation`] it was started in.
     pub generation: u64,
     /// The certificate's index in the settings it was started with.
@@ -267,7 +272,7 @@ struct VaultLoad {
 /// most [`http::CONNECTIONS_PER_HOST`] per vault (the connections the pool keeps). A vault's first check goes
 /// alone for up to [`WARM_UP`]: it answers the challenge, fetches the token and leaves a TLS session for the
 /// others to resume, and if it hangs the others go ahead without it.
-pub struct Checks {
+pub(crate) struct Checks {
     client: Arc<VaultClient>,
     options: SyncOptions,
     stop: Stop,
@@ -280,7 +285,7 @@ pub struct Checks {
 
 impl Checks {
     /// Checks with `client`, none running yet.
-    pub fn new(client: Arc<VaultClient>, options: SyncOptions, stop: Stop) -> Checks {
+    pub(crate) fn new(client: Arc<VaultClient>, options: SyncOptions, stop: Stop) -> Checks {
         let (tx, rx) = mpsc::channel();
         Checks {
             client,
@@ -296,7 +301,7 @@ impl Checks {
 
     /// New settings: later checks use `client` and `options`; results of checks started before carry the old
     /// generation number.
-    pub fn new_generation(&mut self, client: Arc<VaultClient>, options: SyncOptions) -> u64 {
+    pub(crate) fn new_generation(&mut self, client: Arc<VaultClient>, options: SyncOptions) -> u64 {
         if !Arc::ptr_eq(&client, &self.client) {
             for load in self.vaults.values_mut() {
                 load.warm = false;
@@ -310,18 +315,13 @@ impl Checks {
     }
 
     /// Checks running now.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight
-    }
-
-    /// The client checks use.
-    pub fn client(&self) -> &Arc<VaultClient> {
-        &self.client
     }
 
     /// Starts checking `cert` (index `index` of the current settings) unless the limits say wait; returns
     /// whether it started.
-    pub fn try_start(
+    pub(crate) fn try_start(
         &mut self,
         index: usize,
         cert: &ObservedCertificate,
@@ -375,7 +375,7 @@ impl Checks {
     }
 
     /// The next check to end, waiting up to `timeout`.
-    pub fn next(&mut self, timeout: Duration) -> Option<Done> {
+    pub(crate) fn next(&mut self, timeout: Duration) -> Option<Done> {
         let done = self.rx.recv_timeout(timeout).ok()?;
         self.in_flight = self.in_flight.saturating_sub(1);
         if let Some(load) = self.vaults.get_mut(&done.vault) {
@@ -386,7 +386,8 @@ impl Checks {
     }
 }
 
-/// [`Known`], owned, to hand to a check's thread.
+/// What is known to be installed for one certificate (the version, whether its notAfter is recorded), owned,
+/// to hand to a check's thread.
 #[derive(Debug, Clone, Default)]
 pub struct KnownOwned {
     /// The version recorded as installed.
@@ -395,7 +396,7 @@ pub struct KnownOwned {
     pub has_not_after: bool,
 }
 
-/// Checks every certificate of `certs` once, as many at once as [`Checks`] allows; results in the order of
+/// Checks every certificate of `certs` once, as many at once as the parallelism limits allow; results in the order of
 /// `certs` (`known` gives what is installed, by the same index; missing entries mean nothing is).
 pub fn check_all(
     client: Arc<VaultClient>,

@@ -16,7 +16,7 @@ use crate::identity::{AccessToken, Identity, IdentityError};
 use crate::names::Version;
 
 /// The Key Vault REST API version kvvm speaks.
-pub const API_VERSION: &str = "7.4";
+pub(crate) const API_VERSION: &str = "7.4";
 
 /// Why a secret could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +25,10 @@ pub enum VaultError {
     #[error(
         "the vault URL {url} is not https; kvvm sends tokens only over https (use https://<vault>.vault.azure.net)"
     )]
-    NotHttps { url: String },
+    NotHttps {
+        /// The vault URL as configured.
+        url: String,
+    },
     /// The challenge names a resource whose domain the vault host is not in.
     #[error(
         "the vault at '{vault_host}' asked for a token for '{resource}', but '{vault_host}' does not end with \
@@ -33,8 +36,11 @@ pub enum VaultError {
          look like <name>.vault.azure.net)"
     )]
     ResourceMismatch {
+        /// The vault's host name.
         vault_host: String,
+        /// The resource the challenge names.
         resource: String,
+        /// That resource's host, whose domain the vault host must be in.
         resource_host: String,
     },
     /// A 401 whose challenge kvvm cannot read.
@@ -42,7 +48,12 @@ pub enum VaultError {
         "the vault at '{vault_host}' answered 401 with a challenge kvvm cannot use ({header}); is this really an \
          Azure Key Vault URL?"
     )]
-    BadChallenge { vault_host: String, header: String },
+    BadChallenge {
+        /// The vault's host name.
+        vault_host: String,
+        /// The `WWW-Authenticate` header it sent, or that it sent none.
+        header: String,
+    },
     /// 403: the identity may not read the secret.
     #[error(
         "access to secret '{secret}' in vault '{vault}' was denied to {identity} (HTTP 403 {code}); grant it the \
@@ -50,9 +61,13 @@ pub enum VaultError {
          access policy"
     )]
     Forbidden {
+        /// The vault's name (the first label of its host).
         vault: String,
+        /// The secret's (certificate's) name.
         secret: String,
+        /// The identity the token is for.
         identity: String,
+        /// Key Vault's error code from the body (`innererror.code` preferred), if any.
         code: String,
     },
     /// 404: no such secret (or version).
@@ -61,9 +76,13 @@ pub enum VaultError {
          the observedCertificates URL, and that the certificate exists in that vault"
     )]
     NotFound {
+        /// The vault's name (the first label of its host).
         vault: String,
+        /// The secret's (certificate's) name.
         secret: String,
+        /// The secret, or the pinned version of it, that was asked for.
         what: String,
+        /// Key Vault's error code from the body (`innererror.code` preferred), if any.
         code: String,
     },
     /// 401 although a freshly fetched token was sent.
@@ -72,8 +91,11 @@ pub enum VaultError {
          same Microsoft Entra tenant as the identity"
     )]
     Unauthorized {
+        /// The vault's name (the first label of its host).
         vault: String,
+        /// The identity the token is for.
         identity: String,
+        /// What went wrong, as the lower layer put it.
         detail: String,
     },
     /// Any other refusal.
@@ -81,10 +103,15 @@ pub enum VaultError {
         "vault '{vault}' refused to return secret '{secret}' (HTTP {status} {code}: {message})"
     )]
     Status {
+        /// The vault's name (the first label of its host).
         vault: String,
+        /// The secret's (certificate's) name.
         secret: String,
+        /// The HTTP status.
         status: u16,
+        /// Key Vault's error code from the body (`innererror.code` preferred), if any.
         code: String,
+        /// Key Vault's error message from the body.
         message: String,
     },
     /// Every attempt got a transient answer (408, 429, 5xx, broken connection).
@@ -92,10 +119,15 @@ pub enum VaultError {
         "vault '{vault}' did not return secret '{secret}' after {attempts} attempt(s) over {seconds} s; last: {last}"
     )]
     GaveUp {
+        /// The vault's name (the first label of its host).
         vault: String,
+        /// The secret's (certificate's) name.
         secret: String,
+        /// Attempts made.
         attempts: u32,
+        /// Seconds spent on them.
         seconds: u64,
+        /// What the last attempt saw (a status or a connection failure).
         last: String,
     },
     /// The check's deadline passed without an answer (every try hung, or the last one did).
@@ -105,10 +137,15 @@ pub enum VaultError {
          vault's private endpoint and its DNS, and HTTPS_PROXY / NO_PROXY if traffic goes through a proxy"
     )]
     Timeout {
+        /// The vault's name (the first label of its host).
         vault: String,
+        /// The secret's (certificate's) name.
         secret: String,
+        /// Attempts made.
         attempts: u32,
+        /// Seconds spent on them.
         seconds: u64,
+        /// What the last attempt saw (a status or a connection failure).
         last: String,
     },
     /// The vault host name does not resolve.
@@ -117,24 +154,42 @@ pub enum VaultError {
          vault behind a private endpoint, the VM's DNS must resolve it to the private address \
          (privatelink.vaultcore.azure.net zone); if the VM reaches the internet through a proxy, set HTTPS_PROXY"
     )]
-    Dns { host: String, detail: String },
+    Dns {
+        /// The vault's host name.
+        host: String,
+        /// What went wrong, as the lower layer put it.
+        detail: String,
+    },
     /// No connection to the vault host.
     #[error(
         "cannot connect to the vault host '{host}' ({detail}); check network security groups and firewalls, the \
          vault's network rules and private endpoints, and HTTPS_PROXY / NO_PROXY"
     )]
-    Connect { host: String, detail: String },
+    Connect {
+        /// The vault's host name.
+        host: String,
+        /// What went wrong, as the lower layer put it.
+        detail: String,
+    },
     /// The TLS handshake failed.
     #[error(
         "TLS with the vault host '{host}' failed ({detail}); kvvm trusts the operating system's certificate store \
          (/etc/ssl/certs, or SSL_CERT_FILE / SSL_CERT_DIR): if a proxy inspects TLS, add its CA there"
     )]
-    Tls { host: String, detail: String },
+    Tls {
+        /// The vault's host name.
+        host: String,
+        /// What went wrong, as the lower layer put it.
+        detail: String,
+    },
     /// A 200 answer that is not a secret bundle.
     #[error("vault '{vault}' returned an unusable answer for secret '{secret}': {detail}")]
     BadBundle {
+        /// The vault's name (the first label of its host).
         vault: String,
+        /// The secret's (certificate's) name.
         secret: String,
+        /// What went wrong, as the lower layer put it.
         detail: String,
     },
     /// No token.
@@ -182,22 +237,16 @@ pub enum SecretKind {
 /// A secret as Key Vault returns it. The value is wiped from memory when dropped and never shown by `Debug`.
 pub struct SecretBundle {
     /// `https://<vault>/secrets/<name>/<version>`.
-    pub id: String,
+    pub(crate) id: String,
     /// The 32-hex version.
     pub version: String,
     value: Zeroizing<String>,
     /// `contentType`, if any.
-    pub content_type: Option<String>,
+    pub(crate) content_type: Option<String>,
     /// Whether Key Vault manages it for a certificate.
     pub managed: bool,
-    /// The key id, for certificate-backed secrets.
-    pub kid: Option<String>,
-    /// `attributes.enabled`.
-    pub enabled: bool,
     /// `attributes.exp` (Unix seconds).
     pub expires: Option<i64>,
-    /// `attributes.updated` (Unix seconds).
-    pub updated: Option<i64>,
 }
 
 impl std::fmt::Debug for SecretBundle {
@@ -778,10 +827,7 @@ pub fn parse_bundle(body: &[u8], vault: &str, name: &str) -> Result<SecretBundle
         value: Zeroizing::new(value.to_string()),
         content_type: v["contentType"].as_str().map(str::to_string),
         managed: v["managed"].as_bool().unwrap_or(false),
-        kid: v["kid"].as_str().map(str::to_string),
-        enabled: attributes["enabled"].as_bool().unwrap_or(true),
         expires: attributes["exp"].as_i64(),
-        updated: attributes["updated"].as_i64(),
     })
 }
 
@@ -830,10 +876,7 @@ mod tests {
             value: Zeroizing::new(String::new()),
             content_type: ct.map(str::to_string),
             managed: true,
-            kid: None,
-            enabled: true,
             expires: None,
-            updated: None,
         };
         assert_eq!(
             bundle(Some("application/x-pkcs12")).kind(),

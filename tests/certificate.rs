@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use kvvm::certificate::{CertificateBundle, CertificateError, ContentKind};
+use kvvm::{CertificateBundle, CertificateError, ContentKind};
 use kvvm_sim::pki::{self, Chain, KeyType, PemKey, PemLayout, PfxVariant};
 
 fn chains() -> &'static Vec<(KeyType, Chain)> {

@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvvm::http::{CHECK_DEADLINE, Deadline, RetryPolicy, Stop};
-use kvvm::identity::Identity;
-use kvvm::vault::{SecretBundle, VaultClient, VaultError};
+use kvvm::Identity;
+use kvvm::{CHECK_DEADLINE, Deadline, RetryPolicy, Stop};
+use kvvm::{SecretBundle, VaultClient, VaultError};
 use kvvm_sim::httpserver::Reply;
 use kvvm_sim::netns::run_isolated;
 use kvvm_sim::vault::SecretValue;

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kvvm::identity::UserIdentity;
+use kvvm::UserIdentity;
 use kvvm::settings::{Configured, parse_public_settings, parse_settings_file};
 use serde_json::Value;
 

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use kvvm::fluentd::{FluentdConfig, FluentdLogger, QUEUE_CAPACITY};
+use kvvm::{FluentdConfig, FluentdLogger, QUEUE_CAPACITY};
 use log::{Level, Log, Record};
 
 fn python() -> std::path::PathBuf {

@@ -56,11 +56,9 @@ fn a_token_expiry_out_of_the_clocks_range_is_refused() {
         r#"{"access_token":"x","expires_on":"18446744073709551615"}"#,
         r#"{"access_token":"x","expires_in":18446744073709551615}"#,
     ] {
-        let err = kvvm::identity::parse_token(
-            body.as_bytes(),
-            "http://169.254.169.254/metadata/identity",
-        )
-        .unwrap_err();
+        let err =
+            kvvm::parse::parse_token(body.as_bytes(), "http://169.254.169.254/metadata/identity")
+                .unwrap_err();
         assert!(
             err.to_string().contains("its expiry time is out of range"),
             "{err}"

@@ -374,8 +374,7 @@ fn odd_link_names_are_escaped_and_unchecked_certificates_have_no_times() {
         ]}
     }))
     .unwrap();
-    let states: Vec<kvvm::state::CertificateState> =
-        kvvm::worker::certificate_states(&settings, None);
+    let states: Vec<kvvm::CertificateState> = kvvm::certificate_states(&settings, None);
     let counters = kvvm::metrics::Counters::default();
     let text = kvvm::metrics::render(&kvvm::metrics::Snapshot {
         observed: &settings.observed_certificates,

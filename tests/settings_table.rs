@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kvvm::identity::UserIdentity;
+use kvvm::UserIdentity;
 use kvvm::settings::Formats;
 use kvvm::settings::{
     AclEntry, Configured, DEFAULT_STORE, Settings, SettingsError, parse_public_settings,
@@ -1140,7 +1140,7 @@ fn same_link_name_in_different_folders_is_fine() {
 
 #[test]
 fn post_install_commands_and_expiry_warning() {
-    use kvvm::hook::Hook;
+    use kvvm::Hook;
     let settings = parse(json!({
         "secretsManagementSettings": {
             "postInstallCommand": "systemctl reload nginx",

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kvvm::store::{
+use kvvm::{
     FolderFile, Install, LEGACY_LOCK_FILE, PrincipalKind, Store, StoreError, TEMP_PREFIX,
     lock_file_name, resolve_principals,
 };
@@ -21,7 +21,7 @@ struct AclEntry {
 }
 
 /// Resolves the entries the way `sync` does before an install: each entry's user, then its group.
-fn resolve(acls: &[AclEntry]) -> Result<Vec<kvvm::store::Principal>, StoreError> {
+fn resolve(acls: &[AclEntry]) -> Result<Vec<kvvm::Principal>, StoreError> {
     resolve_principals(acls.iter().flat_map(|e| {
         let user = e.user.as_deref().map(|u| (PrincipalKind::User, u));
         let group = e.group.as_deref().map(|g| (PrincipalKind::Group, g));
@@ -42,7 +42,7 @@ fn content(version: &str) -> Vec<u8> {
     c
 }
 
-fn install(store: &Store, version: &str, link: &str) -> Result<kvvm::store::Installed, StoreError> {
+fn install(store: &Store, version: &str, link: &str) -> Result<kvvm::Installed, StoreError> {
     install_with(store, version, link, &content(version), &[], 2)
 }
 
@@ -53,7 +53,7 @@ fn install_with(
     pem: &[u8],
     acls: &[AclEntry],
     retained: u32,
-) -> Result<kvvm::store::Installed, StoreError> {
+) -> Result<kvvm::Installed, StoreError> {
     store.install(&Install {
         file_prefix: "myvault.web",
         link_name: link,
@@ -922,7 +922,7 @@ fn install_folder(
     version: &str,
     acls: &[AclEntry],
     retained: u32,
-) -> Result<kvvm::store::Installed, StoreError> {
+) -> Result<kvvm::Installed, StoreError> {
     let files = split_contents(version);
     let folder: Vec<FolderFile<'_>> = files
         .iter()

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvvm::http::{CONNECTIONS_PER_HOST, RetryPolicy, Stop};
-use kvvm::identity::Identity;
+use kvvm::Identity;
+use kvvm::VaultClient;
 use kvvm::settings::parse_public_settings;
-use kvvm::sync::{self, KnownOwned, SyncOptions};
-use kvvm::vault::VaultClient;
+use kvvm::{CONNECTIONS_PER_HOST, RetryPolicy, Stop};
+use kvvm::{KnownOwned, SyncOptions, check_all};
 use kvvm_sim::netns::run_isolated;
 use kvvm_sim::pki::{Chain, KeyType, PemLayout};
 use kvvm_sim::vault::SecretValue;
@@ -56,7 +56,7 @@ fn a_cycle_is_parallel_with_one_token_and_bounded_connections_per_vault() {
             };
             let certs = &settings.observed_certificates;
 
-            let results = sync::check_all(
+            let results = check_all(
                 client.clone(),
                 certs,
                 &[],
@@ -127,7 +127,7 @@ fn a_cycle_is_parallel_with_one_token_and_bounded_connections_per_vault() {
                     has_not_after: true,
                 })
                 .collect();
-            let again = sync::check_all(client.clone(), certs, &known, options, &Stop::default());
+            let again = check_all(client.clone(), certs, &known, options, &Stop::default());
             assert!(again.iter().all(|r| {
                 r.as_ref()
                     .is_ok_and(|c| !c.changed && c.not_after.is_none())

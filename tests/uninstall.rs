@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kvvm::store::{Install, LEGACY_LOCK_FILE, Store, lock_file_name, lock_folder};
+use kvvm::{Install, LEGACY_LOCK_FILE, Store, lock_file_name, lock_folder};
 use kvvm_sim::netns::run_isolated;
 use kvvm_sim::pki::KeyType;
 use kvvm_sim::vm::Vm;

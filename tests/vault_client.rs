@@ -9,9 +9,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kvvm::http::{CHECK_DEADLINE, Deadline, RetryPolicy, Stop};
-use kvvm::identity::{Identity, IdentityError, read_arc_key};
-use kvvm::vault::{SecretKind, VaultClient, VaultError};
+use kvvm::{CHECK_DEADLINE, Deadline, RetryPolicy, Stop};
+use kvvm::{Identity, IdentityError, read_arc_key};
+use kvvm::{SecretKind, VaultClient, VaultError};
 use kvvm_sim::httpserver::Reply;
 use kvvm_sim::netns::run_isolated;
 use kvvm_sim::tls::TestCa;
@@ -41,7 +41,7 @@ fn vault_url(host: &str) -> Url {
     Url::parse(&format!("https://{host}/")).unwrap()
 }
 
-fn get(c: &VaultClient, host: &str, name: &str) -> Result<kvvm::vault::SecretBundle, VaultError> {
+fn get(c: &VaultClient, host: &str, name: &str) -> Result<kvvm::SecretBundle, VaultError> {
     c.get_secret(
         &vault_url(host),
         name,
