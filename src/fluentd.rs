@@ -26,13 +26,16 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Attempts per record before it is dropped (so one poisonous record cannot wedge the queue).
 const SEND_ATTEMPTS: u32 = 5;
 /// Log target of this module's own records, which are never forwarded (the collector is what is failing).
-pub const LOG_TARGET: &str = "kvvm::fluentd";
+pub(crate) const LOG_TARGET: &str = "kvvm::fluentd";
 
 /// Where to send, and the tag (`servicename`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FluentdConfig {
+    /// The collector's host name or address.
     pub host: String,
+    /// The collector's TCP port.
     pub port: u16,
+    /// The tag of every record (the `servicename` setting).
     pub tag: String,
 }
 
@@ -76,6 +79,7 @@ impl FluentdLogger {
         }
     }
 
+    /// The logger's counters (records sent, acknowledged, dropped), shared with its sender thread.
     pub fn stats(&self) -> Arc<FluentdStats> {
         Arc::clone(&self.stats)
     }

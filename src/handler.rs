@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// The extension's full name, as waagent spells it in paths and status files.
-pub const EXTENSION_NAME: &str = "Microsoft.Azure.KeyVault.KeyVaultForLinux";
+pub(crate) const EXTENSION_NAME: &str = "Microsoft.Azure.KeyVault.KeyVaultForLinux";
 
 /// How often, and how long apart, a half-written `HandlerEnvironment.json` is read again.
 const ENV_READ_ATTEMPTS: u32 = 10;
@@ -165,7 +165,7 @@ impl HandlerEnvironment {
 
 /// One installed copy of the extension: its directory and the folders waagent gave it.
 #[derive(Debug, Clone)]
-pub struct Extension {
+pub(crate) struct Extension {
     /// The versioned directory waagent unpacked the package to.
     pub dir: PathBuf,
     /// Its `HandlerEnvironment.json`.
@@ -175,7 +175,7 @@ pub struct Extension {
 impl Extension {
     /// Finds the extension directory (`AZURE_GUEST_AGENT_EXTENSION_PATH`, else the package the running binary
     /// belongs to: `<dir>/bin/kvvm`) and loads its environment.
-    pub fn locate() -> Result<Extension, HandlerError> {
+    pub(crate) fn locate() -> Result<Extension, HandlerError> {
         let dir = extension_dir()?;
         let env = HandlerEnvironment::load(&dir)?;
         Ok(Extension { dir, env })
@@ -183,28 +183,28 @@ impl Extension {
 
     /// Folder for the worker's lock, pid and state: beside the versioned extension directories, so that it is
     /// the same for every version (an update must find the old worker) and survives the old one's removal.
-    pub fn data_dir(&self) -> PathBuf {
+    pub(crate) fn data_dir(&self) -> PathBuf {
         let parent = self.dir.parent().unwrap_or(Path::new("/"));
         parent.join(EXTENSION_NAME)
     }
 
     /// The file recording the most recently processed sequence number.
-    pub fn mrseq_path(&self) -> PathBuf {
+    pub(crate) fn mrseq_path(&self) -> PathBuf {
         self.dir.join("mrseq")
     }
 
     /// `config/<seq>.settings`.
-    pub fn settings_path(&self, seq: u64) -> PathBuf {
+    pub(crate) fn settings_path(&self, seq: u64) -> PathBuf {
         self.env.config_folder.join(format!("{seq}.settings"))
     }
 
     /// `status/<seq>.status`.
-    pub fn status_path(&self, seq: u64) -> PathBuf {
+    pub(crate) fn status_path(&self, seq: u64) -> PathBuf {
         self.env.status_folder.join(format!("{seq}.status"))
     }
 
     /// The current sequence number: `ConfigSequenceNumber` if waagent set it, else the newest settings file.
-    pub fn current_sequence(&self) -> Result<u64, HandlerError> {
+    pub(crate) fn current_sequence(&self) -> Result<u64, HandlerError> {
         match std::env::var("ConfigSequenceNumber") {
             Ok(value) if !value.trim().is_empty() => {
                 value
@@ -224,7 +224,7 @@ impl Extension {
     }
 
     /// The most recently processed sequence number (`mrseq`), if any.
-    pub fn mrseq(&self) -> Option<u64> {
+    pub(crate) fn mrseq(&self) -> Option<u64> {
         fs::read_to_string(self.mrseq_path())
             .ok()?
             .trim()
@@ -233,12 +233,12 @@ impl Extension {
     }
 
     /// Records `seq` as the most recently processed sequence number.
-    pub fn write_mrseq(&self, seq: u64) -> Result<(), HandlerError> {
+    pub(crate) fn write_mrseq(&self, seq: u64) -> Result<(), HandlerError> {
         write_atomically(&self.mrseq_path(), seq.to_string().as_bytes(), 0o644)
     }
 
     /// Reads `config/<seq>.settings` as text (an absent file reads as empty: "nothing configured").
-    pub fn read_settings_text(&self, seq: u64) -> Result<String, HandlerError> {
+    pub(crate) fn read_settings_text(&self, seq: u64) -> Result<String, HandlerError> {
         let path = self.settings_path(seq);
         match fs::read_to_string(&path) {
             Ok(text) => Ok(text),
@@ -271,7 +271,7 @@ fn extension_dir() -> Result<PathBuf, HandlerError> {
 }
 
 /// The newest `<n>.settings` in a folder: most recently modified, highest number on a tie (waagent's rule).
-pub fn newest_settings(config_folder: &Path) -> Result<Option<u64>, HandlerError> {
+pub(crate) fn newest_settings(config_folder: &Path) -> Result<Option<u64>, HandlerError> {
     let entries = match fs::read_dir(config_folder) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -305,7 +305,11 @@ pub fn newest_settings(config_folder: &Path) -> Result<Option<u64>, HandlerError
 
 /// Writes a waagent file (status, heartbeat, `mrseq`, state) the crash-safe way ([`crate::files::write_atomically`]:
 /// a temp file beside it with its final mode, fsync, rename, fsync the folder).
-pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), HandlerError> {
+pub(crate) fn write_atomically(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+) -> Result<(), HandlerError> {
     crate::files::write_atomically(path, contents, mode).map_err(|source| HandlerError::Write {
         path: path.to_path_buf(),
         source,

@@ -17,9 +17,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 /// How much of the command's output is kept (its last bytes).
-pub const OUTPUT_TAIL: usize = 1024;
-/// The timeout when none is configured.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const OUTPUT_TAIL: usize = 1024;
 
 /// A configured command.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -28,12 +26,13 @@ pub struct Hook {
     pub argv: Vec<String>,
     /// Run `argv[0]` through `/bin/sh -c`.
     pub shell: bool,
+    /// How long the command may run before it is killed (`postInstallCommand.timeoutInS`).
     pub timeout: Duration,
 }
 
 /// One installed certificate, as the command sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Installed {
+pub(crate) struct Installed {
     pub url: String,
     pub link: PathBuf,
     pub file: PathBuf,
@@ -44,7 +43,7 @@ pub struct Installed {
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HookRun {
+pub(crate) struct HookRun {
     pub exit_code: Option<i32>,
     pub timed_out: bool,
     pub duration: Duration,
@@ -53,12 +52,12 @@ pub struct HookRun {
 }
 
 impl HookRun {
-    pub fn success(&self) -> bool {
+    pub(crate) fn success(&self) -> bool {
         !self.timed_out && self.exit_code == Some(0)
     }
 
     /// One line for the substatus and the log.
-    pub fn summary(&self, hook: &Hook) -> String {
+    pub(crate) fn summary(&self, hook: &Hook) -> String {
         let outcome = match (self.timed_out, self.exit_code) {
             (true, _) => format!(
                 "timed out after {} s and was killed",
@@ -82,7 +81,7 @@ impl HookRun {
 
 /// Why a command could not be started.
 #[derive(Debug, thiserror::Error)]
-pub enum HookError {
+pub(crate) enum HookError {
     #[error("post-install command {argv:?} is empty: give a program and its arguments")]
     Empty { argv: Vec<String> },
     #[error(
@@ -94,18 +93,9 @@ pub enum HookError {
     },
 }
 
-impl HookError {
-    pub fn reason(&self) -> &'static str {
-        match self {
-            HookError::Empty { .. } => "hook-empty",
-            HookError::Spawn { .. } => "hook-spawn-failed",
-        }
-    }
-}
-
 /// Runs `hook` for the certificates that changed (the first one's paths in `KVVM_CERTIFICATE_*`, all of them in
 /// `KVVM_CHANGED_LINKS`, newline-separated).
-pub fn run(hook: &Hook, changed: &[Installed]) -> Result<HookRun, HookError> {
+pub(crate) fn run(hook: &Hook, changed: &[Installed]) -> Result<HookRun, HookError> {
     let (program, args): (&str, Vec<&str>) = if hook.shell {
         let line = hook.argv.first().ok_or(HookError::Empty {
             argv: hook.argv.clone(),
@@ -208,7 +198,7 @@ pub fn run(hook: &Hook, changed: &[Installed]) -> Result<HookRun, HookError> {
 }
 
 /// Groups the certificates that changed in a cycle by their command, so each distinct command runs once.
-pub fn plan<'a>(
+pub(crate) fn plan<'a>(
     changes: impl IntoIterator<Item = (&'a Hook, Installed)>,
 ) -> Vec<(Hook, Vec<Installed>)> {
     let mut plan: Vec<(Hook, Vec<Installed>)> = Vec::new();
@@ -254,7 +244,7 @@ mod tests {
         ];
         let argv: Vec<&str> = std::iter::once("printenv").chain(vars).collect();
         let run = run(
-            &hook(&argv, false, DEFAULT_TIMEOUT),
+            &hook(&argv, false, crate::settings::DEFAULT_HOOK_TIMEOUT),
             &[installed("a"), installed("b")],
         )
         .unwrap();
@@ -271,9 +261,12 @@ mod tests {
             let mut first = installed("a");
             first.dir = dir.map(PathBuf::from);
             let line = "echo \"${KVVM_CERTIFICATE_DIR-unset}\"";
-            run(&hook(&[line], true, DEFAULT_TIMEOUT), &[first])
-                .unwrap()
-                .output_tail
+            run(
+                &hook(&[line], true, crate::settings::DEFAULT_HOOK_TIMEOUT),
+                &[first],
+            )
+            .unwrap()
+            .output_tail
         };
         assert_eq!(check(Some("/store/v.a.d")), "/store/v.a.d\n");
         assert_eq!(check(None), "unset\n");
@@ -282,13 +275,21 @@ mod tests {
     #[test]
     fn shell_metacharacters_are_literal_unless_shell_is_asked() {
         let literal = run(
-            &hook(&["/bin/echo", "$HOME;", "x"], false, DEFAULT_TIMEOUT),
+            &hook(
+                &["/bin/echo", "$HOME;", "x"],
+                false,
+                crate::settings::DEFAULT_HOOK_TIMEOUT,
+            ),
             &[],
         )
         .unwrap();
         assert_eq!(literal.output_tail, "$HOME; x\n");
         let shelled = run(
-            &hook(&["echo one; echo two >&2; exit 3"], true, DEFAULT_TIMEOUT),
+            &hook(
+                &["echo one; echo two >&2; exit 3"],
+                true,
+                crate::settings::DEFAULT_HOOK_TIMEOUT,
+            ),
             &[],
         )
         .unwrap();
@@ -296,7 +297,7 @@ mod tests {
         assert!(shelled.output_tail.contains("one") && shelled.output_tail.contains("two"));
         assert!(
             shelled
-                .summary(&hook(&["x"], true, DEFAULT_TIMEOUT))
+                .summary(&hook(&["x"], true, crate::settings::DEFAULT_HOOK_TIMEOUT))
                 .contains("exited with 3")
         );
     }
@@ -317,15 +318,31 @@ mod tests {
 
     #[test]
     fn only_the_tail_of_long_output_is_kept() {
-        let run = run(&hook(&["seq 1 100000"], true, DEFAULT_TIMEOUT), &[]).unwrap();
+        let run = run(
+            &hook(
+                &["seq 1 100000"],
+                true,
+                crate::settings::DEFAULT_HOOK_TIMEOUT,
+            ),
+            &[],
+        )
+        .unwrap();
         assert!(run.output_tail.len() <= OUTPUT_TAIL);
         assert!(run.output_tail.ends_with("99999\n100000\n"));
     }
 
     #[test]
     fn a_missing_program_is_a_clear_error() {
-        let err = run(&hook(&["/nonexistent/reload"], false, DEFAULT_TIMEOUT), &[]).unwrap_err();
-        assert_eq!(err.reason(), "hook-spawn-failed");
+        let err = run(
+            &hook(
+                &["/nonexistent/reload"],
+                false,
+                crate::settings::DEFAULT_HOOK_TIMEOUT,
+            ),
+            &[],
+        )
+        .unwrap_err();
+        assert!(matches!(err, HookError::Spawn { .. }), "{err:?}");
         assert!(
             err.to_string()
                 .starts_with("post-install command \"/nonexistent/reload\" could not be started")
@@ -334,8 +351,16 @@ mod tests {
 
     #[test]
     fn each_distinct_command_runs_once_per_cycle() {
-        let reload = hook(&["systemctl", "reload", "nginx"], false, DEFAULT_TIMEOUT);
-        let other = hook(&["/usr/local/bin/notify"], false, DEFAULT_TIMEOUT);
+        let reload = hook(
+            &["systemctl", "reload", "nginx"],
+            false,
+            crate::settings::DEFAULT_HOOK_TIMEOUT,
+        );
+        let other = hook(
+            &["/usr/local/bin/notify"],
+            false,
+            crate::settings::DEFAULT_HOOK_TIMEOUT,
+        );
         let p = plan([
             (&reload, installed("a")),
             (&other, installed("b")),

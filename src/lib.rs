@@ -17,25 +17,15 @@
 #![warn(unreachable_pub)]
 
 mod certificate;
-// TODO(face): document every public item after H2 merges
-#[allow(missing_docs)]
 pub mod commands;
 mod files;
-// TODO(face): pub(crate) after H3 merges
-#[allow(unreachable_pub, missing_docs)]
 mod fluentd;
-// TODO(face): pub(crate) after H2 merges
-#[allow(unreachable_pub, missing_docs)]
 mod handler;
-// TODO(face): pub(crate) after H3 merges; dead: DEFAULT_TIMEOUT, HookError::reason
-#[allow(unreachable_pub, missing_docs, dead_code)]
 mod hook;
 // TODO(face): pub(crate) after H6 merges; public docs link private items
 #[allow(unreachable_pub, missing_docs, rustdoc::private_intra_doc_links)]
 mod http;
 mod identity;
-// TODO(face): pub(crate) after H2 merges
-#[allow(unreachable_pub, missing_docs)]
 mod logging;
 pub mod metrics;
 mod names;
@@ -43,28 +33,13 @@ mod names;
 #[allow(unreachable_pub, missing_docs)]
 mod residency;
 mod schedule;
-// TODO(face): document every public item after H1 merges (H1 makes the rest pub(crate))
-#[allow(missing_docs)]
 pub mod settings;
-// TODO(face): pub(crate) after H2 merges
-#[allow(unreachable_pub, missing_docs)]
 mod state;
-// TODO(face): pub(crate) after H3 merges
-#[allow(unreachable_pub, missing_docs)]
 mod status;
 mod store;
-// TODO(face): pub(crate) after H3 merges; public docs link private items
-#[allow(unreachable_pub, missing_docs, rustdoc::private_intra_doc_links)]
 mod supervisor;
 mod sync;
 mod vault;
-// TODO(face): pub(crate) after H2 and H3 merge; dead: Signals::sleep; public docs link private items
-#[allow(
-    unreachable_pub,
-    missing_docs,
-    dead_code,
-    rustdoc::private_intra_doc_links
-)]
 mod worker;
 
 // The binary: it dispatches to `commands`; these are what it names besides, and the types of the public

@@ -17,13 +17,13 @@ use crate::handler::Extension;
 use crate::settings::LoggingSettings;
 
 /// Size at which a log file is rotated.
-pub const ROTATE_BYTES: usize = 1024 * 1024;
+pub(crate) const ROTATE_BYTES: usize = 1024 * 1024;
 /// How many rotated files are kept beside the live one.
-pub const ROTATED_FILES: usize = 5;
+pub(crate) const ROTATED_FILES: usize = 5;
 
 /// The kvvm processes that log, each to its own file in `logFolder`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Process {
+pub(crate) enum Process {
     /// A waagent verb: `handler.log`.
     Handler,
     /// The supervisor (`kvvm worker`): `supervisor.log`.
@@ -64,7 +64,7 @@ struct LogTarget {
 /// Starts `process`'s log in the extension's `logFolder`; the poller's also goes to the Fluentd collector of
 /// `forward` (its `loggingSettings`, which apply from its start: a change restarts the worker). Every kvvm
 /// process that logs begins here, right after [`Extension::locate`].
-pub fn start(ext: &Extension, process: Process, forward: Option<&LoggingSettings>) {
+pub(crate) fn start(ext: &Extension, process: Process, forward: Option<&LoggingSettings>) {
     let level = LevelFilter::Info;
     let fluentd = forward.filter(|_| process == Process::Poller).map(|l| {
         let config = FluentdConfig {

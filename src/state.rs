@@ -14,7 +14,7 @@ use crate::handler::{HandlerError, write_atomically};
 use crate::status::utc_timestamp;
 
 /// File name of the saved state, in the worker's state folder.
-pub const STATE_FILE: &str = "state.json";
+pub(crate) const STATE_FILE: &str = "state.json";
 
 /// Why the saved state could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +116,7 @@ pub struct CertificateState {
 }
 
 /// Now, to the second (the precision the status file and `state.json` show).
-pub fn now() -> OffsetDateTime {
+pub(crate) fn now() -> OffsetDateTime {
     let t = OffsetDateTime::now_utc();
     t.replace_nanosecond(0).unwrap_or(t)
 }
@@ -255,7 +255,7 @@ impl WorkerState {
 
 /// Version of the `kvvm status --json` document. It changes only when a field changes meaning or goes away;
 /// fields may be added within a version.
-pub const STATUS_SCHEMA_VERSION: u32 = 1;
+pub(crate) const STATUS_SCHEMA_VERSION: u32 = 1;
 
 /// The worker (supervisor) as `kvvm status` finds it, from its lock and pid file in the state folder.
 #[derive(Debug, Clone, PartialEq, Eq)]

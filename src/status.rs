@@ -24,20 +24,20 @@ use crate::schedule::{INITIAL_SYNC_ATTEMPTS, InitialSync};
 use crate::state::{CertStatus, CertificateState};
 
 /// The extension's full name, as waagent spells it in status files.
-pub const EXTENSION_NAME: &str = crate::handler::EXTENSION_NAME;
+pub(crate) const EXTENSION_NAME: &str = crate::handler::EXTENSION_NAME;
 
 /// waagent truncates status files above this size (`_MAX_STATUS_FILE_SIZE_IN_BYTES`).
-pub const MAX_STATUS_BYTES: usize = 128 * 1024;
+pub(crate) const MAX_STATUS_BYTES: usize = 128 * 1024;
 /// What kvvm allows itself, whatever the number of certificates: a quarter under waagent's limit, so a status
 /// never reaches the agent's truncation.
-pub const STATUS_BUDGET: usize = 96 * 1024;
+pub(crate) const STATUS_BUDGET: usize = 96 * 1024;
 /// The overall message lists failing certificates up to about this many bytes.
 const MESSAGE_BUDGET: usize = 4 * 1024;
 
 /// The status values waagent accepts, exactly as it spells them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub(crate) enum Status {
     /// Work is under way (e.g. the initial sync).
     Transitioning,
     /// Done and healthy.
@@ -50,7 +50,7 @@ pub enum Status {
 
 /// The operation a status file reports on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
+pub(crate) enum Operation {
     /// `install`.
     Install,
     /// `enable` (and the worker it starts).
@@ -77,7 +77,7 @@ impl Operation {
 
 /// One `substatus` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubStatus {
+pub(crate) struct SubStatus {
     /// A certificate's URL, or the name of a summary entry.
     pub name: String,
     /// Its status.
@@ -90,7 +90,7 @@ pub struct SubStatus {
 
 /// A whole `status/<seq>.status` report.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatusReport {
+pub(crate) struct StatusReport {
     /// The operation reported on.
     pub operation: Operation,
     /// The overall status.
@@ -139,7 +139,7 @@ struct StatusJson<'a> {
 
 /// waagent's timestamp format: `2026-11-22T10:00:00Z`, RFC 3339 in UTC to the whole second (waagent wants no
 /// fraction, so the nanoseconds are cut before formatting).
-pub fn utc_timestamp(at: OffsetDateTime) -> String {
+pub(crate) fn utc_timestamp(at: OffsetDateTime) -> String {
     at.to_offset(time::UtcOffset::UTC)
         .truncate_to_second()
         .format(&time::format_description::well_known::Rfc3339)
@@ -152,7 +152,11 @@ fn code_of(status: Status) -> i32 {
 
 impl SubStatus {
     /// An entry whose code follows from its status.
-    pub fn new(name: impl Into<String>, status: Status, message: impl Into<String>) -> SubStatus {
+    pub(crate) fn new(
+        name: impl Into<String>,
+        status: Status,
+        message: impl Into<String>,
+    ) -> SubStatus {
         SubStatus {
             name: name.into(),
             status,
@@ -164,7 +168,11 @@ impl SubStatus {
 
 impl StatusReport {
     /// A report without substatus entries; the code follows from the status.
-    pub fn new(operation: Operation, status: Status, message: impl Into<String>) -> StatusReport {
+    pub(crate) fn new(
+        operation: Operation,
+        status: Status,
+        message: impl Into<String>,
+    ) -> StatusReport {
         StatusReport {
             operation,
             status,
@@ -176,7 +184,7 @@ impl StatusReport {
 
     /// The JSON waagent reads. Reports built by [`worker_report`] fit [`STATUS_BUDGET`]; a report whose own
     /// messages are too long for waagent's limit (a verb's message never is) is cut at a character boundary.
-    pub fn to_json(&self) -> Vec<u8> {
+    pub(crate) fn to_json(&self) -> Vec<u8> {
         let bytes = self.render(usize::MAX);
         if bytes.len() <= MAX_STATUS_BYTES {
             return bytes;
@@ -229,7 +237,7 @@ fn clip(s: &str, limit: usize) -> &str {
 }
 
 /// Writes `status/<seq>.status` for `ext`, atomically.
-pub fn write(ext: &Extension, seq: u64, report: &StatusReport) -> Result<(), HandlerError> {
+pub(crate) fn write(ext: &Extension, seq: u64, report: &StatusReport) -> Result<(), HandlerError> {
     std::fs::create_dir_all(&ext.env.status_folder).map_err(|source| HandlerError::Write {
         path: ext.env.status_folder.clone(),
         source,
@@ -239,7 +247,7 @@ pub fn write(ext: &Extension, seq: u64, report: &StatusReport) -> Result<(), Han
 
 /// What the heartbeat file says. waagent reports its status and message as the handler's.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Heartbeat {
+pub(crate) enum Heartbeat {
     /// A poller runs with these settings.
     Running {
         /// The settings' sequence number.
@@ -259,7 +267,7 @@ pub enum Heartbeat {
 
 impl Heartbeat {
     /// The file's JSON.
-    pub fn to_json(&self) -> Vec<u8> {
+    pub(crate) fn to_json(&self) -> Vec<u8> {
         let (status, message) = match self {
             Heartbeat::Running { seq } => {
                 ("Ready", format!("kvvm worker running with settings {seq}"))
@@ -282,13 +290,13 @@ impl Heartbeat {
 }
 
 /// Writes the heartbeat file for `ext`, atomically.
-pub fn write_heartbeat(ext: &Extension, heartbeat: &Heartbeat) -> Result<(), HandlerError> {
+pub(crate) fn write_heartbeat(ext: &Extension, heartbeat: &Heartbeat) -> Result<(), HandlerError> {
     write_atomically(&ext.env.heartbeat_file, &heartbeat.to_json(), 0o644)
 }
 
 /// What the poller knows when it writes its status.
 #[derive(Debug, Clone, Copy)]
-pub struct WorkerView<'a> {
+pub(crate) struct WorkerView<'a> {
     /// The settings' sequence number.
     pub seq: u64,
     /// The poller's pid.
@@ -306,7 +314,7 @@ pub struct WorkerView<'a> {
 }
 
 /// The poller's status report, within [`STATUS_BUDGET`] for any number of certificates.
-pub fn worker_report(view: &WorkerView<'_>) -> StatusReport {
+pub(crate) fn worker_report(view: &WorkerView<'_>) -> StatusReport {
     let (status, summary) = overall(view.sync, view.certificates);
     let restarted = match view.restarts {
         Some((n, why)) if n > 0 => format!(" It was restarted {n} time(s); the last exit: {why}."),
@@ -491,7 +499,7 @@ fn reason_tag(c: &CertificateState) -> String {
 }
 
 /// The substatus entry of one certificate, in full.
-pub fn certificate_substatus(c: &CertificateState) -> SubStatus {
+pub(crate) fn certificate_substatus(c: &CertificateState) -> SubStatus {
     let mut parts = vec![format!("{}{}: {}", reason_tag(c), c.url, c.summary())];
     if let Some(version) = &c.version {
         parts.push(format!("version {version}"));
@@ -519,7 +527,7 @@ pub fn certificate_substatus(c: &CertificateState) -> SubStatus {
 }
 
 /// The overall status and its message, from the certificates' states.
-pub fn overall(sync: InitialSync, certs: &[CertificateState]) -> (Status, String) {
+pub(crate) fn overall(sync: InitialSync, certs: &[CertificateState]) -> (Status, String) {
     let installed = certs
         .iter()
         .filter(|c| matches!(c.status, CertStatus::Installed | CertStatus::Warning))

@@ -72,26 +72,26 @@ impl SupervisorError {
 
 /// What `state` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkerState {
+pub(crate) enum WorkerState {
     Running { pid: Option<u32> },
     Stopped,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartOutcome {
+pub(crate) enum StartOutcome {
     AlreadyRunning { pid: Option<u32> },
     Started { pid: u32 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopOutcome {
+pub(crate) enum StopOutcome {
     NotRunning,
     Stopped { pid: u32, forced: bool },
 }
 
 /// Held by the running worker; dropping it (or dying) releases the lock.
 #[derive(Debug)]
-pub struct WorkerLock {
+pub(crate) struct WorkerLock {
     _file: File,
     pid_path: PathBuf,
 }
@@ -104,16 +104,16 @@ impl Drop for WorkerLock {
 
 /// Starts, finds and stops the worker through the lock and pid files in one state folder.
 #[derive(Debug, Clone)]
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     dir: PathBuf,
 }
 
 impl Supervisor {
-    pub fn new(dir: impl Into<PathBuf>) -> Supervisor {
+    pub(crate) fn new(dir: impl Into<PathBuf>) -> Supervisor {
         Supervisor { dir: dir.into() }
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
@@ -137,7 +137,7 @@ impl Supervisor {
     }
 
     /// Whether a worker holds the lock now (and its pid, if it wrote one).
-    pub fn state(&self) -> Result<WorkerState, SupervisorError> {
+    pub(crate) fn state(&self) -> Result<WorkerState, SupervisorError> {
         let file = self.open_lock()?;
         match file.try_lock() {
             Ok(()) => Ok(WorkerState::Stopped),
@@ -149,7 +149,7 @@ impl Supervisor {
     }
 
     /// For the worker itself: take the lock and record our pid, or `None` if another worker has it.
-    pub fn acquire(&self) -> Result<Option<WorkerLock>, SupervisorError> {
+    pub(crate) fn acquire(&self) -> Result<Option<WorkerLock>, SupervisorError> {
         let file = self.open_lock()?;
         let deadline = Instant::now() + ACQUIRE_PATIENCE;
         loop {
@@ -178,7 +178,7 @@ impl Supervisor {
     /// Starts `exe worker` detached from the caller (own session, stdio not inherited, cwd `/`), unless a
     /// worker already runs. Waits until the new worker holds the lock, so a worker that cannot start is an
     /// error here rather than a silent absence.
-    pub fn start(
+    pub(crate) fn start(
         &self,
         exe: &Path,
         extension_dir: &Path,
@@ -245,7 +245,7 @@ impl Supervisor {
     }
 
     /// Asks a running worker to re-read its settings (SIGHUP). Returns whether one was signalled.
-    pub fn notify_reload(&self) -> Result<bool, SupervisorError> {
+    pub(crate) fn notify_reload(&self) -> Result<bool, SupervisorError> {
         match self.state()? {
             WorkerState::Running { pid: Some(pid) } => Ok(signal(pid, Signal::SIGHUP)),
             _ => Ok(false),
@@ -253,7 +253,7 @@ impl Supervisor {
     }
 
     /// Stops the worker: SIGTERM to its process group, up to `grace` for it to let go of the lock, then SIGKILL.
-    pub fn stop(&self, grace: Duration) -> Result<StopOutcome, SupervisorError> {
+    pub(crate) fn stop(&self, grace: Duration) -> Result<StopOutcome, SupervisorError> {
         let pid = match self.state()? {
             WorkerState::Stopped => {
                 let _ = fs::remove_file(self.dir.join(PID_FILE));
@@ -320,26 +320,26 @@ fn signal_group(pid: u32, sig: Signal) {
 
 /// How long the supervisor waits before restarting a poller that exited abnormally the first time; each
 /// further exit in a row doubles it, up to [`RESTART_MAX`].
-pub const RESTART_FIRST: Duration = Duration::from_secs(1);
+pub(crate) const RESTART_FIRST: Duration = Duration::from_secs(1);
 /// The longest wait between two restarts of a crash-looping poller.
-pub const RESTART_MAX: Duration = Duration::from_secs(300);
+pub(crate) const RESTART_MAX: Duration = Duration::from_secs(300);
 /// A poller that ran this long before it exited was healthy: the next restart waits [`RESTART_FIRST`] again.
-pub const HEALTHY_RUN: Duration = Duration::from_secs(600);
+pub(crate) const HEALTHY_RUN: Duration = Duration::from_secs(600);
 /// A running poller whose heartbeat is older than this is stuck: it is killed and restarted (waagent would
 /// call the handler unresponsive after 600 s).
-pub const STUCK_AFTER: Duration = Duration::from_secs(300);
+pub(crate) const STUCK_AFTER: Duration = Duration::from_secs(300);
 /// How often the supervisor looks at its poller's heartbeat and at whether the extension is still installed.
-pub const WATCH_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const WATCH_EVERY: Duration = Duration::from_secs(10);
 /// How long the supervisor gives its poller to exit after SIGTERM before it kills it.
 const POLLER_GRACE: Duration = Duration::from_secs(8);
 /// The poller's own lock (one poller, even if a supervisor was killed and its orphan is still exiting).
-pub const POLLER_LOCK_FILE: &str = "poller.lock";
+pub(crate) const POLLER_LOCK_FILE: &str = "poller.lock";
 /// How long a new poller waits for an orphaned one to let go of [`POLLER_LOCK_FILE`].
 const POLLER_PATIENCE: Duration = Duration::from_secs(10);
 /// Environment the supervisor passes to the poller it starts: restarts so far, and why the last one exited.
-pub const ENV_RESTARTS: &str = "KVVM_RESTARTS";
+pub(crate) const ENV_RESTARTS: &str = "KVVM_RESTARTS";
 /// See [`ENV_RESTARTS`].
-pub const ENV_LAST_EXIT: &str = "KVVM_LAST_EXIT";
+pub(crate) const ENV_LAST_EXIT: &str = "KVVM_LAST_EXIT";
 /// The words a poller prints on stderr when it fails, which the supervisor quotes in the status.
 pub const FAILURE_MARK: &str = "kvvm poller failed";
 
@@ -392,7 +392,7 @@ impl Wake {
 }
 
 /// How the poller ended, in words for the status and the log.
-pub fn describe_exit(status: std::process::ExitStatus) -> String {
+pub(crate) fn describe_exit(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     if let Some(sig) = status.signal() {
         let name = match Signal::try_from(sig) {
@@ -438,7 +438,7 @@ fn last_words(pid: u32) -> Option<String> {
 
 /// For the poller: take [`POLLER_LOCK_FILE`], waiting for an orphaned poller to finish exiting. `None` if
 /// another poller keeps it.
-pub fn acquire_poller_lock(dir: &Path) -> Result<Option<File>, SupervisorError> {
+pub(crate) fn acquire_poller_lock(dir: &Path) -> Result<Option<File>, SupervisorError> {
     let sup = Supervisor::new(dir);
     let file = crate::files::open_lock(&dir.join(POLLER_LOCK_FILE)).map_err(|e| sup.data_err(e))?;
     let deadline = Instant::now() + POLLER_PATIENCE;
@@ -455,7 +455,7 @@ pub fn acquire_poller_lock(dir: &Path) -> Result<Option<File>, SupervisorError> 
 }
 
 /// What the supervisor reports while it restarts a poller.
-pub trait Report {
+pub(crate) trait Report {
     /// The poller exited abnormally (`why`) and is restarted in `wait` (restart number `restarts`).
     fn restarting(&self, why: &str, restarts: u32, wait: Duration);
 }
@@ -468,7 +468,7 @@ pub trait Report {
 /// extension directory without running `disable` (a plugin dropped from the goal state), both exit within
 /// [`WATCH_EVERY`]; certificates stay. The supervisor itself
 /// does nothing else, so it stays small and has nothing to crash on.
-pub fn supervise(
+pub(crate) fn supervise(
     sup: &Supervisor,
     exe: &Path,
     extension_dir: &Path,

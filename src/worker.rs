@@ -24,7 +24,7 @@ use crate::sync::{Checked, Checks, Done, KnownOwned, SyncError, SyncOptions};
 use crate::vault::VaultClient;
 
 /// How often the heartbeat file is refreshed (waagent calls a handler unresponsive after 600 s).
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
+pub(crate) const HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
 /// How quickly the worker notices a signal.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -39,19 +39,32 @@ pub enum WorkerError {
     Supervisor(#[from] SupervisorError),
     /// A signal handler cannot be installed.
     #[error("cannot install a signal handler: {source}")]
-    Signals { source: std::io::Error },
+    Signals {
+        /// Why the handler could not be installed.
+        source: std::io::Error,
+    },
     /// The settings to run with cannot be read or are invalid, or there is nothing to watch.
     #[error("no usable settings: {detail}")]
-    NoSettings { detail: String },
+    NoSettings {
+        /// What is wrong with them, as the settings layer says it.
+        detail: String,
+    },
     /// Another poller holds the poller lock.
     #[error("another poller holds its lock in {dir}; this one exits")]
-    AnotherPoller { dir: std::path::PathBuf },
+    AnotherPoller {
+        /// The extension's data folder, where the lock is.
+        dir: std::path::PathBuf,
+    },
     /// The state folder or status file cannot be written at start.
     #[error("cannot record the worker's state: {detail}")]
-    StateUnwritable { detail: String },
+    StateUnwritable {
+        /// The write error.
+        detail: String,
+    },
 }
 
 impl WorkerError {
+    /// A short stable code for the status file and the exit report (`no-settings`, `another-poller`, ...).
     pub fn reason(&self) -> &'static str {
         match self {
             WorkerError::Handler(e) => e.reason(),
@@ -66,13 +79,13 @@ impl WorkerError {
 
 /// Flags raised by signal handlers.
 #[derive(Debug, Clone, Default)]
-pub struct Signals {
+pub(crate) struct Signals {
     pub stop: Arc<AtomicBool>,
     pub reload: Arc<AtomicBool>,
 }
 
 impl Signals {
-    pub fn install() -> Result<Signals, WorkerError> {
+    pub(crate) fn install() -> Result<Signals, WorkerError> {
         let signals = Signals::default();
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
             signal_hook::flag::register(sig, Arc::clone(&signals.stop))
@@ -82,23 +95,11 @@ impl Signals {
             .map_err(|source| WorkerError::Signals { source })?;
         Ok(signals)
     }
-
-    /// Sleeps up to `how_long`, returning early when a stop or reload is requested.
-    pub fn sleep(&self, how_long: Duration) {
-        let deadline = Instant::now() + how_long;
-        while !self.stop.load(Ordering::Relaxed) && !self.reload.load(Ordering::Relaxed) {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            thread::sleep(TICK.min(deadline - now));
-        }
-    }
 }
 
 /// The settings the worker runs with, and which sequence number they came from.
 #[derive(Debug)]
-pub struct Current {
+pub(crate) struct Current {
     /// The settings file's sequence number.
     pub seq: u64,
     /// What it says.
@@ -107,7 +108,7 @@ pub struct Current {
 
 /// What the poller and `kvvm sync --once` start from: the extension and the settings the worker runs with.
 #[derive(Debug)]
-pub struct Start {
+pub(crate) struct Start {
     /// The extension.
     pub ext: Extension,
     /// The settings, read and parsed once, at start; or why there are none. The poller reports that only once
@@ -117,7 +118,7 @@ pub struct Start {
 
 /// The start-up the poller and `kvvm sync --once` share: find the extension, read the settings the worker runs
 /// with, and start `process`'s log (the poller's also goes to the Fluentd collector those settings name).
-pub fn start(process: Process) -> Result<Start, HandlerError> {
+pub(crate) fn start(process: Process) -> Result<Start, HandlerError> {
     let ext = Extension::locate()?;
     let current = load(&ext);
     let forward = current
@@ -295,7 +296,7 @@ fn record(
 }
 
 /// The expiry alarm: the installed (and newest) version expires within `days` days, or has expired.
-pub fn expiry_warning(
+pub(crate) fn expiry_warning(
     not_after: Option<OffsetDateTime>,
     now: OffsetDateTime,
     days: u32,
@@ -325,7 +326,7 @@ pub fn expiry_warning(
 
 /// After SIGTERM, how long the poll in progress may take to wind down (retry waits end at once; a request
 /// the vault is slow to answer does not) before its requests are abandoned.
-pub const STOP_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Exits the process [`STOP_GRACE`] after SIGTERM/SIGINT if the main loop has not returned by then, once no
 /// install is in progress: SIGTERM is answered within seconds even while a vault request hangs. The thread
@@ -478,7 +479,7 @@ fn change_of(cert: &ObservedCertificate, result: &Result<Checked, SyncError>) ->
 
 /// `kvvm sync --once`: checks every certificate of `current` once, from what the worker recorded, and returns
 /// their records in settings order. The worker's status and state files are left to the worker.
-pub fn sync_once(ext: &Extension, current: &Current) -> Vec<CertificateState> {
+pub(crate) fn sync_once(ext: &Extension, current: &Current) -> Vec<CertificateState> {
     let mut certs = certificate_states(&current.settings, recorded(ext).as_ref());
     let client = vault_client(&current.settings);
     let locks = crate::store::lock_folder(&ext.data_dir());
@@ -915,7 +916,7 @@ impl<'a> Poller<'a> {
 }
 
 /// Runs the poller until SIGTERM (`kvvm poller`, started by the supervisor), from its [`start`].
-pub fn run(start: Start) -> Result<(), WorkerError> {
+pub(crate) fn run(start: Start) -> Result<(), WorkerError> {
     let Start { ext, current } = start;
     let ext = &ext;
     let data_dir = ext.data_dir();
@@ -956,7 +957,7 @@ pub fn run(start: Start) -> Result<(), WorkerError> {
 
 /// The supervisor's report while it restarts a crashed poller: the status of the current settings says
 /// `error` with the exit reason, and the heartbeat says the worker is restarting (NotReady).
-pub struct RestartReport<'a> {
+pub(crate) struct RestartReport<'a> {
     /// The extension.
     pub ext: &'a Extension,
 }
