@@ -526,6 +526,7 @@ pub fn supervise(
                         String::new()
                     }
                 );
+                crate::residency::map_only_what_is_used();
                 match watch(&wake, &mut child, heartbeat, extension_dir, started) {
                     None => return Ok(()),
                     Some(why) => why,

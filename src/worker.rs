@@ -803,6 +803,10 @@ impl<'a> Poller<'a> {
         let elapsed = self.saved.elapsed();
         if (self.dirty && elapsed >= SAVE_AFTER) || elapsed >= HEARTBEAT_EVERY {
             self.save();
+            if !busy {
+                // Before the wait: unmap the code the cycle and the save ran (see crate::residency).
+                crate::residency::map_only_what_is_used();
+            }
         }
     }
 
