@@ -122,6 +122,10 @@ pub fn run(hook: &Hook, changed: &[Installed]) -> Result<HookRun, HookError> {
         .stderr(Stdio::piped())
         .current_dir("/");
     command.process_group(0);
+    match crate::residency::tunables_for_commands() {
+        Some(theirs) => command.env(crate::residency::TUNABLES_VAR, theirs),
+        None => command.env_remove(crate::residency::TUNABLES_VAR),
+    };
     if let Some(first) = changed.first() {
         command
             .env("KVVM_CERTIFICATE_URL", &first.url)

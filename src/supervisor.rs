@@ -500,6 +500,10 @@ pub fn supervise(
             .env("AZURE_GUEST_AGENT_EXTENSION_PATH", extension_dir)
             .env(ENV_RESTARTS, restarts.to_string())
             .env(ENV_LAST_EXIT, &last_exit)
+            .env(
+                crate::residency::TUNABLES_VAR,
+                crate::residency::poller_tunables(),
+            )
             .current_dir("/")
             .stdin(Stdio::null());
         let parent = std::process::id();
