@@ -12,7 +12,7 @@
 //! The kernel still maps file pages in 64 KiB windows around each fault (fault-around ignores the advice on
 //! Linux 6.x), so a process that runs little of the binary has most of it resident again after a cycle: the
 //! poller calls [`map_only_what_is_used`] again each time it has saved its state with no check running, before
-//! it waits (and the supervisor after it started a poller). The next cycle maps the pages it runs again with
+//! it waits (and the supervisor before each of its waits). The next cycle maps the pages it runs again with
 //! minor faults, from the page cache (`make bench` reports them per cycle).
 //!
 //! [`POLLER_TUNABLES`] is the glibc tuning the supervisor starts the poller with.

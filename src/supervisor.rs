@@ -530,7 +530,6 @@ pub fn supervise(
                         String::new()
                     }
                 );
-                crate::residency::map_only_what_is_used();
                 match watch(&wake, &mut child, heartbeat, extension_dir, started) {
                     None => return Ok(()),
                     Some(why) => why,
@@ -631,6 +630,7 @@ fn watch(
             ));
             signal(pid, libc::SIGKILL);
         }
+        crate::residency::map_only_what_is_used();
         wake.wait(WATCH_EVERY);
     }
 }
