@@ -115,6 +115,10 @@ pub(crate) fn run(hook: &Hook, changed: &[Installed]) -> Result<HookRun, HookErr
         .stderr(Stdio::piped())
         .current_dir("/");
     command.process_group(0);
+    match crate::residency::tunables_for_commands() {
+        Some(theirs) => command.env(crate::residency::TUNABLES_VAR, theirs),
+        None => command.env_remove(crate::residency::TUNABLES_VAR),
+    };
     if let Some(first) = changed.first() {
         command
             .env("KVVM_CERTIFICATE_URL", &first.url)

@@ -2,12 +2,70 @@
 //! a file mapping (its own code, libc's), the kernel's fault-around maps up to 64 KiB around it, so a process that
 //! runs a little of a large binary has most of it resident: the supervisor, which runs only its wait loop, showed
 //! 1.4 MiB of kvvm's code and 1 MiB of libc's. [`map_only_what_is_used`] marks every clean read-only file mapping
-//! `MADV_RANDOM` (no fault-around: each page is mapped when it is executed or read) and drops what start-up
-//! mapped (`MADV_DONTNEED`; the pages stay in the page cache and come back on a minor fault when used again).
+//! `MADV_RANDOM` (no read-ahead) and drops what is mapped (`MADV_DONTNEED`; the pages stay in the page cache and
+//! come back on a minor fault when used again).
 //!
 //! Only private, non-writable, file-backed mappings without a single anonymous (copied-on-write) page are
 //! touched: dropping those loses nothing, since every page equals the file's. Relocated data (RELRO), `.data`,
 //! the heap and stacks are never touched.
+//!
+//! The kernel still maps file pages in 64 KiB windows around each fault (fault-around ignores the advice on
+//! Linux 6.x), so a process that runs little of the binary has most of it resident again after a cycle: the
+//! poller calls [`map_only_what_is_used`] again each time it has saved its state with no check running, before
+//! it waits (and the supervisor before each of its waits). The next cycle maps the pages it runs again with
+//! minor faults, from the page cache (`make bench` reports them per cycle).
+//!
+//! [`POLLER_TUNABLES`] is the glibc tuning the supervisor starts the poller with.
+
+/// The environment variable that tunes glibc at process start (read once, before `main`).
+pub const TUNABLES_VAR: &str = "GLIBC_TUNABLES";
+
+/// What the poller is started with in [`TUNABLES_VAR`]: no cache of thread stacks. glibc keeps the stacks of
+/// finished threads for reuse (up to 40 MiB of them), each with the 24 KiB it never gives back (the thread's
+/// control block and its last frames); the poller runs each certificate check on a thread of its own, so a
+/// cycle left up to twenty stacks cached, 0.3–0.5 MiB resident through the hour it waits. Without the cache a
+/// stack is unmapped when its thread ends, at the cost of one `mmap` for the next thread. glibc before 2.34
+/// ignores the name.
+pub const POLLER_TUNABLES: &str = "glibc.pthread.stack_cache_size=0";
+
+/// The value of [`TUNABLES_VAR`] for the poller: [`POLLER_TUNABLES`], then whatever this process was given (an
+/// administrator's; later settings win in glibc, so theirs do).
+pub fn poller_tunables() -> std::ffi::OsString {
+    tunables_before(std::env::var_os(TUNABLES_VAR).as_deref())
+}
+
+/// For the commands the poller runs (post-install hooks): [`TUNABLES_VAR`] as the supervisor found it, without
+/// [`POLLER_TUNABLES`] (`None`: unset).
+pub fn tunables_for_commands() -> Option<std::ffi::OsString> {
+    tunables_without_ours(std::env::var_os(TUNABLES_VAR).as_deref())
+}
+
+fn tunables_without_ours(value: Option<&std::ffi::OsStr>) -> Option<std::ffi::OsString> {
+    let value = value?;
+    let Some(rest) = value
+        .as_encoded_bytes()
+        .strip_prefix(POLLER_TUNABLES.as_bytes())
+    else {
+        return Some(value.to_os_string());
+    };
+    match rest.strip_prefix(b":") {
+        Some(theirs) if !theirs.is_empty() => {
+            // SAFETY: `theirs` is the part of an OsStr after an ASCII ':' (as_encoded_bytes' rule for splitting).
+            Some(unsafe { std::ffi::OsStr::from_encoded_bytes_unchecked(theirs) }.to_os_string())
+        }
+        _ if rest.is_empty() || rest == b":" => None,
+        _ => Some(value.to_os_string()),
+    }
+}
+
+fn tunables_before(inherited: Option<&std::ffi::OsStr>) -> std::ffi::OsString {
+    let mut value = std::ffi::OsString::from(POLLER_TUNABLES);
+    if let Some(theirs) = inherited.filter(|v| !v.is_empty()) {
+        value.push(":");
+        value.push(theirs);
+    }
+    value
+}
 
 /// See the module documentation. Failures (no `/proc`, a kernel that refuses the advice) only mean the
 /// process keeps the pages it has; they are not errors.
@@ -99,11 +157,119 @@ mod tests {
     }
 
     #[test]
+    fn the_poller_gets_no_stack_cache_and_keeps_an_administrators_tunables() {
+        use std::ffi::OsStr;
+        assert_eq!(tunables_before(None), "glibc.pthread.stack_cache_size=0");
+        assert_eq!(
+            tunables_before(Some(OsStr::new(""))),
+            "glibc.pthread.stack_cache_size=0"
+        );
+        assert_eq!(
+            tunables_before(Some(OsStr::new("glibc.malloc.check=3"))),
+            "glibc.pthread.stack_cache_size=0:glibc.malloc.check=3"
+        );
+    }
+
+    #[test]
+    fn commands_get_the_tunables_the_supervisor_found() {
+        use std::ffi::OsStr;
+        for inherited in [None, Some("glibc.malloc.check=3")] {
+            let ours = tunables_before(inherited.map(OsStr::new));
+            assert_eq!(
+                tunables_without_ours(Some(&ours)).as_deref(),
+                inherited.map(OsStr::new)
+            );
+        }
+        // Set by someone else entirely: left alone.
+        assert_eq!(
+            tunables_without_ours(Some(OsStr::new("glibc.pthread.stack_cache_size=0x10")))
+                .as_deref(),
+            Some(OsStr::new("glibc.pthread.stack_cache_size=0x10"))
+        );
+        assert_eq!(tunables_without_ours(None), None);
+    }
+
+    /// Anonymous read-write mappings of a thread stack's size or more: live and cached stacks.
+    fn stack_sized_mappings() -> usize {
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+        maps.lines()
+            .filter(|l| l.contains(" rw-p 00000000 00:00 0") && l.trim_end().ends_with(" 0"))
+            .filter_map(|l| {
+                let (start, end) = l.split_whitespace().next()?.split_once('-')?;
+                let len =
+                    usize::from_str_radix(end, 16).ok()? - usize::from_str_radix(start, 16).ok()?;
+                (len >= 2 << 20).then_some(())
+            })
+            .count()
+    }
+
+    /// In a child process started by the test below: eight threads that end, then how many more stack-sized
+    /// mappings there are than before.
+    #[test]
+    fn stacks_left_by_finished_threads() {
+        if std::env::var_os("KVVM_TEST_STACKS_CHILD").is_none() {
+            return;
+        }
+        let before = stack_sized_mappings();
+        let threads: Vec<_> = (0..8)
+            .map(|i| std::thread::spawn(move || std::hint::black_box(vec![i; 1000]).len()))
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        println!("stacks left: {}", stack_sized_mappings() - before);
+    }
+
+    #[test]
+    fn without_the_stack_cache_finished_threads_leave_no_stacks() {
+        let left = |tunables: Option<&str>| {
+            let mut child = std::process::Command::new(std::env::current_exe().expect("exe"));
+            child
+                .args([
+                    "--exact",
+                    "residency::tests::stacks_left_by_finished_threads",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env("KVVM_TEST_STACKS_CHILD", "1")
+                .env_remove(TUNABLES_VAR);
+            if let Some(t) = tunables {
+                child.env(TUNABLES_VAR, t);
+            }
+            let out = child.output().expect("run the child");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(out.status.success(), "{text}");
+            text.lines()
+                .find_map(|l| l.split_once("stacks left: ").map(|(_, n)| n))
+                .unwrap_or_else(|| panic!("no count in {text}"))
+                .trim()
+                .parse::<usize>()
+                .expect("a count")
+        };
+        // glibc caches them by default (the reason for POLLER_TUNABLES) ...
+        assert!(left(None) > 0);
+        // ... and unmaps each when its thread ends without the cache.
+        assert_eq!(left(Some(POLLER_TUNABLES)), 0);
+    }
+
+    #[test]
     fn the_process_runs_on_after_its_pages_are_dropped() {
         map_only_what_is_used();
         // Code, read-only data and libc all fault back in.
         let s: String = (0..1000).map(|i| format!("{i}")).collect();
         assert!(s.len() > 1000);
         assert_eq!(std::env::consts::OS, "linux");
+    }
+
+    #[test]
+    fn the_pages_can_be_dropped_again_after_each_burst_of_work() {
+        for round in 0..3 {
+            let sums: Vec<usize> = (0..4)
+                .map(|i| std::thread::spawn(move || (0..10_000).map(|n| n * i).sum::<usize>()))
+                .map(|t| t.join().expect("thread"))
+                .collect();
+            map_only_what_is_used();
+            assert_eq!(sums[1], 49_995_000, "round {round}");
+        }
     }
 }

@@ -496,6 +496,10 @@ pub(crate) fn supervise(
             .env("AZURE_GUEST_AGENT_EXTENSION_PATH", extension_dir)
             .env(ENV_RESTARTS, restarts.to_string())
             .env(ENV_LAST_EXIT, &last_exit)
+            .env(
+                crate::residency::TUNABLES_VAR,
+                crate::residency::poller_tunables(),
+            )
             .current_dir("/")
             .stdin(Stdio::null());
         let parent = std::process::id();
@@ -623,6 +627,7 @@ fn watch(
             ));
             signal(pid, Signal::SIGKILL);
         }
+        crate::residency::map_only_what_is_used();
         wake.wait(WATCH_EVERY);
     }
 }

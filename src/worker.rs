@@ -359,6 +359,10 @@ fn limit_malloc_arenas() {
     // SAFETY: mallopt only changes allocator tuning; called before the worker starts its threads.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+        // A fixed threshold (glibc's default 128 KiB, which otherwise grows to the largest block freed): the
+        // big buffers of a cycle (the trust store read, the state file) are mapped and unmapped, not left
+        // scattered in the heap between small blocks that outlive them.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 
@@ -374,8 +378,10 @@ fn die_on_every_segfault() {
     }
 }
 
-/// Returns the memory a cycle freed to the system before the worker sleeps until the next one.
+/// Before the worker waits: returns the memory a cycle or a save freed to the system, and unmaps the code they
+/// ran (see crate::residency).
 fn give_back_memory() {
+    crate::residency::map_only_what_is_used();
     // SAFETY: malloc_trim has no preconditions.
     unsafe {
         libc::malloc_trim(0);
@@ -849,6 +855,9 @@ impl<'a> Poller<'a> {
         let elapsed = self.saved.elapsed();
         if (self.dirty && elapsed >= SAVE_AFTER) || elapsed >= HEARTBEAT_EVERY {
             self.save();
+            if !busy {
+                give_back_memory();
+            }
         }
     }
 
