@@ -36,7 +36,7 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// IMDS and Azure Arc: retried on 404, 410, 429 and 5xx. IMDS answers 410 for up to 70 s while it is being
     /// updated, so the budget is longer than that: a token fetch runs on its own thread with this budget and
-    /// is not bounded by the deadline of the check that needed it (see [`crate::identity`]).
+    /// is not bounded by the deadline of the check that needed it (see the `identity` module).
     /// Enough attempts that even the shortest jittered waits add up to more than those 70 s.
     pub const IDENTITY: RetryPolicy = RetryPolicy {
         per_try_timeout: Duration::from_secs(10),
@@ -132,7 +132,7 @@ impl Deadline {
 
 /// What one attempt came to, as the service that made it judges the answer.
 #[derive(Debug)]
-pub enum Verdict<T, E, L> {
+pub(crate) enum Verdict<T, E, L> {
     /// The result.
     Done(T),
     /// A final answer that retrying cannot change.
@@ -151,7 +151,7 @@ pub enum Verdict<T, E, L> {
 
 /// Why [`retry`] ended without a result.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Ended<E, L> {
+pub(crate) enum Ended<E, L> {
     /// The service said the answer was final.
     Failed(E),
     /// The policy's attempts or its total budget ran out, each attempt failing transiently.
@@ -178,7 +178,7 @@ pub enum Ended<E, L> {
 
 /// One attempt inside [`retry`].
 #[derive(Clone, Copy, Debug)]
-pub struct Attempt {
+pub(crate) struct Attempt {
     number: u32,
     per_try: Duration,
     started: Instant,
@@ -187,25 +187,25 @@ pub struct Attempt {
 
 impl Attempt {
     /// 1 for the first attempt.
-    pub fn number(&self) -> u32 {
+    pub(crate) fn number(&self) -> u32 {
         self.number
     }
 
     /// The time this attempt's request may take, counted from now: the policy's per-try limit, or what is
     /// left before the deadline if that is less (never zero, so a request always gets a clean timeout error).
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.per_try
             .min(self.deadline.left())
             .max(Duration::from_millis(1))
     }
 
     /// The deadline of the whole operation (for waits inside an attempt, such as for a token).
-    pub fn deadline(&self) -> Deadline {
+    pub(crate) fn deadline(&self) -> Deadline {
         self.deadline
     }
 
     /// Time since the first attempt started.
-    pub fn elapsed(&self) -> Duration {
+    pub(crate) fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
 }
@@ -214,7 +214,7 @@ impl Attempt {
 /// between transient failures as `policy` says (never less than the server's `Retry-After`), and stops when
 /// the policy's attempts or budget run out, when the next wait would pass `deadline`, or when `stop` is raised.
 /// `what` names the operation in the log line written before each retry.
-pub fn retry<T, E, L: std::fmt::Display>(
+pub(crate) fn retry<T, E, L: std::fmt::Display>(
     what: &dyn std::fmt::Display,
     policy: &RetryPolicy,
     deadline: Deadline,
@@ -273,7 +273,7 @@ pub fn retry<T, E, L: std::fmt::Display>(
 
 /// Whether traffic may go through a proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// Never through a proxy (IMDS, Azure Arc): a proxy would see the token, and IMDS refuses proxied requests.
     Direct,
     /// [`Route::Direct`] for a plain `http://` endpoint (IMDS and Azure Arc are): no trust store is loaded.
@@ -284,11 +284,11 @@ pub enum Route {
 }
 
 /// Largest response body kvvm reads. A secret is at most 25 KiB in Key Vault; a token reply a few KiB.
-pub const BODY_LIMIT: u64 = 1024 * 1024;
+pub(crate) const BODY_LIMIT: u64 = 1024 * 1024;
 
 /// Why a request got no HTTP answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailureKind {
+pub(crate) enum FailureKind {
     /// The host name does not resolve.
     Dns,
     /// No connection could be made (refused, unreachable, or the connect timed out).
@@ -305,7 +305,7 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// A short fixed name (`dns`, `connect`, `tls`, `timeout`, `broken`, `too-large`), e.g. a metrics label.
-    pub fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             FailureKind::Dns => "dns",
             FailureKind::Connect => "connect",
@@ -317,7 +317,7 @@ impl FailureKind {
     }
 
     /// Whether trying again may help.
-    pub fn is_transient(self) -> bool {
+    pub(crate) fn is_transient(self) -> bool {
         !matches!(self, FailureKind::Tls | FailureKind::TooLarge)
     }
 }
@@ -325,7 +325,7 @@ impl FailureKind {
 /// A request that got no usable HTTP answer.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{detail}")]
-pub struct Failure {
+pub(crate) struct Failure {
     /// What went wrong.
     pub kind: FailureKind,
     /// The transport's own description (never contains request headers).
@@ -354,7 +354,7 @@ impl HttpError {
 
 /// An HTTP answer, whatever its status.
 #[derive(Clone, Debug)]
-pub struct Reply {
+pub(crate) struct Reply {
     /// The status code.
     pub status: u16,
     /// The `WWW-Authenticate` header.
@@ -383,7 +383,7 @@ fn os_roots() -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 /// An agent for one service. Keep it for the life of the worker: it holds the connection pool.
-pub fn agent(route: Route, policy: &RetryPolicy) -> Result<ureq::Agent, HttpError> {
+pub(crate) fn agent(route: Route, policy: &RetryPolicy) -> Result<ureq::Agent, HttpError> {
     let roots = match route {
         Route::DirectPlain => Vec::new(),
         Route::Direct => os_roots().unwrap_or_default(),
@@ -425,17 +425,17 @@ pub fn agent(route: Route, policy: &RetryPolicy) -> Result<ureq::Agent, HttpErro
     Ok(config.new_agent())
 }
 
-/// Connections a poll cycle opens to one host at most ([`crate::sync`] keeps to it), and so the idle ones kept
+/// Connections a poll cycle opens to one host at most (`sync` keeps to it), and so the idle ones kept
 /// per host: the next round or cycle reuses them instead of handshaking again.
 pub const CONNECTIONS_PER_HOST: usize = 4;
 /// Idle connections kept overall (several vaults).
-pub const MAX_IDLE_CONNECTIONS: usize = 32;
+pub(crate) const MAX_IDLE_CONNECTIONS: usize = 32;
 /// How long an idle connection is kept for the next request.
-pub const MAX_IDLE_AGE: Duration = Duration::from_secs(300);
+pub(crate) const MAX_IDLE_AGE: Duration = Duration::from_secs(300);
 
 /// One GET that may take `timeout` in all (connect, TLS handshake, response headers and body): the answer,
 /// whatever its status, or why there was none.
-pub fn get(
+pub(crate) fn get(
     agent: &ureq::Agent,
     url: &str,
     headers: &[(&str, &str)],
@@ -541,7 +541,7 @@ fn io_kind(io: &std::io::Error) -> FailureKind {
 }
 
 /// Parses `Retry-After`: delta-seconds or an HTTP date (RFC 9110 §10.2.3). A date in the past means "now".
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));

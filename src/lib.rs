@@ -22,15 +22,11 @@ mod files;
 mod fluentd;
 mod handler;
 mod hook;
-// TODO(face): pub(crate) after H6 merges; public docs link private items
-#[allow(unreachable_pub, missing_docs, rustdoc::private_intra_doc_links)]
 mod http;
 mod identity;
 mod logging;
 pub mod metrics;
 mod names;
-// TODO(face): pub(crate) after H6 merges
-#[allow(unreachable_pub, missing_docs)]
 mod residency;
 mod schedule;
 pub mod settings;

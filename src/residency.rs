@@ -18,7 +18,7 @@
 //! [`POLLER_TUNABLES`] is the glibc tuning the supervisor starts the poller with.
 
 /// The environment variable that tunes glibc at process start (read once, before `main`).
-pub const TUNABLES_VAR: &str = "GLIBC_TUNABLES";
+pub(crate) const TUNABLES_VAR: &str = "GLIBC_TUNABLES";
 
 /// What the poller is started with in [`TUNABLES_VAR`]: no cache of thread stacks. glibc keeps the stacks of
 /// finished threads for reuse (up to 40 MiB of them), each with the 24 KiB it never gives back (the thread's
@@ -26,17 +26,17 @@ pub const TUNABLES_VAR: &str = "GLIBC_TUNABLES";
 /// cycle left up to twenty stacks cached, 0.3–0.5 MiB resident through the hour it waits. Without the cache a
 /// stack is unmapped when its thread ends, at the cost of one `mmap` for the next thread. glibc before 2.34
 /// ignores the name.
-pub const POLLER_TUNABLES: &str = "glibc.pthread.stack_cache_size=0";
+pub(crate) const POLLER_TUNABLES: &str = "glibc.pthread.stack_cache_size=0";
 
 /// The value of [`TUNABLES_VAR`] for the poller: [`POLLER_TUNABLES`], then whatever this process was given (an
 /// administrator's; later settings win in glibc, so theirs do).
-pub fn poller_tunables() -> std::ffi::OsString {
+pub(crate) fn poller_tunables() -> std::ffi::OsString {
     tunables_before(std::env::var_os(TUNABLES_VAR).as_deref())
 }
 
 /// For the commands the poller runs (post-install hooks): [`TUNABLES_VAR`] as the supervisor found it, without
 /// [`POLLER_TUNABLES`] (`None`: unset).
-pub fn tunables_for_commands() -> Option<std::ffi::OsString> {
+pub(crate) fn tunables_for_commands() -> Option<std::ffi::OsString> {
     tunables_without_ours(std::env::var_os(TUNABLES_VAR).as_deref())
 }
 
@@ -69,7 +69,7 @@ fn tunables_before(inherited: Option<&std::ffi::OsStr>) -> std::ffi::OsString {
 
 /// See the module documentation. Failures (no `/proc`, a kernel that refuses the advice) only mean the
 /// process keeps the pages it has; they are not errors.
-pub fn map_only_what_is_used() {
+pub(crate) fn map_only_what_is_used() {
     let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
         return;
     };
