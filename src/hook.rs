@@ -82,13 +82,20 @@ impl HookRun {
 /// Why a command could not be started.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HookError {
+    /// The command has no program: an empty list, or an empty shell line.
     #[error("post-install command {argv:?} is empty: give a program and its arguments")]
-    Empty { argv: Vec<String> },
+    Empty {
+        /// The command as configured.
+        argv: Vec<String>,
+    },
+    /// The program could not be started (not found, not executable).
     #[error(
         "post-install command {program:?} could not be started: {source}; check the path and that it is executable"
     )]
     Spawn {
+        /// The program (with `shell`, `/bin/sh`).
         program: String,
+        /// Why `spawn` failed.
         source: std::io::Error,
     },
 }

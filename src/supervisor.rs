@@ -27,36 +27,71 @@ const POLL: Duration = Duration::from_millis(2);
 /// Errors of process management.
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
+    /// The worker's state folder (its lock and pid) cannot be created or used.
     #[error("cannot use the worker's state folder {path}: {source}")]
-    DataDir { path: PathBuf, source: io::Error },
+    DataDir {
+        /// The folder.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
     /// The worker process could not be started.
     #[error("cannot start the worker {exe}: {source}")]
-    Spawn { exe: PathBuf, source: io::Error },
+    Spawn {
+        /// The executable started (this binary).
+        exe: PathBuf,
+        /// Why it could not be started.
+        source: io::Error,
+    },
     /// The file the worker's stdout and stderr go to could not be opened.
     #[error(
         "cannot open the worker's log file {path}: {source}; the worker was not started. Check that the log \
          folder (logFolder in HandlerEnvironment.json) exists and is writable"
     )]
-    LogFile { path: PathBuf, source: io::Error },
+    LogFile {
+        /// The log file.
+        path: PathBuf,
+        /// Why it cannot be opened.
+        source: io::Error,
+    },
+    /// The worker exited before it reported in.
     #[error(
         "the worker exited right after start ({status}); its last words are in {stderr_log}, the rest in the log folder"
     )]
-    DiedAtStart { status: String, stderr_log: PathBuf },
-    #[error("the worker (pid {pid}) did not report in within {waited:?}; see {stderr_log}")]
-    StartTimeout {
-        pid: u32,
-        waited: Duration,
+    DiedAtStart {
+        /// How it exited (code or signal).
+        status: String,
+        /// Where its stderr went.
         stderr_log: PathBuf,
     },
+    /// The worker runs but did not report in within the start patience.
+    #[error("the worker (pid {pid}) did not report in within {waited:?}; see {stderr_log}")]
+    StartTimeout {
+        /// The worker's process id.
+        pid: u32,
+        /// How long `enable` waited.
+        waited: Duration,
+        /// Where its stderr went.
+        stderr_log: PathBuf,
+    },
+    /// The worker survived SIGKILL (a process stuck in the kernel, or one in another pid namespace).
     #[error("the worker (pid {pid}) still holds its lock after SIGKILL")]
-    Unkillable { pid: u32 },
+    Unkillable {
+        /// The worker's process id.
+        pid: u32,
+    },
+    /// Some process holds the worker lock but no pid was recorded (not a kvvm worker, or one killed at start).
     #[error(
         "a process holds the worker lock {lock} but never recorded its pid; find it with `fuser {lock}` and stop it"
     )]
-    NoPid { lock: PathBuf },
+    NoPid {
+        /// The lock file.
+        lock: PathBuf,
+    },
 }
 
 impl SupervisorError {
+    /// A short stable code for the status file and the log (`worker-spawn-failed`, ...).
     pub fn reason(&self) -> &'static str {
         match self {
             SupervisorError::DataDir { .. } => "worker-state-dir",
