@@ -3,57 +3,88 @@
 //! escape the store folder cannot reach a path by mistake (the way rustls's pki-types has `ServerName`).
 
 use std::fmt;
+use std::ops::Deref;
 
 use crate::files::is_plain_file_name;
 
+/// What each checked name type has besides its `parse`: it reads as its text (`Display`, `Deref<Target = str>`)
+/// and compares with plain strings, so code and tests that only read the text need no conversion.
+macro_rules! string_type {
+    ($name:ident) => {
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl Deref for $name {
+            type Target = str;
+
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<String> for $name {
+            fn eq(&self, other: &String) -> bool {
+                &self.0 == other
+            }
+        }
+    };
+}
+
 /// A Key Vault object version: exactly 32 hex digits (the last segment of a secret id), kept as given.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct Version(String);
+pub struct Version(String);
 
 impl Version {
     /// `Some` when `text` is 32 hex digits (either case).
-    pub(crate) fn parse(text: &str) -> Option<Version> {
+    pub fn parse(text: &str) -> Option<Version> {
         (text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit()))
             .then(|| Version(text.to_string()))
     }
 
     /// The version's text.
-    pub(crate) fn as_str(&self) -> &str {
+    pub fn as_str(&self) -> &str {
         &self.0
     }
 }
 
-impl fmt::Display for Version {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+string_type!(Version);
 
 /// The longest file name Linux filesystems take (`NAME_MAX`).
 const NAME_MAX: usize = 255;
 
-/// The file name of a link in a store folder: a plain file name ([`is_plain_file_name`]) of at most 255 bytes.
-/// The store refuses its own reserved names on top of this.
+/// The file name of a link in a store folder: a plain file name (not empty, not `.` or `..`, without `/` or NUL)
+/// of at most 255 bytes. The store refuses its own reserved names on top of this.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct LinkName(String);
+pub struct LinkName(String);
 
 impl LinkName {
     /// `Some` when `text` is a plain file name no longer than a filesystem takes.
-    pub(crate) fn parse(text: &str) -> Option<LinkName> {
+    pub fn parse(text: &str) -> Option<LinkName> {
         (is_plain_file_name(text) && text.len() <= NAME_MAX).then(|| LinkName(text.to_string()))
     }
 
     /// The name's text.
-    pub(crate) fn as_str(&self) -> &str {
+    pub fn as_str(&self) -> &str {
         &self.0
     }
 }
 
-impl fmt::Display for LinkName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+string_type!(LinkName);
 
 #[cfg(test)]
 mod tests {

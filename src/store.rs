@@ -229,10 +229,10 @@ impl StoreError {
 pub struct Install<'a> {
     /// `<vault>.<certificate>`; the file is `<prefix>.<version>`.
     pub file_prefix: &'a str,
-    /// The symlink's file name.
-    pub link_name: &'a str,
-    /// The Key Vault version (32 hex digits).
-    pub version: &'a str,
+    /// The symlink's file name (see [`Store::link_name`] for one given as text).
+    pub link_name: &'a LinkName,
+    /// The Key Vault version (see [`Store::version`] for one given as text).
+    pub version: &'a Version,
     /// The file's content.
     pub pem: &'a [u8],
     /// Users and groups to give read access (empty: none), resolved beforehand by [`resolve_principals`] so
@@ -256,6 +256,9 @@ pub struct FolderFile<'a> {
     /// so two PFX files of the same version differ although either is right: an existing one is kept.
     pub exact: bool,
 }
+
+/// What to do about a link name the store refuses.
+const LINK_NAME_FIX: &str = "set customSymbolicLinkName to a plain file name";
 
 /// The suffix of a version's folder and of its link.
 pub(crate) const FOLDER_SUFFIX: &str = ".d";
@@ -351,7 +354,7 @@ impl Store {
     }
 
     /// The version the link `link_name` points at, if it points at an existing `<prefix>.<version>` file.
-    pub fn current_version(&self, link_name: &str, file_prefix: &str) -> Option<String> {
+    pub fn current_version(&self, link_name: &str, file_prefix: &str) -> Option<Version> {
         let target = fs::read_link(self.dir.join(link_name)).ok()?;
         if target.components().count() != 1 {
             return None;
@@ -360,7 +363,7 @@ impl Store {
         fs::symlink_metadata(self.dir.join(&target))
             .ok()
             .filter(|m| m.is_file())
-            .map(|_| version.to_string())
+            .map(|_| version)
     }
 
     /// Whether the link `<link_name>.d` points at the folder `<prefix>.<version>.d` and that folder holds
@@ -396,23 +399,13 @@ impl Store {
     /// Installs one version and points the link at it; see the module documentation for the guarantees.
     pub fn install(&self, req: &Install<'_>) -> Result<Installed, StoreError> {
         self.check_name("file prefix", req.file_prefix, "this is a bug in kvvm")?;
-        let link_name = self.check_name(
-            "link name",
-            req.link_name,
-            "set customSymbolicLinkName to a plain file name",
-        )?;
-        let version = Version::parse(req.version).ok_or_else(|| {
-            self.bad_name(
-                "version",
-                req.version,
-                "Key Vault versions are 32 hex digits",
-            )
-        })?;
-        let file_name = format!("{}.{version}", req.file_prefix);
-        if req.link_name == file_name {
+        let link_name = req.link_name;
+        self.not_reserved("link name", link_name, LINK_NAME_FIX)?;
+        let file_name = format!("{}.{}", req.file_prefix, req.version);
+        if *link_name == file_name {
             return Err(self.bad_name(
                 "link name",
-                req.link_name,
+                link_name,
                 "choose a customSymbolicLinkName that is not a version file's name",
             ));
         }
@@ -574,6 +567,18 @@ impl Store {
         }
     }
 
+    /// A link name given as text, checked as [`Store::install`] checks [`Install::link_name`]: a [`LinkName`]
+    /// that is none of the installer's own names.
+    pub fn link_name(&self, text: &str) -> Result<LinkName, StoreError> {
+        self.check_name("link name", text, LINK_NAME_FIX)
+    }
+
+    /// A Key Vault version given as text, as a [`Version`].
+    pub fn version(&self, text: &str) -> Result<Version, StoreError> {
+        Version::parse(text)
+            .ok_or_else(|| self.bad_name("version", text, "Key Vault versions are 32 hex digits"))
+    }
+
     /// `name` as a [`LinkName`] that is none of the installer's own names (temp files, the legacy lock).
     fn check_name(
         &self,
@@ -581,9 +586,22 @@ impl Store {
         name: &str,
         fix: &'static str,
     ) -> Result<LinkName, StoreError> {
-        LinkName::parse(name)
-            .filter(|_| !name.starts_with(TEMP_PREFIX) && name != LEGACY_LOCK_FILE)
-            .ok_or_else(|| self.bad_name(what, name, fix))
+        let name = LinkName::parse(name).ok_or_else(|| self.bad_name(what, name, fix))?;
+        self.not_reserved(what, &name, fix)?;
+        Ok(name)
+    }
+
+    /// Refuses the installer's own names (temp files, the legacy lock) as `name`.
+    fn not_reserved(
+        &self,
+        what: &'static str,
+        name: &LinkName,
+        fix: &'static str,
+    ) -> Result<(), StoreError> {
+        if name.starts_with(TEMP_PREFIX) || *name == LEGACY_LOCK_FILE {
+            return Err(self.bad_name(what, name, fix));
+        }
+        Ok(())
     }
 
     fn write_err(&self, file: &str) -> impl FnOnce(io::Error) -> StoreError {
@@ -822,10 +840,9 @@ fn remove_legacy_lock(dir: &Path) {
 }
 
 /// `<version>` when `name` is `<prefix>.<32 hex>`.
-fn version_of<'a>(name: &'a OsStr, prefix: &str) -> Option<&'a str> {
+fn version_of(name: &OsStr, prefix: &str) -> Option<Version> {
     let name = name.to_str()?;
-    let version = name.strip_prefix(prefix)?.strip_prefix('.')?;
-    Version::parse(version).map(|_| version)
+    Version::parse(name.strip_prefix(prefix)?.strip_prefix('.')?)
 }
 
 fn has_access_acl(path: &Path) -> bool {

@@ -140,7 +140,7 @@ pub(crate) fn check(
     let store = Store::open(&cert.store_location, &options.lock_dir)?;
     let prefix = cert.file_prefix();
     let file = store.dir().join(format!("{prefix}.{}", secret.version));
-    let link = store.dir().join(&cert.link_name);
+    let link = store.dir().join(cert.link_name.as_str());
     let current = store.current_version(&cert.link_name, &prefix);
     let folder_names = cert.formats.file_names();
     let folder_link = cert.formats.any().then(|| {
@@ -156,7 +156,7 @@ pub(crate) fn check(
             || store.folder_current(&cert.link_name, &prefix, &secret.version, &folder_names))
     {
         return Ok(Checked {
-            version: secret.version.clone(),
+            version: secret.version.to_string(),
             file,
             link,
             changed: false,
@@ -198,7 +198,7 @@ pub(crate) fn check(
         folder: &folder,
     })?;
     Ok(Checked {
-        version: secret.version.clone(),
+        version: secret.version.to_string(),
         file: installed.file,
         link: installed.link,
         // A version folder that appeared or moved is new to applications too (its post-install command runs).

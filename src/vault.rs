@@ -238,8 +238,8 @@ pub enum SecretKind {
 pub struct SecretBundle {
     /// `https://<vault>/secrets/<name>/<version>`.
     pub(crate) id: String,
-    /// The 32-hex version.
-    pub version: String,
+    /// The version, in lower case.
+    pub version: Version,
     value: Zeroizing<String>,
     /// `contentType`, if any.
     pub(crate) content_type: Option<String>,
@@ -806,24 +806,19 @@ pub fn parse_bundle(body: &[u8], vault: &str, name: &str) -> Result<SecretBundle
         .as_str()
         .ok_or_else(|| bad("no 'id'".to_string()))?
         .to_string();
-    let version = id
-        .trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap_or("")
-        .to_string();
-    if Version::parse(&version).is_none() {
+    let last = id.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+    let Some(version) = Version::parse(&last.to_ascii_lowercase()) else {
         return Err(bad(format!(
             "its id '{id}' does not end in a 32-hex-digit version"
         )));
-    }
+    };
     let value = v["value"]
         .as_str()
         .ok_or_else(|| bad("no 'value' (is the secret disabled?)".to_string()))?;
     let attributes = &v["attributes"];
     Ok(SecretBundle {
         id: id.clone(),
-        version: version.to_ascii_lowercase(),
+        version,
         value: Zeroizing::new(value.to_string()),
         content_type: v["contentType"].as_str().map(str::to_string),
         managed: v["managed"].as_bool().unwrap_or(false),
@@ -872,7 +867,7 @@ mod tests {
     fn kinds_from_content_type() {
         let bundle = |ct: Option<&str>| SecretBundle {
             id: String::new(),
-            version: String::new(),
+            version: Version::parse(&"0".repeat(32)).unwrap(),
             value: Zeroizing::new(String::new()),
             content_type: ct.map(str::to_string),
             managed: true,

@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kvvm::{
-    FolderFile, Install, LEGACY_LOCK_FILE, PrincipalKind, Store, StoreError, TEMP_PREFIX,
-    lock_file_name, resolve_principals,
+    FolderFile, Install, LEGACY_LOCK_FILE, LinkName, PrincipalKind, Store, StoreError, TEMP_PREFIX,
+    Version, lock_file_name, resolve_principals,
 };
 
 /// An `acls` entry as the settings give it: a user, a group, or both.
@@ -54,12 +54,13 @@ fn install_with(
     acls: &[AclEntry],
     retained: u32,
 ) -> Result<kvvm::Installed, StoreError> {
+    let acls = resolve(acls)?;
     store.install(&Install {
         file_prefix: "myvault.web",
-        link_name: link,
-        version,
+        link_name: &store.link_name(link)?,
+        version: &store.version(version)?,
         pem,
-        acls: &resolve(acls)?,
+        acls: &acls,
         retained_versions: retained,
         folder: &[],
     })
@@ -667,8 +668,8 @@ fn the_store_holds_only_certificates_and_links_after_installs_rotation_retention
     store
         .install(&Install {
             file_prefix: "myvault.api",
-            link_name: "api.pem",
-            version: V1,
+            link_name: &LinkName::parse("api.pem").unwrap(),
+            version: &Version::parse(V1).unwrap(),
             pem: &content(V1),
             acls: &[],
             retained_versions: 2,
@@ -932,12 +933,13 @@ fn install_folder(
             exact: true,
         })
         .collect();
+    let acls = resolve(acls)?;
     store.install(&Install {
         file_prefix: "myvault.web",
-        link_name: "myvault.web",
-        version,
+        link_name: &store.link_name("myvault.web")?,
+        version: &store.version(version)?,
         pem: &content(version),
-        acls: &resolve(acls)?,
+        acls: &acls,
         retained_versions: retained,
         folder: &folder,
     })

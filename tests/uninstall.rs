@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kvvm::{Install, LEGACY_LOCK_FILE, Store, lock_file_name, lock_folder};
+use kvvm::{Install, LEGACY_LOCK_FILE, LinkName, Store, Version, lock_file_name, lock_folder};
 use kvvm_sim::netns::run_isolated;
 use kvvm_sim::pki::KeyType;
 use kvvm_sim::vm::Vm;
@@ -27,8 +27,8 @@ fn install_certificate(vm: &Vm) -> PathBuf {
     let done = store
         .install(&Install {
             file_prefix: "myvault.c1",
-            link_name: "myvault.c1",
-            version: VERSION,
+            link_name: &LinkName::parse("myvault.c1").unwrap(),
+            version: &Version::parse(VERSION).unwrap(),
             pem: b"-----BEGIN CERTIFICATE-----\n...\n",
             acls: &[],
             retained_versions: 2,

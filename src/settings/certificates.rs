@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::error::SettingsErrorKind;
 use super::json::{escaped_json, expect_array, found, section, shown, string};
-use super::paths::{link_setting, store_setting};
+use super::paths::{link_name, link_setting, store_setting};
 use super::raw::RawObservedCertificate;
 use super::sections::{acl_list, additional_formats, post_install_command};
 use super::url::secret_url;
@@ -103,7 +103,7 @@ impl Seen {
             .at(&parsed.url_path));
         }
         // With additionalFormats the folder's link `<link>.d` is taken too.
-        let mut links = vec![certificate.link_name.clone()];
+        let mut links = vec![certificate.link_name.to_string()];
         if certificate.formats.any() {
             links.push(format!(
                 "{}{}",
@@ -154,7 +154,8 @@ fn url_entry(
         return Err(SettingsErrorKind::EscapedJson { preview }.at(path));
     }
     let url = secret_url(text, path)?;
-    let link_name = url.file_prefix();
+    // `<vault>.<secret>` is always a link name (a DNS label, a dot, a Key Vault name).
+    let link_name = link_name(&url.file_prefix(), path)?;
     Ok(ParsedCertificate {
         certificate: url.into_certificate(
             defaults.store.clone(),
@@ -196,8 +197,8 @@ fn object_entry(
     let link_path = format!("{path}.customSymbolicLinkName");
     let (link_name, link_path) =
         match link_setting(raw.custom_symbolic_link_name.as_ref(), &link_path)? {
-            None => (url.file_prefix(), url_path.clone()),
-            Some(name) => (name.to_string(), link_path),
+            None => (link_name(&url.file_prefix(), &url_path)?, url_path.clone()),
+            Some(name) => (name, link_path),
         };
     let acls = match &raw.acls {
         None => Vec::new(),

@@ -27,6 +27,8 @@ use std::time::Duration;
 use ::url::Url;
 use serde_json::Value;
 
+use crate::names::{LinkName, Version};
+
 use certificates::{Defaults, observed_certificates};
 pub use error::{SettingsError, SettingsErrorKind};
 use identity::authentication_settings;
@@ -98,11 +100,11 @@ pub struct ObservedCertificate {
     /// Secret name as written (Key Vault names are case-insensitive).
     pub secret_name: String,
     /// Pinned version (32 lower-case hex), or `None` to follow the latest.
-    pub version: Option<String>,
+    pub version: Option<Version>,
     /// Absolute, normalised folder holding this certificate's files.
     pub store_location: PathBuf,
     /// File name of the symlink pointing at the current version.
-    pub link_name: String,
+    pub link_name: LinkName,
     /// Users and groups given read access (only applied when `acl_enabled`).
     pub acls: Vec<AclEntry>,
     /// Command to run after a new version is installed: the certificate's own `postInstallCommand`, else the

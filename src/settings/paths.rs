@@ -39,15 +39,13 @@ pub(super) fn metrics_setting(
 }
 
 /// A `customSymbolicLinkName` setting, if given.
-pub(super) fn link_setting<'a>(
-    value: Option<&'a Value>,
+pub(super) fn link_setting(
+    value: Option<&Value>,
     path: &str,
-) -> Result<Option<&'a str>, SettingsError> {
-    let name = string(value, path, EXPECT_LINK)?;
-    if let Some(name) = name {
-        link_name(name, path)?;
-    }
-    Ok(name)
+) -> Result<Option<LinkName>, SettingsError> {
+    string(value, path, EXPECT_LINK)?
+        .map(|name| link_name(name, path))
+        .transpose()
 }
 
 /// An absolute folder without `..`, normalised (no `.` components, no trailing slash).
@@ -119,9 +117,9 @@ fn absolute_path(text: &str) -> Result<PathBuf, &'static str> {
 
 /// A plain file name usable as a symlink in the store folder: a [`LinkName`]; when it is not one, the message
 /// says why.
-fn link_name(text: &str, path: &str) -> Result<(), SettingsError> {
-    if LinkName::parse(text).is_some() {
-        return Ok(());
+pub(super) fn link_name(text: &str, path: &str) -> Result<LinkName, SettingsError> {
+    if let Some(name) = LinkName::parse(text) {
+        return Ok(name);
     }
     let problem = if text.is_empty() {
         "is empty"

@@ -9,7 +9,7 @@ use url::{Host, Url};
 use super::error::SettingsErrorKind;
 use super::json::shown;
 use super::{AclEntry, Formats, ObservedCertificate, SettingsError};
-use crate::names::Version;
+use crate::names::{LinkName, Version};
 
 /// The parts of a validated secret URL.
 pub(super) struct SecretUrl {
@@ -22,7 +22,7 @@ pub(super) struct SecretUrl {
     /// The secret's name as written.
     pub(super) secret_name: String,
     /// The pinned version, lower case.
-    pub(super) version: Option<String>,
+    pub(super) version: Option<Version>,
 }
 
 impl SecretUrl {
@@ -35,7 +35,7 @@ impl SecretUrl {
     pub(super) fn into_certificate(
         self,
         store_location: PathBuf,
-        link_name: String,
+        link_name: LinkName,
         acls: Vec<AclEntry>,
         post_install: Option<crate::hook::Hook>,
         formats: Formats,
@@ -190,9 +190,9 @@ fn secret_path<'u>(
 }
 
 /// A pinned version: a Key Vault [`Version`], kept in lower case.
-fn pinned_version(version: &str, text: &str) -> Result<String, SettingsErrorKind> {
-    match Version::parse(version) {
-        Some(version) => Ok(version.as_str().to_ascii_lowercase()),
+fn pinned_version(version: &str, text: &str) -> Result<Version, SettingsErrorKind> {
+    match Version::parse(&version.to_ascii_lowercase()) {
+        Some(version) => Ok(version),
         None => Err(SettingsErrorKind::Version {
             value: shown(text),
             version: shown(version),
