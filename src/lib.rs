@@ -51,7 +51,7 @@ pub use fluentd::{FluentdConfig, FluentdLogger, QUEUE_CAPACITY};
 pub use hook::Hook;
 pub use http::{CHECK_DEADLINE, CONNECTIONS_PER_HOST, Deadline, RetryPolicy, Stop};
 pub use identity::{Identity, IdentityError, UserIdentity, read_arc_key};
-pub use names::{LinkName, Version};
+pub use names::{LinkName, SecretRef, Version};
 pub use store::{
     FolderFile, Install, Installed, LEGACY_LOCK_FILE, Principal, PrincipalKind, Store, StoreError,
     TEMP_PREFIX, lock_file_name, lock_folder, resolve_principals,

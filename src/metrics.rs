@@ -159,7 +159,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         .map(|(o, st)| {
             let labels = vec![
                 ("vault", o.vault_url.host_str().unwrap_or_default()),
-                ("certificate", o.secret_name.as_str()),
+                ("certificate", o.secret.name.as_str()),
                 ("link", st.link.to_str().unwrap_or_default()),
             ];
             (labels, st)

@@ -1,4 +1,5 @@
-//! Small checked types for the names that end up in paths: a Key Vault [`Version`] and a [`LinkName`]. Each is
+//! Small checked types for the names that end up in paths: a Key Vault [`Version`] and a [`LinkName`], and the
+//! [`SecretRef`] that names a certificate's files. Each is
 //! built only through its `parse`, so code that holds one need not check it again, and a name that could
 //! escape the store folder cannot reach a path by mistake (the way rustls's pki-types has `ServerName`).
 
@@ -85,6 +86,30 @@ impl LinkName {
 }
 
 string_type!(LinkName);
+
+/// A secret in Key Vault as the settings name it: the vault's name and the secret's. The pair names the
+/// certificate everywhere kvvm speaks of it: `<vault>.<secret>` is the prefix of its files and its default link
+/// name ([`SecretRef::file_prefix`]), `<vault>/<secret>` is how the log names it (`Display`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SecretRef {
+    /// First DNS label of the vault's host, lower case.
+    pub vault: String,
+    /// The secret's name as written (Key Vault names are case-insensitive).
+    pub name: String,
+}
+
+impl SecretRef {
+    /// `<vault>.<secret>`: the certificate's default link name; version files are `<prefix>.<version>`.
+    pub fn file_prefix(&self) -> String {
+        format!("{}.{}", self.vault, self.name)
+    }
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.vault, self.name)
+    }
+}
 
 #[cfg(test)]
 mod tests {

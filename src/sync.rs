@@ -119,7 +119,7 @@ pub(crate) fn check(
     }
     let secret = client.get_secret(
         &cert.vault_url,
-        &cert.secret_name,
+        &cert.secret.name,
         cert.version.as_deref(),
         http::Deadline::after(http::CHECK_DEADLINE),
         stop,
@@ -138,7 +138,7 @@ pub(crate) fn check(
         }
     };
     let store = Store::open(&cert.store_location, &options.lock_dir)?;
-    let prefix = cert.file_prefix();
+    let prefix = cert.secret.file_prefix();
     let file = store.dir().join(format!("{prefix}.{}", secret.version));
     let link = store.dir().join(cert.link_name.as_str());
     let current = store.current_version(&cert.link_name, &prefix);
@@ -167,10 +167,7 @@ pub(crate) fn check(
             folder: folder_link,
         });
     }
-    let name = format!(
-        "{}/{} version {}",
-        cert.vault_name, cert.secret_name, secret.version
-    );
+    let name = format!("{} version {}", cert.secret, secret.version);
     let bundle = CertificateBundle::from_secret(&name, kind, secret.value())?;
     let pem = bundle.to_pem();
     let folder = folder_files(&bundle, cert, &name)?;

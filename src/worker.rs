@@ -221,7 +221,7 @@ fn record(
     now: OffsetDateTime,
     expiry_warning_days: u32,
 ) {
-    let name = format!("{}/{}", cert.vault_name, cert.secret_name);
+    let name = cert.secret.to_string();
     match result {
         Err(SyncError::Stopped) => {}
         Err(e @ SyncError::NotACertificate { .. }) => {

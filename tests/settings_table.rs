@@ -797,15 +797,15 @@ fn v1_strings_with_global_store() {
         "https://myvault.vault.azure.net/secrets/mycert"
     );
     assert_eq!(first.vault_url.as_str(), "https://myvault.vault.azure.net/");
-    assert_eq!(first.vault_name, "myvault");
-    assert_eq!(first.secret_name, "mycert");
+    assert_eq!(first.secret.vault, "myvault");
+    assert_eq!(first.secret.name, "mycert");
     assert_eq!(first.version, None);
     assert_eq!(
         first.store_location,
         PathBuf::from("/var/lib/waagent/Microsoft.Azure.KeyVault")
     );
     assert_eq!(first.link_name, "myvault.mycert");
-    assert_eq!(first.file_prefix(), "myvault.mycert");
+    assert_eq!(first.secret.file_prefix(), "myvault.mycert");
     assert!(first.acls.is_empty());
     assert_eq!(settings.observed_certificates[1].link_name, "myvault.other");
     assert_eq!(settings.polling_interval, Duration::from_secs(3600));
@@ -849,7 +849,7 @@ fn v3_objects() {
     let first = &settings.observed_certificates[0];
     assert_eq!(first.store_location, PathBuf::from("/etc/nginx/ssl"));
     assert_eq!(first.link_name, "nginx.pem");
-    assert_eq!(first.file_prefix(), "myvault.mycert");
+    assert_eq!(first.secret.file_prefix(), "myvault.mycert");
     assert_eq!(
         first.acls,
         vec![
@@ -901,7 +901,7 @@ fn mixed_strings_and_objects() {
         .iter()
         .map(|c| {
             (
-                c.secret_name.as_str(),
+                c.secret.name.as_str(),
                 c.link_name.as_str(),
                 c.store_location.clone(),
             )
@@ -1056,8 +1056,8 @@ fn sovereign_cloud_host() {
     );
     let certificate = &settings.observed_certificates[0];
     assert_eq!(certificate.vault_url.as_str(), "https://v.vault.azure.cn/");
-    assert_eq!(certificate.vault_name, "v");
-    assert_eq!(certificate.secret_name, "x");
+    assert_eq!(certificate.secret.vault, "v");
+    assert_eq!(certificate.secret.name, "x");
     assert_eq!(certificate.link_name, "v.x");
 }
 

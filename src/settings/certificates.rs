@@ -90,15 +90,15 @@ impl Seen {
     ) -> Result<(), SettingsError> {
         let certificate = &parsed.certificate;
         let key = (
-            certificate.vault_name.clone(),
-            certificate.secret_name.to_ascii_lowercase(),
+            certificate.secret.vault.clone(),
+            certificate.secret.name.to_ascii_lowercase(),
         );
         if let Some(first) = self.certificates.insert(key, index) {
             return Err(SettingsErrorKind::DuplicateCertificate {
                 value: shown(&parsed.url_text),
                 first: format!("{list_path}[{first}]"),
-                vault: certificate.vault_name.clone(),
-                secret: certificate.secret_name.clone(),
+                vault: certificate.secret.vault.clone(),
+                secret: certificate.secret.name.clone(),
             }
             .at(&parsed.url_path));
         }
@@ -155,7 +155,7 @@ fn url_entry(
     }
     let url = secret_url(text, path)?;
     // `<vault>.<secret>` is always a link name (a DNS label, a dot, a Key Vault name).
-    let link_name = link_name(&url.file_prefix(), path)?;
+    let link_name = link_name(&url.secret.file_prefix(), path)?;
     Ok(ParsedCertificate {
         certificate: url.into_certificate(
             defaults.store.clone(),
@@ -197,7 +197,10 @@ fn object_entry(
     let link_path = format!("{path}.customSymbolicLinkName");
     let (link_name, link_path) =
         match link_setting(raw.custom_symbolic_link_name.as_ref(), &link_path)? {
-            None => (link_name(&url.file_prefix(), &url_path)?, url_path.clone()),
+            None => (
+                link_name(&url.secret.file_prefix(), &url_path)?,
+                url_path.clone(),
+            ),
             Some(name) => (name, link_path),
         };
     let acls = match &raw.acls {

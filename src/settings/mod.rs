@@ -27,7 +27,7 @@ use std::time::Duration;
 use ::url::Url;
 use serde_json::Value;
 
-use crate::names::{LinkName, Version};
+use crate::names::{LinkName, SecretRef, Version};
 
 use certificates::{Defaults, observed_certificates};
 pub use error::{SettingsError, SettingsErrorKind};
@@ -95,10 +95,8 @@ pub struct ObservedCertificate {
     pub url: Url,
     /// The vault's base URL, `https://<host>[:port]/`.
     pub vault_url: Url,
-    /// First DNS label of the vault's host, lower case.
-    pub vault_name: String,
-    /// Secret name as written (Key Vault names are case-insensitive).
-    pub secret_name: String,
+    /// The vault's name and the secret's, which name the certificate's files and log lines.
+    pub secret: SecretRef,
     /// Pinned version (32 lower-case hex), or `None` to follow the latest.
     pub version: Option<Version>,
     /// Absolute, normalised folder holding this certificate's files.
@@ -148,13 +146,6 @@ impl Formats {
             names.push(Self::PFX_FILE);
         }
         names
-    }
-}
-
-impl ObservedCertificate {
-    /// `<vault>.<secret>`: the certificate's default link name; version files are `<prefix>.<version>`.
-    pub fn file_prefix(&self) -> String {
-        format!("{}.{}", self.vault_name, self.secret_name)
     }
 }
 

@@ -9,7 +9,7 @@ use url::{Host, Url};
 use super::error::SettingsErrorKind;
 use super::json::shown;
 use super::{AclEntry, Formats, ObservedCertificate, SettingsError};
-use crate::names::{LinkName, Version};
+use crate::names::{LinkName, SecretRef, Version};
 
 /// The parts of a validated secret URL.
 pub(super) struct SecretUrl {
@@ -17,20 +17,13 @@ pub(super) struct SecretUrl {
     pub(super) url: Url,
     /// `https://<host>[:port]/`.
     pub(super) vault_url: Url,
-    /// First DNS label of the host.
-    pub(super) vault_name: String,
-    /// The secret's name as written.
-    pub(super) secret_name: String,
+    /// The vault's name (first DNS label of the host) and the secret's name as written.
+    pub(super) secret: SecretRef,
     /// The pinned version, lower case.
     pub(super) version: Option<Version>,
 }
 
 impl SecretUrl {
-    /// `<vault>.<secret>`, the default link name.
-    pub(super) fn file_prefix(&self) -> String {
-        format!("{}.{}", self.vault_name, self.secret_name)
-    }
-
     /// The certificate this URL observes, with the rest of its settings.
     pub(super) fn into_certificate(
         self,
@@ -43,8 +36,7 @@ impl SecretUrl {
         ObservedCertificate {
             url: self.url,
             vault_url: self.vault_url,
-            vault_name: self.vault_name,
-            secret_name: self.secret_name,
+            secret: self.secret,
             version: self.version,
             store_location,
             link_name,
@@ -75,8 +67,10 @@ fn checked_secret_url(text: &str) -> Result<SecretUrl, SettingsErrorKind> {
     Ok(SecretUrl {
         url: parsed(&secret_url_text(&authority, name, version.as_deref()), text)?,
         vault_url: parsed(&format!("https://{authority}/"), text)?,
-        vault_name,
-        secret_name: name.to_string(),
+        secret: SecretRef {
+            vault: vault_name,
+            name: name.to_string(),
+        },
         version,
     })
 }
@@ -272,8 +266,8 @@ mod tests {
             "https://myvault.vault.azure.net/secrets/MyCert/abcdef0123456789abcdef0123456789"
         );
         assert_eq!(url.vault_url.as_str(), "https://myvault.vault.azure.net/");
-        assert_eq!(url.vault_name, "myvault");
-        assert_eq!(url.secret_name, "MyCert");
+        assert_eq!(url.secret.vault, "myvault");
+        assert_eq!(url.secret.name, "MyCert");
         let with_port = secret_url("https://myvault.vault.azure.net:8443/secrets/c", "p").unwrap();
         assert_eq!(
             with_port.vault_url.as_str(),
