@@ -1,7 +1,7 @@
-//! Small checked types for the names that end up in paths: a Key Vault [`Version`] and a [`LinkName`], and the
-//! [`SecretRef`] that names a certificate's files. Each is
+//! Small checked types for the names that end up in paths: a Key Vault [`Version`] and a [`LinkName`]. Each is
 //! built only through its `parse`, so code that holds one need not check it again, and a name that could
-//! escape the store folder cannot reach a path by mistake (the way rustls's pki-types has `ServerName`).
+//! escape the store folder cannot reach a path by mistake (the way rustls's pki-types has `ServerName`). Beside
+//! them, the [`SecretRef`] that settings build for each certificate, from which its file names and log name come.
 
 use std::fmt;
 use std::ops::Deref;
