@@ -120,7 +120,7 @@ pub(crate) fn check(
     let secret = client.get_secret(
         &cert.vault_url,
         &cert.secret.name,
-        cert.version.as_deref(),
+        cert.version.as_ref(),
         http::Deadline::after(http::CHECK_DEADLINE),
         stop,
     )?;

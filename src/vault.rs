@@ -400,7 +400,7 @@ struct SecretRequest<'a> {
     host: String,
     vault: String,
     name: &'a str,
-    version: Option<&'a str>,
+    version: Option<&'a Version>,
     url: String,
     token: Option<AccessToken>,
     refreshed: bool,
@@ -455,7 +455,7 @@ impl VaultClient {
         &self,
         vault_url: &Url,
         name: &str,
-        version: Option<&str>,
+        version: Option<&Version>,
         deadline: Deadline,
         stop: &Stop,
     ) -> Result<SecretBundle, VaultError> {
@@ -475,7 +475,7 @@ impl VaultClient {
         };
         let url = format!(
             "{origin}/secrets/{name}/{}?api-version={API_VERSION}",
-            version.unwrap_or("")
+            version.map_or("", Version::as_str)
         );
         let mut req = SecretRequest {
             host,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use kvvm::{CHECK_DEADLINE, Deadline, RetryPolicy, Stop};
 use kvvm::{Identity, IdentityError, read_arc_key};
-use kvvm::{SecretKind, VaultClient, VaultError};
+use kvvm::{SecretKind, VaultClient, VaultError, Version};
 use kvvm_sim::httpserver::Reply;
 use kvvm_sim::netns::run_isolated;
 use kvvm_sim::tls::TestCa;
@@ -127,7 +127,7 @@ fn pinned_version_and_plain_secret() {
             .get_secret(
                 &vault_url(HOST),
                 "web",
-                Some(&v1),
+                Some(&Version::parse(&v1).unwrap()),
                 Deadline::after(CHECK_DEADLINE),
                 &Stop::default(),
             )
@@ -303,7 +303,7 @@ fn forbidden_and_not_found_say_what_to_do() {
             .get_secret(
                 &vault_url(HOST),
                 "web",
-                Some("0123456789abcdef0123456789abcdef"),
+                Some(&Version::parse("0123456789abcdef0123456789abcdef").unwrap()),
                 Deadline::after(CHECK_DEADLINE),
                 &Stop::default(),
             )
