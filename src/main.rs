@@ -55,6 +55,10 @@ enum Command {
 /// were: waagent passes none).
 fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Failure> {
     use lexopt::Arg::{Long, Value};
+    let args: Vec<OsString> = args.into_iter().collect();
+    // lexopt reads `--` as the end of options and drops it; kvvm has no use for it, so it stays a word: an
+    // unknown command first, a wrong option after `status` or `sync`.
+    let dashes_after_first = args.iter().skip(1).any(|a| a == "--");
     let mut parser = lexopt::Parser::from_args(args);
     // The first word as given: lexopt splits an option such as `-xy` or `--x=y`, and the message names it whole.
     let first = parser
@@ -62,6 +66,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Failure> {
         .ok()
         .and_then(|raw| raw.peek().map(|w| w.to_string_lossy().into_owned()));
     let word = match parser.next() {
+        _ if first.as_deref() == Some("--") => "--".to_owned(),
         Ok(None) => return Err(Failure::Usage { problem: None }),
         Ok(Some(Value(word))) => word.to_string_lossy().into_owned(),
         Ok(Some(_)) | Err(_) => first.unwrap_or_default(),
@@ -77,7 +82,10 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Failure> {
                 Ok(Some(Long("json"))) => Some(true),
                 _ => None,
             };
-            match json.filter(|&json| !json || matches!(parser.next(), Ok(None))) {
+            match json
+                .filter(|&json| !json || matches!(parser.next(), Ok(None)))
+                .filter(|_| !dashes_after_first)
+            {
                 Some(json) => Command::Status { json },
                 None => {
                     return Err(Failure::Usage {
@@ -88,7 +96,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Failure> {
         }
         "sync" => {
             let once = matches!(parser.next(), Ok(Some(Long("once"))));
-            if !(once && matches!(parser.next(), Ok(None))) {
+            if !(once && matches!(parser.next(), Ok(None))) || dashes_after_first {
                 return Err(Failure::Usage {
                     problem: Some(
                         "kvvm sync: give --once (one poll cycle in the foreground)".into(),
@@ -259,6 +267,14 @@ mod tests {
                 Some(r#"kvvm: unknown command "--frob=nicate""#.into()),
             ),
             (&["-hx"], Some(r#"kvvm: unknown command "-hx""#.into())),
+            (&["--"], Some(r#"kvvm: unknown command "--""#.into())),
+            (
+                &["--", "enable"],
+                Some(r#"kvvm: unknown command "--""#.into()),
+            ),
+            (&["status", "--"], status.clone()),
+            (&["status", "--", "--json"], status.clone()),
+            (&["sync", "--once", "--"], sync.clone()),
             (&["status", "--yaml"], status.clone()),
             (&["status", "--json", "--json"], status.clone()),
             (&["status", "--json=yes"], status.clone()),

@@ -1,8 +1,8 @@
 //! Keeps the long-running processes' resident memory to the pages they use. When a process touches one page of
 //! a file mapping (its own code, libc's), the kernel's fault-around maps up to 64 KiB around it, so a process that
 //! runs a little of a large binary has most of it resident: the supervisor, which runs only its wait loop, showed
-//! 1.4 MiB of kvvm's code and 1 MiB of libc's. [`map_only_what_is_used`] marks every clean read-only file mapping
-//! `MADV_RANDOM` (no read-ahead) and drops what is mapped (`MADV_DONTNEED`; the pages stay in the page cache and
+//! 1.4 MiB of kvvm's code and 1 MiB of libc's. [`map_only_what_is_used`] marks every clean read-only mapping of
+//! the executable and of the shared libraries `MADV_RANDOM` (no read-ahead) and drops what is mapped (`MADV_DONTNEED`; the pages stay in the page cache and
 //! come back on a minor fault when used again).
 //!
 //! Only private, non-writable, file-backed mappings without a single anonymous (copied-on-write) page are
@@ -16,6 +16,8 @@
 //! minor faults, from the page cache (`make bench` reports them per cycle).
 //!
 //! [`POLLER_TUNABLES`] is the glibc tuning the supervisor starts the poller with.
+
+use std::sync::OnceLock;
 
 /// The environment variable that tunes glibc at process start (read once, before `main`).
 pub(crate) const TUNABLES_VAR: &str = "GLIBC_TUNABLES";
@@ -49,10 +51,9 @@ fn tunables_without_ours(value: Option<&std::ffi::OsStr>) -> Option<std::ffi::Os
         return Some(value.to_os_string());
     };
     match rest.strip_prefix(b":") {
-        Some(theirs) if !theirs.is_empty() => {
-            // SAFETY: `theirs` is the part of an OsStr after an ASCII ':' (as_encoded_bytes' rule for splitting).
-            Some(unsafe { std::ffi::OsStr::from_encoded_bytes_unchecked(theirs) }.to_os_string())
-        }
+        Some(theirs) if !theirs.is_empty() => Some(
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(theirs).to_os_string(),
+        ),
         _ if rest.is_empty() || rest == b":" => None,
         _ => Some(value.to_os_string()),
     }
@@ -67,11 +68,39 @@ fn tunables_before(inherited: Option<&std::ffi::OsStr>) -> std::ffi::OsString {
     value
 }
 
+/// The mappings [`map_only_what_is_used`] drops, found by its first call: `(start, end)` of every clean
+/// read-only mapping of the executable or of a shared library.
+static LASTING: OnceLock<Vec<(usize, usize)>> = OnceLock::new();
+
 /// See the module documentation. Failures (no `/proc`, a kernel that refuses the advice) only mean the
 /// process keeps the pages it has; they are not errors.
+///
+/// The first call finds the mappings (and marks them `MADV_RANDOM`); later calls drop the same ranges without
+/// reading `/proc` again. Only the executable's and shared libraries' mappings are recorded: they stay mapped
+/// for the life of the process (glibc never unloads what ld.so loaded at start, nor the NSS modules it loads
+/// later), so a recorded range can never have become another mapping by the time a later call, made while
+/// other threads map and unmap memory, advises it.
 pub(crate) fn map_only_what_is_used() {
+    for &(start, end) in LASTING.get_or_init(lasting_mappings) {
+        // SAFETY: the range is one of this process's executable or shared-library mappings, which are never
+        // unmapped (see above): private, read-only and with no page that differs from the file. MADV_DONTNEED
+        // on such a mapping only unmaps pages that the next access maps again, with the same content, from
+        // the page cache.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
+    }
+}
+
+/// Reads `/proc/self/smaps` for the mappings [`LASTING`] holds, and marks each `MADV_RANDOM`.
+fn lasting_mappings() -> Vec<(usize, usize)> {
     let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
-        return;
+        return Vec::new();
+    };
+    let exe = std::fs::read_link("/proc/self/exe").ok();
+    let lasting = |line: &str| {
+        let path = line.split_whitespace().nth(5).unwrap_or("");
+        is_shared_object(path) || exe.as_deref().is_some_and(|exe| exe.as_os_str() == path)
     };
     let mut clean: Vec<(usize, usize)> = Vec::new();
     // The mapping being read, if it qualifies so far: (start, end).
@@ -81,7 +110,7 @@ pub(crate) fn map_only_what_is_used() {
             if let Some(done) = current.take() {
                 clean.push(done);
             }
-            current = range;
+            current = range.filter(|_| lasting(line));
         } else if let Some(value) = line.strip_prefix("Anonymous:")
             && value.trim() != "0 kB"
         {
@@ -89,18 +118,30 @@ pub(crate) fn map_only_what_is_used() {
         }
     }
     clean.extend(current);
-    drop(smaps);
-    for (start, end) in clean {
-        let (addr, len) = (start as *mut libc::c_void, end - start);
-        // SAFETY: the range is one of this process's own mappings, private, read-only and with no page that
-        // differs from the file: MADV_RANDOM only changes read-ahead, and MADV_DONTNEED on such a mapping
-        // only unmaps pages that the next access maps again, with the same content, from the page cache.
+    for &(start, end) in &clean {
+        // SAFETY: as in map_only_what_is_used; MADV_RANDOM only changes read-ahead.
         unsafe {
-            if libc::madvise(addr, len, libc::MADV_RANDOM) == 0 {
-                libc::madvise(addr, len, libc::MADV_DONTNEED);
-            }
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_RANDOM);
         }
     }
+    clean
+}
+
+/// A shared library's path: its file name ends in `.so` or in `.so.` and a version (`libc.so.6`,
+/// `libacl.so.1.1.2302`).
+fn is_shared_object(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or("");
+    name.match_indices(".so")
+        .any(|(at, _)| match &name[at + 3..] {
+            "" => true,
+            version => {
+                version.len() > 1
+                    && version.starts_with('.')
+                    && version[1..]
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || b == b'.')
+            }
+        })
 }
 
 /// For a mapping header line of `/proc/self/smaps` (`start-end perms offset dev inode path`): `Some(range)` if
@@ -250,6 +291,56 @@ mod tests {
         assert!(left(None) > 0);
         // ... and unmaps each when its thread ends without the cache.
         assert_eq!(left(Some(POLLER_TUNABLES)), 0);
+    }
+
+    #[test]
+    fn only_shared_libraries_count_as_shared_objects() {
+        for yes in [
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib64/ld-linux-x86-64.so.2",
+            "/usr/lib/libacl.so",
+            "/usr/lib/x86_64-linux-gnu/libacl.so.1.1.2302",
+        ] {
+            assert!(is_shared_object(yes), "{yes}");
+        }
+        for no in [
+            "/usr/bin/kvvm",
+            "/etc/ld.so.cache",
+            "/usr/lib/locale/locale-archive",
+            "/var/lib/x.sofa",
+            "/usr/lib/libc.so.6 (deleted)",
+            "/usr/lib/libx.so.",
+            "",
+        ] {
+            assert!(!is_shared_object(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn the_executable_and_libc_are_recorded_and_nothing_else() {
+        map_only_what_is_used();
+        let ranges = LASTING.get().expect("recorded by the first call");
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+        let exe = std::fs::read_link("/proc/self/exe").expect("exe");
+        let path_of = |start: usize| {
+            maps.lines()
+                .find(|l| l.starts_with(&format!("{start:x}-")))
+                .and_then(|l| l.split_whitespace().nth(5))
+                .unwrap_or("")
+                .to_string()
+        };
+        let paths: Vec<String> = ranges.iter().map(|&(start, _)| path_of(start)).collect();
+        assert!(
+            paths.iter().any(|p| exe.as_os_str() == p.as_str()),
+            "{paths:?}"
+        );
+        assert!(paths.iter().any(|p| p.contains("libc.so")), "{paths:?}");
+        assert!(
+            paths
+                .iter()
+                .all(|p| exe.as_os_str() == p.as_str() || is_shared_object(p)),
+            "{paths:?}"
+        );
     }
 
     #[test]

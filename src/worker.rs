@@ -356,7 +356,7 @@ fn watch_for_stop() -> Result<(), WorkerError> {
 /// The worker sleeps most of its life: one malloc arena (instead of one per thread that ever ran a check)
 /// keeps its resident memory small.
 fn limit_malloc_arenas() {
-    // SAFETY: mallopt only changes allocator tuning; called before the worker starts its threads.
+    // SAFETY: mallopt only changes allocator tuning and is thread-safe; called before the checks' threads start.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
         // A fixed threshold (glibc's default 128 KiB, which otherwise grows to the largest block freed): the
