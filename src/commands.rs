@@ -125,6 +125,14 @@ fn supervisor(ext: &Extension) -> Supervisor {
 
 /// Writes the status of the sequence number waagent passed (`ConfigSequenceNumber`, else the newest settings
 /// file), which is the file it reads for this command; nothing when there is neither.
+/// This binary, which `enable` starts as the worker and the worker as the poller.
+fn own_executable() -> Result<PathBuf, SupervisorError> {
+    std::env::current_exe().map_err(|source| SupervisorError::Spawn {
+        exe: PathBuf::from("/proc/self/exe"),
+        source,
+    })
+}
+
 fn report(ext: &Extension, operation: Operation, message: &str) -> Result<(), CommandError> {
     if let Ok(seq) = ext.current_sequence() {
         status::write(
@@ -275,10 +283,7 @@ fn enable(ext: &Extension) -> Result<String, CommandError> {
             )
         }
         _ => {
-            let exe = std::env::current_exe().map_err(|source| SupervisorError::Spawn {
-                exe: PathBuf::from("/proc/self/exe"),
-                source,
-            })?;
+            let exe = own_executable()?;
             let stderr_log = ext.env.log_folder.join("worker.stderr.log");
             match sup.start(&exe, &ext.dir, &stderr_log)? {
                 StartOutcome::Started { pid } => {
@@ -371,10 +376,7 @@ fn uninstall(ext: &Extension) -> Result<String, CommandError> {
 pub fn supervise() -> Result<(), CommandError> {
     let ext = Extension::locate()?;
     logging::start(&ext, Process::Supervisor, None);
-    let exe = std::env::current_exe().map_err(|source| SupervisorError::Spawn {
-        exe: PathBuf::from("/proc/self/exe"),
-        source,
-    })?;
+    let exe = own_executable()?;
     let report = worker::RestartReport { ext: &ext };
     crate::supervisor::supervise(
         &supervisor(&ext),
