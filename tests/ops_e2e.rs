@@ -37,6 +37,26 @@ fn substatus_is(r: &StatusReport, secret: &str, status: StatusValue) -> bool {
         .any(|s| s.name == url(secret) && s.status == status)
 }
 
+/// A VM whose vault holds `web` and refuses `api`, enabled with `extra` settings, once the status shows web
+/// installed and api in error; with web's version.
+fn web_installed_api_refused(extra: Value) -> (Vm, String) {
+    let mut vm = Vm::new();
+    let version = vm.put_certificate("web");
+    vm.put_certificate("api");
+    vm.vault().deny(HOST, Some("api"));
+    vm.enable(settings(extra));
+    vm.wait(
+        0,
+        Duration::from_secs(60),
+        "web installed, api refused",
+        |r| {
+            substatus_is(r, "web", StatusValue::Success)
+                && substatus_is(r, "api", StatusValue::Error)
+        },
+    );
+    (vm, version)
+}
+
 /// The metrics file parsed by prometheus_client: family name → (type, help, samples).
 fn parse_metrics(path: &Path) -> Value {
     let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
@@ -98,22 +118,10 @@ fn the_metrics_file_parses_and_counts_installs_errors_and_requests() {
     run_isolated(
         "the_metrics_file_parses_and_counts_installs_errors_and_requests",
         || {
-            let mut vm = Vm::new();
-            let version = vm.put_certificate("web");
-            vm.put_certificate("api");
-            vm.vault().deny(HOST, Some("api"));
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("kvvm.prom");
-            vm.enable(settings(json!({"metricsFile": path.to_str().unwrap()})));
-            vm.wait(
-                0,
-                Duration::from_secs(60),
-                "web installed, api refused",
-                |r| {
-                    substatus_is(r, "web", StatusValue::Success)
-                        && substatus_is(r, "api", StatusValue::Error)
-                },
-            );
+            let (vm, version) =
+                web_installed_api_refused(json!({"metricsFile": path.to_str().unwrap()}));
             // The status and the metrics are written together, within half a second of a check.
             let deadline = Instant::now() + Duration::from_secs(10);
             let metrics = loop {
@@ -277,20 +285,7 @@ fn status_json_describes_every_certificate_and_exits_1_when_one_needs_attention(
     run_isolated(
         "status_json_describes_every_certificate_and_exits_1_when_one_needs_attention",
         || {
-            let mut vm = Vm::new();
-            let version = vm.put_certificate("web");
-            vm.put_certificate("api");
-            vm.vault().deny(HOST, Some("api"));
-            vm.enable(settings(json!({})));
-            vm.wait(
-                0,
-                Duration::from_secs(60),
-                "web installed, api refused",
-                |r| {
-                    substatus_is(r, "web", StatusValue::Success)
-                        && substatus_is(r, "api", StatusValue::Error)
-                },
-            );
+            let (vm, version) = web_installed_api_refused(json!({}));
             let out = vm.kvvm(&["status", "--json"]);
             assert_eq!(out.status.code(), Some(1), "{out:?}");
             let doc: Value = serde_json::from_slice(&out.stdout)
