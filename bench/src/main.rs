@@ -44,6 +44,10 @@ const IDLE_WATCH: Duration = Duration::from_secs(70);
 /// Between two of those samples.
 const IDLE_EVERY: Duration = Duration::from_secs(5);
 const RUNS: usize = 3;
+/// How often kvvm's poller refreshes its heartbeat, the one thing it does between hourly cycles.
+const HEARTBEAT_S: u64 = 60;
+/// How often kvvm's supervisor looks at its poller.
+const SUPERVISOR_WATCH_S: u64 = 10;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -292,6 +296,9 @@ impl Bench {
         }
         if want("steady") {
             self.steady_state(&agent, &ext)?;
+        }
+        if want("outside") {
+            self.outside(&agent, &ext)?;
         }
         if want("enable") {
             self.enable_latency()?;
@@ -646,12 +653,29 @@ impl Bench {
         ));
         memory_breakdown(&mut |l| self.line(l), &kvvm_default.set, &peer_default.set);
         self.line(&format!(
-            "CPU time while idle: kvvm's poller {:.0} ms in {:.0} s, the peer {:.0} ms in {:.0} s.",
+            "CPU time while idle: kvvm's poller {:.0} ms in {:.0} s, the peer {:.0} ms in {:.0} s. Wakes (voluntary \
+             context switches of every thread, `/proc/<pid>/task/*/status`) in those {:.0} s: kvvm's poller {}, its \
+             supervisor {} (it looks at the poller's heartbeat every {} s), the peer {}.",
             kvvm_default.idle_cpu_ms,
             kvvm_default.idle_s,
             peer_default.idle_cpu_ms,
-            peer_default.idle_s
+            peer_default.idle_s,
+            kvvm_default.idle_s,
+            kvvm_default.wakes[0],
+            kvvm_default.wakes.get(1).copied().unwrap_or_default(),
+            SUPERVISOR_WATCH_S,
+            peer_default.wakes[0],
         ));
+        let heartbeats = (kvvm_default.idle_s / HEARTBEAT_S as f64).ceil() as u64;
+        self.target(
+            &format!(
+                "idle poller at the default interval wakes at most once per heartbeat ({HEARTBEAT_S} s): ≤ {heartbeats} \
+                 wakes in {:.0} s",
+                kvvm_default.idle_s
+            ),
+            format!("{} wakes", kvvm_default.wakes[0]),
+            kvvm_default.wakes[0] <= heartbeats,
+        );
         self.line("");
         self.line(&format!(
             "At the {INTERVAL_S} s interval of §2 (kvvm keeps up to 4 pooled connections per vault), sampled 300 ms \
@@ -814,6 +838,10 @@ impl Bench {
         // The cycle's last writes, and the poller's tidying after it.
         std::thread::sleep(Duration::from_secs(2));
         let start = proc_sample(pids[0])?;
+        let woken: Vec<u64> = pids
+            .iter()
+            .map(|&p| proc_memory(p).map(|m| m.voluntary))
+            .collect::<Result<_>>()?;
         let began = Instant::now();
         let mut rss = Vec::new();
         let last = loop {
@@ -826,7 +854,13 @@ impl Bench {
             std::thread::sleep(IDLE_EVERY);
         };
         let end = proc_sample(pids[0])?;
+        let wakes: Vec<u64> = pids
+            .iter()
+            .zip(&woken)
+            .map(|(&p, before)| proc_memory(p).map(|m| m.voluntary - before))
+            .collect::<Result<_>>()?;
         Ok(DefaultIdle {
+            wakes,
             rss: Spread::of(&rss),
             set: last,
             idle_cpu_ms: (end.cpu_ticks - start.cpu_ticks) as f64 * 1000.0 / ticks_per_sec(),
@@ -1202,6 +1236,8 @@ impl Bench {
 
 /// The memory of a set of processes (kvvm: poller and supervisor) idle at the default interval.
 struct DefaultIdle {
+    /// Voluntary context switches of each process (every thread) while it was watched: how often it woke.
+    wakes: Vec<u64>,
     /// Sum of VmRSS over the processes, in each sample (KiB).
     rss: Spread,
     /// Every measure of the last sample.
@@ -1325,4 +1361,246 @@ fn mem_gib() -> u64 {
         })
         .map(|kib| kib / 1024 / 1024)
         .unwrap_or(0)
+}
+
+/// The configuration issue 22 measured from outside: 200 certificates over 4 vaults, +20 ms per vault request,
+/// a 5 s interval, the worker started by `enable` (supervisor and poller).
+const OUTSIDE_INTERVAL_S: u64 = 5;
+/// Whole cycles the CPU is summed over.
+const OUTSIDE_CYCLES: u64 = 8;
+
+/// What `/proc/<pid>/status` and `/proc/<pid>/task/*/status` say of a process's memory and wakes.
+#[derive(Debug, Clone, Copy, Default)]
+struct ProcMemory {
+    rss_kib: u64,
+    hwm_kib: u64,
+    anon_kib: u64,
+    /// Voluntary context switches of every thread (the process sleeping and being woken).
+    voluntary: u64,
+}
+
+fn proc_memory(pid: u32) -> Result<ProcMemory> {
+    let field = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let mut voluntary = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        if let Ok(t) = fs::read_to_string(task.path().join("status")) {
+            voluntary += field(&t, "voluntary_ctxt_switches:");
+        }
+    }
+    Ok(ProcMemory {
+        rss_kib: field(&status, "VmRSS:"),
+        hwm_kib: field(&status, "VmHWM:"),
+        anon_kib: field(&status, "RssAnon:"),
+        voluntary,
+    })
+}
+
+/// Resets a process's VmHWM to its current RSS (`clear_refs` 5), so the next reading is the peak since.
+fn reset_peak(pid: u32) {
+    let _ = fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// CPU time (utime + stime, every thread) of the processes, in ms.
+fn cpu_ms(pids: &[u32]) -> Result<f64> {
+    let mut ticks = 0;
+    for &pid in pids {
+        ticks += proc_sample(pid)?.cpu_ticks;
+    }
+    Ok(ticks as f64 * 1000.0 / ticks_per_sec())
+}
+
+/// Per-cycle figures of a poller measured from outside.
+#[derive(Debug, Clone, Copy)]
+struct OutsideCycle {
+    /// CPU of every process over whole cycles, idle between them included, per cycle (ms).
+    cpu_ms: f64,
+    /// Sum of VmRSS between cycles (KiB), sampled once per cycle; median.
+    idle_rss: Spread,
+    /// Sum of VmHWM over the measured cycles (peak since the reset at their start; KiB).
+    hwm_kib: u64,
+    /// Sum of RssAnon between cycles (KiB); median.
+    anon: Spread,
+}
+
+impl Bench {
+    /// Issue 22's measurement, as a user makes it from outside: every kvvm process's utime + stime from `/proc`
+    /// over whole cycles (the idle time between them included), and VmRSS, VmHWM and RssAnon, beside the peer
+    /// in the same configuration ([`OUTSIDE_INTERVAL_S`], [`LATENCY`], 200 certificates over 4 vaults).
+    fn outside(&mut self, agent: &Agent, ext: &Extension) -> Result<()> {
+        println!(
+            "\n[4] from outside: {} certificates, {} ms per vault request, interval {OUTSIDE_INTERVAL_S} s, \
+             {OUTSIDE_CYCLES} whole cycles",
+            self.urls.len(),
+            LATENCY.as_millis()
+        );
+        let store = PathBuf::from("/var/lib/kvvm-bench/kvvm");
+        let peer_out = PathBuf::from("/var/lib/kvvm-bench/peer");
+        let _ = fs::remove_dir_all(&store);
+        let _ = fs::remove_dir_all(&peer_out);
+        let _ = fs::remove_file(Path::new("/var/lib/waagent").join(NAME).join("state.json"));
+        self.vault.set_latency(LATENCY);
+        let settings = Settings::public(json!({"secretsManagementSettings": {
+            "pollingIntervalInS": OUTSIDE_INTERVAL_S.to_string(),
+            "certificateStoreLocation": store,
+            "observedCertificates": self.urls,
+        }}));
+        let run = agent.apply_settings(ext, 2, &settings)?;
+        ensure!(run.success(), "enable: {}", run.output);
+        let links = wait_until("kvvm's links", Duration::from_secs(60), || {
+            count_files(&store, false) == self.urls.len()
+        })?;
+        let (pid, supervisor) = worker_pids()?;
+        let kvvm = self.outside_cycles(&[pid, supervisor])?;
+        agent.disable(ext, 2)?;
+
+        let mut child = self.peer(&peer_out, false, OUTSIDE_INTERVAL_S)?;
+        let peer = wait_until("the peer's first cycle", Duration::from_secs(120), || {
+            count_files(&peer_out, false) == self.urls.len()
+        })
+        .and_then(|_| self.outside_cycles(&[child.id()]));
+        let _ = child.kill();
+        let _ = child.wait();
+        let peer = peer?;
+        self.vault.set_latency(Duration::ZERO);
+
+        self.line(&format!(
+            "## 4. CPU and memory per cycle, measured from outside: {} certificates, {} vaults, +{} ms per vault \
+             request, interval {OUTSIDE_INTERVAL_S} s",
+            self.urls.len(),
+            VAULTS.len(),
+            LATENCY.as_millis()
+        ));
+        self.line("");
+        self.line(&format!(
+            "The worker started by `enable` (kvvm: the poller and its supervisor, both counted). CPU is utime + stime \
+             of every process from `/proc/<pid>/stat`, read between two cycles and again {OUTSIDE_CYCLES} whole \
+             cycles later (the idle time between cycles included), divided by {OUTSIDE_CYCLES}. Memory is read \
+             between cycles (`VmRSS`, `RssAnon` of `/proc/<pid>/status`, summed over the processes); `VmHWM` is the \
+             peak during those cycles (reset through `clear_refs` at their start). kvvm's links were all in place \
+             {:.2} s after `enable` (the first poll waits a random 0–{:.1} s).",
+            links.as_secs_f64(),
+            (OUTSIDE_INTERVAL_S as f64 / 10.0).min(30.0)
+        ));
+        self.line("");
+        self.line("| per cycle | kvvm | peer | target |");
+        self.line("|---|---|---|---|");
+        self.line(&format!(
+            "| CPU (user + sys, every process, idle included) | {:.0} ms | {:.0} ms | ≤ 60 ms and ≤ 1/9 of the peer |",
+            kvvm.cpu_ms, peer.cpu_ms
+        ));
+        let show = |s: Spread| {
+            format!(
+                "{:.1} MiB (min {:.1}, max {:.1}, n={})",
+                s.median / 1024.0,
+                s.min / 1024.0,
+                s.max / 1024.0,
+                s.n
+            )
+        };
+        self.line(&format!(
+            "| VmRSS between cycles | {} | {} | ≤ 5 MiB |",
+            show(kvvm.idle_rss),
+            show(peer.idle_rss)
+        ));
+        self.line(&format!(
+            "| RssAnon between cycles | {} | {} | ≤ 3 MiB |",
+            show(kvvm.anon),
+            show(peer.anon)
+        ));
+        self.line(&format!(
+            "| VmHWM (peak during the cycles) | {:.1} MiB | {:.1} MiB | ≤ 8 MiB |",
+            mib(kvvm.hwm_kib),
+            mib(peer.hwm_kib)
+        ));
+        self.line("");
+        self.line(&format!(
+            "(/proc tick resolution: {:.0} ms, over {OUTSIDE_CYCLES} cycles.)",
+            1000.0 / ticks_per_sec()
+        ));
+        self.line("");
+        self.target(
+            "CPU per cycle ≤ 60 ms (200 certificates, +20 ms, 5 s interval, every process, idle included)",
+            format!("{:.0} ms", kvvm.cpu_ms),
+            kvvm.cpu_ms <= 60.0,
+        );
+        self.target(
+            "CPU per cycle ≥ 9× less than the peer's",
+            format!("{:.1}×", peer.cpu_ms / kvvm.cpu_ms.max(1.0)),
+            kvvm.cpu_ms * 9.0 <= peer.cpu_ms,
+        );
+        self.target(
+            "VmRSS between cycles ≤ 5 MiB (poller + supervisor, 5 s interval)",
+            format!("{:.1} MiB", kvvm.idle_rss.max / 1024.0),
+            kvvm.idle_rss.max <= 5.0 * 1024.0,
+        );
+        self.target(
+            "RssAnon between cycles ≤ 3 MiB (poller + supervisor)",
+            format!("{:.1} MiB", kvvm.anon.max / 1024.0),
+            kvvm.anon.max <= 3.0 * 1024.0,
+        );
+        self.target(
+            "VmHWM during a cycle ≤ 8 MiB (poller + supervisor)",
+            format!("{:.1} MiB", mib(kvvm.hwm_kib)),
+            kvvm.hwm_kib <= 8 * 1024,
+        );
+        Ok(())
+    }
+
+    /// Measures `pids` over [`OUTSIDE_CYCLES`] whole cycles of one GET per certificate, after one to settle: CPU
+    /// from a point 1 s after a cycle's last request to the same point [`OUTSIDE_CYCLES`] cycles later, memory at
+    /// each of those points, the peak since the first.
+    fn outside_cycles(&self, pids: &[u32]) -> Result<OutsideCycle> {
+        let per_cycle = self.urls.len() as u64;
+        let start = self.vault.stats().requests_with_token;
+        let after = |k: u64| -> Result<()> {
+            wait_until("a cycle", Duration::from_secs(120), || {
+                self.vault.stats().requests_with_token >= start + k * per_cycle
+            })?;
+            std::thread::sleep(Duration::from_secs(1));
+            Ok(())
+        };
+        after(1)?;
+        for &pid in pids {
+            reset_peak(pid);
+        }
+        let cpu_start = cpu_ms(pids)?;
+        let (mut rss, mut anon, mut hwm) = (Vec::new(), Vec::new(), 0);
+        for k in 2..=OUTSIDE_CYCLES + 1 {
+            after(k)?;
+            let memory = pids
+                .iter()
+                .map(|&pid| proc_memory(pid))
+                .collect::<Result<Vec<_>>>()?;
+            rss.push(memory.iter().map(|m| m.rss_kib).sum::<u64>() as f64);
+            anon.push(memory.iter().map(|m| m.anon_kib).sum::<u64>() as f64);
+            hwm = memory.iter().map(|m| m.hwm_kib).sum();
+        }
+        let cpu = cpu_ms(pids)? - cpu_start;
+        Ok(OutsideCycle {
+            cpu_ms: cpu / OUTSIDE_CYCLES as f64,
+            idle_rss: Spread::of(&rss),
+            hwm_kib: hwm,
+            anon: Spread::of(&anon),
+        })
+    }
+}
+
+/// The running worker's poller (from `state.json`) and supervisor (`worker.pid`).
+fn worker_pids() -> Result<(u32, u32)> {
+    let data = Path::new("/var/lib/waagent").join(NAME);
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(data.join("state.json"))?)?;
+    let pid = state["pid"].as_u64().context("poller pid")? as u32;
+    let supervisor = fs::read_to_string(data.join("worker.pid"))?
+        .trim()
+        .parse()
+        .context("worker.pid")?;
+    Ok((pid, supervisor))
 }
