@@ -567,30 +567,38 @@ pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration
     )
 }
 
-/// A stop request shared by the worker's threads: waits end early when it is raised.
+/// A stop request shared by the worker's threads: waits end as soon as it is raised (a condition variable, so a
+/// thread waiting out a `Retry-After` sleeps until then rather than waking to look).
 #[derive(Clone, Debug, Default)]
-pub struct Stop(Arc<AtomicBool>);
+pub struct Stop(Arc<StopFlag>);
+
+#[derive(Debug, Default)]
+struct StopFlag {
+    raised: AtomicBool,
+    lock: std::sync::Mutex<()>,
+    woken: std::sync::Condvar,
+}
 
 impl Stop {
-    /// A stop flag raised by `flag` (e.g. the worker's SIGTERM flag).
-    pub fn from_flag(flag: Arc<AtomicBool>) -> Stop {
-        Stop(flag)
-    }
-
     /// Whether a stop was requested.
     pub fn requested(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.raised.load(Ordering::Relaxed)
     }
 
-    /// Raises the flag.
+    /// Raises the flag and ends every [`Stop::pause`] under way.
     pub fn request(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.0.raised.store(true, Ordering::Relaxed);
+        let _held = self.0.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.0.woken.notify_all();
     }
 
     /// Sleeps `how_long` unless a stop is requested first; returns false if it was.
     pub fn pause(&self, how_long: Duration) -> bool {
         let deadline = Instant::now() + how_long;
+        let mut held = self.0.lock.lock().unwrap_or_else(|e| e.into_inner());
         loop {
+            // Read under the lock `request` takes before it wakes us: a request cannot slip between the test
+            // and the wait.
             if self.requested() {
                 return false;
             }
@@ -598,7 +606,12 @@ impl Stop {
             if now >= deadline {
                 return true;
             }
-            std::thread::sleep((deadline - now).min(Duration::from_millis(50)));
+            held = self
+                .0
+                .woken
+                .wait_timeout(held, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }
@@ -868,5 +881,22 @@ mod tests {
         let t = Instant::now();
         assert!(!stop.pause(Duration::from_secs(60)));
         assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_stop_from_another_thread_ends_a_pause_under_way() {
+        let stop = Stop::default();
+        let other = stop.clone();
+        let t = Instant::now();
+        let raiser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            other.request();
+        });
+        assert!(!stop.pause(Duration::from_secs(600)));
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "the pause ran its course"
+        );
+        raiser.join().unwrap();
     }
 }

@@ -52,6 +52,7 @@ pub use hook::Hook;
 pub use http::{CHECK_DEADLINE, CONNECTIONS_PER_HOST, Deadline, RetryPolicy, Stop};
 pub use identity::{Identity, IdentityError, UserIdentity, read_arc_key};
 pub use names::{LinkName, SecretRef, Version};
+pub use schedule::Pace;
 pub use store::{
     FolderFile, Install, Installed, LEGACY_LOCK_FILE, Principal, PrincipalKind, Store, StoreError,
     TEMP_PREFIX, lock_file_name, lock_folder, resolve_principals,

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use crate::schedule::Pace;
 use crate::settings::ObservedCertificate;
 use crate::state::CertificateState;
 use crate::sync::{Checked, SyncError};
@@ -99,6 +100,8 @@ pub struct Snapshot<'a> {
     pub client: Option<&'a VaultClient>,
     /// Poller restarts since the worker started.
     pub restarts: u32,
+    /// How the passes over the certificates keep up with the polling interval, once measured.
+    pub pace: Option<&'a Pace>,
 }
 
 /// One metric family being written: HELP and TYPE once, then its samples.
@@ -277,6 +280,37 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Times the supervisor restarted the poller since the worker started.",
     );
     f.sample(name, &[], f64::from(s.restarts));
+
+    if let Some(pace) = s.pace {
+        let name = "kvvm_poll_interval_seconds";
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "gauge",
+            "The polling interval (pollingIntervalInS), in seconds.",
+        );
+        f.sample(name, &[], pace.interval_s as f64);
+        if let Some(pass) = pace.pass_s() {
+            let name = "kvvm_poll_pass_seconds";
+            let mut f = Family::new(
+                &mut out,
+                name,
+                "gauge",
+                "How long the last pass over every certificate took (or the pass under way, when it is already \
+                 longer than the interval): from a beat until the last certificate had its turn, in seconds.",
+            );
+            f.sample(name, &[], pass);
+        }
+        let name = "kvvm_poll_behind";
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "gauge",
+            "1 when a pass over the certificates takes longer than the polling interval (each certificate is \
+             then checked less often than configured), else 0.",
+        );
+        f.sample(name, &[], if pace.behind() { 1.0 } else { 0.0 });
+    }
     out
 }
 

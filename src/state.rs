@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::handler::{HandlerError, write_atomically};
+use crate::schedule::Pace;
 use crate::status::utc_timestamp;
 
 /// File name of the saved state, in the worker's state folder.
@@ -173,6 +174,9 @@ pub struct WorkerState {
     /// Why the poller last exited abnormally, if it did.
     #[serde(default)]
     pub last_exit: Option<String>,
+    /// How long the last pass over every certificate took, against the polling interval.
+    #[serde(default)]
+    pub polling: Option<Pace>,
     /// One per observed certificate, in settings order.
     pub certificates: Vec<CertificateState>,
 }
@@ -224,6 +228,19 @@ impl WorkerState {
                 self.restarts
             ));
         }
+        if let Some(pace) = &self.polling {
+            out.push_str(&match (pace.warning(), pace.pass_s()) {
+                (Some(warning), _) => format!("polling: WARNING: {warning}\n"),
+                (None, Some(pass)) => format!(
+                    "polling: every {} s; the last pass over {} certificate(s) took {pass:.1} s\n",
+                    pace.interval_s, pace.certificates
+                ),
+                (None, None) => format!(
+                    "polling: every {} s; no pass has finished yet\n",
+                    pace.interval_s
+                ),
+            });
+        }
         for c in &self.certificates {
             out.push_str(&format!("\n{}\n  status:      {:?}\n", c.url, c.status));
             let field = |name: &str, v: Option<String>| {
@@ -252,6 +269,9 @@ impl WorkerState {
         out
     }
 }
+
+/// The reason code of the warning that a pass over the certificates takes longer than the polling interval.
+pub(crate) const POLLING_BEHIND: &str = "polling-behind";
 
 /// Version of the `kvvm status --json` document. It changes only when a field changes meaning or goes away;
 /// fields may be added within a version.
@@ -295,6 +315,17 @@ struct WorkerDocument<'a> {
     updated: String,
     restarts: u32,
     last_exit: Option<&'a str>,
+    polling: Option<PollingDocument>,
+}
+
+/// How the passes keep up with the interval.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PollingDocument {
+    interval_seconds: u64,
+    last_pass_seconds: Option<f64>,
+    behind: bool,
+    warning: Option<Problem<'static>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -320,7 +351,7 @@ struct CertificateDocument<'a> {
 #[derive(Debug, Serialize)]
 struct Problem<'a> {
     reason: Option<&'a str>,
-    message: &'a str,
+    message: std::borrow::Cow<'a, str>,
 }
 
 impl CertificateState {
@@ -356,19 +387,30 @@ impl WorkerState {
                 failures: c.failures,
                 last_error: c.last_error.as_deref().map(|message| Problem {
                     reason: c.reason.as_deref(),
-                    message,
+                    message: message.into(),
                 }),
                 warning: match (&c.status, &c.note) {
                     (CertStatus::Failed, _) | (_, None) => None,
                     (_, Some(note)) => Some(Problem {
                         reason: c.reason.as_deref(),
-                        message: note,
+                        message: note.into(),
                     }),
                 },
                 post_install: c.hook.as_deref(),
             })
             .collect();
-        let needs_attention = name != "running" || certificates.iter().any(|c| c.needs_attention);
+        let polling = self.polling.map(|pace| PollingDocument {
+            interval_seconds: pace.interval_s,
+            last_pass_seconds: pace.pass_s(),
+            behind: pace.behind(),
+            warning: pace.warning().map(|message| Problem {
+                reason: Some(POLLING_BEHIND),
+                message: message.into(),
+            }),
+        });
+        let behind = polling.as_ref().is_some_and(|p| p.behind);
+        let needs_attention =
+            name != "running" || behind || certificates.iter().any(|c| c.needs_attention);
         let doc = StatusDocument {
             schema_version: STATUS_SCHEMA_VERSION,
             needs_attention,
@@ -381,6 +423,7 @@ impl WorkerState {
                 updated: utc_timestamp(self.updated),
                 restarts: self.restarts,
                 last_exit: self.last_exit.as_deref(),
+                polling,
             },
             certificates,
         };
@@ -414,6 +457,7 @@ mod tests {
             updated: now(),
             restarts: 1,
             last_exit: Some("was killed by signal 9".into()),
+            polling: None,
             certificates: vec![c],
         };
         state.save(dir.path()).unwrap();
@@ -452,6 +496,12 @@ mod tests {
             updated: t,
             restarts: 0,
             last_exit: None,
+            polling: Some(Pace {
+                interval_s: 5,
+                certificates: 1,
+                last_pass_ms: Some(1200),
+                overdue_ms: None,
+            }),
             certificates: vec![ok.clone()],
         };
         let (json, attention) = state.status_json(&Supervision::Running { pid: Some(76) });
@@ -463,6 +513,10 @@ mod tests {
         assert_eq!(doc["worker"]["supervisorPid"], 76);
         assert_eq!(doc["worker"]["pollerPid"], 77);
         assert_eq!(doc["worker"]["settingsSequence"], 4);
+        assert_eq!(
+            doc["worker"]["polling"],
+            serde_json::json!({"intervalSeconds": 5, "lastPassSeconds": 1.2, "behind": false, "warning": null})
+        );
         let c = &doc["certificates"][0];
         assert_eq!(c["url"], "https://v.vault.azure.net/secrets/a");
         assert_eq!(c["state"], "installed");
@@ -488,6 +542,31 @@ mod tests {
         state.certificates.truncate(1);
         let (_, attention) = state.status_json(&Supervision::Stopped);
         assert!(attention, "a stopped worker needs attention");
+
+        // A pass longer than the interval needs attention, with the reason and the measured figures.
+        state.polling = Some(Pace {
+            interval_s: 5,
+            certificates: 1,
+            last_pass_ms: Some(7600),
+            overdue_ms: None,
+        });
+        let (json, attention) = state.status_json(&Supervision::Running { pid: Some(76) });
+        assert!(attention, "a poller that falls behind needs attention");
+        let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let polling = &doc["worker"]["polling"];
+        assert_eq!(polling["behind"], true);
+        assert_eq!(polling["lastPassSeconds"], 7.6);
+        assert_eq!(polling["warning"]["reason"], "polling-behind");
+        let message = polling["warning"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("pollingIntervalInS (5 s)") && message.contains("took 7.6 s"),
+            "{message}"
+        );
+        assert!(
+            state
+                .render(Some(76))
+                .contains("polling: WARNING: polling cannot keep up")
+        );
     }
 
     #[test]

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::handler::{Extension, HandlerError, write_atomically};
-use crate::schedule::{INITIAL_SYNC_ATTEMPTS, InitialSync};
+use crate::schedule::{INITIAL_SYNC_ATTEMPTS, InitialSync, Pace};
+use crate::state::POLLING_BEHIND;
 use crate::state::{CertStatus, CertificateState};
 
 /// The extension's full name, as waagent spells it in status files.
@@ -307,6 +308,8 @@ pub(crate) struct WorkerView<'a> {
     pub settings_warnings: &'a [String],
     /// Where `requireInitialSync` stands.
     pub sync: InitialSync,
+    /// How the passes over the certificates keep up with the interval.
+    pub pace: Option<&'a Pace>,
     /// One per observed certificate, in settings order.
     pub certificates: &'a [CertificateState],
     /// How often the supervisor restarted the poller since the worker started, and the last exit reason.
@@ -315,7 +318,11 @@ pub(crate) struct WorkerView<'a> {
 
 /// The poller's status report, within [`STATUS_BUDGET`] for any number of certificates.
 pub(crate) fn worker_report(view: &WorkerView<'_>) -> StatusReport {
-    let (status, summary) = overall(view.sync, view.certificates);
+    let (mut status, summary) = overall(view.sync, view.certificates);
+    let behind = view.pace.and_then(Pace::warning);
+    if behind.is_some() && status == Status::Success {
+        status = Status::Warning;
+    }
     let restarted = match view.restarts {
         Some((n, why)) if n > 0 => format!(" It was restarted {n} time(s); the last exit: {why}."),
         _ => String::new(),
@@ -333,13 +340,26 @@ pub(crate) fn worker_report(view: &WorkerView<'_>) -> StatusReport {
             view.polling_interval_s
         ),
     );
-    let settings = (!view.settings_warnings.is_empty()).then(|| {
-        SubStatus::new(
+    if let Some(warning) = &behind {
+        report
+            .message
+            .push_str(&format!(" [{POLLING_BEHIND}] {warning}."));
+    }
+    let mut first = Vec::new();
+    if !view.settings_warnings.is_empty() {
+        first.push(SubStatus::new(
             "settings",
             Status::Warning,
             view.settings_warnings.join(" "),
-        )
-    });
+        ));
+    }
+    if let Some(warning) = behind {
+        first.push(SubStatus::new(
+            "polling",
+            Status::Warning,
+            format!("[{POLLING_BEHIND}] {warning}"),
+        ));
+    }
     for level in [
         Detail::Full,
         Detail::CompactHealthy,
@@ -347,10 +367,11 @@ pub(crate) fn worker_report(view: &WorkerView<'_>) -> StatusReport {
         Detail::Short,
         Detail::Grouped,
     ] {
-        report.substatus = substatus(view.certificates, level);
-        if let Some(s) = &settings {
-            report.substatus.insert(0, s.clone());
-        }
+        report.substatus = first
+            .iter()
+            .cloned()
+            .chain(substatus(view.certificates, level))
+            .collect();
         if level == Detail::Grouped || report.render(usize::MAX).len() <= STATUS_BUDGET {
             break;
         }
@@ -794,6 +815,7 @@ mod tests {
             polling_interval_s: 3600,
             settings_warnings: &[],
             sync: InitialSync::Done,
+            pace: None,
             certificates: certs,
             restarts: None,
         }

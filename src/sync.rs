@@ -6,13 +6,14 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
 use crate::certificate::{CertificateBundle, CertificateError, ContentKind};
 use crate::http::{self, Stop};
+use crate::schedule::Offer;
 use crate::settings::{AclEntry, ObservedCertificate};
 use crate::store::{FolderFile, Install, PrincipalKind, Store, StoreError, resolve_principals};
 use crate::vault::{SecretKind, VaultClient, VaultError};
@@ -269,27 +270,32 @@ struct VaultLoad {
 /// most [`http::CONNECTIONS_PER_HOST`] per vault (the connections the pool keeps). A vault's first check goes
 /// alone for up to [`WARM_UP`]: it answers the challenge, fetches the token and leaves a TLS session for the
 /// others to resume, and if it hangs the others go ahead without it.
-pub(crate) struct Checks {
+///
+/// A check's end is sent as `E::from(done)` to the channel the owner waits on (the poller's one channel for
+/// everything that can wake it); the owner hands each [`Done`] back to [`Checks::ended`].
+pub(crate) struct Checks<E> {
     client: Arc<VaultClient>,
     options: SyncOptions,
     stop: Stop,
-    tx: Sender<Done>,
-    rx: Receiver<Done>,
+    tx: Sender<E>,
     vaults: HashMap<String, VaultLoad>,
     in_flight: usize,
     generation: u64,
 }
 
-impl Checks {
-    /// Checks with `client`, none running yet.
-    pub(crate) fn new(client: Arc<VaultClient>, options: SyncOptions, stop: Stop) -> Checks {
-        let (tx, rx) = mpsc::channel();
+impl<E: From<Done> + Send + 'static> Checks<E> {
+    /// Checks with `client`, none running yet, reporting to `tx`.
+    pub(crate) fn new(
+        client: Arc<VaultClient>,
+        options: SyncOptions,
+        stop: Stop,
+        tx: Sender<E>,
+    ) -> Checks<E> {
         Checks {
             client,
             options,
             stop,
             tx,
-            rx,
             vaults: HashMap::new(),
             in_flight: 0,
             generation: 0,
@@ -316,16 +322,27 @@ impl Checks {
         self.in_flight
     }
 
-    /// Starts checking `cert` (index `index` of the current settings) unless the limits say wait; returns
-    /// whether it started.
+    /// When a vault whose first check is still running lets its other certificates go ahead anyway
+    /// ([`WARM_UP`] after that check started), if one is waiting for that.
+    pub(crate) fn warm_up_ends(&self) -> Option<Instant> {
+        self.vaults
+            .values()
+            .filter(|load| !load.warm && load.busy > 0)
+            .filter_map(|load| load.first_started)
+            .map(|t| t + WARM_UP)
+            .filter(|t| *t > Instant::now())
+            .min()
+    }
+
+    /// Starts checking `cert` (index `index` of the current settings) unless the limits say wait.
     pub(crate) fn try_start(
         &mut self,
         index: usize,
         cert: &ObservedCertificate,
         known: KnownOwned,
-    ) -> bool {
+    ) -> Offer {
         if self.in_flight >= PARALLELISM {
-            return false;
+            return Offer::Full;
         }
         let load = self.vaults.entry(cert.vault_url.to_string()).or_default();
         let warmed_up = load.warm || load.first_started.is_some_and(|t| t.elapsed() >= WARM_UP);
@@ -335,7 +352,7 @@ impl Checks {
             1
         };
         if load.busy >= limit {
-            return false;
+            return Offer::NoRoom;
         }
         let (client, options, stop, tx) = (
             Arc::clone(&self.client),
@@ -353,33 +370,31 @@ impl Checks {
                     has_not_after: known.has_not_after,
                 };
                 let result = check(&client, &cert, known, &options, &stop);
-                let _ = tx.send(Done {
+                let _ = tx.send(E::from(Done {
                     generation,
                     index,
                     url: cert.url.to_string(),
                     vault: cert.vault_url.to_string(),
                     result,
-                });
+                }));
             });
         if let Err(e) = started {
             log::warn!("cannot start a check thread ({e}); trying again shortly");
-            return false;
+            return Offer::Full;
         }
         load.busy += 1;
         load.first_started.get_or_insert_with(Instant::now);
         self.in_flight += 1;
-        true
+        Offer::Started
     }
 
-    /// The next check to end, waiting up to `timeout`.
-    pub(crate) fn next(&mut self, timeout: Duration) -> Option<Done> {
-        let done = self.rx.recv_timeout(timeout).ok()?;
+    /// Books the end of a check this started (whatever its generation): its connection is free again.
+    pub(crate) fn ended(&mut self, done: &Done) {
         self.in_flight = self.in_flight.saturating_sub(1);
         if let Some(load) = self.vaults.get_mut(&done.vault) {
             load.busy = load.busy.saturating_sub(1);
             load.warm = true;
         }
-        Some(done)
     }
 }
 
@@ -393,8 +408,9 @@ pub struct KnownOwned {
     pub has_not_after: bool,
 }
 
-/// Checks every certificate of `certs` once, as many at once as the parallelism limits allow; results in the order of
-/// `certs` (`known` gives what is installed, by the same index; missing entries mean nothing is).
+/// Checks every certificate of `certs` once, as many at once as the parallelism limits allow, in settings order;
+/// results in the order of `certs` (`known` gives what is installed, by the same index; missing entries mean
+/// nothing is).
 pub fn check_all(
     client: Arc<VaultClient>,
     certs: &[ObservedCertificate],
@@ -402,21 +418,42 @@ pub fn check_all(
     options: SyncOptions,
     stop: &Stop,
 ) -> Vec<Result<Checked, SyncError>> {
-    let mut checks = Checks::new(client, options, stop.clone());
+    let (tx, rx) = mpsc::channel::<Done>();
+    let mut checks = Checks::new(client, options, stop.clone(), tx);
     let mut results: Vec<Option<Result<Checked, SyncError>>> = certs.iter().map(|_| None).collect();
     let mut waiting: Vec<usize> = (0..certs.len()).collect();
     let mut left = certs.len();
     while left > 0 {
+        let mut full = false;
         waiting.retain(|&i| {
-            !checks.try_start(i, &certs[i], known.get(i).cloned().unwrap_or_default())
-        });
-        match checks.next(Duration::from_millis(100)) {
-            Some(done) => {
-                left -= 1;
-                results[done.index] = Some(done.result);
+            if full {
+                return true;
             }
-            None if stop.requested() && checks.in_flight() == 0 => break,
-            None => {}
+            match checks.try_start(i, &certs[i], known.get(i).cloned().unwrap_or_default()) {
+                Offer::Started | Offer::Settled => false,
+                Offer::NoRoom => true,
+                Offer::Full => {
+                    full = true;
+                    true
+                }
+            }
+        });
+        if checks.in_flight() == 0 && (stop.requested() || !waiting.is_empty()) {
+            if stop.requested() {
+                break;
+            }
+            // No thread could be started: try again shortly.
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        // A check's end frees room; a vault's warm-up ending lets its other certificates go.
+        let wait = checks.warm_up_ends().map_or(http::CHECK_DEADLINE, |t| {
+            t.saturating_duration_since(Instant::now())
+        });
+        if let Ok(done) = rx.recv_timeout(wait) {
+            checks.ended(&done);
+            left -= 1;
+            results[done.index] = Some(done.result);
         }
     }
     results

@@ -2,7 +2,6 @@
 //! extension is enabled, and re-reads its settings when `enable` signals a new sequence number (SIGHUP). On
 //! SIGTERM (from `disable`) it finishes what it is doing and exits, releasing the worker lock.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -14,7 +13,7 @@ use crate::hook;
 use crate::http::Stop;
 use crate::identity::Identity;
 use crate::logging::{self, Process};
-use crate::schedule::{self, InitialSync};
+use crate::schedule::{self, InitialSync, Offer, Pace, Queue};
 use crate::settings::{self, Configured, ObservedCertificate, Settings};
 use crate::state;
 use crate::state::{CertStatus, CertificateState, StateError, WorkerState};
@@ -25,8 +24,6 @@ use crate::vault::VaultClient;
 
 /// How often the heartbeat file is refreshed (waagent calls a handler unresponsive after 600 s).
 pub(crate) const HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
-/// How quickly the worker notices a signal.
-const TICK: Duration = Duration::from_millis(100);
 
 /// Errors that end the worker.
 #[derive(Debug, thiserror::Error)]
@@ -74,26 +71,6 @@ impl WorkerError {
             WorkerError::AnotherPoller { .. } => "another-poller",
             WorkerError::StateUnwritable { .. } => "state-unwritable",
         }
-    }
-}
-
-/// Flags raised by signal handlers.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Signals {
-    pub stop: Arc<AtomicBool>,
-    pub reload: Arc<AtomicBool>,
-}
-
-impl Signals {
-    pub(crate) fn install() -> Result<Signals, WorkerError> {
-        let signals = Signals::default();
-        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-            signal_hook::flag::register(sig, Arc::clone(&signals.stop))
-                .map_err(|source| WorkerError::Signals { source })?;
-        }
-        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&signals.reload))
-            .map_err(|source| WorkerError::Signals { source })?;
-        Ok(signals)
     }
 }
 
@@ -328,28 +305,55 @@ pub(crate) fn expiry_warning(
 /// the vault is slow to answer does not) before its requests are abandoned.
 pub(crate) const STOP_GRACE: Duration = Duration::from_secs(2);
 
-/// Exits the process [`STOP_GRACE`] after SIGTERM/SIGINT if the main loop has not returned by then, once no
-/// install is in progress: SIGTERM is answered within seconds even while a vault request hangs. The thread
-/// sleeps in a blocking read until a signal arrives (no polling).
-fn watch_for_stop() -> Result<(), WorkerError> {
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])
-    .map_err(|source| WorkerError::Signals { source })?;
-    thread::spawn(move || {
-        if signals.forever().next().is_none() {
-            return;
-        }
-        thread::sleep(STOP_GRACE);
-        let _no_file_operation = crate::store::quiesce();
-        log::warn!(
-            "worker stopping on request with requests still in flight; they are abandoned (no file operation was \
-             interrupted)"
-        );
-        log::logger().flush();
-        std::process::exit(0);
-    });
+/// Everything that wakes the poller, on its one channel: it sleeps until one of these arrives or the next
+/// thing it has to do is due (a check, a save, the heartbeat), never on a tick.
+#[derive(Debug)]
+enum Event {
+    /// A check ended (boxed: a check's result is large beside the other events).
+    Checked(Box<Done>),
+    /// The post-install commands of a burst ran.
+    Hooks(HookResults),
+    /// SIGHUP: `enable` wrote new settings.
+    Reload,
+    /// SIGTERM or SIGINT: `disable` (or the supervisor) asks the poller to stop.
+    Stop,
+}
+
+impl From<Done> for Event {
+    fn from(done: Done) -> Event {
+        Event::Checked(Box::new(done))
+    }
+}
+
+/// Hands SIGHUP, SIGTERM and SIGINT to the poller's channel, from a thread that sleeps in a blocking read until
+/// one arrives. On SIGTERM/SIGINT it also raises `stop` (retry waits end at once) and, if the poller has not
+/// exited [`STOP_GRACE`] later, exits the process once no file operation is in progress: SIGTERM is answered
+/// within seconds even while a vault request hangs.
+fn forward_signals(tx: mpsc::Sender<Event>, stop: Stop) -> Result<(), WorkerError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|source| WorkerError::Signals { source })?;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    let _ = tx.send(Event::Reload);
+                    continue;
+                }
+                stop.request();
+                let _ = tx.send(Event::Stop);
+                thread::sleep(STOP_GRACE);
+                let _no_file_operation = crate::store::quiesce();
+                log::warn!(
+                    "worker stopping on request with requests still in flight; they are abandoned (no file \
+                     operation was interrupted)"
+                );
+                log::logger().flush();
+                std::process::exit(0);
+            }
+        })
+        .map_err(|source| WorkerError::Signals { source })?;
     Ok(())
 }
 
@@ -407,13 +411,6 @@ fn known(state: &CertificateState) -> KnownOwned {
         version: state.version.clone(),
         has_not_after: state.not_after.is_some(),
     }
-}
-
-/// A certificate's own clock.
-#[derive(Debug, Clone, Copy)]
-struct Clock {
-    due: Instant,
-    busy: bool,
 }
 
 /// A certificate whose new version was installed, waiting for its post-install command.
@@ -541,32 +538,44 @@ fn poll_once(
     record_hooks(certs, &run_hooks(changes));
 }
 
-/// The poller: one clock per certificate, checks in their own threads, the status written as each ends.
+/// The poller: certificates take turns in a [`Queue`], checks run in their own threads, the status is written
+/// as each ends; it sleeps on one channel ([`Event`]) between the things it has to do.
 struct Poller<'a> {
     ext: &'a Extension,
     current: Current,
     state: WorkerState,
     client: Result<Arc<VaultClient>, String>,
-    checks: Option<Checks>,
-    clocks: Vec<Clock>,
-    /// When every certificate not in flight is next due.
-    next_beat: Instant,
+    checks: Option<Checks<Event>>,
+    /// Where the checks, the post-install commands and the signal thread report.
+    tx: mpsc::Sender<Event>,
+    queue: Queue,
     generation: u64,
     sync: InitialSync,
     rng: fastrand::Rng,
     stop: Stop,
     changes: Vec<Change>,
     first_change: Option<Instant>,
-    hooks: Option<mpsc::Receiver<HookResults>>,
+    /// The post-install commands of a burst are running.
+    hooks_running: bool,
     dirty: bool,
     saved: Instant,
     busy_before: bool,
+    /// The last pace logged as behind (so the log says it once, and again when it recovers).
+    behind: bool,
     /// What `metricsFile` shows.
     counters: crate::metrics::Counters,
 }
 
+/// How soon a poller that could not start a check thread tries again.
+const RETRY_START: Duration = Duration::from_secs(1);
+
 impl<'a> Poller<'a> {
-    fn start(ext: &'a Extension, current: Current, stop: Stop) -> Poller<'a> {
+    fn start(
+        ext: &'a Extension,
+        current: Current,
+        stop: Stop,
+        tx: mpsc::Sender<Event>,
+    ) -> Poller<'a> {
         let restarts = std::env::var(supervisor::ENV_RESTARTS)
             .ok()
             .and_then(|n| n.parse().ok())
@@ -583,6 +592,7 @@ impl<'a> Poller<'a> {
             updated: state::now(),
             restarts,
             last_exit,
+            polling: None,
             certificates: certificate_states(&current.settings, recorded(ext).as_ref()),
         };
         let client = vault_client(&current.settings);
@@ -594,6 +604,7 @@ impl<'a> Poller<'a> {
                     &crate::store::lock_folder(&ext.data_dir()),
                 ),
                 stop.clone(),
+                tx.clone(),
             )
         });
         log::info!(
@@ -604,29 +615,24 @@ impl<'a> Poller<'a> {
             first.saturating_duration_since(Instant::now()).as_millis()
         );
         Poller {
-            clocks: vec![
-                Clock {
-                    due: first,
-                    busy: false
-                };
-                state.certificates.len()
-            ],
-            next_beat: first,
+            queue: queue_for(&state.certificates, first, &current.settings),
             sync: InitialSync::start(current.settings.require_initial_sync),
             ext,
             current,
             state,
             client,
             checks,
+            tx,
             generation: 0,
             rng,
             stop,
             changes: Vec::new(),
             first_change: None,
-            hooks: None,
+            hooks_running: false,
             dirty: true,
             saved: Instant::now(),
             busy_before: false,
+            behind: false,
             counters: crate::metrics::Counters::default(),
         }
     }
@@ -664,69 +670,66 @@ impl<'a> Poller<'a> {
             }
             (Ok(client), None) => {
                 self.generation = 0;
-                Some(Checks::new(Arc::clone(client), options, self.stop.clone()))
+                Some(Checks::new(
+                    Arc::clone(client),
+                    options,
+                    self.stop.clone(),
+                    self.tx.clone(),
+                ))
             }
             // Every certificate fails with the client's error (see `dispatch`); checks in flight are dropped.
             (Err(_), _) => None,
         };
         self.state.seq = self.current.seq;
         self.state.certificates = certificate_states(&self.current.settings, Some(&self.state));
-        self.clocks = vec![
-            Clock {
-                due: Instant::now(),
-                busy: false
-            };
-            self.state.certificates.len()
-        ];
-        self.next_beat = Instant::now();
+        self.queue = queue_for(
+            &self.state.certificates,
+            Instant::now(),
+            &self.current.settings,
+        );
+        self.state.polling = None;
         self.sync = InitialSync::start(self.current.settings.require_initial_sync);
         // The new settings' status is written before any check, which may take a while against an unreachable
         // vault.
         self.save();
     }
 
-    /// Starts the checks that are due and allowed. At each beat (one polling interval, ±10 %, after the last)
-    /// every certificate whose check is not in flight becomes due; one still in flight is skipped.
+    /// Starts the checks that are due, in turn order, as far as the limits allow (see [`Queue`]).
     fn dispatch(&mut self) {
         let now = Instant::now();
-        if now >= self.next_beat {
-            for clock in self.clocks.iter_mut().filter(|c| !c.busy) {
-                clock.due = clock.due.min(now);
-            }
-            self.next_beat =
-                now + schedule::next_delay(self.current.settings.polling_interval, &mut self.rng);
-        }
+        self.queue.advance(now, &mut self.rng);
         let observed = &self.current.settings.observed_certificates;
-        for (i, clock) in self.clocks.iter_mut().enumerate() {
-            if clock.busy || clock.due > now {
-                continue;
+        let (checks, client, certs, counters) = (
+            &mut self.checks,
+            &self.client,
+            &mut self.state.certificates,
+            &mut self.counters,
+        );
+        let mut failed = false;
+        self.queue.offer(now, |i| match (checks.as_mut(), client) {
+            (Some(checks), Ok(_)) => checks.try_start(i, &observed[i], known(&certs[i])),
+            (_, Err(why)) => {
+                counters.record_error(observed[i].url.as_str(), "identity-setup");
+                record_failure(
+                    &mut certs[i],
+                    &observed[i],
+                    why,
+                    Some("identity-setup"),
+                    state::now(),
+                );
+                failed = true;
+                Offer::Settled
             }
-            match (&mut self.checks, &self.client) {
-                (Some(checks), Ok(_)) => {
-                    if checks.try_start(i, &observed[i], known(&self.state.certificates[i])) {
-                        clock.busy = true;
-                    }
-                }
-                (_, Err(why)) => {
-                    self.counters
-                        .record_error(observed[i].url.as_str(), "identity-setup");
-                    record_failure(
-                        &mut self.state.certificates[i],
-                        &observed[i],
-                        why,
-                        Some("identity-setup"),
-                        state::now(),
-                    );
-                    clock.due = self.next_beat;
-                    self.dirty = true;
-                }
-                (None, Ok(_)) => {}
-            }
-        }
+            (None, Ok(_)) => Offer::Full,
+        });
+        self.dirty |= failed;
     }
 
     /// Records one finished check and sets its certificate's next check.
     fn finished(&mut self, done: Done) {
+        if let Some(checks) = &mut self.checks {
+            checks.ended(&done);
+        }
         if done.generation != self.generation {
             log::debug!(
                 "{}: a check started under the previous settings ended",
@@ -764,85 +767,97 @@ impl<'a> Poller<'a> {
         let interval = self.current.settings.polling_interval;
         // Healthy certificates wait for the next beat; while the initial sync is not done, a failing one is
         // retried on its own, sooner.
-        let due = match self.sync {
-            InitialSync::Trying { .. } if failures > 0 => (Instant::now()
-                + schedule::initial_sync_retry(failures, interval))
-            .min(self.next_beat),
-            _ => self.next_beat,
+        let retry = match self.sync {
+            InitialSync::Trying { .. } if failures > 0 => {
+                Some(Instant::now() + schedule::initial_sync_retry(failures, interval))
+            }
+            _ => None,
         };
+        self.queue.ended(i, retry);
         if was_trying && failures > 0 {
+            let next = retry.map_or(self.queue.next_beat(), |r| r.min(self.queue.next_beat()));
             log::info!(
                 "initial sync: {} failed {failures} time(s); next try in {} s",
                 done.url,
-                due.saturating_duration_since(Instant::now()).as_secs()
+                next.saturating_duration_since(Instant::now()).as_secs()
             );
         }
-        self.clocks[i] = Clock { due, busy: false };
         self.dirty = true;
     }
 
-    /// Starts the post-install commands of the changes gathered, once their burst is over; records what ran.
+    /// Starts the post-install commands of the changes gathered, once their burst is over (no check in flight,
+    /// or [`HOOK_GATHER`] after its first install) and the previous burst's have ended.
     fn hooks(&mut self) {
-        if let Some(rx) = &self.hooks {
-            match rx.try_recv() {
-                Ok(results) => {
-                    record_hooks(&mut self.state.certificates, &results);
-                    self.hooks = None;
-                    self.dirty = true;
-                }
-                Err(mpsc::TryRecvError::Disconnected) => self.hooks = None,
-                Err(mpsc::TryRecvError::Empty) => return,
-            }
+        if self.hooks_running {
+            return;
         }
         let Some(first) = self.first_change else {
             return;
         };
-        let busy = self.clocks.iter().any(|c| c.busy);
-        if busy && first.elapsed() < HOOK_GATHER {
+        if self.in_flight() > 0 && first.elapsed() < HOOK_GATHER {
             return;
         }
         let changes = std::mem::take(&mut self.changes);
         self.first_change = None;
-        let (tx, rx) = mpsc::channel();
+        let tx = self.tx.clone();
         match thread::Builder::new()
             .name("post-install".into())
             .spawn(move || {
-                let _ = tx.send(run_hooks(changes));
+                let _ = tx.send(Event::Hooks(run_hooks(changes)));
             }) {
-            Ok(_) => self.hooks = Some(rx),
+            Ok(_) => self.hooks_running = true,
             Err(e) => log::error!("cannot start the post-install commands: {e}"),
         }
     }
 
-    /// When the loop must next look at the clocks or the files.
+    /// Records what a burst's post-install commands did.
+    fn hooks_ran(&mut self, results: HookResults) {
+        record_hooks(&mut self.state.certificates, &results);
+        self.hooks_running = false;
+        self.dirty = true;
+    }
+
+    fn in_flight(&self) -> usize {
+        self.checks.as_ref().map_or(0, |c| c.in_flight())
+    }
+
+    /// How long the poller may sleep before it has something to do: the next certificate due, the status
+    /// save a finished check asked for, the heartbeat, a burst's post-install commands, the end of a vault's
+    /// warm-up while certificates wait for it. Checks that end wake it through the channel.
     fn next_wake(&self) -> Duration {
         let now = Instant::now();
-        let due = self
-            .clocks
-            .iter()
-            .filter(|c| !c.busy)
-            .map(|c| c.due.saturating_duration_since(now))
-            .min()
-            .unwrap_or(HEARTBEAT_EVERY);
         let save = if self.dirty {
-            (self.saved + SAVE_AFTER).saturating_duration_since(now)
+            SAVE_AFTER
         } else {
-            (self.saved + HEARTBEAT_EVERY).saturating_duration_since(now)
+            HEARTBEAT_EVERY
         };
-        due.min(save).min(TICK)
+        let mut at = (self.saved + save).min(self.queue.next_due());
+        if self.queue.waiting() > 0 {
+            match &self.checks {
+                Some(checks) if checks.in_flight() > 0 => {
+                    if let Some(end) = checks.warm_up_ends() {
+                        at = at.min(end);
+                    }
+                }
+                // Due certificates wait, yet nothing runs: a thread could not be started.
+                _ => at = at.min(now + RETRY_START),
+            }
+        }
+        if let Some(first) = self.first_change.filter(|_| !self.hooks_running) {
+            at = at.min(first + HOOK_GATHER);
+        }
+        at.saturating_duration_since(now)
     }
 
     /// Heartbeat, state file and status file when something changed (at most every [`SAVE_AFTER`]) or the
     /// heartbeat is due; the connections and memory a burst of checks used are given back when it is over.
     fn tend(&mut self) {
-        let busy = self.checks.as_ref().is_some_and(|c| c.in_flight() > 0);
+        let busy = self.in_flight() > 0;
         if self.busy_before && !busy {
             let next = self
-                .clocks
-                .iter()
-                .map(|c| c.due.saturating_duration_since(Instant::now()))
-                .min()
-                .unwrap_or_default();
+                .queue
+                .next_due()
+                .saturating_duration_since(Instant::now());
             if next > crate::http::MAX_IDLE_AGE {
                 // The vault will have closed them by the next check.
                 if let Ok(client) = &self.client {
@@ -859,6 +874,24 @@ impl<'a> Poller<'a> {
                 give_back_memory();
             }
         }
+    }
+
+    /// The pace of the passes, logged when it falls behind the interval and when it catches up again.
+    fn pace(&mut self) -> Pace {
+        let pace = self.queue.pace(Instant::now());
+        let behind = pace.behind();
+        if behind != self.behind {
+            self.behind = behind;
+            match pace.warning() {
+                Some(warning) => log::warn!("{warning}"),
+                None => log::info!(
+                    "polling keeps up with the interval again: the last pass took {:.1} s (interval {} s)",
+                    pace.pass_s().unwrap_or_default(),
+                    pace.interval_s
+                ),
+            }
+        }
+        pace
     }
 
     /// Heartbeat, state file and status file, in that order: a status that says the worker runs implies a
@@ -878,6 +911,8 @@ impl<'a> Poller<'a> {
                 seq: self.current.seq,
             },
         )?;
+        let pace = self.pace();
+        self.state.polling = Some(pace);
         self.state.updated = state::now();
         self.state.save(&self.ext.data_dir())?;
         let report = status::worker_report(&WorkerView {
@@ -886,6 +921,7 @@ impl<'a> Poller<'a> {
             polling_interval_s: self.current.settings.polling_interval.as_secs(),
             settings_warnings: &self.current.settings.warnings,
             sync: self.sync,
+            pace: Some(&pace),
             certificates: &self.state.certificates,
             restarts: self
                 .state
@@ -900,6 +936,7 @@ impl<'a> Poller<'a> {
                 counters: &self.counters,
                 client: self.client.as_deref().ok(),
                 restarts: self.state.restarts,
+                pace: Some(&pace),
             };
             let text = crate::metrics::render(&snapshot);
             crate::metrics::update(path, &text, &mut self.counters);
@@ -908,20 +945,27 @@ impl<'a> Poller<'a> {
     }
 
     /// Waits up to [`STOP_GRACE`] for the checks in flight to end, then records the state.
-    fn finish(&mut self) {
+    fn finish(&mut self, events: &mpsc::Receiver<Event>) {
         let deadline = Instant::now() + STOP_GRACE;
-        while let Some(checks) = &mut self.checks {
-            if checks.in_flight() == 0 || Instant::now() >= deadline {
-                break;
-            }
-            if let Some(done) = checks.next(TICK) {
-                self.finished(done);
+        while self.in_flight() > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match events.recv_timeout(left) {
+                Ok(Event::Checked(done)) => self.finished(*done),
+                Ok(Event::Hooks(results)) => self.hooks_ran(results),
+                Ok(Event::Reload | Event::Stop) => {}
+                Err(_) => break,
             }
         }
         let _no_file_operation = crate::store::quiesce();
         self.save();
         log::info!("worker stopping on request");
     }
+}
+
+/// The turns of `certs` (in settings order), the never checked first, every one due at `first`.
+fn queue_for(certs: &[CertificateState], first: Instant, settings: &Settings) -> Queue {
+    let last_checked: Vec<Option<OffsetDateTime>> = certs.iter().map(|c| c.last_check).collect();
+    Queue::new(&last_checked, first, settings.polling_interval)
 }
 
 /// Runs the poller until SIGTERM (`kvvm poller`, started by the supervisor), from its [`start`].
@@ -935,32 +979,29 @@ pub(crate) fn run(start: Start) -> Result<(), WorkerError> {
     limit_malloc_arenas();
     crate::residency::map_only_what_is_used();
     die_on_every_segfault();
-    let signals = Signals::install()?;
-    let stop = Stop::from_flag(Arc::clone(&signals.stop));
-    watch_for_stop()?;
-    let mut poller = Poller::start(ext, current?, stop.clone());
+    let stop = Stop::default();
+    let (tx, events) = mpsc::channel();
+    forward_signals(tx.clone(), stop.clone())?;
+    let mut poller = Poller::start(ext, current?, stop, tx);
     poller
         .try_save()
         .map_err(|e| WorkerError::StateUnwritable {
             detail: e.to_string(),
         })?;
     loop {
-        if signals.reload.swap(false, Ordering::Relaxed) {
-            poller.reload();
-        }
-        if stop.requested() {
-            poller.finish();
-            return Ok(());
-        }
         poller.dispatch();
         poller.hooks();
-        let wait = poller.next_wake();
-        match poller.checks.as_mut().and_then(|c| c.next(wait)) {
-            Some(done) => poller.finished(done),
-            None if poller.checks.is_none() => thread::sleep(wait),
-            None => {}
-        }
         poller.tend();
+        match events.recv_timeout(poller.next_wake()) {
+            Ok(Event::Checked(done)) => poller.finished(*done),
+            Ok(Event::Hooks(results)) => poller.hooks_ran(results),
+            Ok(Event::Reload) => poller.reload(),
+            Ok(Event::Stop) => {
+                poller.finish(&events);
+                return Ok(());
+            }
+            Err(_) => {}
+        }
     }
 }
 

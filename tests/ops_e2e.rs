@@ -377,6 +377,7 @@ fn odd_link_names_are_escaped_and_unchecked_certificates_have_no_times() {
         counters: &counters,
         client: None,
         restarts: 3,
+        pace: None,
     });
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kvvm.prom");
