@@ -3,10 +3,10 @@
 //! bad content) never blocks the others — and a few are checked at once, so many certificates do not cost N
 //! round trips in a row. A version that is already installed is not decoded or written again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
@@ -256,6 +256,88 @@ pub(crate) struct Done {
     pub result: Result<Checked, SyncError>,
 }
 
+/// The threads checks run on: at most [`PARALLELISM`], started as checks need them and kept between cycles
+/// (a thread per check cost more CPU than the checks themselves: creating it, mapping and unmapping its stack,
+/// and the TLB shootdowns that unmapping costs in a process with other threads), until [`Checks::release`]
+/// lets them go before a long wait, or the [`Checks`] is dropped.
+struct Threads {
+    shared: Arc<(Mutex<ThreadsState>, Condvar)>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+struct ThreadsState {
+    jobs: VecDeque<Job>,
+    /// Threads running, busy or idle.
+    threads: usize,
+    /// Threads waiting for a job.
+    idle: usize,
+    /// Idle threads are to exit (a long wait ahead, or the owner is gone).
+    retire: bool,
+}
+
+impl Threads {
+    fn new() -> Threads {
+        Threads {
+            shared: Arc::new((Mutex::new(ThreadsState::default()), Condvar::new())),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ThreadsState> {
+        self.shared.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `job` on an idle thread, or a new one while there are fewer than [`PARALLELISM`]; otherwise it
+    /// waits for the first thread to finish (one that has reported its check's end and not yet come back).
+    fn run(&self, job: Job) -> std::io::Result<()> {
+        let mut state = self.lock();
+        state.retire = false;
+        if state.idle == 0 && state.threads < PARALLELISM {
+            let shared = Arc::clone(&self.shared);
+            std::thread::Builder::new()
+                .name("check".into())
+                .spawn(move || work(&shared))?;
+            state.threads += 1;
+        }
+        state.jobs.push_back(job);
+        self.shared.1.notify_one();
+        Ok(())
+    }
+
+    /// Lets the idle threads exit.
+    fn release(&self) {
+        self.lock().retire = true;
+        self.shared.1.notify_all();
+    }
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// A check thread's life: run jobs until told to retire while idle.
+fn work(shared: &(Mutex<ThreadsState>, Condvar)) {
+    let mut state = shared.0.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        if let Some(job) = state.jobs.pop_front() {
+            drop(state);
+            job();
+            state = shared.0.lock().unwrap_or_else(|e| e.into_inner());
+            continue;
+        }
+        if state.retire {
+            state.threads -= 1;
+            return;
+        }
+        state.idle += 1;
+        state = shared.1.wait(state).unwrap_or_else(|e| e.into_inner());
+        state.idle -= 1;
+    }
+}
+
 /// Load on one vault.
 #[derive(Debug, Default)]
 struct VaultLoad {
@@ -265,8 +347,8 @@ struct VaultLoad {
     first_started: Option<Instant>,
 }
 
-/// Certificate checks on their own clocks: each runs in its own thread and reports back through a channel, so
-/// a slow or hung check holds up nothing but its own certificate. At most [`PARALLELISM`] run at once and at
+/// Certificate checks on their own clocks: each runs on a thread of its own ([`Threads`]) and reports back
+/// through a channel, so a slow or hung check holds up nothing but its own certificate. At most [`PARALLELISM`] run at once and at
 /// most [`http::CONNECTIONS_PER_HOST`] per vault (the connections the pool keeps). A vault's first check goes
 /// alone for up to [`WARM_UP`]: it answers the challenge, fetches the token and leaves a TLS session for the
 /// others to resume, and if it hangs the others go ahead without it.
@@ -281,6 +363,7 @@ pub(crate) struct Checks<E> {
     vaults: HashMap<String, VaultLoad>,
     in_flight: usize,
     generation: u64,
+    threads: Threads,
 }
 
 impl<E: From<Done> + Send + 'static> Checks<E> {
@@ -299,7 +382,14 @@ impl<E: From<Done> + Send + 'static> Checks<E> {
             vaults: HashMap::new(),
             in_flight: 0,
             generation: 0,
+            threads: Threads::new(),
         }
+    }
+
+    /// Lets the idle check threads exit (before a wait longer than it is worth keeping them for); the next
+    /// checks start new ones.
+    pub(crate) fn release(&self) {
+        self.threads.release();
     }
 
     /// New settings: later checks use `client` and `options`; results of checks started before carry the old
@@ -362,22 +452,20 @@ impl<E: From<Done> + Send + 'static> Checks<E> {
         );
         let generation = self.generation;
         let cert = cert.clone();
-        let started = std::thread::Builder::new()
-            .name("check".into())
-            .spawn(move || {
-                let known = Known {
-                    version: known.version.as_deref(),
-                    has_not_after: known.has_not_after,
-                };
-                let result = check(&client, &cert, known, &options, &stop);
-                let _ = tx.send(E::from(Done {
-                    generation,
-                    index,
-                    url: cert.url.to_string(),
-                    vault: cert.vault_url.to_string(),
-                    result,
-                }));
-            });
+        let started = self.threads.run(Box::new(move || {
+            let known = Known {
+                version: known.version.as_deref(),
+                has_not_after: known.has_not_after,
+            };
+            let result = check(&client, &cert, known, &options, &stop);
+            let _ = tx.send(E::from(Done {
+                generation,
+                index,
+                url: cert.url.to_string(),
+                vault: cert.vault_url.to_string(),
+                result,
+            }));
+        }));
         if let Err(e) = started {
             log::warn!("cannot start a check thread ({e}); trying again shortly");
             return Offer::Full;

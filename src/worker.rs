@@ -850,7 +850,8 @@ impl<'a> Poller<'a> {
     }
 
     /// Heartbeat, state file and status file when something changed (at most every [`SAVE_AFTER`]) or the
-    /// heartbeat is due; the connections and memory a burst of checks used are given back when it is over.
+    /// heartbeat is due; the threads, connections and memory a burst of checks used are given back when it is
+    /// over.
     fn tend(&mut self) {
         let busy = self.in_flight() > 0;
         if self.busy_before && !busy {
@@ -863,6 +864,10 @@ impl<'a> Poller<'a> {
                 if let Ok(client) = &self.client {
                     client.release_connections();
                 }
+            }
+            // Their stacks would stay resident through the wait; a burst starts its few threads again.
+            if let Some(checks) = &self.checks {
+                checks.release();
             }
             give_back_memory();
         }
