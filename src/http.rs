@@ -11,8 +11,9 @@
 //! when the caller's [`Deadline`] is nearer), so a server that accepts a connection and never answers costs
 //! one per-try limit, never a stalled worker.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustls_pki_types::CertificateDer;
@@ -422,7 +423,53 @@ pub(crate) fn agent(route: Route, policy: &RetryPolicy) -> Result<ureq::Agent, H
         // The request head carries the bearer token (2–4 KiB).
         .output_buffer_size(16 * 1024)
         .build();
-    Ok(config.new_agent())
+    Ok(ureq::Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::default(),
+        CachedResolver::default(),
+    ))
+}
+
+/// How long a name's addresses are reused before it is looked up again.
+const NAME_TTL: Duration = Duration::from_secs(30);
+
+/// ureq's resolver, with the answers kept for [`NAME_TTL`]. ureq resolves the host before it looks in its pool
+/// for an idle connection, and with a timeout set its resolver starts a thread for every lookup: a request on
+/// a pooled connection cost a thread and a `getaddrinfo` (`/etc/hosts`, `nsswitch.conf`, the nscd socket)
+/// each time, most of a cycle's CPU. Only successful lookups are kept, so a name that fails is asked again
+/// on the next try; a name whose addresses change (a private endpoint moved) is followed within
+/// [`NAME_TTL`]. (`ureq::unversioned` is outside ureq's semver promise: Cargo.lock pins the version.)
+#[derive(Debug, Default)]
+struct CachedResolver {
+    lookup: ureq::unversioned::resolver::DefaultResolver,
+    known: Mutex<HashMap<String, (Instant, ureq::unversioned::resolver::ResolvedSocketAddrs)>>,
+}
+
+impl ureq::unversioned::resolver::Resolver for CachedResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let key = uri
+            .authority()
+            .map(|a| format!("{}|{a}", uri.scheme_str().unwrap_or_default()))
+            .unwrap_or_default();
+        let known = |map: &mut HashMap<_, (Instant, _)>| {
+            map.retain(|_, (at, _): &mut (Instant, _)| at.elapsed() < NAME_TTL);
+            map.get(&key).map(|(_, addrs)| addrs).cloned()
+        };
+        if let Some(addrs) = known(&mut self.known.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(addrs);
+        }
+        let addrs = self.lookup.resolve(uri, config, timeout)?;
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (Instant::now(), addrs.clone()));
+        Ok(addrs)
+    }
 }
 
 /// Connections a poll cycle opens to one host at most (`sync` keeps to it), and so the idle ones kept
