@@ -417,11 +417,14 @@ pub(crate) fn agent(route: Route, policy: &RetryPolicy) -> Result<ureq::Agent, H
         // Servers close idle connections within minutes; keeping them longer only holds memory.
         .max_idle_age(MAX_IDLE_AGE)
         // Key Vault and IMDS send about 1 KiB of headers and bodies of a few KiB (read in a stream into a
-        // capped buffer), so ureq's 128 KiB buffers per connection would only cost memory.
+        // capped buffer), so ureq's 128 KiB buffers would only cost memory: a TLS connection holds two pairs
+        // of them (one over TCP, one over the TLS stream), kept while it waits in the pool. The input buffer
+        // holds the response head (at most 8 KiB); rustls reads and writes TLS records through the TCP pair
+        // in pieces.
         .max_response_header_size(8 * 1024)
-        .input_buffer_size(16 * 1024)
-        // The request head carries the bearer token (2–4 KiB).
-        .output_buffer_size(16 * 1024)
+        .input_buffer_size(8 * 1024)
+        // The request head carries the bearer token (a managed identity's is 1.5–3 KiB).
+        .output_buffer_size(8 * 1024)
         .build();
     Ok(ureq::Agent::with_parts(
         config,
