@@ -869,12 +869,13 @@ impl<'a> Poller<'a> {
             if let Some(checks) = &self.checks {
                 checks.release();
             }
-            give_back_memory();
         }
         self.busy_before = busy;
         let elapsed = self.saved.elapsed();
         if (self.dirty && elapsed >= SAVE_AFTER) || elapsed >= HEARTBEAT_EVERY {
             self.save();
+            // Once per wait: after the save that follows a burst (a burst always leaves something to save),
+            // and after each heartbeat. Dropping pages more often only faults them in again.
             if !busy {
                 give_back_memory();
             }
