@@ -282,6 +282,18 @@ pub struct Installed {
     pub folder_changed: bool,
 }
 
+/// Where an installed version is found: its file, the link applications use, and the link to its folder when
+/// `additionalFormats` gives it one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// `<store>/<prefix>.<version>`.
+    pub file: PathBuf,
+    /// `<store>/<link name>`.
+    pub link: PathBuf,
+    /// `<store>/<link name>.d`.
+    pub folder: Option<PathBuf>,
+}
+
 /// An opened store folder.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -330,11 +342,7 @@ impl Store {
             });
         }
         let mode = meta.mode() & 0o7777;
-        let wanted = if has_access_acl(dir) {
-            mode & 0o770 | 0o700
-        } else {
-            0o700
-        };
+        let wanted = wanted_mode(dir, mode);
         if mode != wanted {
             fs::set_permissions(dir, fs::Permissions::from_mode(wanted))
                 .map_err(folder_err("setting its mode"))?;
@@ -351,6 +359,49 @@ impl Store {
     /// The folder.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether `version` is installed and current in the store folder `dir`, as [`Store::open`] and
+    /// [`Store::install`] leave it: the folder has its mode, the link `link_name` points at the regular file
+    /// `<file_prefix>.<version>`, and — when `folder_names` is not empty — `<link_name>.d` points at that
+    /// version's folder holding exactly those files. It only reads (nothing is created or repaired), so the
+    /// check of an unchanged version costs a few system calls; `None` sends the caller to `open` and
+    /// `install`, which put right whatever is not as it should be.
+    pub fn installed(
+        dir: &Path,
+        link_name: &str,
+        file_prefix: &str,
+        version: &str,
+        folder_names: &[&str],
+    ) -> Option<Placed> {
+        let meta = fs::metadata(dir).ok()?;
+        let mode = meta.mode() & 0o7777;
+        if !meta.is_dir() || mode != wanted_mode(dir, mode) {
+            return None;
+        }
+        let file_name = format!("{file_prefix}.{version}");
+        let link = dir.join(link_name);
+        if fs::read_link(&link).ok()? != Path::new(&file_name) {
+            return None;
+        }
+        let file = dir.join(&file_name);
+        if !fs::symlink_metadata(&file).ok()?.is_file() {
+            return None;
+        }
+        let folder = if folder_names.is_empty() {
+            None
+        } else {
+            let view = Store {
+                dir: dir.to_path_buf(),
+                real: PathBuf::new(),
+                locks: PathBuf::new(),
+            };
+            if !view.folder_current(link_name, file_prefix, version, folder_names) {
+                return None;
+            }
+            Some(dir.join(format!("{link_name}{FOLDER_SUFFIX}")))
+        };
+        Some(Placed { file, link, folder })
     }
 
     /// The version the link `link_name` points at, if it points at an existing `<prefix>.<version>` file.
@@ -843,6 +894,16 @@ fn remove_legacy_lock(dir: &Path) {
 fn version_of(name: &OsStr, prefix: &str) -> Option<Version> {
     let name = name.to_str()?;
     Version::parse(name.strip_prefix(prefix)?.strip_prefix('.')?)
+}
+
+/// The mode a store folder whose mode is `mode` must have: 0700, or — when it carries an ACL — its group bits
+/// kept (they are the ACL's mask) and "other" cleared. The ACL is looked up only when the mode is not 0700.
+fn wanted_mode(dir: &Path, mode: u32) -> u32 {
+    if mode != 0o700 && has_access_acl(dir) {
+        mode & 0o770 | 0o700
+    } else {
+        0o700
+    }
 }
 
 fn has_access_acl(path: &Path) -> bool {

@@ -138,36 +138,31 @@ pub(crate) fn check(
             });
         }
     };
-    let store = Store::open(&cert.store_location, &options.lock_dir)?;
     let prefix = cert.secret.file_prefix();
-    let file = store.dir().join(format!("{prefix}.{}", secret.version));
-    let link = store.dir().join(cert.link_name.as_str());
-    let current = store.current_version(&cert.link_name, &prefix);
     let folder_names = cert.formats.file_names();
-    let folder_link = cert.formats.any().then(|| {
-        store
-            .dir()
-            .join(format!("{}{}", cert.link_name, crate::store::FOLDER_SUFFIX))
-    });
     if known.has_not_after
         && known.version == Some(secret.version.as_str())
-        && current.as_deref() == Some(secret.version.as_str())
-        && file.is_file()
-        && (folder_names.is_empty()
-            || store.folder_current(&cert.link_name, &prefix, &secret.version, &folder_names))
+        && let Some(placed) = Store::installed(
+            &cert.store_location,
+            &cert.link_name,
+            &prefix,
+            &secret.version,
+            &folder_names,
+        )
     {
         return Ok(Checked {
             version: secret.version.to_string(),
-            file,
-            link,
+            file: placed.file,
+            link: placed.link,
             changed: false,
             not_after: None,
             serial: None,
             validity_warning: None,
             removed: Vec::new(),
-            folder: folder_link,
+            folder: placed.folder,
         });
     }
+    let store = Store::open(&cert.store_location, &options.lock_dir)?;
     let name = format!("{} version {}", cert.secret, secret.version);
     let bundle = CertificateBundle::from_secret(&name, kind, secret.value())?;
     let pem = bundle.to_pem();
