@@ -19,7 +19,7 @@ use crate::store::{FolderFile, Install, PrincipalKind, Store, StoreError, resolv
 use crate::vault::{SecretKind, VaultClient, VaultError};
 
 /// How many certificates are checked at once.
-pub(crate) const PARALLELISM: usize = 8;
+pub(crate) const PARALLELISM: usize = 16;
 /// How long the other certificates of a vault wait for its first check before they go ahead anyway.
 pub(crate) const WARM_UP: Duration = Duration::from_secs(3);
 
