@@ -291,6 +291,10 @@ impl Bench {
             only.as_deref()
                 .is_none_or(|o| o.split(',').any(|x| x == name))
         };
+        ensure!(
+            with_peer() || only.is_some(),
+            "KVVM_BENCH_NO_PEER measures kvvm alone: name the sections with KVVM_BENCH_ONLY=initial,outside"
+        );
         if want("initial") {
             self.initial_sync(&ext)?;
         }
@@ -405,6 +409,10 @@ impl Bench {
             );
             kvvm.push(took);
 
+            if !with_peer() {
+                println!("  run {run}: kvvm {took:.2} s (KVVM_BENCH_NO_PEER: the peer is not run)");
+                continue;
+            }
             let _ = fs::remove_dir_all(peer_out);
             let t = Instant::now();
             let status = self.peer(peer_out, true, INTERVAL_S)?.wait()?;
@@ -417,6 +425,11 @@ impl Bench {
             );
             peer.push(took_peer);
             println!("  run {run}: kvvm {took:.2} s, peer {took_peer:.2} s");
+        }
+        if !with_peer() {
+            println!("  kvvm: {}", Spread::of(&kvvm).show("s", 2));
+            self.vault.set_latency(Duration::ZERO);
+            return Ok(());
         }
         let (k, p) = (Spread::of(&kvvm), Spread::of(&peer));
         let ratios: Vec<f64> = peer.iter().zip(&kvvm).map(|(p, k)| p / k).collect();
@@ -1459,6 +1472,19 @@ impl Bench {
         let (pid, supervisor) = worker_pids()?;
         let kvvm = self.outside_cycles(&[pid, supervisor])?;
         agent.disable(ext, 2)?;
+        if !with_peer() {
+            println!(
+                "  kvvm: {:.0} ms per cycle; VmRSS {:.1} MiB, RssAnon {:.1} MiB between cycles; VmHWM {:.1} MiB; links \
+                 in place {:.2} s after enable (KVVM_BENCH_NO_PEER: the peer is not run)",
+                kvvm.cpu_ms,
+                kvvm.idle_rss.median / 1024.0,
+                kvvm.anon.median / 1024.0,
+                mib(kvvm.hwm_kib),
+                links.as_secs_f64()
+            );
+            self.vault.set_latency(Duration::ZERO);
+            return Ok(());
+        }
 
         let mut child = self.peer(&peer_out, false, OUTSIDE_INTERVAL_S)?;
         let peer = wait_until("the peer's first cycle", Duration::from_secs(120), || {
@@ -1590,6 +1616,12 @@ impl Bench {
             anon: Spread::of(&anon),
         })
     }
+}
+
+/// Whether the peer runs beside kvvm: `KVVM_BENCH_NO_PEER` (with `KVVM_BENCH_ONLY=initial,outside`) measures kvvm
+/// alone, for comparing builds of kvvm with each other in a fraction of the time.
+fn with_peer() -> bool {
+    std::env::var_os("KVVM_BENCH_NO_PEER").is_none()
 }
 
 /// The running worker's poller (from `state.json`) and supervisor (`worker.pid`).
