@@ -482,8 +482,10 @@ fn adding_additional_formats_later_builds_the_folder_for_the_installed_version()
                 .unwrap();
             assert!(run.success(), "{}", run.output);
             let folder = store.join(format!("myvault.web.{v}.d"));
+            // The folder is renamed into place first and its link moved after it: wait for the link.
             let deadline = Instant::now() + Duration::from_secs(30);
-            while !folder.join("certificate.pfx").exists() && Instant::now() < deadline {
+            while !store.join("myvault.web.d/certificate.pfx").exists() && Instant::now() < deadline
+            {
                 std::thread::sleep(Duration::from_millis(100));
             }
             assert_eq!(
