@@ -1,13 +1,16 @@
 //! Every `kvvm` command, from its start to its result; `main.rs` only parses the command line and reports.
 //! The five waagent verbs each return the one-line message waagent captures from stdout and, where waagent
 //! reads one, write the status file; `enable` returns in milliseconds: the work happens in the worker, the
-//! supervisor (`kvvm worker`) that keeps one poller (`kvvm poller`) running. `kvvm status` and
-//! `kvvm sync --once` are for an operator on the VM.
+//! supervisor (`kvvm worker`) that keeps one poller (`kvvm poller`) running. The standalone service runs the
+//! same supervisor in the foreground (`kvvm service`, systemd's `ExecStart`). `kvvm status`, `kvvm sync --once`,
+//! `kvvm check-settings` and `kvvm wait` are for an operator, a pipeline or an install script, wherever kvvm
+//! runs (see crate::host).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::handler::{Extension, HandlerError};
+use crate::host::{Host, HostError, Service};
 use crate::logging::{self, Process};
 use crate::settings::{self, Configured, SettingsError};
 use crate::state::{self, CertStatus, StateError, Supervision};
@@ -48,6 +51,24 @@ pub enum CommandError {
         /// Empty, or how to run the command so that it can (as root).
         hint: String,
     },
+    /// The service's settings cannot be read or are invalid (`kvvm service` then exits 78: systemd does not
+    /// restart it until they are fixed).
+    #[error(transparent)]
+    ServiceSettings(#[from] HostError),
+    /// A folder of the service cannot be created.
+    #[error("cannot create the service's folder {path}: {source}")]
+    ServiceFolder {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `kvvm wait` gave up: the worker is not ready (`detail` says where it stands).
+    #[error("{detail}")]
+    NotReady {
+        /// Where the worker stands, and why it is not ready.
+        detail: String,
+    },
 }
 
 impl CommandError {
@@ -59,6 +80,9 @@ impl CommandError {
             CommandError::Settings { source, .. } => source.reason(),
             CommandError::Worker(e) => e.reason(),
             CommandError::State { source, .. } => source.reason(),
+            CommandError::ServiceSettings(e) => e.reason(),
+            CommandError::ServiceFolder { .. } => "service-folder",
+            CommandError::NotReady { .. } => "not-ready",
         }
     }
 }
@@ -104,18 +128,19 @@ impl Verb {
 /// `kvvm <verb>`: finds the extension, starts `handler.log` and runs `verb`; the message waagent captures.
 pub fn verb(verb: Verb) -> Result<String, CommandError> {
     let ext = Extension::locate()?;
-    logging::start(&ext, Process::Handler, None);
-    run(verb, &ext)
+    let host = Host::Extension(ext.clone());
+    logging::start(&host, Process::Handler, None);
+    run(verb, &host, &ext)
 }
 
-/// Runs `verb` for the extension `ext`.
-fn run(verb: Verb, ext: &Extension) -> Result<String, CommandError> {
+/// Runs `verb` for the extension `ext` (whose host is `host`).
+fn run(verb: Verb, host: &Host, ext: &Extension) -> Result<String, CommandError> {
     match verb {
-        Verb::Install => install(ext),
-        Verb::Enable => enable(ext),
-        Verb::Disable => disable(ext),
-        Verb::Update => update(ext),
-        Verb::Uninstall => uninstall(ext),
+        Verb::Install => install(host, ext),
+        Verb::Enable => enable(host, ext),
+        Verb::Disable => disable(host, ext),
+        Verb::Update => update(host, ext),
+        Verb::Uninstall => uninstall(host, ext),
     }
 }
 
@@ -133,10 +158,15 @@ fn own_executable() -> Result<PathBuf, SupervisorError> {
     })
 }
 
-fn report(ext: &Extension, operation: Operation, message: &str) -> Result<(), CommandError> {
+fn report(
+    host: &Host,
+    ext: &Extension,
+    operation: Operation,
+    message: &str,
+) -> Result<(), CommandError> {
     if let Ok(seq) = ext.current_sequence() {
         status::write(
-            ext,
+            host,
             seq,
             &StatusReport::new(operation, Status::Success, message),
         )?;
@@ -146,9 +176,9 @@ fn report(ext: &Extension, operation: Operation, message: &str) -> Result<(), Co
 
 /// After `disable` and `uninstall` no worker runs: the heartbeat, whose status waagent reports as the
 /// handler's, must not keep saying Ready.
-fn heartbeat_stopped(ext: &Extension, message: &str) -> Result<(), CommandError> {
+fn heartbeat_stopped(host: &Host, message: &str) -> Result<(), CommandError> {
     status::write_heartbeat(
-        ext,
+        host,
         &Heartbeat::Stopped {
             detail: message.to_string(),
         },
@@ -156,7 +186,7 @@ fn heartbeat_stopped(ext: &Extension, message: &str) -> Result<(), CommandError>
     Ok(())
 }
 
-fn install(ext: &Extension) -> Result<String, CommandError> {
+fn install(host: &Host, ext: &Extension) -> Result<String, CommandError> {
     let state = supervisor(ext).state()?;
     log::info!(
         "install: extension at {}, worker {:?}",
@@ -168,11 +198,11 @@ fn install(ext: &Extension) -> Result<String, CommandError> {
         env!("CARGO_PKG_VERSION"),
         ext.dir.display()
     );
-    report(ext, Operation::Install, &message)?;
+    report(host, ext, Operation::Install, &message)?;
     Ok(message)
 }
 
-fn update(ext: &Extension) -> Result<String, CommandError> {
+fn update(host: &Host, ext: &Extension) -> Result<String, CommandError> {
     let from =
         std::env::var("AZURE_GUEST_AGENT_UPDATING_FROM_VERSION").unwrap_or_else(|_| "?".into());
     // Certificates, the worker lock and its state live outside the versioned directory: nothing to migrate.
@@ -182,11 +212,11 @@ fn update(ext: &Extension) -> Result<String, CommandError> {
         env!("CARGO_PKG_VERSION")
     );
     let message = format!("kvvm updated from {from} to {}", env!("CARGO_PKG_VERSION"));
-    report(ext, Operation::Update, &message)?;
+    report(host, ext, Operation::Update, &message)?;
     Ok(message)
 }
 
-fn enable(ext: &Extension) -> Result<String, CommandError> {
+fn enable(host: &Host, ext: &Extension) -> Result<String, CommandError> {
     let seq = ext.current_sequence()?;
     let text = ext.read_settings_text(seq)?;
     let sup = supervisor(ext);
@@ -207,7 +237,7 @@ fn enable(ext: &Extension) -> Result<String, CommandError> {
                 kept,
             };
             status::write(
-                ext,
+                host,
                 seq,
                 &StatusReport::new(Operation::Enable, Status::Error, err.to_string()),
             )?;
@@ -229,7 +259,7 @@ fn enable(ext: &Extension) -> Result<String, CommandError> {
                 }
             );
             status::write(
-                ext,
+                host,
                 seq,
                 &StatusReport::new(Operation::Enable, Status::Warning, message.clone()),
             )?;
@@ -274,7 +304,7 @@ fn enable(ext: &Extension) -> Result<String, CommandError> {
             settings.observed_certificates.len()
         ),
     );
-    status::write(ext, seq, &starting)?;
+    status::write(host, seq, &starting)?;
     let message = match state {
         WorkerState::Running { pid } if sup.notify_reload()? => {
             format!(
@@ -303,7 +333,7 @@ fn enable(ext: &Extension) -> Result<String, CommandError> {
     Ok(message)
 }
 
-fn disable(ext: &Extension) -> Result<String, CommandError> {
+fn disable(host: &Host, ext: &Extension) -> Result<String, CommandError> {
     let outcome = supervisor(ext).stop(STOP_GRACE)?;
     let message = match outcome {
         StopOutcome::NotRunning => "disabled; no worker was running".to_string(),
@@ -312,19 +342,19 @@ fn disable(ext: &Extension) -> Result<String, CommandError> {
             format!("disabled; worker {pid} did not stop within {STOP_GRACE:?} and was killed")
         }
     };
-    report(ext, Operation::Disable, &message)?;
-    heartbeat_stopped(ext, &message)?;
+    report(host, ext, Operation::Disable, &message)?;
+    heartbeat_stopped(host, &message)?;
     log::info!("{message}");
     Ok(message)
 }
 
-fn uninstall(ext: &Extension) -> Result<String, CommandError> {
+fn uninstall(host: &Host, ext: &Extension) -> Result<String, CommandError> {
     let outcome = supervisor(ext).stop(STOP_GRACE)?;
     // During an update the old version's uninstall runs while the new version's directory exists: the new
     // version needs the state folder. Only the uninstall that leaves no version behind removes it.
     let data_dir = ext.data_dir();
     let own = ext.dir.file_name();
-    let prefix = format!("{}-", crate::handler::EXTENSION_NAME);
+    let prefix = format!("{}-", ext.name());
     let others: Vec<String> = ext
         .dir
         .parent()
@@ -366,26 +396,201 @@ fn uninstall(ext: &Extension) -> Result<String, CommandError> {
             StopOutcome::Stopped { pid, .. } => format!(" (worker {pid} stopped)"),
         }
     );
-    report(ext, Operation::Uninstall, &message)?;
-    heartbeat_stopped(ext, &message)?;
+    report(host, ext, Operation::Uninstall, &message)?;
+    heartbeat_stopped(host, &message)?;
     log::info!("{message}");
     Ok(message)
 }
 
 /// `kvvm worker`: the supervisor `enable` starts. It holds the worker lock and keeps one poller running.
 pub fn supervise() -> Result<(), CommandError> {
-    let ext = Extension::locate()?;
-    logging::start(&ext, Process::Supervisor, None);
+    let host = Host::locate()?;
+    logging::start(&host, Process::Supervisor, None);
+    keep_one_poller(&host)
+}
+
+/// The supervisor's work, wherever it runs: one poller, restarted whenever it ends.
+fn keep_one_poller(host: &Host) -> Result<(), CommandError> {
     let exe = own_executable()?;
-    let report = worker::RestartReport { ext: &ext };
-    crate::supervisor::supervise(
-        &supervisor(&ext),
-        &exe,
-        &ext.dir,
-        &ext.env.heartbeat_file,
-        &report,
-    )?;
+    let report = worker::RestartReport { host };
+    crate::supervisor::supervise(&Supervisor::new(host.data_dir()), &exe, host, &report)?;
     Ok(())
+}
+
+/// `kvvm service`: the standalone service (systemd's `ExecStart` in `kvvm.service`), the supervisor in the
+/// foreground with `files` (its settings file, state and log folders). Settings that cannot be read or are
+/// invalid end it at once with [`CommandError::ServiceSettings`] (exit 78, which the unit does not restart);
+/// settings that observe nothing leave it waiting for `systemctl reload kvvm`.
+pub fn service(files: Service) -> Result<(), CommandError> {
+    use std::os::unix::fs::DirBuilderExt;
+    for (dir, mode) in [(&files.state_dir, 0o700), (&files.log_dir, 0o755)] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(dir)
+            .map_err(|source| CommandError::ServiceFolder {
+                path: dir.clone(),
+                source,
+            })?;
+    }
+    let host = Host::Service(files.clone());
+    logging::start(&host, Process::Supervisor, None);
+    if let Err(e) = host.settings() {
+        log::error!("not starting: {e}");
+        return Err(e.into());
+    }
+    log::info!(
+        "kvvm {} service starting: settings {}, state {}, logs {}",
+        env!("CARGO_PKG_VERSION"),
+        files.settings_file.display(),
+        files.state_dir.display(),
+        files.log_dir.display()
+    );
+    keep_one_poller(&host)
+}
+
+/// How often `kvvm wait` looks at the worker's record.
+const WAIT_EVERY: Duration = Duration::from_millis(500);
+
+/// `kvvm wait [--timeout SECONDS]`: for install scripts (the VM Application's, cloud-init's). Waits until a
+/// worker runs and — when its settings have `requireInitialSync` — every certificate is installed; then one line
+/// on where it stands. [`CommandError::NotReady`] when the initial sync failed (after its attempts), when there
+/// is nothing to watch, or when `timeout` passes first (saying where it stood).
+pub fn wait(timeout: Duration) -> Result<Output, CommandError> {
+    let host = Host::locate()?;
+    let supervisor = Supervisor::new(host.data_dir());
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match readiness(&host, &supervisor) {
+            Readiness::Ready(text) => {
+                return Ok(Output {
+                    text: format!("{text}\n"),
+                    attention: false,
+                });
+            }
+            Readiness::Never(detail) => return Err(CommandError::NotReady { detail }),
+            Readiness::NotYet(detail) if std::time::Instant::now() >= deadline => {
+                return Err(CommandError::NotReady {
+                    detail: format!("not ready within {} s: {detail}", timeout.as_secs()),
+                });
+            }
+            Readiness::NotYet(_) => std::thread::sleep(WAIT_EVERY),
+        }
+    }
+}
+
+/// Where a worker stands for [`wait`].
+enum Readiness {
+    Ready(String),
+    NotYet(String),
+    Never(String),
+}
+
+fn readiness(host: &Host, supervisor: &Supervisor) -> Readiness {
+    match supervisor.state() {
+        Ok(WorkerState::Running { .. }) => {}
+        Ok(WorkerState::Stopped) => return Readiness::NotYet("no worker runs yet".into()),
+        Err(e) => return Readiness::NotYet(e.to_string()),
+    }
+    let recorded = match state::WorkerState::load(&host.data_dir()) {
+        Ok(recorded) => recorded,
+        Err(e) => return Readiness::NotYet(e.to_string()),
+    };
+    // What it recorded must be for the settings as they are now (an install script writes them, then reloads).
+    if let Some(wanted) = host.wanted_seq()
+        && wanted != recorded.seq
+    {
+        return Readiness::NotYet(format!(
+            "the worker has not taken up the current {} yet (a new settings file needs `systemctl reload kvvm`)",
+            host.settings_label(wanted)
+        ));
+    }
+    // A poller that is being restarted, or has not saved yet, is not there to vouch for its record.
+    if nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(recorded.pid).unwrap_or(0)),
+        None,
+    )
+    .is_err()
+    {
+        return Readiness::NotYet(format!(
+            "the poller (pid {}) that recorded the state is not running",
+            recorded.pid
+        ));
+    }
+    let total = recorded.certificates.len();
+    let installed = recorded
+        .certificates
+        .iter()
+        .filter(|c| matches!(c.status, CertStatus::Installed | CertStatus::Warning))
+        .count();
+    let failing: Vec<String> = recorded
+        .certificates
+        .iter()
+        .filter(|c| c.status == CertStatus::Failed)
+        .map(|c| {
+            format!(
+                "{} ([{}] {})",
+                c.url,
+                c.reason.as_deref().unwrap_or("failed"),
+                c.last_error.as_deref().unwrap_or("no detail")
+            )
+        })
+        .collect();
+    let standing = format!("{installed} of {total} certificate(s) installed");
+    let failing_text = if failing.is_empty() {
+        String::new()
+    } else {
+        format!("; failing: {}", failing.join("; "))
+    };
+    match recorded.initial_sync {
+        None if total == 0 => Readiness::Never(format!(
+            "the worker has nothing to watch. {}",
+            host.settings_hint()
+        )),
+        None => Readiness::NotYet("the poller has not recorded its first status yet".into()),
+        Some(state::InitialSyncState::Trying) => {
+            Readiness::NotYet(format!("initial sync: {standing}{failing_text}"))
+        }
+        Some(state::InitialSyncState::Failed) => Readiness::Never(format!(
+            "the initial sync failed: {standing}{failing_text} (polling goes on; `kvvm status` has the details)"
+        )),
+        Some(state::InitialSyncState::Done) => {
+            Readiness::Ready(format!("ready: initial sync done, {standing}"))
+        }
+        Some(state::InitialSyncState::NotRequired) => Readiness::Ready(format!(
+            "ready: the worker runs (requireInitialSync is off); {standing}{failing_text}"
+        )),
+    }
+}
+
+/// `kvvm check-settings [FILE]`: validates a settings file without running anything, with the messages `enable`
+/// and the service give: the extension's public settings JSON (what `az vm extension set --settings` takes),
+/// or a whole waagent settings file. `FILE` defaults to the service's settings file.
+pub fn check_settings(file: Option<PathBuf>) -> Result<Output, CommandError> {
+    let path = file.unwrap_or_else(|| Service::from_env().settings_file);
+    let configured = crate::host::read_service_settings(&path)?;
+    let text = match configured {
+        Configured::Nothing { reason } => format!(
+            "{}: valid, but nothing to watch: {reason}; a worker with these settings waits for others\n",
+            path.display()
+        ),
+        Configured::Settings(settings) => {
+            let mut text = format!(
+                "{}: valid: {} observed certificate(s), polling every {} s\n",
+                path.display(),
+                settings.observed_certificates.len(),
+                settings.polling_interval.as_secs()
+            );
+            for warning in &settings.warnings {
+                text.push_str(&format!("warning: {warning}\n"));
+            }
+            text
+        }
+    };
+    Ok(Output {
+        text,
+        attention: false,
+    })
 }
 
 /// `kvvm poller`: polls the vaults and installs certificates, until SIGTERM.
@@ -396,8 +601,8 @@ pub fn poller() -> Result<(), WorkerError> {
 /// `kvvm status`: what the worker recorded about each certificate, for an operator on the VM; with `json` the
 /// documented JSON document for scripts, with `attention` when anything needs attention.
 pub fn status(json: bool) -> Result<Output, CommandError> {
-    let ext = Extension::locate()?;
-    let recorded = state::WorkerState::load(&ext.data_dir()).map_err(|source| {
+    let host = Host::locate()?;
+    let recorded = state::WorkerState::load(&host.data_dir()).map_err(|source| {
         let hint = match source {
             StateError::RootOnly { .. } => format!(
                 ": run `sudo {} status`",
@@ -409,7 +614,7 @@ pub fn status(json: bool) -> Result<Output, CommandError> {
         };
         CommandError::State { source, hint }
     })?;
-    let running = supervisor(&ext).state();
+    let running = Supervisor::new(host.data_dir()).state();
     if json {
         let supervision = match running {
             Ok(WorkerState::Running { pid }) => Supervision::Running { pid },
@@ -428,7 +633,7 @@ pub fn status(json: bool) -> Result<Output, CommandError> {
         Ok(WorkerState::Running { pid }) => pid,
         _ => None,
     };
-    let mut text = recorded.render(worker);
+    let mut text = recorded.render(worker, &host.settings_label(recorded.seq));
     if let Ok(WorkerState::Stopped) = running {
         text.push_str(
             "\n(the worker is not running: this is what it recorded last; run enable to start it)\n",
@@ -445,8 +650,13 @@ pub fn status(json: bool) -> Result<Output, CommandError> {
 /// state files are left to the worker.
 pub fn sync_once() -> Result<Output, CommandError> {
     let start = worker::start(Process::Sync)?;
-    let current = start.current?;
-    let certs = worker::sync_once(&start.ext, &current);
+    let current = match start.watch? {
+        worker::Watch::Certificates(current) => current,
+        worker::Watch::Nothing { reason, .. } => {
+            return Err(WorkerError::NoSettings { reason }.into());
+        }
+    };
+    let certs = worker::sync_once(&start.host, &current);
     let mut text = format!(
         "settings {}: {} observed certificate(s)\n",
         current.seq,

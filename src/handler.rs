@@ -23,7 +23,8 @@ pub enum HandlerError {
     /// Neither `AZURE_GUEST_AGENT_EXTENSION_PATH` nor the binary's own place names the extension directory.
     #[error(
         "cannot find the extension directory: {detail}. waagent sets AZURE_GUEST_AGENT_EXTENSION_PATH; \
-         when running by hand, run the binary from <extension dir>/bin/kvvm or set that variable"
+         when running by hand, run the binary from <extension dir>/bin/kvvm or set that variable. (The \
+         standalone service is not an extension: systemd runs it, `systemctl start kvvm`.)"
     )]
     NoExtensionDir {
         /// Why the binary's place does not do.
@@ -181,11 +182,36 @@ impl Extension {
         Ok(Extension { dir, env })
     }
 
-    /// Folder for the worker's lock, pid and state: beside the versioned extension directories, so that it is
-    /// the same for every version (an update must find the old worker) and survives the old one's removal.
+    /// Whether this process runs as an extension: waagent set `AZURE_GUEST_AGENT_EXTENSION_PATH`, or the binary
+    /// is inside an unpacked extension package (`<dir>/bin/kvvm-<arch>` beside `<dir>/HandlerManifest.json`).
+    pub(crate) fn is_here() -> bool {
+        extension_dir().is_ok()
+    }
+
+    /// The extension's name, `<Publisher>.<Type>`, from its directory (`<Publisher>.<Type>-<version>`): a
+    /// package registered under another publisher (`make package PUBLISHER=…`) keeps its own state folder and
+    /// status name. A directory not named that way (a hand-made one) has the default name.
+    pub(crate) fn name(&self) -> String {
+        self.dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.rsplit_once('-'))
+            .filter(|(name, version)| {
+                name.contains('.')
+                    && !version.is_empty()
+                    && version
+                        .split('.')
+                        .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .map_or_else(|| EXTENSION_NAME.to_string(), |(name, _)| name.to_string())
+    }
+
+    /// Folder for the worker's lock, pid and state: beside the versioned extension directories, named after the
+    /// extension, so that it is the same for every version (an update must find the old worker) and survives
+    /// the old one's removal.
     pub(crate) fn data_dir(&self) -> PathBuf {
         let parent = self.dir.parent().unwrap_or(Path::new("/"));
-        parent.join(EXTENSION_NAME)
+        parent.join(self.name())
     }
 
     /// The file recording the most recently processed sequence number.
@@ -363,6 +389,45 @@ mod tests {
             "the list is empty"
         );
         assert!(HandlerEnvironment::parse("[{\"handlerEnv").is_err());
+    }
+
+    #[test]
+    fn the_name_comes_from_the_directory_waagent_made() {
+        let env = HandlerEnvironment {
+            log_folder: "/l".into(),
+            config_folder: "/c".into(),
+            status_folder: "/s".into(),
+            heartbeat_file: "/h".into(),
+        };
+        let ext = |dir: &str| Extension {
+            dir: PathBuf::from(dir),
+            env: env.clone(),
+        };
+        for (dir, name, data) in [
+            (
+                "/var/lib/waagent/Microsoft.Azure.KeyVault.KeyVaultForLinux-3.1.2",
+                "Microsoft.Azure.KeyVault.KeyVaultForLinux",
+                "/var/lib/waagent/Microsoft.Azure.KeyVault.KeyVaultForLinux",
+            ),
+            (
+                "/var/lib/waagent/Contoso.Security.KeyVaultForLinux-0.1.0",
+                "Contoso.Security.KeyVaultForLinux",
+                "/var/lib/waagent/Contoso.Security.KeyVaultForLinux",
+            ),
+            (
+                "/tmp/unpacked",
+                EXTENSION_NAME,
+                "/tmp/Microsoft.Azure.KeyVault.KeyVaultForLinux",
+            ),
+            (
+                "/tmp/my-kvvm-copy",
+                EXTENSION_NAME,
+                "/tmp/Microsoft.Azure.KeyVault.KeyVaultForLinux",
+            ),
+        ] {
+            assert_eq!(ext(dir).name(), name, "{dir}");
+            assert_eq!(ext(dir).data_dir(), PathBuf::from(data), "{dir}");
+        }
     }
 
     #[test]

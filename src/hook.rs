@@ -122,6 +122,8 @@ pub(crate) fn run(hook: &Hook, changed: &[Installed]) -> Result<HookRun, HookErr
         .stderr(Stdio::piped())
         .current_dir("/");
     command.process_group(0);
+    // The service's systemd notification socket is kvvm's, not the command's.
+    command.env_remove(crate::notify::SOCKET_VAR);
     match crate::residency::tunables_for_commands() {
         Some(theirs) => command.env(crate::residency::TUNABLES_VAR, theirs),
         None => command.env_remove(crate::residency::TUNABLES_VAR),

@@ -22,11 +22,13 @@ mod files;
 mod fluentd;
 mod handler;
 mod hook;
+mod host;
 mod http;
 mod identity;
 mod logging;
 pub mod metrics;
 mod names;
+mod notify;
 mod residency;
 mod schedule;
 pub mod settings;
@@ -41,6 +43,7 @@ mod worker;
 // The binary: it dispatches to `commands`; these are what it names besides, and the types of the public
 // functions the tests call.
 pub use handler::HandlerEnvironment;
+pub use host::{HostError, SERVICE_LOG_DIR, SERVICE_SETTINGS, SERVICE_STATE_DIR, Service};
 pub use state::{CertStatus, CertificateState, WorkerState};
 pub use supervisor::FAILURE_MARK;
 pub use worker::{WorkerError, certificate_states};
@@ -67,6 +70,7 @@ pub use vault::{SecretBundle, SecretKind, VaultClient, VaultError};
 /// `HandlerEnvironment.json`'s is [`HandlerEnvironment::parse`].
 pub mod parse {
     pub use crate::fluentd::parse_ack;
+    pub use crate::host::parse_service_settings;
     pub use crate::identity::{basic_realm, parse_token};
     pub use crate::vault::{Challenge, kv_error, parse_bundle, parse_challenge, token_allowed};
 }

@@ -214,7 +214,7 @@ impl Queue {
     ) -> Queue {
         // Never checked first, then the longest ago; ties keep settings order.
         let mut order: Vec<usize> = (0..last_checked.len()).collect();
-        order.sort_by_key(|&i| last_checked[i]);
+        order.sort_unstable_by_key(|&i| (last_checked[i], i));
         let mut slots = vec![
             Slot {
                 turn: Turn::Waiting,
@@ -274,7 +274,7 @@ impl Queue {
         let mut joining: Vec<usize> = (0..self.slots.len())
             .filter(|&i| self.slots[i].turn == Turn::Waiting && self.slots[i].due <= now)
             .collect();
-        joining.sort_by_key(|&i| (self.slots[i].due, self.slots[i].served));
+        joining.sort_unstable_by_key(|&i| (self.slots[i].due, self.slots[i].served, i));
         for i in joining {
             self.slots[i].turn = Turn::Ready;
             self.ready.push_back(i);

@@ -157,6 +157,20 @@ impl CertificateState {
     }
 }
 
+/// Where `requireInitialSync` stands, as the poller records it for `kvvm status --json` and `kvvm wait`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum InitialSyncState {
+    /// The settings do not ask for it: the worker reports success as soon as it polls.
+    NotRequired,
+    /// Not every certificate is installed yet; failing ones are retried.
+    Trying,
+    /// Every certificate was installed.
+    Done,
+    /// It gave up after its attempts (polling goes on).
+    Failed,
+}
+
 /// Everything the worker records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -177,6 +191,9 @@ pub struct WorkerState {
     /// How long the last pass over every certificate took, against the polling interval.
     #[serde(default)]
     pub polling: Option<Pace>,
+    /// Where `requireInitialSync` stands (`None`: nothing to watch, or recorded by an older kvvm).
+    #[serde(default)]
+    pub initial_sync: Option<InitialSyncState>,
     /// One per observed certificate, in settings order.
     pub certificates: Vec<CertificateState>,
 }
@@ -213,13 +230,13 @@ impl WorkerState {
         self.certificates.iter().find(|c| c.url == url)
     }
 
-    /// A human-readable table for `kvvm status`; `worker` is the running worker's (supervisor's) pid.
-    pub fn render(&self, worker: Option<u32>) -> String {
+    /// A human-readable table for `kvvm status`; `worker` is the running worker's (supervisor's) pid, `settings`
+    /// how the host names the settings recorded (`settings 3`).
+    pub fn render(&self, worker: Option<u32>, settings: &str) -> String {
         let worker = worker.map_or_else(|| "?".to_string(), |p| p.to_string());
         let mut out = format!(
-            "worker pid {worker} · poller pid {} · settings {} · updated {}\n",
+            "worker pid {worker} · poller pid {} · {settings} · updated {}\n",
             self.pid,
-            self.seq,
             utc_timestamp(self.updated)
         );
         if let Some(why) = &self.last_exit {
@@ -315,6 +332,7 @@ struct WorkerDocument<'a> {
     updated: String,
     restarts: u32,
     last_exit: Option<&'a str>,
+    initial_sync: Option<InitialSyncState>,
     polling: Option<PollingDocument>,
 }
 
@@ -423,6 +441,7 @@ impl WorkerState {
                 updated: utc_timestamp(self.updated),
                 restarts: self.restarts,
                 last_exit: self.last_exit.as_deref(),
+                initial_sync: self.initial_sync,
                 polling,
             },
             certificates,
@@ -458,11 +477,12 @@ mod tests {
             restarts: 1,
             last_exit: Some("was killed by signal 9".into()),
             polling: None,
+            initial_sync: Some(InitialSyncState::Trying),
             certificates: vec![c],
         };
         state.save(dir.path()).unwrap();
         assert_eq!(WorkerState::load(dir.path()).ok(), Some(state.clone()));
-        let text = state.render(Some(8));
+        let text = state.render(Some(8), "settings 3");
         assert!(
             text.starts_with("worker pid 8 · poller pid 9 · settings 3"),
             "{text}"
@@ -496,6 +516,7 @@ mod tests {
             updated: t,
             restarts: 0,
             last_exit: None,
+            initial_sync: Some(InitialSyncState::Done),
             polling: Some(Pace {
                 interval_s: 5,
                 certificates: 1,
@@ -513,6 +534,7 @@ mod tests {
         assert_eq!(doc["worker"]["supervisorPid"], 76);
         assert_eq!(doc["worker"]["pollerPid"], 77);
         assert_eq!(doc["worker"]["settingsSequence"], 4);
+        assert_eq!(doc["worker"]["initialSync"], "done");
         assert_eq!(
             doc["worker"]["polling"],
             serde_json::json!({"intervalSeconds": 5, "lastPassSeconds": 1.2, "behind": false, "warning": null})
@@ -564,7 +586,7 @@ mod tests {
         );
         assert!(
             state
-                .render(Some(76))
+                .render(Some(76), "settings 4")
                 .contains("polling: WARNING: polling cannot keep up")
         );
     }

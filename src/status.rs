@@ -19,13 +19,11 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::handler::{Extension, HandlerError, write_atomically};
+use crate::handler::{HandlerError, write_atomically};
+use crate::host::Host;
 use crate::schedule::{INITIAL_SYNC_ATTEMPTS, InitialSync, Pace};
 use crate::state::POLLING_BEHIND;
 use crate::state::{CertStatus, CertificateState};
-
-/// The extension's full name, as waagent spells it in status files.
-pub(crate) const EXTENSION_NAME: &str = crate::handler::EXTENSION_NAME;
 
 /// waagent truncates status files above this size (`_MAX_STATUS_FILE_SIZE_IN_BYTES`).
 pub(crate) const MAX_STATUS_BYTES: usize = 128 * 1024;
@@ -121,7 +119,7 @@ struct SubStatusJson<'a> {
 
 #[derive(Serialize)]
 struct StatusBodyJson<'a> {
-    name: &'static str,
+    name: &'a str,
     operation: &'static str,
     status: Status,
     code: i32,
@@ -185,21 +183,21 @@ impl StatusReport {
 
     /// The JSON waagent reads. Reports built by [`worker_report`] fit [`STATUS_BUDGET`]; a report whose own
     /// messages are too long for waagent's limit (a verb's message never is) is cut at a character boundary.
-    pub(crate) fn to_json(&self) -> Vec<u8> {
-        let bytes = self.render(usize::MAX);
+    pub(crate) fn to_json(&self, name: &str) -> Vec<u8> {
+        let bytes = self.render(name, usize::MAX);
         if bytes.len() <= MAX_STATUS_BYTES {
             return bytes;
         }
         let per_entry = STATUS_BUDGET / (self.substatus.len() * 2 + 1);
-        self.render(per_entry.max(64))
+        self.render(name, per_entry.max(64))
     }
 
-    fn render(&self, limit: usize) -> Vec<u8> {
+    fn render(&self, name: &str, limit: usize) -> Vec<u8> {
         let doc = [StatusJson {
             version: 1.0,
             timestamp_utc: utc_timestamp(OffsetDateTime::now_utc()),
             status: StatusBodyJson {
-                name: EXTENSION_NAME,
+                name,
                 operation: self.operation.as_str(),
                 status: self.status,
                 code: self.code,
@@ -237,13 +235,16 @@ fn clip(s: &str, limit: usize) -> &str {
     &s[..end]
 }
 
-/// Writes `status/<seq>.status` for `ext`, atomically.
-pub(crate) fn write(ext: &Extension, seq: u64, report: &StatusReport) -> Result<(), HandlerError> {
-    std::fs::create_dir_all(&ext.env.status_folder).map_err(|source| HandlerError::Write {
-        path: ext.env.status_folder.clone(),
-        source,
-    })?;
-    write_atomically(&ext.status_path(seq), &report.to_json(), 0o644)
+/// Writes the status of settings `seq` for `host` (waagent's `status/<seq>.status`), atomically.
+pub(crate) fn write(host: &Host, seq: u64, report: &StatusReport) -> Result<(), HandlerError> {
+    let path = host.status_path(seq);
+    if let Some(folder) = path.parent() {
+        std::fs::create_dir_all(folder).map_err(|source| HandlerError::Write {
+            path: folder.to_path_buf(),
+            source,
+        })?;
+    }
+    write_atomically(&path, &report.to_json(&host.name()), 0o644)
 }
 
 /// What the heartbeat file says. waagent reports its status and message as the handler's.
@@ -251,8 +252,8 @@ pub(crate) fn write(ext: &Extension, seq: u64, report: &StatusReport) -> Result<
 pub(crate) enum Heartbeat {
     /// A poller runs with these settings.
     Running {
-        /// The settings' sequence number.
-        seq: u64,
+        /// Which settings, as messages name them (`settings 3`).
+        settings: String,
     },
     /// The poller exited abnormally and is being restarted.
     Restarting {
@@ -270,8 +271,8 @@ impl Heartbeat {
     /// The file's JSON.
     pub(crate) fn to_json(&self) -> Vec<u8> {
         let (status, message) = match self {
-            Heartbeat::Running { seq } => {
-                ("Ready", format!("kvvm worker running with settings {seq}"))
+            Heartbeat::Running { settings } => {
+                ("Ready", format!("kvvm worker running with {settings}"))
             }
             Heartbeat::Restarting { detail } => {
                 ("NotReady", format!("kvvm worker restarting: {detail}"))
@@ -290,16 +291,16 @@ impl Heartbeat {
     }
 }
 
-/// Writes the heartbeat file for `ext`, atomically.
-pub(crate) fn write_heartbeat(ext: &Extension, heartbeat: &Heartbeat) -> Result<(), HandlerError> {
-    write_atomically(&ext.env.heartbeat_file, &heartbeat.to_json(), 0o644)
+/// Writes the heartbeat file for `host`, atomically.
+pub(crate) fn write_heartbeat(host: &Host, heartbeat: &Heartbeat) -> Result<(), HandlerError> {
+    write_atomically(&host.heartbeat_file(), &heartbeat.to_json(), 0o644)
 }
 
 /// What the poller knows when it writes its status.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WorkerView<'a> {
-    /// The settings' sequence number.
-    pub seq: u64,
+    /// Which settings it runs with, as messages name them (`settings 3`, `settings /etc/kvvm/settings.json`).
+    pub settings: &'a str,
     /// The poller's pid.
     pub pid: u32,
     /// The polling interval in seconds.
@@ -331,11 +332,11 @@ pub(crate) fn worker_report(view: &WorkerView<'_>) -> StatusReport {
         Operation::Enable,
         status,
         format!(
-            "{summary}. kvvm {} worker (pid {}) is running with settings {}: {} observed certificate(s), polling \
-             every {} s.{restarted}",
+            "{summary}. kvvm {} worker (pid {}) is running with {}: {} observed certificate(s), polling every {} \
+             s.{restarted}",
             env!("CARGO_PKG_VERSION"),
             view.pid,
-            view.seq,
+            view.settings,
             view.certificates.len(),
             view.polling_interval_s
         ),
@@ -372,7 +373,12 @@ pub(crate) fn worker_report(view: &WorkerView<'_>) -> StatusReport {
             .cloned()
             .chain(substatus(view.certificates, level))
             .collect();
-        if level == Detail::Grouped || report.render(usize::MAX).len() <= STATUS_BUDGET {
+        if level == Detail::Grouped
+            || report
+                .render(crate::handler::EXTENSION_NAME, usize::MAX)
+                .len()
+                <= STATUS_BUDGET
+        {
             break;
         }
     }
@@ -660,7 +666,8 @@ mod tests {
         report
             .substatus
             .push(SubStatus::new("c", Status::Error, "x"));
-        let v: serde_json::Value = serde_json::from_slice(&report.to_json()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&report.to_json(crate::handler::EXTENSION_NAME)).unwrap();
         let s = &v[0]["status"];
         assert_eq!(v[0]["version"], 1.0);
         assert_eq!(s["status"], "warning");
@@ -715,7 +722,7 @@ mod tests {
                 "é".repeat(10_000),
             ));
         }
-        let bytes = report.to_json();
+        let bytes = report.to_json(crate::handler::EXTENSION_NAME);
         assert!(bytes.len() <= MAX_STATUS_BYTES, "{}", bytes.len());
         serde_json::from_slice::<serde_json::Value>(&bytes).unwrap();
     }
@@ -724,7 +731,9 @@ mod tests {
     fn heartbeat_says_what_is_true() {
         let v =
             |h: Heartbeat| -> serde_json::Value { serde_json::from_slice(&h.to_json()).unwrap() };
-        let running = v(Heartbeat::Running { seq: 3 });
+        let running = v(Heartbeat::Running {
+            settings: "settings 3".into(),
+        });
         assert_eq!(running[0]["heartbeat"]["status"], "Ready");
         assert_eq!(
             running[0]["heartbeat"]["formattedMessage"]["message"],
@@ -810,7 +819,7 @@ mod tests {
 
     fn view<'a>(certs: &'a [CertificateState]) -> WorkerView<'a> {
         WorkerView {
-            seq: 1,
+            settings: "settings 7",
             pid: 7,
             polling_interval_s: 3600,
             settings_warnings: &[],
@@ -872,7 +881,7 @@ mod tests {
                 })
                 .collect();
             let report = worker_report(&view(&certs));
-            let bytes = report.to_json();
+            let bytes = report.to_json(crate::handler::EXTENSION_NAME);
             assert!(
                 bytes.len() <= STATUS_BUDGET,
                 "{} bytes with 1 in {failing_every} failing",
@@ -929,10 +938,10 @@ mod tests {
             .collect();
         let mut full = StatusReport::new(Operation::Enable, Status::Success, "m");
         full.substatus = certs.iter().map(certificate_substatus).collect();
-        let full = full.to_json().len();
+        let full = full.to_json(crate::handler::EXTENSION_NAME).len();
         assert!(full > STATUS_BUDGET, "full entries take only {full} bytes");
         let report = worker_report(&view(&certs));
-        assert!(report.to_json().len() <= STATUS_BUDGET);
+        assert!(report.to_json(crate::handler::EXTENSION_NAME).len() <= STATUS_BUDGET);
         assert_eq!(report.substatus.len(), 300);
         for (s, c) in report.substatus.iter().zip(&certs) {
             assert_eq!(s.name, c.url);
@@ -959,7 +968,7 @@ mod tests {
             })
             .collect();
         let report = worker_report(&view(&certs));
-        assert!(report.to_json().len() <= STATUS_BUDGET);
+        assert!(report.to_json(crate::handler::EXTENSION_NAME).len() <= STATUS_BUDGET);
         assert_eq!(report.substatus.len(), 2, "{:#?}", report.substatus);
         assert_eq!(report.substatus[0].name, "certificates up to date");
         assert!(

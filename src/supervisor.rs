@@ -12,6 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill, killpg};
+
+use crate::host::Host;
 use nix::unistd::Pid;
 
 const LOCK_FILE: &str = "worker.lock";
@@ -506,8 +508,7 @@ pub(crate) trait Report {
 pub(crate) fn supervise(
     sup: &Supervisor,
     exe: &Path,
-    extension_dir: &Path,
-    heartbeat: &Path,
+    host: &Host,
     report: &dyn Report,
 ) -> Result<(), SupervisorError> {
     let Some(_lock) = sup.acquire()? else {
@@ -526,9 +527,9 @@ pub(crate) fn supervise(
     while !wake.stopping() {
         let started = Instant::now();
         let mut command = Command::new(exe);
+        host.pass_on(&mut command);
         command
             .arg("poller")
-            .env("AZURE_GUEST_AGENT_EXTENSION_PATH", extension_dir)
             .env(ENV_RESTARTS, restarts.to_string())
             .env(ENV_LAST_EXIT, &last_exit)
             .env(
@@ -562,7 +563,7 @@ pub(crate) fn supervise(
                         String::new()
                     }
                 );
-                match watch(&wake, &mut child, heartbeat, extension_dir, started) {
+                match watch(&wake, &mut child, host, started) {
                     None => return Ok(()),
                     Some(why) => why,
                 }
@@ -584,11 +585,8 @@ pub(crate) fn supervise(
         report.restarting(&why, restarts, backoff);
         let until = Instant::now() + backoff;
         while !wake.stopping() && Instant::now() < until && !wake.take_reload() {
-            if !installed(extension_dir) {
-                log::warn!(
-                    "the extension directory {} is gone: stopping",
-                    extension_dir.display()
-                );
+            if !host.installed() {
+                log::warn!("the extension directory is gone: stopping");
                 return Ok(());
             }
             wake.wait(until.saturating_duration_since(Instant::now()));
@@ -604,22 +602,21 @@ pub(crate) fn supervise(
 fn watch(
     wake: &Wake,
     child: &mut std::process::Child,
-    heartbeat: &Path,
-    extension_dir: &Path,
+    host: &Host,
     started: Instant,
 ) -> Option<String> {
+    let heartbeat = host.heartbeat_file();
     let pid = child.id();
     let mut killed_stuck = None;
     loop {
         if wake.take_reload() {
             signal(pid, Signal::SIGHUP);
         }
-        let removed = !installed(extension_dir);
+        let removed = !host.installed();
         if removed {
             log::warn!(
-                "the extension directory {} is gone (waagent removed the extension without running disable or \
-                 uninstall): stopping; installed certificates stay",
-                extension_dir.display()
+                "the extension directory is gone (waagent removed the extension without running disable or \
+                 uninstall): stopping; installed certificates stay"
             );
         }
         if wake.stopping() || removed {
@@ -646,7 +643,7 @@ fn watch(
             Ok(None) => {}
             Err(e) => return Some(format!("could not be waited for ({e})")),
         }
-        let quiet = fs::metadata(heartbeat)
+        let quiet = fs::metadata(&heartbeat)
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
@@ -665,9 +662,4 @@ fn watch(
         crate::residency::map_only_what_is_used();
         wake.wait(WATCH_EVERY);
     }
-}
-
-/// Whether the extension is still installed: waagent may delete its directory without running a command.
-fn installed(extension_dir: &Path) -> bool {
-    extension_dir.join("HandlerManifest.json").exists()
 }

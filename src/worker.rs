@@ -8,15 +8,16 @@ use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
-use crate::handler::{Extension, HandlerError};
+use crate::handler::HandlerError;
 use crate::hook;
+use crate::host::{Host, HostError, Loaded};
 use crate::http::Stop;
 use crate::identity::Identity;
 use crate::logging::{self, Process};
 use crate::schedule::{self, InitialSync, Offer, Pace, Queue};
-use crate::settings::{self, Configured, ObservedCertificate, Settings};
+use crate::settings::{Configured, ObservedCertificate, Settings};
 use crate::state;
-use crate::state::{CertStatus, CertificateState, StateError, WorkerState};
+use crate::state::{CertStatus, CertificateState, InitialSyncState, StateError, WorkerState};
 use crate::status::{self, Heartbeat, StatusReport, WorkerView};
 use crate::supervisor::{self, SupervisorError};
 use crate::sync::{Checked, Checks, Done, KnownOwned, SyncError, SyncOptions};
@@ -40,11 +41,14 @@ pub enum WorkerError {
         /// Why the handler could not be installed.
         source: std::io::Error,
     },
-    /// The settings to run with cannot be read or are invalid, or there is nothing to watch.
-    #[error("no usable settings: {detail}")]
+    /// The settings to run with cannot be read or are invalid.
+    #[error("no usable settings: {0}")]
+    Settings(#[from] HostError),
+    /// The settings observe no certificate (for `kvvm sync --once`; a poller waits for new settings).
+    #[error("nothing to watch: {reason}")]
     NoSettings {
-        /// What is wrong with them, as the settings layer says it.
-        detail: String,
+        /// Why, as the settings layer says it.
+        reason: String,
     },
     /// Another poller holds the poller lock.
     #[error("another poller holds its lock in {dir}; this one exits")]
@@ -67,6 +71,7 @@ impl WorkerError {
             WorkerError::Handler(e) => e.reason(),
             WorkerError::Supervisor(e) => e.reason(),
             WorkerError::Signals { .. } => "signal-handler",
+            WorkerError::Settings(e) => e.reason(),
             WorkerError::NoSettings { .. } => "no-settings",
             WorkerError::AnotherPoller { .. } => "another-poller",
             WorkerError::StateUnwritable { .. } => "state-unwritable",
@@ -83,57 +88,61 @@ pub(crate) struct Current {
     pub settings: Settings,
 }
 
-/// What the poller and `kvvm sync --once` start from: the extension and the settings the worker runs with.
+/// What the settings ask the worker to do.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per start or reload, moved a few times; boxing would only complicate every match"
+)]
+pub(crate) enum Watch {
+    /// Keep these certificates installed.
+    Certificates(Current),
+    /// Nothing to watch (an empty settings file, or `{}` as the service's package ships it): the poller waits
+    /// for new settings.
+    Nothing {
+        /// The settings' sequence number.
+        seq: u64,
+        /// Why there is nothing, as the settings layer says it.
+        reason: String,
+    },
+}
+
+/// What the poller and `kvvm sync --once` start from: the host and the settings the worker runs with.
 #[derive(Debug)]
 pub(crate) struct Start {
-    /// The extension.
-    pub ext: Extension,
+    /// Where this kvvm lives.
+    pub host: Host,
     /// The settings, read and parsed once, at start; or why there are none. The poller reports that only once
     /// it holds its lock (another poller running is the better answer).
-    pub current: Result<Current, WorkerError>,
+    pub watch: Result<Watch, WorkerError>,
 }
 
-/// The start-up the poller and `kvvm sync --once` share: find the extension, read the settings the worker runs
+/// The start-up the poller and `kvvm sync --once` share: find the host, read the settings the worker runs
 /// with, and start `process`'s log (the poller's also goes to the Fluentd collector those settings name).
 pub(crate) fn start(process: Process) -> Result<Start, HandlerError> {
-    let ext = Extension::locate()?;
-    let current = load(&ext);
-    let forward = current
-        .as_ref()
-        .ok()
-        .and_then(|c| c.settings.logging.as_ref());
-    logging::start(&ext, process, forward);
-    Ok(Start { ext, current })
+    let host = Host::locate()?;
+    let watch = load(&host);
+    let forward = match &watch {
+        Ok(Watch::Certificates(c)) => c.settings.logging.as_ref(),
+        _ => None,
+    };
+    logging::start(&host, process, forward);
+    Ok(Start { host, watch })
 }
 
-/// The settings of `mrseq`, else of the newest settings file.
-fn load(ext: &Extension) -> Result<Current, WorkerError> {
-    let seq = match ext.mrseq() {
-        Some(seq) => seq,
-        None => ext
-            .current_sequence()
-            .map_err(|e| WorkerError::NoSettings {
-                detail: e.to_string(),
-            })?,
-    };
-    let text = ext
-        .read_settings_text(seq)
-        .map_err(|e| WorkerError::NoSettings {
-            detail: e.to_string(),
-        })?;
-    match settings::parse_settings_file(&text) {
-        Ok(Configured::Settings(settings)) => Ok(Current { seq, settings }),
-        Ok(Configured::Nothing { reason }) => Err(WorkerError::NoSettings { detail: reason }),
-        Err(e) => Err(WorkerError::NoSettings {
-            detail: format!("settings {seq}: {e}"),
-        }),
-    }
+/// The settings the host names (the extension's `mrseq`, else its newest settings file; the service's file).
+fn load(host: &Host) -> Result<Watch, WorkerError> {
+    let Loaded { seq, configured } = host.settings()?;
+    Ok(match configured {
+        Configured::Settings(settings) => Watch::Certificates(Current { seq, settings }),
+        Configured::Nothing { reason } => Watch::Nothing { seq, reason },
+    })
 }
 
 /// What the worker recorded last, to carry over: nothing if no worker has run yet; a file that cannot be read
 /// is logged, and the worker starts from the settings alone.
-fn recorded(ext: &Extension) -> Option<WorkerState> {
-    match WorkerState::load(&ext.data_dir()) {
+fn recorded(host: &Host) -> Option<WorkerState> {
+    match WorkerState::load(&host.data_dir()) {
         Ok(state) => Some(state),
         Err(StateError::Missing { .. }) => None,
         Err(e) => {
@@ -482,10 +491,10 @@ fn change_of(cert: &ObservedCertificate, result: &Result<Checked, SyncError>) ->
 
 /// `kvvm sync --once`: checks every certificate of `current` once, from what the worker recorded, and returns
 /// their records in settings order. The worker's status and state files are left to the worker.
-pub(crate) fn sync_once(ext: &Extension, current: &Current) -> Vec<CertificateState> {
-    let mut certs = certificate_states(&current.settings, recorded(ext).as_ref());
+pub(crate) fn sync_once(host: &Host, current: &Current) -> Vec<CertificateState> {
+    let mut certs = certificate_states(&current.settings, recorded(host).as_ref());
     let client = vault_client(&current.settings);
-    let locks = crate::store::lock_folder(&ext.data_dir());
+    let locks = crate::store::lock_folder(&host.data_dir());
     poll_once(
         &client,
         &current.settings,
@@ -541,7 +550,7 @@ fn poll_once(
 /// The poller: certificates take turns in a [`Queue`], checks run in their own threads, the status is written
 /// as each ends; it sleeps on one channel ([`Event`]) between the things it has to do.
 struct Poller<'a> {
-    ext: &'a Extension,
+    host: &'a Host,
     current: Current,
     state: WorkerState,
     client: Result<Arc<VaultClient>, String>,
@@ -570,12 +579,7 @@ struct Poller<'a> {
 const RETRY_START: Duration = Duration::from_secs(1);
 
 impl<'a> Poller<'a> {
-    fn start(
-        ext: &'a Extension,
-        current: Current,
-        stop: Stop,
-        tx: mpsc::Sender<Event>,
-    ) -> Poller<'a> {
+    fn start(host: &'a Host, current: Current, stop: Stop, tx: mpsc::Sender<Event>) -> Poller<'a> {
         let restarts = std::env::var(supervisor::ENV_RESTARTS)
             .ok()
             .and_then(|n| n.parse().ok())
@@ -593,7 +597,8 @@ impl<'a> Poller<'a> {
             restarts,
             last_exit,
             polling: None,
-            certificates: certificate_states(&current.settings, recorded(ext).as_ref()),
+            initial_sync: None,
+            certificates: certificate_states(&current.settings, recorded(host).as_ref()),
         };
         let client = vault_client(&current.settings);
         let checks = client.as_ref().ok().map(|c| {
@@ -601,7 +606,7 @@ impl<'a> Poller<'a> {
                 Arc::clone(c),
                 sync_options(
                     &current.settings,
-                    &crate::store::lock_folder(&ext.data_dir()),
+                    &crate::store::lock_folder(&host.data_dir()),
                 ),
                 stop.clone(),
                 tx.clone(),
@@ -617,7 +622,7 @@ impl<'a> Poller<'a> {
         Poller {
             queue: queue_for(&state.certificates, first, &current.settings),
             sync: InitialSync::start(current.settings.require_initial_sync),
-            ext,
+            host,
             current,
             state,
             client,
@@ -637,16 +642,26 @@ impl<'a> Poller<'a> {
         }
     }
 
-    /// New settings from `enable` (SIGHUP): they apply now, every certificate is due at once.
-    fn reload(&mut self) {
-        let next = match load(self.ext) {
-            Ok(next) => next,
+    /// New settings (SIGHUP: `enable`, or `systemctl reload kvvm`): they apply now, every certificate is due at
+    /// once. Settings that observe nothing are handed back (the poller then waits for others); invalid ones
+    /// are logged, and the running ones stay.
+    fn reload(&mut self) -> Option<Watch> {
+        let next = match load(self.host) {
+            Ok(Watch::Certificates(next)) => next,
+            Ok(nothing @ Watch::Nothing { .. }) => return Some(nothing),
             Err(e) => {
-                log::error!("keeping settings {}: {e}", self.current.seq);
-                return;
+                log::error!(
+                    "keeping {}: {e}",
+                    self.host.settings_label(self.current.seq)
+                );
+                return None;
             }
         };
-        log::info!("reloaded settings {} (was {})", next.seq, self.current.seq);
+        log::info!(
+            "reloaded {} (was {})",
+            self.host.settings_label(next.seq),
+            self.host.settings_label(self.current.seq)
+        );
         let auth_changed = (&next.settings.msi_endpoint, &next.settings.msi_identity)
             != (
                 &self.current.settings.msi_endpoint,
@@ -661,7 +676,7 @@ impl<'a> Poller<'a> {
         }
         let options = sync_options(
             &self.current.settings,
-            &crate::store::lock_folder(&self.ext.data_dir()),
+            &crate::store::lock_folder(&self.host.data_dir()),
         );
         self.checks = match (&self.client, self.checks.take()) {
             (Ok(client), Some(mut checks)) => {
@@ -692,6 +707,7 @@ impl<'a> Poller<'a> {
         // The new settings' status is written before any check, which may take a while against an unreachable
         // vault.
         self.save();
+        None
     }
 
     /// Starts the checks that are due, in turn order, as far as the limits allow (see [`Queue`]).
@@ -912,17 +928,26 @@ impl<'a> Poller<'a> {
         self.dirty = false;
         self.saved = Instant::now();
         status::write_heartbeat(
-            self.ext,
+            self.host,
             &Heartbeat::Running {
-                seq: self.current.seq,
+                settings: self.host.settings_label(self.current.seq),
             },
         )?;
         let pace = self.pace();
         self.state.polling = Some(pace);
+        self.state.initial_sync = Some(match self.sync {
+            InitialSync::Done if !self.current.settings.require_initial_sync => {
+                InitialSyncState::NotRequired
+            }
+            InitialSync::Done => InitialSyncState::Done,
+            InitialSync::Trying { .. } => InitialSyncState::Trying,
+            InitialSync::Failed => InitialSyncState::Failed,
+        });
         self.state.updated = state::now();
-        self.state.save(&self.ext.data_dir())?;
+        self.state.save(&self.host.data_dir())?;
+        let settings = self.host.settings_label(self.current.seq);
         let report = status::worker_report(&WorkerView {
-            seq: self.current.seq,
+            settings: &settings,
             pid: std::process::id(),
             polling_interval_s: self.current.settings.polling_interval.as_secs(),
             settings_warnings: &self.current.settings.warnings,
@@ -947,7 +972,8 @@ impl<'a> Poller<'a> {
             let text = crate::metrics::render(&snapshot);
             crate::metrics::update(path, &text, &mut self.counters);
         }
-        status::write(self.ext, self.current.seq, &report)
+        crate::notify::ready(&report.message);
+        status::write(self.host, self.current.seq, &report)
     }
 
     /// Waits up to [`STOP_GRACE`] for the checks in flight to end, then records the state.
@@ -974,11 +1000,12 @@ fn queue_for(certs: &[CertificateState], first: Instant, settings: &Settings) ->
     Queue::new(&last_checked, first, settings.polling_interval)
 }
 
-/// Runs the poller until SIGTERM (`kvvm poller`, started by the supervisor), from its [`start`].
+/// Runs the poller until SIGTERM (`kvvm poller`, started by the supervisor), from its [`start`]. With nothing to
+/// watch it waits for new settings (SIGHUP) instead, keeping its heartbeat and status current.
 pub(crate) fn run(start: Start) -> Result<(), WorkerError> {
-    let Start { ext, current } = start;
-    let ext = &ext;
-    let data_dir = ext.data_dir();
+    let Start { host, watch } = start;
+    let host = &host;
+    let data_dir = host.data_dir();
     let Some(_lock) = supervisor::acquire_poller_lock(&data_dir)? else {
         return Err(WorkerError::AnotherPoller { dir: data_dir });
     };
@@ -988,25 +1015,124 @@ pub(crate) fn run(start: Start) -> Result<(), WorkerError> {
     let stop = Stop::default();
     let (tx, events) = mpsc::channel();
     forward_signals(tx.clone(), stop.clone())?;
-    let mut poller = Poller::start(ext, current?, stop, tx);
-    poller
-        .try_save()
-        .map_err(|e| WorkerError::StateUnwritable {
-            detail: e.to_string(),
-        })?;
+    let mut watch = watch?;
     loop {
-        poller.dispatch();
-        poller.hooks();
-        poller.tend();
-        match events.recv_timeout(poller.next_wake()) {
-            Ok(Event::Checked(done)) => poller.finished(*done),
-            Ok(Event::Hooks(results)) => poller.hooks_ran(results),
-            Ok(Event::Reload) => poller.reload(),
-            Ok(Event::Stop) => {
-                poller.finish(&events);
-                return Ok(());
+        let current = match watch {
+            Watch::Certificates(current) => current,
+            Watch::Nothing { seq, reason } => match idle(host, seq, &reason, &events)? {
+                Some(next) => {
+                    watch = next;
+                    continue;
+                }
+                None => return Ok(()),
+            },
+        };
+        let mut poller = Poller::start(host, current, stop.clone(), tx.clone());
+        poller
+            .try_save()
+            .map_err(|e| WorkerError::StateUnwritable {
+                detail: e.to_string(),
+            })?;
+        watch = loop {
+            poller.dispatch();
+            poller.hooks();
+            poller.tend();
+            match events.recv_timeout(poller.next_wake()) {
+                Ok(Event::Checked(done)) => poller.finished(*done),
+                Ok(Event::Hooks(results)) => poller.hooks_ran(results),
+                Ok(Event::Reload) => {
+                    if let Some(nothing) = poller.reload() {
+                        poller.finish(&events);
+                        break nothing;
+                    }
+                }
+                Ok(Event::Stop) => {
+                    poller.finish(&events);
+                    return Ok(());
+                }
+                Err(_) => {}
             }
-            Err(_) => {}
+        };
+    }
+}
+
+/// The poller with nothing to watch: it keeps the heartbeat, `state.json` and the status current (a warning
+/// that says what to add, and where) until new settings arrive (SIGHUP: returns them) or SIGTERM (`None`).
+fn idle(
+    host: &Host,
+    seq: u64,
+    reason: &str,
+    events: &mpsc::Receiver<Event>,
+) -> Result<Option<Watch>, WorkerError> {
+    let mut seq = seq;
+    let mut reason = reason.to_string();
+    log::warn!(
+        "nothing to watch in {}: {reason}. {}",
+        host.settings_label(seq),
+        host.settings_hint()
+    );
+    loop {
+        let message = format!(
+            "Nothing to watch: {reason} ({}). {}; installed certificates are kept.",
+            host.settings_label(seq),
+            host.settings_hint()
+        );
+        let state = WorkerState {
+            seq,
+            pid: std::process::id(),
+            updated: state::now(),
+            restarts: 0,
+            last_exit: None,
+            polling: None,
+            initial_sync: None,
+            certificates: Vec::new(),
+        };
+        let saved = status::write_heartbeat(
+            host,
+            &Heartbeat::Running {
+                settings: host.settings_label(seq),
+            },
+        )
+        .and_then(|()| state.save(&host.data_dir()))
+        .and_then(|()| {
+            status::write(
+                host,
+                seq,
+                &StatusReport::new(
+                    status::Operation::Enable,
+                    status::Status::Warning,
+                    message.clone(),
+                ),
+            )
+        });
+        if let Err(e) = saved {
+            log::error!("{e}");
+        }
+        crate::notify::ready(&message);
+        give_back_memory();
+        match events.recv_timeout(HEARTBEAT_EVERY) {
+            Ok(Event::Reload) => match load(host) {
+                Ok(Watch::Nothing {
+                    seq: new_seq,
+                    reason: why,
+                }) => {
+                    (seq, reason) = (new_seq, why);
+                    log::warn!(
+                        "still nothing to watch in {}: {reason}",
+                        host.settings_label(seq)
+                    );
+                }
+                Ok(watch) => {
+                    log::info!("new settings: leaving the wait for certificates to watch");
+                    return Ok(Some(watch));
+                }
+                Err(e) => log::error!("new settings not applied: {e}"),
+            },
+            Ok(Event::Stop) => {
+                log::info!("worker stopping on request");
+                return Ok(None);
+            }
+            Ok(Event::Checked(_) | Event::Hooks(_)) | Err(_) => {}
         }
     }
 }
@@ -1014,8 +1140,8 @@ pub(crate) fn run(start: Start) -> Result<(), WorkerError> {
 /// The supervisor's report while it restarts a crashed poller: the status of the current settings says
 /// `error` with the exit reason, and the heartbeat says the worker is restarting (NotReady).
 pub(crate) struct RestartReport<'a> {
-    /// The extension.
-    pub ext: &'a Extension,
+    /// Where the worker lives.
+    pub host: &'a Host,
 }
 
 impl supervisor::Report for RestartReport<'_> {
@@ -1024,29 +1150,23 @@ impl supervisor::Report for RestartReport<'_> {
             "the poller {why}; it is restarted in {} s (restart {restarts} since the worker started). \
              Installed certificates stay in place. Details: kvvm.log and supervisor.log in {}",
             wait.as_secs(),
-            self.ext.env.log_folder.display()
+            self.host.log_folder().display()
         );
         if let Err(e) = status::write_heartbeat(
-            self.ext,
+            self.host,
             &Heartbeat::Restarting {
                 detail: detail.clone(),
             },
         ) {
             log::error!("{e}");
         }
-        let Some(seq) = self
-            .ext
-            .mrseq()
-            .or_else(|| self.ext.current_sequence().ok())
-        else {
+        let Some(seq) = self.host.current_seq() else {
             return;
         };
-        let report = StatusReport::new(
-            status::Operation::Enable,
-            status::Status::Error,
-            format!("[worker-restarting] The kvvm worker is not polling: {detail}"),
-        );
-        if let Err(e) = status::write(self.ext, seq, &report) {
+        let message = format!("[worker-restarting] The kvvm worker is not polling: {detail}");
+        crate::notify::ready(&message);
+        let report = StatusReport::new(status::Operation::Enable, status::Status::Error, message);
+        if let Err(e) = status::write(self.host, seq, &report) {
             log::error!("{e}");
         }
     }
