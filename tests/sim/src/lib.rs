@@ -6,6 +6,7 @@
 
 pub mod httpserver;
 pub mod imds;
+pub mod machine;
 pub mod meminfo;
 pub mod netns;
 pub mod pki;
