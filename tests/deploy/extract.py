@@ -11,12 +11,16 @@ them, and prints them as JSON for tests/deploy_samples.rs, which runs them throu
   PowerShell (*.ps1)      pwsh is not installable here: the JSON here-string (or the "@file" az argument) is
                           read from the script and the one `$($identity.ClientId)` expansion is done by hand
   cloud-init (*.yaml)     PyYAML; the settings file it writes is a whole waagent settings file
+  vmapp/ (VM Applications) tests/deploy/vmapp.py: each sample turned into the REST bodies its tool sends and
+                          checked against the published spec (tests/deploy/vmapp-spec.json) and the contract;
+                          vmapp/kvvm-settings.json is the settings kvvm's parser checks
 
 Expressions that only Azure can evaluate are replaced by a stand-in client id, and only when they read the
 identity's client id: `reference(...).clientId` (ARM), `<identity>.properties.clientId` (Bicep),
 `<identity>.client_id` (Terraform). Any other expression in settings is an error: it would reach the VM as is.
 
-Usage: extract.py DOCS_DEPLOY_DIR   ->  [{"sample", "sources", "how", "form", "settings", "extension"}]
+Usage: extract.py DOCS_DEPLOY_DIR   ->  {"samples": [{"sample", "sources", "how", "form", "settings", "extension"}],
+                                         "vmapp": [{"sample", "sources", "how", "kind", ...}], "errors": [...]}
 """
 
 import json
@@ -32,6 +36,8 @@ import hcl2.utils
 import jsonschema
 import yaml
 from pycep import BicepParser
+
+import vmapp
 
 STAND_IN_CLIENT_ID = "3f1a2b3c-0000-4000-8000-0000000c11e0"
 SCHEMA = json.loads((Path(__file__).parent / "extension.schema.json").read_text())
@@ -330,13 +336,17 @@ def cloud_init(path, rel):
 
 def main():
     root = Path(sys.argv[1]).resolve()
-    out, errors = [], []
+    out, vmapps, errors = [], [], []
     for path in sorted(root.rglob("*")):
         if not path.is_file() or path.name == "README.md":
             continue
         rel = str(path.relative_to(root))
         try:
-            if path.suffix == ".json" and "$schema" in path.read_text():
+            if rel.startswith("vmapp/"):
+                settings, records = vmapp.extract(path, rel, root)
+                out += settings
+                vmapps += records
+            elif path.suffix == ".json" and "$schema" in path.read_text():
                 out += arm(path, rel)
             elif path.suffix == ".bicep":
                 out += bicep(path, rel)
@@ -348,9 +358,13 @@ def main():
                 out += powershell(path, rel, root)
             elif path.suffix in (".yaml", ".yml"):
                 out += cloud_init(path, rel)
-        except (SampleError, KeyError, ValueError) as e:
+        except (SampleError, vmapp.SampleError, KeyError, ValueError, TypeError, IndexError) as e:
             errors.append(f"{rel}: {type(e).__name__}: {e}")
-    json.dump({"samples": out, "errors": errors, "standInClientId": STAND_IN_CLIENT_ID}, sys.stdout, indent=1)
+    json.dump(
+        {"samples": out, "vmapp": vmapps, "errors": errors, "standInClientId": STAND_IN_CLIENT_ID},
+        sys.stdout,
+        indent=1,
+    )
 
 
 if __name__ == "__main__":
