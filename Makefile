@@ -13,8 +13,13 @@ deps:
 build:
 	cargo build --release
 
+# The extension's publisher namespace and type (the zip's name, manifest.xml): a publisher that registers kvvm under
+# its own name sets them, e.g. `make package PUBLISHER=Contoso.Security`. The .deb/.rpm packages do not depend on them.
+PUBLISHER ?= Microsoft.Azure.KeyVault
+TYPE ?= KeyVaultForLinux
+
 package: deps
-	bash scripts/package.sh
+	KVVM_PUBLISHER='$(PUBLISHER)' KVVM_TYPE='$(TYPE)' bash scripts/package.sh
 
 demo: package
 	bash scripts/demo.sh

@@ -7,6 +7,8 @@
 # and exits non-zero.
 #
 #   apt:    acl libacl1-dev (exacl links -lacl), openssl, unzip, zip, binutils (readelf for the glibc check),
+#           lintian, rpm and file (the .deb is linted, the .rpm listed and installed into a scratch root, and
+#           the architecture of the binaries checked in the tests),
 #           strace (the store test kills an install at each system call),
 #           nginx-light or nginx (used by later tests), python3-venv when the system python lacks it,
 #           waagent (WALinuxAgent, Debian's package: tests/real_agent.rs runs its extension handler in a network
@@ -15,7 +17,7 @@
 #           for the aarch64 build (dpkg architecture arm64 added): rustc-web, libstd-rust-web-dev:arm64,
 #           libacl1-dev:arm64, and qemu-user-static (runs the aarch64 binary in tests/arm64.rs),
 #   rustup: rustfmt, clippy
-#   cargo:  cargo-nextest, cargo-zigbuild (both `cargo install --locked`)
+#   cargo:  cargo-nextest, cargo-zigbuild, cargo-deb, cargo-generate-rpm (all `cargo install --locked`)
 #   .venv:  ziglang (the zig toolchain cargo-zigbuild uses to link against glibc 2.17), and the python
 #           packages of tests/requirements.txt (which includes bench/peer/requirements.txt)
 set -euo pipefail
@@ -39,7 +41,7 @@ have_deb() {
 
 # ---- apt ---------------------------------------------------------------------------------------------------
 missing_deb=()
-for pkg in acl libacl1-dev openssl unzip zip binutils strace; do
+for pkg in acl libacl1-dev openssl unzip zip binutils strace lintian rpm file; do
     have_deb "$pkg" || missing_deb+=("$pkg")
 done
 # keytool checks the PFX kvvm writes; any JDK/JRE that provides it will do.
@@ -161,10 +163,12 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     say "cargo install cargo-nextest (a few minutes)"
     cargo install cargo-nextest --locked
 fi
-if ! command -v cargo-zigbuild >/dev/null 2>&1; then
-    say "cargo install cargo-zigbuild"
-    cargo install cargo-zigbuild --locked
-fi
+for tool in cargo-zigbuild cargo-deb cargo-generate-rpm; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        say "cargo install $tool"
+        cargo install "$tool" --locked
+    fi
+done
 
 # ---- python venv: zig and the SDK test requirements ----------------------------------------------------------
 if [ ! -x "$venv/bin/python" ]; then

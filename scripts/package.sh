@@ -1,21 +1,34 @@
 #!/usr/bin/env bash
-# Builds the extension package waagent installs: dist/Microsoft.Azure.KeyVault.KeyVaultForLinux-<version>.zip
-# holding HandlerManifest.json (at the zip root, where waagent looks first), handler, bin/kvvm (a sh script that
-# runs the build for `uname -m`), bin/kvvm-x86_64 and bin/kvvm-aarch64.
+# Builds every package of kvvm from one pair of binaries (x86_64 and aarch64, linked against glibc 2.17):
+#   dist/<Publisher>.<Type>-<version>.zip   the extension package waagent installs: HandlerManifest.json (at the zip
+#                                           root, where waagent looks first), handler, bin/kvvm (a sh script that runs
+#                                           the build for `uname -m`), bin/kvvm-x86_64 and bin/kvvm-aarch64; and
+#                                           dist/<Publisher>.<Type>-<version>.manifest.xml, the extension image
+#                                           definition a publisher registers (manifest/manifest.xml with the names)
+#   dist/kvvm_<version>-1_{amd64,arm64}.deb the standalone service (cargo-deb), lintian-clean
+#   dist/kvvm-<version>-1.{x86_64,aarch64}.rpm  the same (cargo-generate-rpm)
+#   dist/kvvm-vmapp-<version>.tar.gz        the Azure VM Application package: kvvm/vmapp.sh and the four packages
 #
 # Both binaries are linked against glibc 2.17 with cargo-zigbuild (zig from .venv, see install-deps.sh) so that
 # one package runs on every distro the extension supports, on x86_64 and Arm64 VM sizes; glibc-check.sh then
 # proves it. The profile strips them (Cargo.toml). File modes in the zip do
 # not matter: waagent's unzip drops them and adds u+x to every file.
 #
-# Environment: KVVM_GLIBC (default 2.17) — the glibc baseline to link against and check.
+# Environment: KVVM_GLIBC (default 2.17) — the glibc baseline to link against and check; KVVM_PUBLISHER (default
+# Microsoft.Azure.KeyVault) and KVVM_TYPE (default KeyVaultForLinux) — the extension's publisher namespace and type,
+# for a publisher that registers kvvm under its own name (`make package PUBLISHER=Contoso.Security`).
 set -euo pipefail
 
 root=$(CDPATH='' cd -- "$(dirname -- "$0")/.." && pwd -P)
 cd "$root"
 glibc=${KVVM_GLIBC:-2.17}
-name=Microsoft.Azure.KeyVault.KeyVaultForLinux
+publisher=${KVVM_PUBLISHER:-Microsoft.Azure.KeyVault}
+type=${KVVM_TYPE:-KeyVaultForLinux}
 version=$(bash scripts/version.sh) || { echo "package: no version from Cargo.toml" >&2; exit 1; }
+# waagent names the extension's directory <Publisher>.<Type>-<version>; kvvm takes its state folder's name from it.
+# manifest.sh checks the names before anything is built.
+manifest=$(bash scripts/manifest.sh "$publisher" "$type" "$version")
+name=$publisher.$type
 for f in HandlerManifest.json handler; do
     [ -f "$f" ] || { echo "package: $f is missing at the repository root" >&2; exit 1; }
 done
@@ -24,7 +37,9 @@ done
 # cargo-zigbuild runs `zig` if it is on PATH, else `python3 -m ziglang`: the venv's python3 has ziglang.
 [ -x .venv/bin/python3 ] && PATH="$root/.venv/bin:$PATH"
 export PATH
-command -v cargo-zigbuild >/dev/null 2>&1 || { echo "package: cargo-zigbuild missing: run 'make deps'" >&2; exit 1; }
+for tool in cargo-zigbuild cargo-deb cargo-generate-rpm; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "package: $tool missing: run 'make deps'" >&2; exit 1; }
+done
 python3 -m ziglang version >/dev/null 2>&1 || command -v zig >/dev/null 2>&1 ||
     { echo "package: zig missing (pip package ziglang in .venv): run 'make deps'" >&2; exit 1; }
 
@@ -105,3 +120,33 @@ echo "package: $zipfile ($(stat -c %s "$zipfile") bytes)"
 for arch in $archs; do
     bash "$root/scripts/glibc-check.sh" "target/$arch-unknown-linux-gnu/release/kvvm" "$glibc"
 done
+
+# The extension image definition, with this build's names and version.
+printf '%s\n' "$manifest" >"dist/$name-$version.manifest.xml"
+echo "package: dist/$name-$version.manifest.xml"
+
+# ---- the standalone service: .deb and .rpm for both architectures, from the same binaries ----------------------
+mkdir -p target/packaging
+gzip -n -9 -c packaging/kvvm.1 >target/packaging/kvvm.1.gz
+for arch in $archs; do
+    cargo deb --no-build --no-strip --target "$arch-unknown-linux-gnu" --output dist/ >/dev/null
+    cargo generate-rpm --target "$arch-unknown-linux-gnu" --payload-compress xz -o dist/ >/dev/null
+done
+debs="dist/kvvm_${version}-1_amd64.deb dist/kvvm_${version}-1_arm64.deb"
+rpms="dist/kvvm-${version}-1.x86_64.rpm dist/kvvm-${version}-1.aarch64.rpm"
+for f in $debs $rpms; do
+    [ -f "$f" ] || { echo "package: $f was not built" >&2; exit 1; }
+    echo "package: $f ($(stat -c %s "$f") bytes)"
+done
+
+# ---- the VM Application package: vmapp.sh and the four packages under kvvm/ ------------------------------------
+app=$(mktemp -d "$root/target/vmapp.XXXXXX")
+trap 'rm -rf "$stage" "$app"' EXIT
+mkdir -p "$app/kvvm"
+cp packaging/vmapp/vmapp.sh "$app/kvvm/"
+chmod 0755 "$app/kvvm/vmapp.sh"
+# shellcheck disable=SC2086
+cp $debs $rpms "$app/kvvm/"
+tarball="dist/kvvm-vmapp-$version.tar.gz"
+tar -C "$app" --owner=0 --group=0 --numeric-owner --mtime=@0 --sort=name -czf "$tarball" kvvm
+echo "package: $tarball ($(stat -c %s "$tarball") bytes)"
