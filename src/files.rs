@@ -75,6 +75,33 @@ pub(crate) fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> io::R
     sync_folder(dir)
 }
 
+/// Removes the temp files [`write_atomically`] left in `dir` when its process was killed mid-write
+/// (`.<name>.tmp.<pid>.<random>` whose pid no longer runs); the files they were for are untouched (the rename
+/// never happened). Called by the one process that owns `dir` (the worker's supervisor, at its start).
+pub(crate) fn remove_stale_temp_files(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(temp_file_pid) else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The pid in a [`write_atomically`] temp file's name, if `name` is one.
+fn temp_file_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (_, tail) = rest.rsplit_once(".tmp.")?;
+    let (pid, random) = tail.split_once('.')?;
+    (random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit())).then_some(())?;
+    pid.parse().ok()
+}
+
 /// Opens (creating if needed) the lock file `path` for reading and writing, mode 0600, never through a symlink
 /// (`O_NOFOLLOW`) and never truncated (it may hold a label); its folder is created 0700 first. The caller takes
 /// the kernel lock on the returned file (`File::lock`, `File::try_lock`), which ends with the process.
@@ -104,6 +131,38 @@ pub(crate) fn is_plain_file_name(name: &str) -> bool {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_killed_writers_temp_files_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = ".heartbeat.json.tmp.999999999.0123456789abcdef";
+        let alive = format!(".state.json.tmp.{}.0123456789abcdef", std::process::id());
+        for name in [
+            dead,
+            alive.as_str(),
+            "state.json",
+            ".state.json",
+            "x.tmp.1.2",
+            ".a.tmp.12.short",
+        ] {
+            fs::write(dir.path().join(name), "x").unwrap();
+        }
+        remove_stale_temp_files(dir.path());
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut want = vec![
+            alive,
+            "state.json".into(),
+            ".state.json".into(),
+            "x.tmp.1.2".into(),
+            ".a.tmp.12.short".into(),
+        ];
+        want.sort();
+        assert_eq!(left, want);
+    }
 
     #[test]
     fn plain_file_names() {

@@ -297,7 +297,9 @@ pub(crate) fn read_service_settings(path: &Path) -> Result<Configured, HostError
     })
 }
 
-/// The text of a service settings file; see [`read_service_settings`].
+/// The text of a service settings file: the public settings object (what users give KeyVaultForLinux as
+/// `settings`), or a whole waagent settings file (`{"runtimeSettings": [...]}`) copied from a VM. An empty file,
+/// `null` or `{}` is nothing to watch (the package ships `{}`), not an error.
 pub fn parse_service_settings(text: &str) -> Result<Configured, SettingsError> {
     let body = text.strip_prefix('\u{feff}').unwrap_or(text).trim();
     let nothing = |why: &str| Configured::Nothing {

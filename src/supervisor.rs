@@ -518,6 +518,8 @@ pub(crate) fn supervise(
         );
         return Ok(());
     };
+    // A writer killed mid-write (a SIGKILLed poller) leaves a temp file beside the file it replaced.
+    crate::files::remove_stale_temp_files(sup.dir());
     // The supervisor waits most of its life: keep resident only the code it runs (see crate::residency).
     crate::residency::map_only_what_is_used();
     let wake = Wake::install().map_err(|e| sup.data_err(e))?;

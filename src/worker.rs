@@ -579,7 +579,16 @@ struct Poller<'a> {
 const RETRY_START: Duration = Duration::from_secs(1);
 
 impl<'a> Poller<'a> {
-    fn start(host: &'a Host, current: Current, stop: Stop, tx: mpsc::Sender<Event>) -> Poller<'a> {
+    /// A poller for `current`. Its first checks wait a random part of the interval (a scale set that boots
+    /// together does not poll in step), unless `at_once` (settings a reload brought, which the user wants
+    /// applied now).
+    fn start(
+        host: &'a Host,
+        current: Current,
+        stop: Stop,
+        tx: mpsc::Sender<Event>,
+        at_once: bool,
+    ) -> Poller<'a> {
         let restarts = std::env::var(supervisor::ENV_RESTARTS)
             .ok()
             .and_then(|n| n.parse().ok())
@@ -588,8 +597,11 @@ impl<'a> Poller<'a> {
             .ok()
             .filter(|s| !s.is_empty());
         let mut rng = fastrand::Rng::new();
-        let first =
-            Instant::now() + schedule::first_delay(current.settings.polling_interval, &mut rng);
+        let first = if at_once {
+            Instant::now()
+        } else {
+            Instant::now() + schedule::first_delay(current.settings.polling_interval, &mut rng)
+        };
         let state = WorkerState {
             seq: current.seq,
             pid: std::process::id(),
@@ -613,9 +625,9 @@ impl<'a> Poller<'a> {
             )
         });
         log::info!(
-            "poller started (pid {}) with settings {}: {} observed certificate(s), first checks in {} ms",
+            "poller started (pid {}) with {}: {} observed certificate(s), first checks in {} ms",
             std::process::id(),
-            current.seq,
+            host.settings_label(current.seq),
             current.settings.observed_certificates.len(),
             first.saturating_duration_since(Instant::now()).as_millis()
         );
@@ -1016,18 +1028,20 @@ pub(crate) fn run(start: Start) -> Result<(), WorkerError> {
     let (tx, events) = mpsc::channel();
     forward_signals(tx.clone(), stop.clone())?;
     let mut watch = watch?;
+    let mut reloaded = false;
     loop {
         let current = match watch {
             Watch::Certificates(current) => current,
             Watch::Nothing { seq, reason } => match idle(host, seq, &reason, &events)? {
                 Some(next) => {
                     watch = next;
+                    reloaded = true;
                     continue;
                 }
                 None => return Ok(()),
             },
         };
-        let mut poller = Poller::start(host, current, stop.clone(), tx.clone());
+        let mut poller = Poller::start(host, current, stop.clone(), tx.clone(), reloaded);
         poller
             .try_save()
             .map_err(|e| WorkerError::StateUnwritable {

@@ -6,6 +6,7 @@ if [ "$1" -eq 0 ]; then
         rm -f "/var/lib/kvvm/$f"
     done
     rm -rf /var/lib/kvvm/store-locks
+    rm -f /var/lib/kvvm/.*.tmp.* 2>/dev/null || :
     rmdir /var/lib/kvvm 2>/dev/null || :
     rm -f /var/log/kvvm/*.log /var/log/kvvm/*.log.[0-9]* 2>/dev/null || :
     rmdir /var/log/kvvm 2>/dev/null || :

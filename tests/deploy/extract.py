@@ -327,10 +327,10 @@ def cloud_init(path, rel):
     doc = yaml.safe_load(path.read_text())
     out = []
     for f in doc.get("write_files", []):
-        if f["path"].endswith(".settings"):
-            out.append(result(rel, [rel], "cloud-init: PyYAML, the waagent settings file it writes", f["content"], None, "file"))
+        if f["path"] == "/etc/kvvm/settings.json":
+            out.append(result(rel, [rel], "cloud-init: PyYAML, the service's settings file it writes", json.loads(f["content"]), None))
     if not out:
-        raise SampleError(f"{rel}: writes no .settings file")
+        raise SampleError(f"{rel}: writes no /etc/kvvm/settings.json")
     return out
 
 

@@ -188,6 +188,8 @@ type Conns = Arc<Mutex<std::collections::HashMap<u64, TcpStream>>>;
 /// A running server; stops accepting and closes open connections on drop.
 pub struct HttpServer {
     addr: SocketAddr,
+    /// The listening socket (a second handle), shut down on drop to end the accept loop's wait.
+    listener: TcpListener,
     stop: Arc<AtomicBool>,
     conns: Conns,
     accept: Option<JoinHandle<()>>,
@@ -213,6 +215,7 @@ impl HttpServer {
     ) -> io::Result<HttpServer> {
         let listener = TcpListener::bind(bind)?;
         let addr = listener.local_addr()?;
+        let handle = listener.try_clone()?;
         let stop = Arc::new(AtomicBool::new(false));
         let conns: Conns = Arc::default();
         let stalls: Arc<Stalls> = Arc::default();
@@ -270,6 +273,7 @@ impl HttpServer {
         };
         Ok(HttpServer {
             addr,
+            listener: handle,
             stop,
             conns,
             accept: Some(accept),
@@ -318,6 +322,16 @@ fn hang<S: Read>(mut stream: S) {
 impl Drop for HttpServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop wherever the listener is: shutting a listening socket down ends a blocked
+        // accept (Linux), also when it listens in another network namespace (a test machine's, gone since),
+        // where the connection below could not reach it.
+        // SAFETY: shutdown on a socket this server owns; the fd stays open until `listener` drops.
+        unsafe {
+            libc::shutdown(
+                std::os::fd::AsRawFd::as_raw_fd(&self.listener),
+                libc::SHUT_RDWR,
+            );
+        }
         let wake = if self.addr.ip().is_unspecified() {
             SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), self.addr.port())
         } else {

@@ -175,7 +175,8 @@ struct UserIdentity {
 }
 
 struct ImdsState {
-    arc_key_dir: Option<PathBuf>,
+    /// Where key files are written, and the folder the challenge names them in (Azure Arc only).
+    arc_key_dir: Option<(PathBuf, PathBuf)>,
     arc_keys: HashSet<String>,
     system_client_id: Option<String>,
     user_identities: Vec<UserIdentity>,
@@ -211,14 +212,30 @@ impl FakeImds {
         tokens: TokenAuthority,
         key_dir: &Path,
     ) -> io::Result<FakeImds> {
+        FakeImds::start_arc_in(bind, tokens, key_dir, key_dir)
+    }
+
+    /// [`FakeImds::start_arc`] for a client that sees the key folder at another path than this process: key
+    /// files are written into `key_dir` and the challenge names them under `announced_dir` (a test machine's
+    /// `/var/opt/azcmagent/tokens`, which this process reaches through `/proc/<pid>/root`).
+    pub fn start_arc_in(
+        bind: SocketAddr,
+        tokens: TokenAuthority,
+        key_dir: &Path,
+        announced_dir: &Path,
+    ) -> io::Result<FakeImds> {
         std::fs::create_dir_all(key_dir)?;
-        FakeImds::start_inner(bind, tokens, Some(key_dir.to_path_buf()))
+        FakeImds::start_inner(
+            bind,
+            tokens,
+            Some((key_dir.to_path_buf(), announced_dir.to_path_buf())),
+        )
     }
 
     fn start_inner(
         bind: SocketAddr,
         tokens: TokenAuthority,
-        arc: Option<PathBuf>,
+        arc: Option<(PathBuf, PathBuf)>,
     ) -> io::Result<FakeImds> {
         let state = Arc::new(Mutex::new(ImdsState {
             arc_key_dir: arc,
@@ -570,9 +587,10 @@ fn token_reply(state: &Mutex<ImdsState>, tokens: &TokenAuthority, req: &Request)
     )
 }
 
-fn arc_challenge(state: &Mutex<ImdsState>, dir: &Path) -> Response {
+fn arc_challenge(state: &Mutex<ImdsState>, dirs: &(PathBuf, PathBuf)) -> Response {
     let secret = random_hex(64);
-    let path = dir.join(format!("{}.key", random_hex(32)));
+    let name = format!("{}.key", random_hex(32));
+    let path = dirs.0.join(&name);
     let written = (|| -> io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new()
@@ -590,7 +608,7 @@ fn arc_challenge(state: &Mutex<ImdsState>, dir: &Path) -> Response {
     s.stats.arc_challenges += 1;
     error(401, "unauthorized_client", "Authorization header missing").with_header(
         "WWW-Authenticate",
-        format!("Basic realm={}", path.display()),
+        format!("Basic realm={}", dirs.1.join(&name).display()),
     )
 }
 

@@ -43,7 +43,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, ErrorKind};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -324,7 +324,13 @@ pub struct Setup {
     unmask: BTreeSet<String>,
     files: Vec<(PathBuf, Vec<u8>, u32)>,
     enable: Vec<(String, String)>,
+    remove: Vec<PathBuf>,
 }
+
+/// Files of the host that a machine does not have (removed in every machine, see [`Setup::remove`]):
+/// `/usr/sbin/policy-rc.d`, which container images (this host's among them) ship so that no package starts a
+/// service; on a VM there is none, and a package's `deb-systemd-invoke start` must start its unit.
+pub const DEFAULT_REMOVED: &[&str] = &["/usr/sbin/policy-rc.d"];
 
 impl Default for Setup {
     fn default() -> Setup {
@@ -352,7 +358,15 @@ impl Setup {
             unmask: BTreeSet::new(),
             files: Vec::new(),
             enable: Vec::new(),
+            remove: DEFAULT_REMOVED.iter().map(PathBuf::from).collect(),
         }
+    }
+
+    /// Removes the absolute path `inside` from the machine (an overlay whiteout in the disk): a file of the
+    /// host the machine must not have.
+    pub fn remove(mut self, inside: impl Into<PathBuf>) -> Setup {
+        self.remove.push(inside.into());
+        self
     }
 
     /// Maps `name` to `ip` in `/etc/hosts`. With any host given, `/etc/hosts` is the host's `localhost` lines
@@ -411,8 +425,12 @@ impl Setup {
         self
     }
 
-    /// Writes it all into `upper`: files, then `/etc/hosts` and the CA bundle, then masks and enablements.
+    /// Writes it all into `upper`: removals, files, then `/etc/hosts` and the CA bundle, then masks and
+    /// enablements.
     fn apply(&self, upper: &Path) -> io::Result<()> {
+        for inside in &self.remove {
+            whiteout(upper, inside)?;
+        }
         for (inside, contents, mode) in &self.files {
             write_file(upper, inside, contents, *mode)?;
         }
@@ -572,6 +590,35 @@ fn remove_entry(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
         Err(e) => Err(with_context(e, format!("stat {}", path.display()))),
     }
+}
+
+/// Hides the lower layer's `inside` in the overlay: a 0/0 character device at its place in `upper` (what the
+/// kernel itself writes when a file of the lower layer is deleted). Nothing to do when the host has no such
+/// file.
+fn whiteout(upper: &Path, inside: &Path) -> io::Result<()> {
+    if fs::symlink_metadata(inside).is_err() {
+        return Ok(());
+    }
+    let path = upper_path(upper, inside)?;
+    match fs::symlink_metadata(&path) {
+        Ok(meta) if meta.file_type().is_char_device() && meta.rdev() == 0 => return Ok(()),
+        Ok(_) => fs::remove_file(&path)
+            .map_err(|e| with_context(e, format!("remove {} for its whiteout", path.display())))?,
+        Err(_) => {}
+    }
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))?;
+    // SAFETY: a NUL-terminated path; mknod only creates the device node.
+    if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) } != 0 {
+        return Err(with_context(
+            io::Error::last_os_error(),
+            format!("whiteout {}", path.display()),
+        ));
+    }
+    Ok(())
 }
 
 fn write_file(upper: &Path, inside: &Path, contents: &[u8], mode: u32) -> io::Result<()> {

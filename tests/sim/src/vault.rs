@@ -274,6 +274,28 @@ impl FakeVault {
     /// the latest. Returns the version (32 lower-case hex).
     pub fn put_secret(&self, vault_host: &str, name: &str, value: SecretValue) -> String {
         let version = random_hex(32);
+        self.put_secret_version(vault_host, name, &version, value);
+        version
+    }
+
+    /// Adds `version` (32 lower-case hex) of secret `name`, as [`FakeVault::put_secret`] does with a version of
+    /// its own: for a vault that outlives the fake (a test machine reboots, and a new fake serves the vault's
+    /// versions as they were).
+    pub fn put_secret_version(
+        &self,
+        vault_host: &str,
+        name: &str,
+        version: &str,
+        value: SecretValue,
+    ) {
+        assert!(
+            version.len() == 32
+                && version
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "a Key Vault version is 32 lower-case hex digits: {version:?}"
+        );
+        let version = version.to_string();
         let now = unix_now();
         self.with_vault(vault_host, |v| {
             v.secrets
@@ -286,7 +308,6 @@ impl FakeVault {
                     updated: now,
                 })
         });
-        version
     }
 
     /// Enables or disables one version (the real service answers 403 `SecretDisabled` for a disabled one).

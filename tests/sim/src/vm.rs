@@ -61,11 +61,20 @@ impl Fakes {
     /// The fake Azure Arc identity endpoint (himds) at 127.0.0.1:40342, writing its challenge key files to
     /// `key_dir`, and the fake Key Vault at 127.0.0.1:443 serving `vault_hosts`.
     pub fn start_arc(vault_hosts: &[&str], key_dir: &Path) -> Fakes {
+        Fakes::start_arc_in(vault_hosts, key_dir, key_dir)
+    }
+
+    /// [`Fakes::start_arc`] for a machine that sees the key folder as `announced_dir` while this process
+    /// writes it at `key_dir` (see [`FakeImds::start_arc_in`]).
+    pub fn start_arc_in(vault_hosts: &[&str], key_dir: &Path, announced_dir: &Path) -> Fakes {
         let tokens = TokenAuthority::new();
-        let imds = FakeImds::start_arc("127.0.0.1:40342".parse().unwrap(), tokens.clone(), key_dir)
-            .expect(
-                "bind the fake himds at 127.0.0.1:40342 (inside kvvm_sim::netns::run_isolated)",
-            );
+        let imds = FakeImds::start_arc_in(
+            "127.0.0.1:40342".parse().unwrap(),
+            tokens.clone(),
+            key_dir,
+            announced_dir,
+        )
+        .expect("bind the fake himds at 127.0.0.1:40342 (inside the machine's network)");
         let vault = vault_at_443(vault_hosts, tokens);
         Fakes { imds, vault }
     }
