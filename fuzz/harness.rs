@@ -21,10 +21,12 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("fluentd_ack", fluentd_ack),
 ];
 
-/// `config/<n>.settings`, as waagent writes it (any text: users write the settings).
+/// `config/<n>.settings`, as waagent writes it, and the service's `/etc/kvvm/settings.json` (public settings, or
+/// a whole settings file): any text, users write the settings.
 pub fn settings_file(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = kvvm::settings::parse_settings_file(text);
+        let _ = kvvm::parse::parse_service_settings(text);
     }
 }
 
