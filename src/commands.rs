@@ -12,10 +12,11 @@ use std::time::Duration;
 use crate::handler::{Extension, HandlerError};
 use crate::host::{Host, HostError, Service};
 use crate::logging::{self, Process};
+use crate::report;
 use crate::settings::{self, Configured, SettingsError};
-use crate::state::{self, CertStatus, StateError, Supervision};
+use crate::state::{self, CertStatus, StateError};
 use crate::status::{self, Heartbeat, Operation, Status, StatusReport};
-use crate::supervisor::{StartOutcome, StopOutcome, Supervisor, SupervisorError, WorkerState};
+use crate::supervisor::{StartOutcome, StopOutcome, Supervision, Supervisor, SupervisorError};
 use crate::worker::{self, WorkerError};
 
 /// How long `disable` gives the worker to exit on SIGTERM before SIGKILL.
@@ -224,7 +225,7 @@ fn enable(host: &Host, ext: &Extension) -> Result<String, CommandError> {
         Ok(parsed) => parsed,
         Err(source) => {
             let kept = match (sup.state()?, ext.mrseq()) {
-                (WorkerState::Running { .. }, Some(old)) if old != seq => {
+                (Supervision::Running { .. }, Some(old)) if old != seq => {
                     format!(
                         " The worker keeps running with the previous settings ({old}.settings)."
                     )
@@ -272,7 +273,7 @@ fn enable(host: &Host, ext: &Extension) -> Result<String, CommandError> {
         log::warn!("settings {seq}: {warning}");
     }
     let mut state = sup.state()?;
-    if let (WorkerState::Running { pid }, Some(done)) = (state, ext.mrseq())
+    if let (Supervision::Running { pid }, Some(done)) = (state, ext.mrseq())
         && done == seq
     {
         let pid = pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into());
@@ -288,11 +289,11 @@ fn enable(host: &Host, ext: &Extension) -> Result<String, CommandError> {
             Ok(Configured::Settings(old)) => Some(old.logging),
             _ => None,
         });
-    if matches!(state, WorkerState::Running { .. })
+    if matches!(state, Supervision::Running { .. })
         && previous_logging.is_some_and(|old| old != settings.logging)
     {
         sup.stop(STOP_GRACE)?;
-        state = WorkerState::Stopped;
+        state = Supervision::Stopped;
         log::info!("loggingSettings changed: restarting the worker");
     }
     ext.write_mrseq(seq)?;
@@ -306,7 +307,7 @@ fn enable(host: &Host, ext: &Extension) -> Result<String, CommandError> {
     );
     status::write(host, seq, &starting)?;
     let message = match state {
-        WorkerState::Running { pid } if sup.notify_reload()? => {
+        Supervision::Running { pid } if sup.notify_reload()? => {
             format!(
                 "settings {seq} handed to the running worker (pid {})",
                 pid.unwrap_or(0)
@@ -412,7 +413,7 @@ pub fn supervise() -> Result<(), CommandError> {
 /// The supervisor's work, wherever it runs: one poller, restarted whenever it ends.
 fn keep_one_poller(host: &Host) -> Result<(), CommandError> {
     let exe = own_executable()?;
-    let report = worker::RestartReport { host };
+    let report = status::RestartReport { host };
     crate::supervisor::supervise(&Supervisor::new(host.data_dir()), &exe, host, &report)?;
     Ok(())
 }
@@ -488,8 +489,8 @@ enum Readiness {
 
 fn readiness(host: &Host, supervisor: &Supervisor) -> Readiness {
     match supervisor.state() {
-        Ok(WorkerState::Running { .. }) => {}
-        Ok(WorkerState::Stopped) => return Readiness::NotYet("no worker runs yet".into()),
+        Ok(Supervision::Running { .. }) => {}
+        Ok(Supervision::Stopped) => return Readiness::NotYet("no worker runs yet".into()),
         Err(e) => return Readiness::NotYet(e.to_string()),
     }
     let recorded = match state::WorkerState::load(&host.data_dir()) {
@@ -616,25 +617,19 @@ pub fn status(json: bool) -> Result<Output, CommandError> {
     })?;
     let running = Supervisor::new(host.data_dir()).state();
     if json {
-        let supervision = match running {
-            Ok(WorkerState::Running { pid }) => Supervision::Running { pid },
-            Ok(WorkerState::Stopped) => Supervision::Stopped,
-            Err(e) => Supervision::Unknown {
-                detail: e.to_string(),
-            },
-        };
-        let (document, attention) = recorded.status_json(&supervision);
+        let supervision = running.as_ref().copied().map_err(ToString::to_string);
+        let (document, attention) = report::json(&recorded, &supervision);
         return Ok(Output {
             text: format!("{document}\n"),
             attention,
         });
     }
     let worker = match running {
-        Ok(WorkerState::Running { pid }) => pid,
+        Ok(Supervision::Running { pid }) => pid,
         _ => None,
     };
-    let mut text = recorded.render(worker, &host.settings_label(recorded.seq));
-    if let Ok(WorkerState::Stopped) = running {
+    let mut text = report::text(&recorded, worker, &host.settings_label(recorded.seq));
+    if let Ok(Supervision::Stopped) = running {
         text.push_str(
             "\n(the worker is not running: this is what it recorded last; run enable to start it)\n",
         );

@@ -29,6 +29,7 @@ mod logging;
 pub mod metrics;
 mod names;
 mod notify;
+mod report;
 mod residency;
 mod schedule;
 pub mod settings;

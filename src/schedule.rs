@@ -136,6 +136,9 @@ pub struct Pace {
 }
 
 impl Pace {
+    /// The reason code of the warning that a pass takes longer than the polling interval.
+    pub(crate) const REASON: &'static str = "polling-behind";
+
     /// Whether polling falls behind: a pass takes longer than the interval.
     pub fn behind(&self) -> bool {
         let limit = self.interval_s.saturating_mul(1000);

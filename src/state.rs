@@ -12,7 +12,8 @@ use time::OffsetDateTime;
 
 use crate::handler::{HandlerError, write_atomically};
 use crate::schedule::Pace;
-use crate::status::utc_timestamp;
+use crate::settings::ObservedCertificate;
+use crate::sync::{Checked, SyncError};
 
 /// File name of the saved state, in the worker's state folder.
 pub(crate) const STATE_FILE: &str = "state.json";
@@ -116,6 +117,15 @@ pub struct CertificateState {
     pub hook: Option<String>,
 }
 
+/// `at` as waagent writes timestamps (RFC 3339, UTC, whole seconds): the status file, `state.json`, `kvvm
+/// status`.
+pub(crate) fn utc_timestamp(at: OffsetDateTime) -> String {
+    at.to_offset(time::UtcOffset::UTC)
+        .truncate_to_second()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 /// Now, to the second (the precision the status file and `state.json` show).
 pub(crate) fn now() -> OffsetDateTime {
     let t = OffsetDateTime::now_utc();
@@ -140,6 +150,128 @@ impl CertificateState {
             failures: 0,
             note: None,
             hook: None,
+        }
+    }
+
+    /// Records how one check of `cert` ended, at `now`, and logs it: the one place where a certificate's
+    /// record changes with a check (the poller and `kvvm sync --once` both call it). A check cut short because
+    /// the worker stops changes nothing.
+    pub(crate) fn record(
+        &mut self,
+        cert: &ObservedCertificate,
+        result: &Result<Checked, SyncError>,
+        now: OffsetDateTime,
+        expiry_warning_days: u32,
+    ) {
+        let name = cert.secret.to_string();
+        match result {
+            Err(SyncError::Stopped) => {}
+            Err(e @ SyncError::NotACertificate { .. }) => {
+                self.last_check = Some(now);
+                self.status = CertStatus::Warning;
+                self.failures = 0;
+                self.last_error = None;
+                self.reason = Some(e.reason().to_string());
+                self.note = Some(e.to_string());
+                log::warn!("{name}: {e}");
+            }
+            Err(e) => {
+                let kept = match &self.version {
+                    Some(v) => format!(" (version {v} stays installed)"),
+                    None => String::new(),
+                };
+                self.record_failure(cert.url.as_str(), &format!("{e}{kept}"), e.reason(), now);
+                // The log line has the "(version … stays installed)" hint; last_error keeps the error alone.
+                self.last_error = Some(e.to_string());
+            }
+            Ok(c) => self.record_success(&name, c, now, expiry_warning_days),
+        }
+    }
+
+    fn record_success(
+        &mut self,
+        name: &str,
+        c: &Checked,
+        now: OffsetDateTime,
+        expiry_warning_days: u32,
+    ) {
+        self.last_check = Some(now);
+        self.last_success = Some(now);
+        if c.changed {
+            self.last_change = Some(now);
+            self.hook = None;
+            log::info!(
+                "{name}: installed version {} as {} (link {}{})",
+                c.version,
+                c.file.display(),
+                c.link.display(),
+                c.serial
+                    .as_ref()
+                    .map(|s| format!(", serial {s}"))
+                    .unwrap_or_default()
+            );
+        } else {
+            log::debug!("{name}: version {} is current", c.version);
+        }
+        for removed in &c.removed {
+            log::info!("{name}: removed old version file {}", removed.display());
+        }
+        self.version = Some(c.version.clone());
+        self.file = Some(c.file.clone());
+        self.link = c.link.clone();
+        if let Some(t) = c.not_after {
+            self.not_after = Some(t);
+        }
+        self.failures = 0;
+        self.last_error = None;
+        self.reason = None;
+        let mut notes = Vec::new();
+        if let Some(w) = &c.validity_warning {
+            notes.push(w.clone());
+            self.reason = Some("certificate-not-valid-now".into());
+        }
+        if let Some(w) = expiry_warning(self.not_after, now, expiry_warning_days) {
+            log::warn!("{name}: {w}");
+            notes.push(w);
+            self.reason
+                .get_or_insert_with(|| "certificate-expiring".into());
+        }
+        self.status = if notes.is_empty() {
+            CertStatus::Installed
+        } else {
+            CertStatus::Warning
+        };
+        self.note = (!notes.is_empty()).then(|| notes.join(" "));
+    }
+
+    /// Records a check of the certificate at `url` that failed for `why` (reason code `reason`), and logs it.
+    pub(crate) fn record_failure(
+        &mut self,
+        url: &str,
+        why: &str,
+        reason: &str,
+        now: OffsetDateTime,
+    ) {
+        self.last_check = Some(now);
+        self.reason = Some(reason.to_string());
+        self.status = CertStatus::Failed;
+        self.failures += 1;
+        self.last_error = Some(why.to_string());
+        log::error!("{url}: {why}");
+    }
+
+    /// Records how the post-install command ran for this certificate (`summary`: exit code and output tail); a
+    /// failure makes it a warning.
+    pub(crate) fn post_install_ran(&mut self, summary: &str, ok: bool) {
+        self.hook = Some(summary.to_string());
+        if !ok {
+            self.status = CertStatus::Warning;
+            self.reason
+                .get_or_insert_with(|| "post-install-failed".into());
+            self.note = Some(match self.note.take() {
+                Some(n) => format!("{n} {summary}"),
+                None => summary.to_string(),
+            });
         }
     }
 
@@ -169,6 +301,35 @@ pub enum InitialSyncState {
     Done,
     /// It gave up after its attempts (polling goes on).
     Failed,
+}
+
+/// The expiry alarm: the installed (and newest) version expires within `days` days, or has expired.
+pub(crate) fn expiry_warning(
+    not_after: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+    days: u32,
+) -> Option<String> {
+    if days == 0 {
+        return None;
+    }
+    let not_after = not_after?;
+    let left = not_after - now;
+    if left > time::Duration::days(i64::from(days)) {
+        return None;
+    }
+    let when = if left.is_negative() {
+        format!("expired on {}", utc_timestamp(not_after))
+    } else {
+        format!(
+            "expires on {} (in {} day(s))",
+            utc_timestamp(not_after),
+            left.whole_days()
+        )
+    };
+    Some(format!(
+        "the installed certificate {when} and the vault has no newer version: Key Vault's automatic renewal \
+         may be failing (check the certificate's lifetime action and issuer), or renew it by hand"
+    ))
 }
 
 /// Everything the worker records.
@@ -229,225 +390,12 @@ impl WorkerState {
     pub fn certificate(&self, url: &str) -> Option<&CertificateState> {
         self.certificates.iter().find(|c| c.url == url)
     }
-
-    /// A human-readable table for `kvvm status`; `worker` is the running worker's (supervisor's) pid, `settings`
-    /// how the host names the settings recorded (`settings 3`).
-    pub fn render(&self, worker: Option<u32>, settings: &str) -> String {
-        let worker = worker.map_or_else(|| "?".to_string(), |p| p.to_string());
-        let mut out = format!(
-            "worker pid {worker} · poller pid {} · {settings} · updated {}\n",
-            self.pid,
-            utc_timestamp(self.updated)
-        );
-        if let Some(why) = &self.last_exit {
-            out.push_str(&format!(
-                "restarted {} time(s); the last exit: the poller {why}\n",
-                self.restarts
-            ));
-        }
-        if let Some(pace) = &self.polling {
-            out.push_str(&match (pace.warning(), pace.pass_s()) {
-                (Some(warning), _) => format!("polling: WARNING: {warning}\n"),
-                (None, Some(pass)) => format!(
-                    "polling: every {} s; the last pass over {} certificate(s) took {pass:.1} s\n",
-                    pace.interval_s, pace.certificates
-                ),
-                (None, None) => format!(
-                    "polling: every {} s; no pass has finished yet\n",
-                    pace.interval_s
-                ),
-            });
-        }
-        for c in &self.certificates {
-            out.push_str(&format!("\n{}\n  status:      {:?}\n", c.url, c.status));
-            let field = |name: &str, v: Option<String>| {
-                format!("  {name:<12} {}\n", v.unwrap_or_else(|| "-".into()))
-            };
-            out.push_str(&field("version:", c.version.clone()));
-            out.push_str(&field(
-                "file:",
-                c.file.as_ref().map(|p| p.display().to_string()),
-            ));
-            out.push_str(&field("link:", Some(c.link.display().to_string())));
-            out.push_str(&field("notAfter:", c.not_after.map(utc_timestamp)));
-            out.push_str(&field("last check:", c.last_check.map(utc_timestamp)));
-            out.push_str(&field("last change:", c.last_change.map(utc_timestamp)));
-            if let Some(reason) = &c.reason {
-                out.push_str(&field("reason:", Some(reason.clone())));
-            }
-            if let Some(note) = &c.note {
-                out.push_str(&field("note:", Some(note.clone())));
-            }
-            if let Some(hook) = &c.hook {
-                out.push_str(&field("hook:", Some(hook.clone())));
-            }
-            out.push_str(&field("last error:", c.last_error.clone()));
-        }
-        out
-    }
-}
-
-/// The reason code of the warning that a pass over the certificates takes longer than the polling interval.
-pub(crate) const POLLING_BEHIND: &str = "polling-behind";
-
-/// Version of the `kvvm status --json` document. It changes only when a field changes meaning or goes away;
-/// fields may be added within a version.
-pub(crate) const STATUS_SCHEMA_VERSION: u32 = 1;
-
-/// The worker (supervisor) as `kvvm status` finds it, from its lock and pid file in the state folder.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Supervision {
-    /// A supervisor holds the worker lock.
-    Running {
-        /// Its pid, if it recorded one.
-        pid: Option<u32>,
-    },
-    /// No worker runs: what `state.json` says is what the last one recorded.
-    Stopped,
-    /// The lock could not be looked at.
-    Unknown {
-        /// Why.
-        detail: String,
-    },
-}
-
-/// `kvvm status --json`: a stable document for scripts (see README, "kvvm status --json").
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct StatusDocument<'a> {
-    schema_version: u32,
-    needs_attention: bool,
-    worker: WorkerDocument<'a>,
-    certificates: Vec<CertificateDocument<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct WorkerDocument<'a> {
-    supervision: &'static str,
-    supervision_detail: Option<&'a str>,
-    supervisor_pid: Option<u32>,
-    poller_pid: u32,
-    settings_sequence: u64,
-    updated: String,
-    restarts: u32,
-    last_exit: Option<&'a str>,
-    initial_sync: Option<InitialSyncState>,
-    polling: Option<PollingDocument>,
-}
-
-/// How the passes keep up with the interval.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct PollingDocument {
-    interval_seconds: u64,
-    last_pass_seconds: Option<f64>,
-    behind: bool,
-    warning: Option<Problem<'static>>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct CertificateDocument<'a> {
-    url: &'a str,
-    state: CertStatus,
-    needs_attention: bool,
-    version: Option<&'a str>,
-    file: Option<&'a Path>,
-    link: &'a Path,
-    not_after: Option<String>,
-    last_check: Option<String>,
-    last_change: Option<String>,
-    last_success: Option<String>,
-    failures: u32,
-    last_error: Option<Problem<'a>>,
-    warning: Option<Problem<'a>>,
-    post_install: Option<&'a str>,
-}
-
-/// An error or a warning with its fixed reason code.
-#[derive(Debug, Serialize)]
-struct Problem<'a> {
-    reason: Option<&'a str>,
-    message: std::borrow::Cow<'a, str>,
 }
 
 impl CertificateState {
     /// A failed check or a warning (expiring, not valid now, a plain secret): what `status --json` flags.
     pub fn needs_attention(&self) -> bool {
         matches!(self.status, CertStatus::Failed | CertStatus::Warning)
-    }
-}
-
-impl WorkerState {
-    /// The `kvvm status --json` document, and whether anything needs attention (a certificate failed or has a
-    /// warning, or no worker runs): then `kvvm status --json` exits 1.
-    pub fn status_json(&self, supervision: &Supervision) -> (String, bool) {
-        let (name, supervisor_pid, detail) = match supervision {
-            Supervision::Running { pid } => ("running", *pid, None),
-            Supervision::Stopped => ("stopped", None, None),
-            Supervision::Unknown { detail } => ("unknown", None, Some(detail.as_str())),
-        };
-        let certificates: Vec<CertificateDocument<'_>> = self
-            .certificates
-            .iter()
-            .map(|c| CertificateDocument {
-                url: &c.url,
-                state: c.status,
-                needs_attention: c.needs_attention(),
-                version: c.version.as_deref(),
-                file: c.file.as_deref(),
-                link: &c.link,
-                not_after: c.not_after.map(utc_timestamp),
-                last_check: c.last_check.map(utc_timestamp),
-                last_change: c.last_change.map(utc_timestamp),
-                last_success: c.last_success.map(utc_timestamp),
-                failures: c.failures,
-                last_error: c.last_error.as_deref().map(|message| Problem {
-                    reason: c.reason.as_deref(),
-                    message: message.into(),
-                }),
-                warning: match (&c.status, &c.note) {
-                    (CertStatus::Failed, _) | (_, None) => None,
-                    (_, Some(note)) => Some(Problem {
-                        reason: c.reason.as_deref(),
-                        message: note.into(),
-                    }),
-                },
-                post_install: c.hook.as_deref(),
-            })
-            .collect();
-        let polling = self.polling.map(|pace| PollingDocument {
-            interval_seconds: pace.interval_s,
-            last_pass_seconds: pace.pass_s(),
-            behind: pace.behind(),
-            warning: pace.warning().map(|message| Problem {
-                reason: Some(POLLING_BEHIND),
-                message: message.into(),
-            }),
-        });
-        let behind = polling.as_ref().is_some_and(|p| p.behind);
-        let needs_attention =
-            name != "running" || behind || certificates.iter().any(|c| c.needs_attention);
-        let doc = StatusDocument {
-            schema_version: STATUS_SCHEMA_VERSION,
-            needs_attention,
-            worker: WorkerDocument {
-                supervision: name,
-                supervision_detail: detail,
-                supervisor_pid,
-                poller_pid: self.pid,
-                settings_sequence: self.seq,
-                updated: utc_timestamp(self.updated),
-                restarts: self.restarts,
-                last_exit: self.last_exit.as_deref(),
-                initial_sync: self.initial_sync,
-                polling,
-            },
-            certificates,
-        };
-        let json = serde_json::to_string_pretty(&doc).expect("the status document serialises");
-        (json, needs_attention)
     }
 }
 
@@ -482,113 +430,12 @@ mod tests {
         };
         state.save(dir.path()).unwrap();
         assert_eq!(WorkerState::load(dir.path()).ok(), Some(state.clone()));
-        let text = state.render(Some(8), "settings 3");
-        assert!(
-            text.starts_with("worker pid 8 · poller pid 9 · settings 3"),
-            "{text}"
-        );
-        assert!(text.contains("last error:  403"), "{text}");
-        assert!(text.contains("reason:      vault-forbidden"), "{text}");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(WorkerState::path(dir.path()))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o644);
-    }
-
-    #[test]
-    fn status_json_is_the_documented_shape() {
-        let mut ok = CertificateState::pending(
-            "https://v.vault.azure.net/secrets/a",
-            PathBuf::from("/s/v.a"),
-        );
-        ok.status = CertStatus::Installed;
-        ok.version = Some("a".repeat(32));
-        ok.file = Some(PathBuf::from(format!("/s/v.a.{}", "a".repeat(32))));
-        let t = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
-        ok.not_after = Some(t);
-        ok.last_check = Some(t);
-        ok.last_success = Some(t);
-        let mut state = WorkerState {
-            seq: 4,
-            pid: 77,
-            updated: t,
-            restarts: 0,
-            last_exit: None,
-            initial_sync: Some(InitialSyncState::Done),
-            polling: Some(Pace {
-                interval_s: 5,
-                certificates: 1,
-                last_pass_ms: Some(1200),
-                overdue_ms: None,
-            }),
-            certificates: vec![ok.clone()],
-        };
-        let (json, attention) = state.status_json(&Supervision::Running { pid: Some(76) });
-        assert!(!attention);
-        let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(doc["schemaVersion"], 1);
-        assert_eq!(doc["needsAttention"], false);
-        assert_eq!(doc["worker"]["supervision"], "running");
-        assert_eq!(doc["worker"]["supervisorPid"], 76);
-        assert_eq!(doc["worker"]["pollerPid"], 77);
-        assert_eq!(doc["worker"]["settingsSequence"], 4);
-        assert_eq!(doc["worker"]["initialSync"], "done");
-        assert_eq!(
-            doc["worker"]["polling"],
-            serde_json::json!({"intervalSeconds": 5, "lastPassSeconds": 1.2, "behind": false, "warning": null})
-        );
-        let c = &doc["certificates"][0];
-        assert_eq!(c["url"], "https://v.vault.azure.net/secrets/a");
-        assert_eq!(c["state"], "installed");
-        assert_eq!(c["notAfter"], "2027-01-15T08:00:00Z");
-        assert_eq!(c["lastSuccess"], "2027-01-15T08:00:00Z");
-        assert_eq!(c["lastError"], serde_json::Value::Null);
-
-        let mut bad = ok;
-        bad.url = "https://v.vault.azure.net/secrets/b".into();
-        bad.status = CertStatus::Failed;
-        bad.failures = 2;
-        bad.last_error = Some("403 Forbidden".into());
-        bad.reason = Some("vault-forbidden".into());
-        state.certificates.push(bad);
-        let (json, attention) = state.status_json(&Supervision::Running { pid: None });
-        assert!(attention);
-        let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(
-            doc["certificates"][1]["lastError"],
-            serde_json::json!({"reason": "vault-forbidden", "message": "403 Forbidden"})
-        );
-        assert_eq!(doc["certificates"][1]["needsAttention"], true);
-        state.certificates.truncate(1);
-        let (_, attention) = state.status_json(&Supervision::Stopped);
-        assert!(attention, "a stopped worker needs attention");
-
-        // A pass longer than the interval needs attention, with the reason and the measured figures.
-        state.polling = Some(Pace {
-            interval_s: 5,
-            certificates: 1,
-            last_pass_ms: Some(7600),
-            overdue_ms: None,
-        });
-        let (json, attention) = state.status_json(&Supervision::Running { pid: Some(76) });
-        assert!(attention, "a poller that falls behind needs attention");
-        let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
-        let polling = &doc["worker"]["polling"];
-        assert_eq!(polling["behind"], true);
-        assert_eq!(polling["lastPassSeconds"], 7.6);
-        assert_eq!(polling["warning"]["reason"], "polling-behind");
-        let message = polling["warning"]["message"].as_str().unwrap();
-        assert!(
-            message.contains("pollingIntervalInS (5 s)") && message.contains("took 7.6 s"),
-            "{message}"
-        );
-        assert!(
-            state
-                .render(Some(76), "settings 4")
-                .contains("polling: WARNING: polling cannot keep up")
-        );
     }
 
     #[test]

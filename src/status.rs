@@ -15,6 +15,7 @@
 //! everything.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -22,7 +23,7 @@ use time::OffsetDateTime;
 use crate::handler::{HandlerError, write_atomically};
 use crate::host::Host;
 use crate::schedule::{INITIAL_SYNC_ATTEMPTS, InitialSync, Pace};
-use crate::state::POLLING_BEHIND;
+use crate::state::utc_timestamp;
 use crate::state::{CertStatus, CertificateState};
 
 /// waagent truncates status files above this size (`_MAX_STATUS_FILE_SIZE_IN_BYTES`).
@@ -134,15 +135,6 @@ struct StatusJson<'a> {
     #[serde(rename = "timestampUTC")]
     timestamp_utc: String,
     status: StatusBodyJson<'a>,
-}
-
-/// waagent's timestamp format: `2026-11-22T10:00:00Z`, RFC 3339 in UTC to the whole second (waagent wants no
-/// fraction, so the nanoseconds are cut before formatting).
-pub(crate) fn utc_timestamp(at: OffsetDateTime) -> String {
-    at.to_offset(time::UtcOffset::UTC)
-        .truncate_to_second()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 fn code_of(status: Status) -> i32 {
@@ -344,7 +336,7 @@ pub(crate) fn worker_report(view: &WorkerView<'_>) -> StatusReport {
     if let Some(warning) = &behind {
         report
             .message
-            .push_str(&format!(" [{POLLING_BEHIND}] {warning}."));
+            .push_str(&format!(" [{}] {warning}.", Pace::REASON));
     }
     let mut first = Vec::new();
     if !view.settings_warnings.is_empty() {
@@ -358,7 +350,7 @@ pub(crate) fn worker_report(view: &WorkerView<'_>) -> StatusReport {
         first.push(SubStatus::new(
             "polling",
             Status::Warning,
-            format!("[{POLLING_BEHIND}] {warning}"),
+            format!("[{}] {warning}", Pace::REASON),
         ));
     }
     for level in [
@@ -642,6 +634,41 @@ fn listing(list: &[&CertificateState]) -> String {
         out.push_str(&item);
     }
     out
+}
+
+/// The supervisor's report while it restarts a crashed poller: the status of the current settings says
+/// `error` with the exit reason, and the heartbeat says the worker is restarting (NotReady).
+pub(crate) struct RestartReport<'a> {
+    /// Where the worker lives.
+    pub host: &'a Host,
+}
+
+impl crate::supervisor::Report for RestartReport<'_> {
+    fn restarting(&self, why: &str, restarts: u32, wait: Duration) {
+        let detail = format!(
+            "the poller {why}; it is restarted in {} s (restart {restarts} since the worker started). \
+             Installed certificates stay in place. Details: kvvm.log and supervisor.log in {}",
+            wait.as_secs(),
+            self.host.log_folder().display()
+        );
+        if let Err(e) = write_heartbeat(
+            self.host,
+            &Heartbeat::Restarting {
+                detail: detail.clone(),
+            },
+        ) {
+            log::error!("{e}");
+        }
+        let Some(seq) = self.host.current_seq() else {
+            return;
+        };
+        let message = format!("[worker-restarting] The kvvm worker is not polling: {detail}");
+        crate::notify::ready(&message);
+        let report = StatusReport::new(Operation::Enable, Status::Error, message);
+        if let Err(e) = write(self.host, seq, &report) {
+            log::error!("{e}");
+        }
+    }
 }
 
 #[cfg(test)]

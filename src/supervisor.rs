@@ -107,9 +107,9 @@ impl SupervisorError {
     }
 }
 
-/// What `state` found.
+/// Whether a worker holds the lock, as [`Supervisor::state`] finds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum WorkerState {
+pub(crate) enum Supervision {
     Running { pid: Option<u32> },
     Stopped,
 }
@@ -174,11 +174,11 @@ impl Supervisor {
     }
 
     /// Whether a worker holds the lock now (and its pid, if it wrote one).
-    pub(crate) fn state(&self) -> Result<WorkerState, SupervisorError> {
+    pub(crate) fn state(&self) -> Result<Supervision, SupervisorError> {
         let file = self.open_lock()?;
         match file.try_lock() {
-            Ok(()) => Ok(WorkerState::Stopped),
-            Err(TryLockError::WouldBlock) => Ok(WorkerState::Running {
+            Ok(()) => Ok(Supervision::Stopped),
+            Err(TryLockError::WouldBlock) => Ok(Supervision::Running {
                 pid: self.read_pid(),
             }),
             Err(TryLockError::Error(e)) => Err(self.data_err(e)),
@@ -221,7 +221,7 @@ impl Supervisor {
         extension_dir: &Path,
         stderr_log: &Path,
     ) -> Result<StartOutcome, SupervisorError> {
-        if let WorkerState::Running { pid } = self.state()? {
+        if let Supervision::Running { pid } = self.state()? {
             return Ok(StartOutcome::AlreadyRunning { pid });
         }
         let stderr = fs::OpenOptions::new()
@@ -262,7 +262,7 @@ impl Supervisor {
             }
             if let Ok(Some(status)) = child.try_wait() {
                 // Lost a race with another enable? Then that one's worker is the single worker.
-                if let WorkerState::Running { pid } = self.state()? {
+                if let Supervision::Running { pid } = self.state()? {
                     return Ok(StartOutcome::AlreadyRunning { pid });
                 }
                 return Err(SupervisorError::DiedAtStart {
@@ -284,7 +284,7 @@ impl Supervisor {
     /// Asks a running worker to re-read its settings (SIGHUP). Returns whether one was signalled.
     pub(crate) fn notify_reload(&self) -> Result<bool, SupervisorError> {
         match self.state()? {
-            WorkerState::Running { pid: Some(pid) } => Ok(signal(pid, Signal::SIGHUP)),
+            Supervision::Running { pid: Some(pid) } => Ok(signal(pid, Signal::SIGHUP)),
             _ => Ok(false),
         }
     }
@@ -292,24 +292,24 @@ impl Supervisor {
     /// Stops the worker: SIGTERM to its process group, up to `grace` for it to let go of the lock, then SIGKILL.
     pub(crate) fn stop(&self, grace: Duration) -> Result<StopOutcome, SupervisorError> {
         let pid = match self.state()? {
-            WorkerState::Stopped => {
+            Supervision::Stopped => {
                 let _ = fs::remove_file(self.dir.join(PID_FILE));
                 return Ok(StopOutcome::NotRunning);
             }
-            WorkerState::Running { pid: None } => {
+            Supervision::Running { pid: None } => {
                 // It holds the lock but has not written its pid yet: give it a moment.
                 thread::sleep(Duration::from_millis(100));
                 match self.state()? {
-                    WorkerState::Running { pid: Some(pid) } => pid,
-                    WorkerState::Stopped => return Ok(StopOutcome::NotRunning),
-                    WorkerState::Running { pid: None } => {
+                    Supervision::Running { pid: Some(pid) } => pid,
+                    Supervision::Stopped => return Ok(StopOutcome::NotRunning),
+                    Supervision::Running { pid: None } => {
                         return Err(SupervisorError::NoPid {
                             lock: self.dir.join(LOCK_FILE),
                         });
                     }
                 }
             }
-            WorkerState::Running { pid: Some(pid) } => pid,
+            Supervision::Running { pid: Some(pid) } => pid,
         };
         signal_group(pid, Signal::SIGTERM);
         if self.wait_stopped(grace)? {
@@ -326,7 +326,7 @@ impl Supervisor {
     fn wait_stopped(&self, patience: Duration) -> Result<bool, SupervisorError> {
         let deadline = Instant::now() + patience;
         loop {
-            if self.state()? == WorkerState::Stopped {
+            if self.state()? == Supervision::Stopped {
                 return Ok(true);
             }
             if Instant::now() >= deadline {

@@ -1,6 +1,5 @@
-//! The long-running worker that `enable` starts: it owns the status file and the heartbeat for as long as the
-//! extension is enabled, and re-reads its settings when `enable` signals a new sequence number (SIGHUP). On
-//! SIGTERM (from `disable`) it finishes what it is doing and exits, releasing the worker lock.
+//! The poller: certificates take turns in a `Queue`, checks run on their threads, the status is written as each
+//! ends, and between those it sleeps on one channel ([`Event`]), never on a tick.
 
 use std::sync::{Arc, mpsc};
 use std::thread;
@@ -8,311 +7,25 @@ use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
-use crate::handler::HandlerError;
-use crate::hook;
-use crate::host::{Host, HostError, Loaded};
+use super::post_install::{self, Change, HookResults};
+use super::process::{die_on_every_segfault, give_back_memory, limit_malloc_arenas};
+use super::{
+    Current, HEARTBEAT_EVERY, Start, Watch, WorkerError, certificate_states, check_ended, known,
+    load, recorded, sync_options, vault_client,
+};
+use crate::host::Host;
 use crate::http::Stop;
-use crate::identity::Identity;
-use crate::logging::{self, Process};
 use crate::schedule::{self, InitialSync, Offer, Pace, Queue};
-use crate::settings::{Configured, ObservedCertificate, Settings};
-use crate::state;
-use crate::state::{CertStatus, CertificateState, InitialSyncState, StateError, WorkerState};
+use crate::settings::Settings;
+use crate::state::{self, CertStatus, CertificateState, InitialSyncState, WorkerState};
 use crate::status::{self, Heartbeat, StatusReport, WorkerView};
-use crate::supervisor::{self, SupervisorError};
-use crate::sync::{Checked, Checks, Done, KnownOwned, SyncError, SyncOptions};
+use crate::supervisor;
+use crate::sync::{Checks, Done};
 use crate::vault::VaultClient;
 
-/// How often the heartbeat file is refreshed (waagent calls a handler unresponsive after 600 s).
-pub(crate) const HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
-
-/// Errors that end the worker.
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    /// The extension or its environment cannot be found.
-    #[error(transparent)]
-    Handler(#[from] HandlerError),
-    /// The poller lock cannot be taken.
-    #[error(transparent)]
-    Supervisor(#[from] SupervisorError),
-    /// A signal handler cannot be installed.
-    #[error("cannot install a signal handler: {source}")]
-    Signals {
-        /// Why the handler could not be installed.
-        source: std::io::Error,
-    },
-    /// The settings to run with cannot be read or are invalid.
-    #[error("no usable settings: {0}")]
-    Settings(#[from] HostError),
-    /// The settings observe no certificate (for `kvvm sync --once`; a poller waits for new settings).
-    #[error("nothing to watch: {reason}")]
-    NoSettings {
-        /// Why, as the settings layer says it.
-        reason: String,
-    },
-    /// Another poller holds the poller lock.
-    #[error("another poller holds its lock in {dir}; this one exits")]
-    AnotherPoller {
-        /// The extension's data folder, where the lock is.
-        dir: std::path::PathBuf,
-    },
-    /// The state folder or status file cannot be written at start.
-    #[error("cannot record the worker's state: {detail}")]
-    StateUnwritable {
-        /// The write error.
-        detail: String,
-    },
-}
-
-impl WorkerError {
-    /// A short stable code for the status file and the exit report (`no-settings`, `another-poller`, ...).
-    pub fn reason(&self) -> &'static str {
-        match self {
-            WorkerError::Handler(e) => e.reason(),
-            WorkerError::Supervisor(e) => e.reason(),
-            WorkerError::Signals { .. } => "signal-handler",
-            WorkerError::Settings(e) => e.reason(),
-            WorkerError::NoSettings { .. } => "no-settings",
-            WorkerError::AnotherPoller { .. } => "another-poller",
-            WorkerError::StateUnwritable { .. } => "state-unwritable",
-        }
-    }
-}
-
-/// The settings the worker runs with, and which sequence number they came from.
-#[derive(Debug)]
-pub(crate) struct Current {
-    /// The settings file's sequence number.
-    pub seq: u64,
-    /// What it says.
-    pub settings: Settings,
-}
-
-/// What the settings ask the worker to do.
-#[derive(Debug)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one per start or reload, moved a few times; boxing would only complicate every match"
-)]
-pub(crate) enum Watch {
-    /// Keep these certificates installed.
-    Certificates(Current),
-    /// Nothing to watch (an empty settings file, or `{}` as the service's package ships it): the poller waits
-    /// for new settings.
-    Nothing {
-        /// The settings' sequence number.
-        seq: u64,
-        /// Why there is nothing, as the settings layer says it.
-        reason: String,
-    },
-}
-
-/// What the poller and `kvvm sync --once` start from: the host and the settings the worker runs with.
-#[derive(Debug)]
-pub(crate) struct Start {
-    /// Where this kvvm lives.
-    pub host: Host,
-    /// The settings, read and parsed once, at start; or why there are none. The poller reports that only once
-    /// it holds its lock (another poller running is the better answer).
-    pub watch: Result<Watch, WorkerError>,
-}
-
-/// The start-up the poller and `kvvm sync --once` share: find the host, read the settings the worker runs
-/// with, and start `process`'s log (the poller's also goes to the Fluentd collector those settings name).
-pub(crate) fn start(process: Process) -> Result<Start, HandlerError> {
-    let host = Host::locate()?;
-    let watch = load(&host);
-    let forward = match &watch {
-        Ok(Watch::Certificates(c)) => c.settings.logging.as_ref(),
-        _ => None,
-    };
-    logging::start(&host, process, forward);
-    Ok(Start { host, watch })
-}
-
-/// The settings the host names (the extension's `mrseq`, else its newest settings file; the service's file).
-fn load(host: &Host) -> Result<Watch, WorkerError> {
-    let Loaded { seq, configured } = host.settings()?;
-    Ok(match configured {
-        Configured::Settings(settings) => Watch::Certificates(Current { seq, settings }),
-        Configured::Nothing { reason } => Watch::Nothing { seq, reason },
-    })
-}
-
-/// What the worker recorded last, to carry over: nothing if no worker has run yet; a file that cannot be read
-/// is logged, and the worker starts from the settings alone.
-fn recorded(host: &Host) -> Option<WorkerState> {
-    match WorkerState::load(&host.data_dir()) {
-        Ok(state) => Some(state),
-        Err(StateError::Missing { .. }) => None,
-        Err(e) => {
-            log::warn!("{e}; starting from the settings alone");
-            None
-        }
-    }
-}
-
-/// The certificates the settings observe, carrying over what is known of each from `previous`.
-pub fn certificate_states(
-    settings: &Settings,
-    previous: Option<&WorkerState>,
-) -> Vec<CertificateState> {
-    settings
-        .observed_certificates
-        .iter()
-        .map(|c| {
-            let url = c.url.as_str();
-            previous
-                .and_then(|p| p.certificate(url))
-                .cloned()
-                .unwrap_or_else(|| {
-                    CertificateState::pending(url, c.store_location.join(c.link_name.as_str()))
-                })
-        })
-        .collect()
-}
-
-/// The vault client for `settings`, or why there is none (every certificate then fails with that reason).
-fn vault_client(settings: &Settings) -> Result<Arc<VaultClient>, String> {
-    let identity = Identity::for_user(
-        settings.msi_endpoint.as_ref(),
-        settings.msi_identity.as_ref(),
-    )
-    .map_err(|e| e.to_string())?;
-    VaultClient::new(Arc::new(identity))
-        .map(Arc::new)
-        .map_err(|e| e.to_string())
-}
-
-fn record_failure(
-    state: &mut CertificateState,
-    cert: &ObservedCertificate,
-    why: &str,
-    reason: Option<&str>,
-    now: OffsetDateTime,
-) {
-    state.last_check = Some(now);
-    state.reason = reason.map(str::to_string);
-    state.status = CertStatus::Failed;
-    state.failures += 1;
-    state.last_error = Some(why.to_string());
-    log::error!("{}: {why}", cert.url);
-}
-
-/// Records one certificate's result and logs it.
-fn record(
-    state: &mut CertificateState,
-    cert: &ObservedCertificate,
-    result: &Result<Checked, SyncError>,
-    now: OffsetDateTime,
-    expiry_warning_days: u32,
-) {
-    let name = cert.secret.to_string();
-    match result {
-        Err(SyncError::Stopped) => {}
-        Err(e @ SyncError::NotACertificate { .. }) => {
-            state.last_check = Some(now);
-            state.status = CertStatus::Warning;
-            state.failures = 0;
-            state.last_error = None;
-            state.reason = Some(e.reason().to_string());
-            state.note = Some(e.to_string());
-            log::warn!("{name}: {e}");
-        }
-        Err(e) => {
-            let kept = match &state.version {
-                Some(v) => format!(" (version {v} stays installed)"),
-                None => String::new(),
-            };
-            record_failure(state, cert, &format!("{e}{kept}"), Some(e.reason()), now);
-            // The message already has the "(version … stays installed)" hint; keep last_error without it.
-            state.last_error = Some(e.to_string());
-        }
-        Ok(c) => {
-            state.last_check = Some(now);
-            state.last_success = Some(now);
-            if c.changed {
-                state.last_change = Some(now);
-                state.hook = None;
-                log::info!(
-                    "{name}: installed version {} as {} (link {}{})",
-                    c.version,
-                    c.file.display(),
-                    c.link.display(),
-                    c.serial
-                        .as_ref()
-                        .map(|s| format!(", serial {s}"))
-                        .unwrap_or_default()
-                );
-            } else {
-                log::debug!("{name}: version {} is current", c.version);
-            }
-            for removed in &c.removed {
-                log::info!("{name}: removed old version file {}", removed.display());
-            }
-            state.version = Some(c.version.clone());
-            state.file = Some(c.file.clone());
-            state.link = c.link.clone();
-            if let Some(t) = c.not_after {
-                state.not_after = Some(t);
-            }
-            state.failures = 0;
-            state.last_error = None;
-            state.reason = None;
-            let mut notes = Vec::new();
-            if let Some(w) = &c.validity_warning {
-                notes.push(w.clone());
-                state.reason = Some("certificate-not-valid-now".into());
-            }
-            if let Some(w) = expiry_warning(state.not_after, now, expiry_warning_days) {
-                log::warn!("{name}: {w}");
-                notes.push(w);
-                state
-                    .reason
-                    .get_or_insert_with(|| "certificate-expiring".into());
-            }
-            state.status = if notes.is_empty() {
-                CertStatus::Installed
-            } else {
-                CertStatus::Warning
-            };
-            state.note = (!notes.is_empty()).then(|| notes.join(" "));
-        }
-    }
-}
-
-/// The expiry alarm: the installed (and newest) version expires within `days` days, or has expired.
-pub(crate) fn expiry_warning(
-    not_after: Option<OffsetDateTime>,
-    now: OffsetDateTime,
-    days: u32,
-) -> Option<String> {
-    if days == 0 {
-        return None;
-    }
-    let not_after = not_after?;
-    let left = not_after - now;
-    if left > time::Duration::days(i64::from(days)) {
-        return None;
-    }
-    let when = if left.is_negative() {
-        format!("expired on {}", status::utc_timestamp(not_after))
-    } else {
-        format!(
-            "expires on {} (in {} day(s))",
-            status::utc_timestamp(not_after),
-            left.whole_days()
-        )
-    };
-    Some(format!(
-        "the installed certificate {when} and the vault has no newer version: Key Vault's automatic renewal \
-         may be failing (check the certificate's lifetime action and issuer), or renew it by hand"
-    ))
-}
-
-/// After SIGTERM, how long the poll in progress may take to wind down (retry waits end at once; a request
+/// After SIGTERM, how long the checks in progress may take to wind down (retry waits end at once; a request
 /// the vault is slow to answer does not) before its requests are abandoned.
-pub(crate) const STOP_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const WIND_DOWN: Duration = Duration::from_secs(2);
 
 /// Everything that wakes the poller, on its one channel: it sleeps until one of these arrives or the next
 /// thing it has to do is due (a check, a save, the heartbeat), never on a tick.
@@ -336,7 +49,7 @@ impl From<Done> for Event {
 
 /// Hands SIGHUP, SIGTERM and SIGINT to the poller's channel, from a thread that sleeps in a blocking read until
 /// one arrives. On SIGTERM/SIGINT it also raises `stop` (retry waits end at once) and, if the poller has not
-/// exited [`STOP_GRACE`] later, exits the process once no file operation is in progress: SIGTERM is answered
+/// exited [`WIND_DOWN`] later, exits the process once no file operation is in progress: SIGTERM is answered
 /// within seconds even while a vault request hangs.
 fn forward_signals(tx: mpsc::Sender<Event>, stop: Stop) -> Result<(), WorkerError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -352,7 +65,7 @@ fn forward_signals(tx: mpsc::Sender<Event>, stop: Stop) -> Result<(), WorkerErro
                 }
                 stop.request();
                 let _ = tx.send(Event::Stop);
-                thread::sleep(STOP_GRACE);
+                thread::sleep(WIND_DOWN);
                 let _no_file_operation = crate::store::quiesce();
                 log::warn!(
                     "worker stopping on request with requests still in flight; they are abandoned (no file \
@@ -366,186 +79,11 @@ fn forward_signals(tx: mpsc::Sender<Event>, stop: Stop) -> Result<(), WorkerErro
     Ok(())
 }
 
-/// The worker sleeps most of its life: one malloc arena (instead of one per thread that ever ran a check)
-/// keeps its resident memory small.
-fn limit_malloc_arenas() {
-    // SAFETY: mallopt only changes allocator tuning and is thread-safe; called before the checks' threads start.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-        // A fixed threshold (glibc's default 128 KiB, which otherwise grows to the largest block freed): the
-        // big buffers of a cycle (the trust store read, the state file) are mapped and unmapped, not left
-        // scattered in the heap between small blocks that outlive them.
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-    }
-}
-
-/// Rust's runtime handles SIGSEGV and SIGBUS to report stack overflows, and lets a signal that is not a fault
-/// of its own (one sent with `kill`, say) pass without effect the first time. A poller that gets one must end,
-/// so that its supervisor restarts it and reports why, rather than run on in a state nobody can vouch for; a
-/// stack overflow is then reported as SIGSEGV.
-fn die_on_every_segfault() {
-    use nix::sys::signal::{SigHandler, Signal, signal};
-    for sig in [Signal::SIGSEGV, Signal::SIGBUS] {
-        // SAFETY: the default disposition runs no handler of ours, so nothing can run in signal context.
-        let _ = unsafe { signal(sig, SigHandler::SigDfl) };
-    }
-}
-
-/// Before the worker waits: returns the memory a cycle or a save freed to the system, and unmaps the code they
-/// ran (see crate::residency).
-fn give_back_memory() {
-    crate::residency::map_only_what_is_used();
-    // SAFETY: malloc_trim has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// How soon after a check ends the status file shows it (checks that end together share one write).
 const SAVE_AFTER: Duration = Duration::from_millis(500);
 /// How long post-install commands wait for more certificates of the same burst to finish installing, so one
 /// command runs once for all of them.
 const HOOK_GATHER: Duration = Duration::from_secs(5);
-
-fn sync_options(settings: &Settings, lock_dir: &std::path::Path) -> SyncOptions {
-    SyncOptions {
-        acl_enabled: settings.acl_enabled,
-        retained_versions: settings.retained_versions,
-        lock_dir: lock_dir.to_path_buf(),
-    }
-}
-
-fn known(state: &CertificateState) -> KnownOwned {
-    KnownOwned {
-        version: state.version.clone(),
-        has_not_after: state.not_after.is_some(),
-    }
-}
-
-/// A certificate whose new version was installed, waiting for its post-install command.
-struct Change {
-    hook: hook::Hook,
-    installed: hook::Installed,
-}
-
-/// What a batch of post-install commands did: per command, the certificates it ran for, its summary, success.
-type HookResults = Vec<(Vec<String>, String, bool)>;
-
-/// Runs each distinct command once for the certificates in `changes`.
-fn run_hooks(changes: Vec<Change>) -> HookResults {
-    let plan = hook::plan(changes.iter().map(|c| (&c.hook, c.installed.clone())));
-    plan.into_iter()
-        .map(|(command, installed)| {
-            let (ok, summary) = match hook::run(&command, &installed) {
-                Ok(run) => (run.success(), run.summary(&command)),
-                Err(e) => (false, e.to_string()),
-            };
-            if ok {
-                log::info!("{summary}");
-            } else {
-                log::error!("{summary}");
-            }
-            (installed.into_iter().map(|i| i.url).collect(), summary, ok)
-        })
-        .collect()
-}
-
-/// Records what the post-install commands did in the certificates they ran for.
-fn record_hooks(certs: &mut [CertificateState], results: &HookResults) {
-    for (urls, summary, ok) in results {
-        for url in urls {
-            if let Some(state) = certs.iter_mut().find(|c| &c.url == url) {
-                state.hook = Some(summary.clone());
-                if !ok {
-                    state.status = CertStatus::Warning;
-                    state
-                        .reason
-                        .get_or_insert_with(|| "post-install-failed".into());
-                    let note = match state.note.take() {
-                        Some(n) => format!("{n} {summary}"),
-                        None => summary.clone(),
-                    };
-                    state.note = Some(note);
-                }
-            }
-        }
-    }
-}
-
-/// The post-install command of a check that installed a new version, if it has one.
-fn change_of(cert: &ObservedCertificate, result: &Result<Checked, SyncError>) -> Option<Change> {
-    match (result, &cert.post_install) {
-        (Ok(c), Some(h)) if c.changed => Some(Change {
-            hook: h.clone(),
-            installed: hook::Installed {
-                url: cert.url.to_string(),
-                link: c.link.clone(),
-                file: c.file.clone(),
-                version: c.version.clone(),
-                dir: c.folder.clone(),
-            },
-        }),
-        _ => None,
-    }
-}
-
-/// `kvvm sync --once`: checks every certificate of `current` once, from what the worker recorded, and returns
-/// their records in settings order. The worker's status and state files are left to the worker.
-pub(crate) fn sync_once(host: &Host, current: &Current) -> Vec<CertificateState> {
-    let mut certs = certificate_states(&current.settings, recorded(host).as_ref());
-    let client = vault_client(&current.settings);
-    let locks = crate::store::lock_folder(&host.data_dir());
-    poll_once(
-        &client,
-        &current.settings,
-        &mut certs,
-        &locks,
-        &Stop::default(),
-    );
-    certs
-}
-
-/// Checks every certificate of `settings` once, all at once within the limits of [`Checks`], records the
-/// results in `certs` (same order) and runs the post-install commands of those that changed.
-fn poll_once(
-    client: &Result<Arc<VaultClient>, String>,
-    settings: &Settings,
-    certs: &mut [CertificateState],
-    lock_dir: &std::path::Path,
-    stop: &Stop,
-) {
-    let observed = &settings.observed_certificates;
-    let client = match client {
-        Ok(client) => Arc::clone(client),
-        Err(why) => {
-            let now = state::now();
-            for (state, cert) in certs.iter_mut().zip(observed) {
-                record_failure(state, cert, why, Some("identity-setup"), now);
-            }
-            return;
-        }
-    };
-    let known: Vec<KnownOwned> = certs.iter().map(known).collect();
-    let results = crate::sync::check_all(
-        client,
-        observed,
-        &known,
-        sync_options(settings, lock_dir),
-        stop,
-    );
-    let mut changes = Vec::new();
-    for ((state, cert), result) in certs.iter_mut().zip(observed).zip(&results) {
-        record(
-            state,
-            cert,
-            result,
-            state::now(),
-            settings.expiry_warning_days,
-        );
-        changes.extend(change_of(cert, result));
-    }
-    record_hooks(certs, &run_hooks(changes));
-}
 
 /// The poller: certificates take turns in a [`Queue`], checks run in their own threads, the status is written
 /// as each ends; it sleeps on one channel ([`Event`]) between the things it has to do.
@@ -738,11 +276,10 @@ impl<'a> Poller<'a> {
             (Some(checks), Ok(_)) => checks.try_start(i, &observed[i], known(&certs[i])),
             (_, Err(why)) => {
                 counters.record_error(observed[i].url.as_str(), "identity-setup");
-                record_failure(
-                    &mut certs[i],
-                    &observed[i],
+                certs[i].record_failure(
+                    observed[i].url.as_str(),
                     why,
-                    Some("identity-setup"),
+                    "identity-setup",
                     state::now(),
                 );
                 failed = true;
@@ -768,15 +305,14 @@ impl<'a> Poller<'a> {
         let i = done.index;
         let cert = &self.current.settings.observed_certificates[i];
         let state = &mut self.state.certificates[i];
-        record(
+        let change = check_ended(
             state,
             cert,
             &done.result,
-            state::now(),
             self.current.settings.expiry_warning_days,
         );
         self.counters.record(&done.url, &done.result);
-        if let Some(change) = change_of(cert, &done.result) {
+        if let Some(change) = change {
             self.first_change.get_or_insert_with(Instant::now);
             self.changes.push(change);
         }
@@ -831,7 +367,7 @@ impl<'a> Poller<'a> {
         match thread::Builder::new()
             .name("post-install".into())
             .spawn(move || {
-                let _ = tx.send(Event::Hooks(run_hooks(changes)));
+                let _ = tx.send(Event::Hooks(post_install::run(changes)));
             }) {
             Ok(_) => self.hooks_running = true,
             Err(e) => log::error!("cannot start the post-install commands: {e}"),
@@ -840,7 +376,7 @@ impl<'a> Poller<'a> {
 
     /// Records what a burst's post-install commands did.
     fn hooks_ran(&mut self, results: HookResults) {
-        record_hooks(&mut self.state.certificates, &results);
+        post_install::record(&mut self.state.certificates, &results);
         self.hooks_running = false;
         self.dirty = true;
     }
@@ -988,9 +524,9 @@ impl<'a> Poller<'a> {
         status::write(self.host, self.current.seq, &report)
     }
 
-    /// Waits up to [`STOP_GRACE`] for the checks in flight to end, then records the state.
+    /// Waits up to [`WIND_DOWN`] for the checks in flight to end, then records the state.
     fn finish(&mut self, events: &mpsc::Receiver<Event>) {
-        let deadline = Instant::now() + STOP_GRACE;
+        let deadline = Instant::now() + WIND_DOWN;
         while self.in_flight() > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             match events.recv_timeout(left) {
@@ -1147,41 +683,6 @@ fn idle(
                 return Ok(None);
             }
             Ok(Event::Checked(_) | Event::Hooks(_)) | Err(_) => {}
-        }
-    }
-}
-
-/// The supervisor's report while it restarts a crashed poller: the status of the current settings says
-/// `error` with the exit reason, and the heartbeat says the worker is restarting (NotReady).
-pub(crate) struct RestartReport<'a> {
-    /// Where the worker lives.
-    pub host: &'a Host,
-}
-
-impl supervisor::Report for RestartReport<'_> {
-    fn restarting(&self, why: &str, restarts: u32, wait: Duration) {
-        let detail = format!(
-            "the poller {why}; it is restarted in {} s (restart {restarts} since the worker started). \
-             Installed certificates stay in place. Details: kvvm.log and supervisor.log in {}",
-            wait.as_secs(),
-            self.host.log_folder().display()
-        );
-        if let Err(e) = status::write_heartbeat(
-            self.host,
-            &Heartbeat::Restarting {
-                detail: detail.clone(),
-            },
-        ) {
-            log::error!("{e}");
-        }
-        let Some(seq) = self.host.current_seq() else {
-            return;
-        };
-        let message = format!("[worker-restarting] The kvvm worker is not polling: {detail}");
-        crate::notify::ready(&message);
-        let report = StatusReport::new(status::Operation::Enable, status::Status::Error, message);
-        if let Err(e) = status::write(self.host, seq, &report) {
-            log::error!("{e}");
         }
     }
 }

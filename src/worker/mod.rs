@@ -1,0 +1,269 @@
+//! The worker: the poller that `enable` (or the service) keeps running, and `kvvm sync --once`, which runs one
+//! cycle of it in the foreground. This file holds what both start from — the host, the settings they run with,
+//! the record carried over from the last worker, the vault client — and the one path a finished check takes
+//! (`check_ended`). `poller` is the long-running loop, `post_install` runs the commands of a burst of installs,
+//! and `process` tunes the process for a life spent mostly waiting.
+
+mod poller;
+mod post_install;
+mod process;
+
+pub(crate) use poller::run;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::handler::HandlerError;
+use crate::host::{Host, HostError, Loaded};
+use crate::http::Stop;
+use crate::identity::Identity;
+use crate::logging::{self, Process};
+use crate::settings::{Configured, ObservedCertificate, Settings};
+use crate::state::{self, CertificateState, StateError, WorkerState};
+use crate::supervisor::SupervisorError;
+use crate::sync::{Checked, KnownOwned, SyncError, SyncOptions};
+use crate::vault::VaultClient;
+
+/// How often the heartbeat file is refreshed (waagent calls a handler unresponsive after 600 s).
+pub(crate) const HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
+
+/// Errors that end the worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The extension or its environment cannot be found.
+    #[error(transparent)]
+    Handler(#[from] HandlerError),
+    /// The poller lock cannot be taken.
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    /// A signal handler cannot be installed.
+    #[error("cannot install a signal handler: {source}")]
+    Signals {
+        /// Why the handler could not be installed.
+        source: std::io::Error,
+    },
+    /// The settings to run with cannot be read or are invalid.
+    #[error("no usable settings: {0}")]
+    Settings(#[from] HostError),
+    /// The settings observe no certificate (for `kvvm sync --once`; a poller waits for new settings).
+    #[error("nothing to watch: {reason}")]
+    NoSettings {
+        /// Why, as the settings layer says it.
+        reason: String,
+    },
+    /// Another poller holds the poller lock.
+    #[error("another poller holds its lock in {dir}; this one exits")]
+    AnotherPoller {
+        /// The extension's data folder, where the lock is.
+        dir: std::path::PathBuf,
+    },
+    /// The state folder or status file cannot be written at start.
+    #[error("cannot record the worker's state: {detail}")]
+    StateUnwritable {
+        /// The write error.
+        detail: String,
+    },
+}
+
+impl WorkerError {
+    /// A short stable code for the status file and the exit report (`no-settings`, `another-poller`, ...).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            WorkerError::Handler(e) => e.reason(),
+            WorkerError::Supervisor(e) => e.reason(),
+            WorkerError::Signals { .. } => "signal-handler",
+            WorkerError::Settings(e) => e.reason(),
+            WorkerError::NoSettings { .. } => "no-settings",
+            WorkerError::AnotherPoller { .. } => "another-poller",
+            WorkerError::StateUnwritable { .. } => "state-unwritable",
+        }
+    }
+}
+
+/// The settings the worker runs with, and which sequence number they came from.
+#[derive(Debug)]
+pub(crate) struct Current {
+    /// The settings file's sequence number.
+    pub seq: u64,
+    /// What it says.
+    pub settings: Settings,
+}
+
+/// What the settings ask the worker to do.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per start or reload, moved a few times; boxing would only complicate every match"
+)]
+pub(crate) enum Watch {
+    /// Keep these certificates installed.
+    Certificates(Current),
+    /// Nothing to watch (an empty settings file, or `{}` as the service's package ships it): the poller waits
+    /// for new settings.
+    Nothing {
+        /// The settings' sequence number.
+        seq: u64,
+        /// Why there is nothing, as the settings layer says it.
+        reason: String,
+    },
+}
+
+/// What the poller and `kvvm sync --once` start from: the host and the settings the worker runs with.
+#[derive(Debug)]
+pub(crate) struct Start {
+    /// Where this kvvm lives.
+    pub host: Host,
+    /// The settings, read and parsed once, at start; or why there are none. The poller reports that only once
+    /// it holds its lock (another poller running is the better answer).
+    pub watch: Result<Watch, WorkerError>,
+}
+
+/// The start-up the poller and `kvvm sync --once` share: find the host, read the settings the worker runs
+/// with, and start `process`'s log (the poller's also goes to the Fluentd collector those settings name).
+pub(crate) fn start(process: Process) -> Result<Start, HandlerError> {
+    let host = Host::locate()?;
+    let watch = load(&host);
+    let forward = match &watch {
+        Ok(Watch::Certificates(c)) => c.settings.logging.as_ref(),
+        _ => None,
+    };
+    logging::start(&host, process, forward);
+    Ok(Start { host, watch })
+}
+
+/// The settings the host names (the extension's `mrseq`, else its newest settings file; the service's file).
+fn load(host: &Host) -> Result<Watch, WorkerError> {
+    let Loaded { seq, configured } = host.settings()?;
+    Ok(match configured {
+        Configured::Settings(settings) => Watch::Certificates(Current { seq, settings }),
+        Configured::Nothing { reason } => Watch::Nothing { seq, reason },
+    })
+}
+
+/// What the worker recorded last, to carry over: nothing if no worker has run yet; a file that cannot be read
+/// is logged, and the worker starts from the settings alone.
+fn recorded(host: &Host) -> Option<WorkerState> {
+    match WorkerState::load(&host.data_dir()) {
+        Ok(state) => Some(state),
+        Err(StateError::Missing { .. }) => None,
+        Err(e) => {
+            log::warn!("{e}; starting from the settings alone");
+            None
+        }
+    }
+}
+
+/// The certificates the settings observe, carrying over what is known of each from `previous`.
+pub fn certificate_states(
+    settings: &Settings,
+    previous: Option<&WorkerState>,
+) -> Vec<CertificateState> {
+    settings
+        .observed_certificates
+        .iter()
+        .map(|c| {
+            let url = c.url.as_str();
+            previous
+                .and_then(|p| p.certificate(url))
+                .cloned()
+                .unwrap_or_else(|| {
+                    CertificateState::pending(url, c.store_location.join(c.link_name.as_str()))
+                })
+        })
+        .collect()
+}
+
+/// The vault client for `settings`, or why there is none (every certificate then fails with that reason).
+fn vault_client(settings: &Settings) -> Result<Arc<VaultClient>, String> {
+    let identity = Identity::for_user(
+        settings.msi_endpoint.as_ref(),
+        settings.msi_identity.as_ref(),
+    )
+    .map_err(|e| e.to_string())?;
+    VaultClient::new(Arc::new(identity))
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}
+
+fn sync_options(settings: &Settings, lock_dir: &std::path::Path) -> SyncOptions {
+    SyncOptions {
+        acl_enabled: settings.acl_enabled,
+        retained_versions: settings.retained_versions,
+        lock_dir: lock_dir.to_path_buf(),
+    }
+}
+
+fn known(state: &CertificateState) -> KnownOwned {
+    KnownOwned {
+        version: state.version.clone(),
+        has_not_after: state.not_after.is_some(),
+    }
+}
+
+/// What every finished check goes through, in the poller and in `kvvm sync --once` alike: its result recorded in
+/// the certificate's state (and the log), and the post-install command it calls for when it installed a new
+/// version.
+fn check_ended(
+    state: &mut CertificateState,
+    cert: &ObservedCertificate,
+    result: &Result<Checked, SyncError>,
+    expiry_warning_days: u32,
+) -> Option<post_install::Change> {
+    state.record(cert, result, state::now(), expiry_warning_days);
+    post_install::change_of(cert, result)
+}
+/// `kvvm sync --once`: checks every certificate of `current` once, from what the worker recorded, and returns
+/// their records in settings order. The worker's status and state files are left to the worker.
+pub(crate) fn sync_once(host: &Host, current: &Current) -> Vec<CertificateState> {
+    let mut certs = certificate_states(&current.settings, recorded(host).as_ref());
+    let client = vault_client(&current.settings);
+    let locks = crate::store::lock_folder(&host.data_dir());
+    poll_once(
+        &client,
+        &current.settings,
+        &mut certs,
+        &locks,
+        &Stop::default(),
+    );
+    certs
+}
+
+/// Checks every certificate of `settings` once, all at once within the limits of [`Checks`], records the
+/// results in `certs` (same order) and runs the post-install commands of those that changed.
+fn poll_once(
+    client: &Result<Arc<VaultClient>, String>,
+    settings: &Settings,
+    certs: &mut [CertificateState],
+    lock_dir: &std::path::Path,
+    stop: &Stop,
+) {
+    let observed = &settings.observed_certificates;
+    let client = match client {
+        Ok(client) => Arc::clone(client),
+        Err(why) => {
+            let now = state::now();
+            for (state, cert) in certs.iter_mut().zip(observed) {
+                state.record_failure(cert.url.as_str(), why, "identity-setup", now);
+            }
+            return;
+        }
+    };
+    let known: Vec<KnownOwned> = certs.iter().map(known).collect();
+    let results = crate::sync::check_all(
+        client,
+        observed,
+        &known,
+        sync_options(settings, lock_dir),
+        stop,
+    );
+    let mut changes = Vec::new();
+    for ((state, cert), result) in certs.iter_mut().zip(observed).zip(&results) {
+        changes.extend(check_ended(
+            state,
+            cert,
+            result,
+            settings.expiry_warning_days,
+        ));
+    }
+    post_install::record(certs, &post_install::run(changes));
+}
