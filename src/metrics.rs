@@ -58,7 +58,7 @@ pub struct Counters {
 
 impl Counters {
     /// Counts one finished check.
-    pub fn record(&mut self, url: &str, result: &Result<Checked, SyncError>) {
+    pub fn record(&mut self, url: &str, result: Result<&Checked, &SyncError>) {
         match result {
             Ok(c) if c.changed => *self.installs.entry(url.to_string()).or_default() += 1,
             Ok(_) | Err(SyncError::Stopped) => {}
@@ -77,14 +77,6 @@ impl Counters {
             *self.vault_requests.entry((host, code)).or_default() += n;
         }
         self.token_requests += client.identity().token_requests();
-    }
-
-    /// Counts a check that failed before it could start, for `reason` (`identity-setup`: no vault client).
-    pub fn record_error(&mut self, url: &str, reason: &str) {
-        *self
-            .errors
-            .entry((url.to_string(), reason.to_string()))
-            .or_default() += 1;
     }
 }
 

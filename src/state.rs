@@ -159,7 +159,7 @@ impl CertificateState {
     pub(crate) fn record(
         &mut self,
         cert: &ObservedCertificate,
-        result: &Result<Checked, SyncError>,
+        result: Result<&Checked, &SyncError>,
         now: OffsetDateTime,
         expiry_warning_days: u32,
     ) {
@@ -245,13 +245,7 @@ impl CertificateState {
     }
 
     /// Records a check of the certificate at `url` that failed for `why` (reason code `reason`), and logs it.
-    pub(crate) fn record_failure(
-        &mut self,
-        url: &str,
-        why: &str,
-        reason: &str,
-        now: OffsetDateTime,
-    ) {
+    fn record_failure(&mut self, url: &str, why: &str, reason: &str, now: OffsetDateTime) {
         self.last_check = Some(now);
         self.reason = Some(reason.to_string());
         self.status = CertStatus::Failed;

@@ -195,6 +195,9 @@ pub enum VaultError {
     /// No token.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// The client could not be set up (no trust store).
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
     /// The worker is stopping.
     #[error("stopped while reading from the vault")]
     Cancelled,
@@ -218,6 +221,7 @@ impl VaultError {
             VaultError::Tls { .. } => "vault-tls",
             VaultError::BadBundle { .. } => "vault-bad-bundle",
             VaultError::Identity(e) => e.reason(),
+            VaultError::Http(e) => e.reason(),
             VaultError::Cancelled => "cancelled",
         }
     }

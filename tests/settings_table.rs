@@ -617,6 +617,22 @@ const REJECTIONS: &[(Input, &str, &str, &str)] = &[
     ),
     (
         Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}, "authenticationSettings": {"msiEndpoint": "http://localhost:40342/metadata/identity", "msiClientId": "c7373ae5-91c2-4165-8ab6-7381d6e75619"}}"#,
+        ),
+        "msi-identity-on-arc",
+        "authenticationSettings.msiClientId",
+        r#"authenticationSettings.msiClientId: "c7373ae5-91c2-4165-8ab6-7381d6e75619" names a user-assigned identity, but msiEndpoint http://localhost:40342/metadata/identity is Azure Arc's identity endpoint, which serves only the machine's own (system-assigned) identity; remove this setting and grant the vault access to the Arc machine's identity"#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"]}, "authenticationSettings": {"msiEndpoint": "http://127.0.0.1:40342", "msiClientId": "/subscriptions/x/resourceGroups/y/providers/Microsoft.ManagedIdentity/userAssignedIdentities/z"}}"#,
+        ),
+        "msi-identity-on-arc",
+        "authenticationSettings.msiClientId",
+        r#"authenticationSettings.msiClientId: "/subscriptions/x/resourceGroups/y/providers/Microsoft.ManagedIdentity/userAssignedIdentities/z" names a user-assigned identity, but msiEndpoint http://127.0.0.1:40342/ is Azure Arc's identity endpoint, which serves only the machine's own (system-assigned) identity; remove this setting and grant the vault access to the Arc machine's identity"#,
+    ),
+    (
+        Public(
             r#"{"secretsManagementSettings": {"observedCertificates": ["https://myvault.vault.azure.net/secrets/mycert"], "authenticationSettings": {"msiObjectId": "x"}}}"#,
         ),
         "msi-object-id-invalid",

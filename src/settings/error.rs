@@ -270,6 +270,16 @@ pub enum SettingsErrorKind {
         /// The second one.
         second: &'static str,
     },
+    /// A user-assigned identity named beside Azure Arc's identity endpoint, which has none.
+    #[error(
+        ": {value:?} names a user-assigned identity, but msiEndpoint {endpoint} is Azure Arc's identity endpoint, which serves only the machine's own (system-assigned) identity; remove this setting and grant the vault access to the Arc machine's identity"
+    )]
+    ArcUserAssigned {
+        /// The identity as given.
+        value: String,
+        /// The Arc endpoint given as msiEndpoint.
+        endpoint: String,
+    },
     /// `additionalFormats` names a format kvvm does not write.
     #[error(
         ": {value} is not a known format; the formats are \"split\" (cert.pem, chain.pem, fullchain.pem, privkey.pem) and \"pfx\" (certificate.pfx), e.g. [\"split\", \"pfx\"], or [] for none"
@@ -392,6 +402,7 @@ impl SettingsErrorKind {
             Self::MsiObjectId { .. } => "msi-object-id-invalid",
             Self::MsiResourceId { .. } => "msi-resource-id-invalid",
             Self::SeveralIdentities { .. } => "msi-identity-given-twice",
+            Self::ArcUserAssigned { .. } => "msi-identity-on-arc",
             Self::UnknownFormat { .. } => "additional-format-unknown",
             Self::UnknownLogger { .. } => "logger-unknown",
             Self::FluentdEndpoint { .. } => "fluentd-endpoint-invalid",

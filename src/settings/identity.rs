@@ -11,7 +11,7 @@ use super::error::SettingsErrorKind;
 use super::json::{expect_object, section, shown, string};
 use super::raw::RawAuthentication;
 use super::url::empty_authority;
-use crate::identity::UserIdentity;
+use crate::identity::{ARC_PORT, UserIdentity};
 
 const EXPECT_AUTHENTICATION: &str =
     "an object such as {\"msiEndpoint\": \"http://169.254.169.254/metadata/identity\"}";
@@ -87,6 +87,15 @@ fn authentication(
             second: name(&given[1], 1),
         }
         .at(path));
+    }
+    if let (Some(url), Some(id)) = (&endpoint, given.first())
+        && url.port_or_known_default() == Some(ARC_PORT)
+    {
+        return Err(SettingsErrorKind::ArcUserAssigned {
+            value: id.value().to_string(),
+            endpoint: url.to_string(),
+        }
+        .at(format!("{path}.{}", name(id, 0))));
     }
     Ok((endpoint, given.pop()))
 }

@@ -22,7 +22,7 @@ use crate::settings::{Configured, ObservedCertificate, Settings};
 use crate::state::{self, CertificateState, StateError, WorkerState};
 use crate::supervisor::SupervisorError;
 use crate::sync::{Checked, KnownOwned, SyncError, SyncOptions};
-use crate::vault::VaultClient;
+use crate::vault::{VaultClient, VaultError};
 
 /// How often the heartbeat file is refreshed (waagent calls a handler unresponsive after 600 s).
 pub(crate) const HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
@@ -173,16 +173,16 @@ pub fn certificate_states(
         .collect()
 }
 
-/// The vault client for `settings`, or why there is none (every certificate then fails with that reason).
-fn vault_client(settings: &Settings) -> Result<Arc<VaultClient>, String> {
+/// The vault client for `settings`, or why there is none: every certificate then fails with that error, its
+/// own reason code and fix in the status.
+fn vault_client(settings: &Settings) -> Result<Arc<VaultClient>, SyncError> {
     let identity = Identity::for_user(
         settings.msi_endpoint.as_ref(),
         settings.msi_identity.as_ref(),
     )
-    .map_err(|e| e.to_string())?;
-    VaultClient::new(Arc::new(identity))
-        .map(Arc::new)
-        .map_err(|e| e.to_string())
+    .map_err(VaultError::from)?;
+    let client = VaultClient::new(Arc::new(identity)).map_err(VaultError::from)?;
+    Ok(Arc::new(client))
 }
 
 fn sync_options(settings: &Settings, lock_dir: &std::path::Path) -> SyncOptions {
@@ -206,7 +206,7 @@ fn known(state: &CertificateState) -> KnownOwned {
 fn check_ended(
     state: &mut CertificateState,
     cert: &ObservedCertificate,
-    result: &Result<Checked, SyncError>,
+    result: Result<&Checked, &SyncError>,
     expiry_warning_days: u32,
 ) -> Option<post_install::Change> {
     state.record(cert, result, state::now(), expiry_warning_days);
@@ -231,7 +231,7 @@ pub(crate) fn sync_once(host: &Host, current: &Current) -> Vec<CertificateState>
 /// Checks every certificate of `settings` once, all at once within the limits of [`Checks`], records the
 /// results in `certs` (same order) and runs the post-install commands of those that changed.
 fn poll_once(
-    client: &Result<Arc<VaultClient>, String>,
+    client: &Result<Arc<VaultClient>, SyncError>,
     settings: &Settings,
     certs: &mut [CertificateState],
     lock_dir: &std::path::Path,
@@ -241,9 +241,8 @@ fn poll_once(
     let client = match client {
         Ok(client) => Arc::clone(client),
         Err(why) => {
-            let now = state::now();
             for (state, cert) in certs.iter_mut().zip(observed) {
-                state.record_failure(cert.url.as_str(), why, "identity-setup", now);
+                check_ended(state, cert, Err(why), settings.expiry_warning_days);
             }
             return;
         }
@@ -261,9 +260,56 @@ fn poll_once(
         changes.extend(check_ended(
             state,
             cert,
-            result,
+            result.as_ref(),
             settings.expiry_warning_days,
         ));
     }
     post_install::record(certs, &post_install::run(changes));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::UserIdentity;
+
+    /// A client that cannot be built fails every certificate with that error's own reason and text, not a
+    /// catch-all: here a user-assigned identity beside Azure Arc's endpoint, which the settings parser rejects
+    /// but a caller of the library can still put together.
+    #[test]
+    fn a_client_that_cannot_be_built_fails_each_certificate_with_its_own_reason() {
+        let mut settings = crate::settings::parse_public_settings(&serde_json::json!({
+            "secretsManagementSettings": {"observedCertificates": [
+                "https://myvault.vault.azure.net/secrets/a", "https://myvault.vault.azure.net/secrets/b"]}
+        }))
+        .unwrap();
+        settings.msi_endpoint =
+            Some(url::Url::parse("http://localhost:40342/metadata/identity/oauth2/token").unwrap());
+        settings.msi_identity = Some(UserIdentity::ClientId(
+            "c7373ae5-91c2-4165-8ab6-7381d6e75619".into(),
+        ));
+        let client = vault_client(&settings);
+        let mut certs = certificate_states(&settings, None);
+        let locks = tempfile::tempdir().unwrap();
+        poll_once(
+            &client,
+            &settings,
+            &mut certs,
+            locks.path(),
+            &Stop::default(),
+        );
+        for cert in &certs {
+            assert_eq!(
+                cert.reason.as_deref(),
+                Some("arc-user-assigned"),
+                "{cert:?}"
+            );
+            let error = cert.last_error.as_deref().unwrap_or_default();
+            assert!(
+                error.contains("msiClientId is 'c7373ae5-91c2-4165-8ab6-7381d6e75619'")
+                    && error.contains("remove msiClientId"),
+                "{error}"
+            );
+            assert_eq!(cert.failures, 1);
+        }
+    }
 }

@@ -20,7 +20,7 @@ use crate::settings::Settings;
 use crate::state::{self, CertStatus, CertificateState, InitialSyncState, WorkerState};
 use crate::status::{self, Heartbeat, StatusReport, WorkerView};
 use crate::supervisor;
-use crate::sync::{Checks, Done};
+use crate::sync::{Checks, Done, SyncError};
 use crate::vault::VaultClient;
 
 /// After SIGTERM, how long the checks in progress may take to wind down (retry waits end at once; a request
@@ -91,7 +91,7 @@ struct Poller<'a> {
     host: &'a Host,
     current: Current,
     state: WorkerState,
-    client: Result<Arc<VaultClient>, String>,
+    client: Result<Arc<VaultClient>, SyncError>,
     checks: Option<Checks<Event>>,
     /// Where the checks, the post-install commands and the signal thread report.
     tx: mpsc::Sender<Event>,
@@ -265,6 +265,7 @@ impl<'a> Poller<'a> {
         let now = Instant::now();
         self.queue.advance(now, &mut self.rng);
         let observed = &self.current.settings.observed_certificates;
+        let expiry_warning_days = self.current.settings.expiry_warning_days;
         let (checks, client, certs, counters) = (
             &mut self.checks,
             &self.client,
@@ -275,13 +276,8 @@ impl<'a> Poller<'a> {
         self.queue.offer(now, |i| match (checks.as_mut(), client) {
             (Some(checks), Ok(_)) => checks.try_start(i, &observed[i], known(&certs[i])),
             (_, Err(why)) => {
-                counters.record_error(observed[i].url.as_str(), "identity-setup");
-                certs[i].record_failure(
-                    observed[i].url.as_str(),
-                    why,
-                    "identity-setup",
-                    state::now(),
-                );
+                counters.record(observed[i].url.as_str(), Err(why));
+                check_ended(&mut certs[i], &observed[i], Err(why), expiry_warning_days);
                 failed = true;
                 Offer::Settled
             }
@@ -308,10 +304,10 @@ impl<'a> Poller<'a> {
         let change = check_ended(
             state,
             cert,
-            &done.result,
+            done.result.as_ref(),
             self.current.settings.expiry_warning_days,
         );
-        self.counters.record(&done.url, &done.result);
+        self.counters.record(&done.url, done.result.as_ref());
         if let Some(change) = change {
             self.first_change.get_or_insert_with(Instant::now);
             self.changes.push(change);

@@ -46,7 +46,7 @@ pub(super) fn record(certs: &mut [CertificateState], results: &HookResults) {
 /// The post-install command of a check that installed a new version, if it has one.
 pub(super) fn change_of(
     cert: &ObservedCertificate,
-    result: &Result<Checked, SyncError>,
+    result: Result<&Checked, &SyncError>,
 ) -> Option<Change> {
     match (result, &cert.post_install) {
         (Ok(c), Some(h)) if c.changed => Some(Change {
