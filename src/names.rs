@@ -88,21 +88,14 @@ impl LinkName {
 string_type!(LinkName);
 
 /// A secret in Key Vault as the settings name it: the vault's name and the secret's. The pair names the
-/// certificate everywhere kvvm speaks of it: `<vault>.<secret>` is the prefix of its files and its default link
-/// name ([`SecretRef::file_prefix`]), `<vault>/<secret>` is how the log names it (`Display`).
+/// certificate everywhere kvvm speaks of it: the store names its files and default link after it
+/// (`store::default_link_name`), and `<vault>/<secret>` is how the log names it (`Display`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SecretRef {
     /// First DNS label of the vault's host, lower case.
     pub vault: String,
     /// The secret's name as written (Key Vault names are case-insensitive).
     pub name: String,
-}
-
-impl SecretRef {
-    /// `<vault>.<secret>`: the certificate's default link name; version files are `<prefix>.<version>`.
-    pub fn file_prefix(&self) -> String {
-        format!("{}.{}", self.vault, self.name)
-    }
 }
 
 impl fmt::Display for SecretRef {

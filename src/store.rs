@@ -29,7 +29,7 @@ use std::sync::{RwLock, RwLockWriteGuard};
 use std::time::SystemTime;
 
 use crate::files;
-use crate::names::{LinkName, Version};
+use crate::names::{LinkName, SecretRef, Version};
 
 /// Prefix of every temp file and link the installer creates; anything with it is a crash leftover.
 pub const TEMP_PREFIX: &str = ".kvvm-tmp.";
@@ -227,11 +227,11 @@ impl StoreError {
 /// One version to install.
 #[derive(Debug)]
 pub struct Install<'a> {
-    /// `<vault>.<certificate>`; the file is `<prefix>.<version>`.
-    pub file_prefix: &'a str,
-    /// The symlink's file name (see [`Store::link_name`] for one given as text).
+    /// The certificate; its files are named after it (`<vault>.<certificate>.<version>`).
+    pub secret: &'a SecretRef,
+    /// The symlink's file name; the store refuses its own reserved names (temp files, the legacy lock).
     pub link_name: &'a LinkName,
-    /// The Key Vault version (see [`Store::version`] for one given as text).
+    /// The Key Vault version.
     pub version: &'a Version,
     /// The file's content.
     pub pem: &'a [u8],
@@ -261,7 +261,29 @@ pub struct FolderFile<'a> {
 const LINK_NAME_FIX: &str = "set customSymbolicLinkName to a plain file name";
 
 /// The suffix of a version's folder and of its link.
-pub(crate) const FOLDER_SUFFIX: &str = ".d";
+const FOLDER_SUFFIX: &str = ".d";
+
+/// The prefix of a certificate's version files, `<vault>.<secret>`: a DNS label, a dot and a Key Vault name,
+/// so always a plain file name.
+fn file_prefix(secret: &SecretRef) -> String {
+    format!("{}.{}", secret.vault, secret.name)
+}
+
+/// The link a certificate gets when the settings name none (`customSymbolicLinkName`): `<vault>.<secret>`,
+/// as Microsoft's extension names it.
+pub(crate) fn default_link_name(secret: &SecretRef) -> String {
+    file_prefix(secret)
+}
+
+/// The names a certificate's links take in its store folder: the link, and with `additionalFormats` the
+/// link to its version folder, `<link>.d`. Two certificates of one folder must not share any of them.
+pub(crate) fn links_taken(link_name: &LinkName, with_folder: bool) -> Vec<String> {
+    let mut links = vec![link_name.to_string()];
+    if with_folder {
+        links.push(format!("{link_name}{FOLDER_SUFFIX}"));
+    }
+    links
+}
 
 /// What an install did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -363,17 +385,18 @@ impl Store {
 
     /// Whether `version` is installed and current in the store folder `dir`, as [`Store::open`] and
     /// [`Store::install`] leave it: the folder has its mode, the link `link_name` points at the regular file
-    /// `<file_prefix>.<version>`, and — when `folder_names` is not empty — `<link_name>.d` points at that
+    /// `<vault>.<secret>.<version>`, and — when `folder_names` is not empty — `<link_name>.d` points at that
     /// version's folder holding exactly those files. It only reads (nothing is created or repaired), so the
     /// check of an unchanged version costs a few system calls; `None` sends the caller to `open` and
     /// `install`, which put right whatever is not as it should be.
     pub fn installed(
         dir: &Path,
         link_name: &str,
-        file_prefix: &str,
+        secret: &SecretRef,
         version: &str,
         folder_names: &[&str],
     ) -> Option<Placed> {
+        let file_prefix = &file_prefix(secret);
         let meta = fs::metadata(dir).ok()?;
         let mode = meta.mode() & 0o7777;
         if !meta.is_dir() || mode != wanted_mode(dir, mode) {
@@ -396,7 +419,7 @@ impl Store {
                 real: PathBuf::new(),
                 locks: PathBuf::new(),
             };
-            if !view.folder_current(link_name, file_prefix, version, folder_names) {
+            if !view.folder_current(link_name, secret, version, folder_names) {
                 return None;
             }
             Some(dir.join(format!("{link_name}{FOLDER_SUFFIX}")))
@@ -404,8 +427,9 @@ impl Store {
         Some(Placed { file, link, folder })
     }
 
-    /// The version the link `link_name` points at, if it points at an existing `<prefix>.<version>` file.
-    pub fn current_version(&self, link_name: &str, file_prefix: &str) -> Option<Version> {
+    /// The version the link `link_name` points at, if it points at an existing version file of `secret`.
+    pub fn current_version(&self, link_name: &str, secret: &SecretRef) -> Option<Version> {
+        let file_prefix = &file_prefix(secret);
         let target = fs::read_link(self.dir.join(link_name)).ok()?;
         if target.components().count() != 1 {
             return None;
@@ -417,15 +441,16 @@ impl Store {
             .map(|_| version)
     }
 
-    /// Whether the link `<link_name>.d` points at the folder `<prefix>.<version>.d` and that folder holds
-    /// exactly the regular files `names`.
+    /// Whether the link `<link_name>.d` points at the folder `<vault>.<secret>.<version>.d` and that folder
+    /// holds exactly the regular files `names`.
     pub fn folder_current(
         &self,
         link_name: &str,
-        file_prefix: &str,
+        secret: &SecretRef,
         version: &str,
         names: &[&str],
     ) -> bool {
+        let file_prefix = file_prefix(secret);
         let dir_name = format!("{file_prefix}.{version}{FOLDER_SUFFIX}");
         let link = self.dir.join(format!("{link_name}{FOLDER_SUFFIX}"));
         if fs::read_link(link).ok().as_deref() != Some(Path::new(&dir_name)) {
@@ -449,10 +474,11 @@ impl Store {
 
     /// Installs one version and points the link at it; see the module documentation for the guarantees.
     pub fn install(&self, req: &Install<'_>) -> Result<Installed, StoreError> {
-        self.check_name("file prefix", req.file_prefix, "this is a bug in kvvm")?;
+        let prefix = file_prefix(req.secret);
+        self.check_name("file prefix", &prefix, "this is a bug in kvvm")?;
         let link_name = req.link_name;
         self.not_reserved("link name", link_name, LINK_NAME_FIX)?;
-        let file_name = format!("{}.{}", req.file_prefix, req.version);
+        let file_name = format!("{prefix}.{}", req.version);
         if *link_name == file_name {
             return Err(self.bad_name(
                 "link name",
@@ -514,9 +540,9 @@ impl Store {
             self.sync_dir()?;
         }
         acl.apply(&self.dir, true)?;
-        let mut removed = self.retain(req.file_prefix, &file_name, req.retained_versions);
+        let mut removed = self.retain(&prefix, &file_name, req.retained_versions);
         if !req.folder.is_empty() {
-            removed.extend(self.retain_folders(req.file_prefix, &dir_name, req.retained_versions));
+            removed.extend(self.retain_folders(&prefix, &dir_name, req.retained_versions));
         }
         Ok(Installed {
             file,
@@ -616,18 +642,6 @@ impl Store {
             name: name.to_string(),
             fix,
         }
-    }
-
-    /// A link name given as text, checked as [`Store::install`] checks [`Install::link_name`]: a [`LinkName`]
-    /// that is none of the installer's own names.
-    pub fn link_name(&self, text: &str) -> Result<LinkName, StoreError> {
-        self.check_name("link name", text, LINK_NAME_FIX)
-    }
-
-    /// A Key Vault version given as text, as a [`Version`].
-    pub fn version(&self, text: &str) -> Result<Version, StoreError> {
-        Version::parse(text)
-            .ok_or_else(|| self.bad_name("version", text, "Key Vault versions are 32 hex digits"))
     }
 
     /// `name` as a [`LinkName`] that is none of the installer's own names (temp files, the legacy lock).

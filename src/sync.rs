@@ -138,14 +138,13 @@ pub(crate) fn check(
             });
         }
     };
-    let prefix = cert.secret.file_prefix();
     let folder_names = cert.formats.file_names();
     if known.has_not_after
         && known.version == Some(secret.version.as_str())
         && let Some(placed) = Store::installed(
             &cert.store_location,
             &cert.link_name,
-            &prefix,
+            &cert.secret,
             &secret.version,
             &folder_names,
         )
@@ -182,7 +181,7 @@ pub(crate) fn check(
         Vec::new()
     };
     let installed = store.install(&Install {
-        file_prefix: &prefix,
+        secret: &cert.secret,
         link_name: &cert.link_name,
         version: &secret.version,
         pem: &pem,

@@ -821,7 +821,10 @@ fn v1_strings_with_global_store() {
         PathBuf::from("/var/lib/waagent/Microsoft.Azure.KeyVault")
     );
     assert_eq!(first.link_name, "myvault.mycert");
-    assert_eq!(first.secret.file_prefix(), "myvault.mycert");
+    assert_eq!(
+        (first.secret.vault.as_str(), first.secret.name.as_str()),
+        ("myvault", "mycert")
+    );
     assert!(first.acls.is_empty());
     assert_eq!(settings.observed_certificates[1].link_name, "myvault.other");
     assert_eq!(settings.polling_interval, Duration::from_secs(3600));
@@ -865,7 +868,10 @@ fn v3_objects() {
     let first = &settings.observed_certificates[0];
     assert_eq!(first.store_location, PathBuf::from("/etc/nginx/ssl"));
     assert_eq!(first.link_name, "nginx.pem");
-    assert_eq!(first.secret.file_prefix(), "myvault.mycert");
+    assert_eq!(
+        (first.secret.vault.as_str(), first.secret.name.as_str()),
+        ("myvault", "mycert")
+    );
     assert_eq!(
         first.acls,
         vec![

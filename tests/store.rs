@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kvvm::{
-    FolderFile, Install, LEGACY_LOCK_FILE, LinkName, PrincipalKind, Store, StoreError, TEMP_PREFIX,
-    Version, lock_file_name, resolve_principals,
+    FolderFile, Install, LEGACY_LOCK_FILE, LinkName, PrincipalKind, SecretRef, Store, StoreError,
+    TEMP_PREFIX, Version, lock_file_name, resolve_principals,
 };
 
 /// An `acls` entry as the settings give it: a user, a group, or both.
@@ -27,6 +27,14 @@ fn resolve(acls: &[AclEntry]) -> Result<Vec<kvvm::Principal>, StoreError> {
         let group = e.group.as_deref().map(|g| (PrincipalKind::Group, g));
         user.into_iter().chain(group)
     }))
+}
+
+/// The certificate most tests install: `web` of vault `myvault`.
+fn web() -> SecretRef {
+    SecretRef {
+        vault: "myvault".into(),
+        name: "web".into(),
+    }
 }
 
 const V1: &str = "11111111111111111111111111111111";
@@ -56,9 +64,9 @@ fn install_with(
 ) -> Result<kvvm::Installed, StoreError> {
     let acls = resolve(acls)?;
     store.install(&Install {
-        file_prefix: "myvault.web",
-        link_name: &store.link_name(link)?,
-        version: &store.version(version)?,
+        secret: &web(),
+        link_name: &LinkName::parse(link).expect("a plain file name"),
+        version: &Version::parse(version).expect("32 hex digits"),
         pem,
         acls: &acls,
         retained_versions: retained,
@@ -130,9 +138,7 @@ fn installs_a_0600_file_behind_a_relative_link_in_a_0700_folder() {
     );
     assert_eq!(fs::read(&done.link).unwrap(), content(V1));
     assert_eq!(
-        store
-            .current_version("myvault.web", "myvault.web")
-            .as_deref(),
+        store.current_version("myvault.web", &web()).as_deref(),
         Some(V1)
     );
     assert_eq!(
@@ -207,9 +213,7 @@ fn rotation_moves_the_link_and_retention_keeps_current_and_previous() {
     std::thread::sleep(Duration::from_millis(20));
     let pinned = install_with(&store, V2, "myvault.web", &content(V2), &[], 1).unwrap();
     assert_eq!(
-        store
-            .current_version("myvault.web", "myvault.web")
-            .as_deref(),
+        store.current_version("myvault.web", &web()).as_deref(),
         Some(V2)
     );
     assert_eq!(
@@ -231,22 +235,19 @@ fn a_custom_link_name_is_used_and_a_bad_one_refused() {
     let store = f.open();
     install(&store, V1, "web.pem").unwrap();
     assert_eq!(fs::read(f.dir.join("web.pem")).unwrap(), content(V1));
-    for bad in [
-        "../escape",
-        "a/b",
-        "",
-        ".",
-        "..",
-        ".kvvm-tmp.x",
-        ".kvvm.lock",
-    ] {
+    // What is no plain file name is no LinkName at all (the settings refuse it as customSymbolicLinkName) ...
+    for bad in ["../escape", "a/b", "", ".", ".."] {
+        assert!(LinkName::parse(bad).is_none(), "{bad}");
+    }
+    // ... and no path is a Version.
+    assert!(Version::parse("../../etc/passwd").is_none());
+    // A plain name that is one of the installer's own is refused by the store.
+    for bad in [".kvvm-tmp.x", ".kvvm.lock"] {
         let e = install(&store, V2, bad).unwrap_err();
         assert_eq!(e.reason(), "store-bad-name", "{bad}: {e}");
         assert!(e.to_string().contains("customSymbolicLinkName"), "{e}");
     }
-    let e = install(&store, "../../etc/passwd", "web.pem").unwrap_err();
-    assert_eq!(e.reason(), "store-bad-name");
-    assert!(!f.tmp.path().join("etc").exists());
+    assert!(!f.dir.join(format!("myvault.web.{V2}")).exists());
 }
 
 #[test]
@@ -667,7 +668,10 @@ fn the_store_holds_only_certificates_and_links_after_installs_rotation_retention
     // Another certificate with a custom link name in the same folder.
     store
         .install(&Install {
-            file_prefix: "myvault.api",
+            secret: &SecretRef {
+                vault: "myvault".into(),
+                name: "api".into(),
+            },
             link_name: &LinkName::parse("api.pem").unwrap(),
             version: &Version::parse(V1).unwrap(),
             pem: &content(V1),
@@ -717,9 +721,7 @@ fn a_lock_file_left_in_the_store_by_an_older_kvvm_is_removed_when_the_store_is_o
         vec!["myvault.web".to_string(), format!("myvault.web.{V1}")]
     );
     assert_eq!(
-        store
-            .current_version("myvault.web", "myvault.web")
-            .as_deref(),
+        store.current_version("myvault.web", &web()).as_deref(),
         Some(V1)
     );
     // A symlink there is unlinked, not followed.
@@ -935,9 +937,9 @@ fn install_folder(
         .collect();
     let acls = resolve(acls)?;
     store.install(&Install {
-        file_prefix: "myvault.web",
-        link_name: &store.link_name("myvault.web")?,
-        version: &store.version(version)?,
+        secret: &web(),
+        link_name: &LinkName::parse("myvault.web").unwrap(),
+        version: &Version::parse(version).expect("32 hex digits"),
         pem: &content(version),
         acls: &acls,
         retained_versions: retained,
@@ -968,13 +970,13 @@ fn a_version_folder_holds_0600_files_in_a_0700_folder_behind_the_d_link() {
         assert_eq!(mode(&folder.join(name)), 0o600, "{name}");
         assert_eq!(fs::read(link.join(name)).unwrap(), content, "{name}");
     }
-    assert!(store.folder_current("myvault.web", "myvault.web", V1, &SPLIT));
+    assert!(store.folder_current("myvault.web", &web(), V1, &SPLIT));
     // The same version again changes nothing.
     let again = install_folder(&store, V1, &[], 2).unwrap();
     assert!(!again.folder_changed && !again.written && !again.link_changed);
     // A file missing from the folder (or a different file set) rebuilds it.
     fs::remove_file(folder.join("chain.pem")).unwrap();
-    assert!(!store.folder_current("myvault.web", "myvault.web", V1, &SPLIT));
+    assert!(!store.folder_current("myvault.web", &web(), V1, &SPLIT));
     let repaired = install_folder(&store, V1, &[], 2).unwrap();
     assert!(repaired.folder_changed);
     assert_eq!(

@@ -11,7 +11,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kvvm::{Install, LEGACY_LOCK_FILE, LinkName, Store, Version, lock_file_name, lock_folder};
+use kvvm::{
+    Install, LEGACY_LOCK_FILE, LinkName, SecretRef, Store, Version, lock_file_name, lock_folder,
+};
 use kvvm_sim::netns::run_isolated;
 use kvvm_sim::pki::KeyType;
 use kvvm_sim::vm::Vm;
@@ -26,7 +28,10 @@ fn install_certificate(vm: &Vm) -> PathBuf {
     let store = Store::open(&vm.store(), &lock_folder(&vm.data_dir())).unwrap();
     let done = store
         .install(&Install {
-            file_prefix: "myvault.c1",
+            secret: &SecretRef {
+                vault: "myvault".into(),
+                name: "c1".into(),
+            },
             link_name: &LinkName::parse("myvault.c1").unwrap(),
             version: &Version::parse(VERSION).unwrap(),
             pem: b"-----BEGIN CERTIFICATE-----\n...\n",

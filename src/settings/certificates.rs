@@ -102,16 +102,7 @@ impl Seen {
             }
             .at(&parsed.url_path));
         }
-        // With additionalFormats the folder's link `<link>.d` is taken too.
-        let mut links = vec![certificate.link_name.to_string()];
-        if certificate.formats.any() {
-            links.push(format!(
-                "{}{}",
-                certificate.link_name,
-                crate::store::FOLDER_SUFFIX
-            ));
-        }
-        for link in links {
+        for link in crate::store::links_taken(&certificate.link_name, certificate.formats.any()) {
             let link_key = (certificate.store_location.clone(), link.clone());
             if let Some(first) = self.links.insert(link_key, index) {
                 return Err(SettingsErrorKind::DuplicateLinkName {
@@ -155,7 +146,7 @@ fn url_entry(
     }
     let url = secret_url(text, path)?;
     // `<vault>.<secret>` is always a link name (a DNS label, a dot, a Key Vault name).
-    let link_name = link_name(&url.secret.file_prefix(), path)?;
+    let link_name = link_name(&crate::store::default_link_name(&url.secret), path)?;
     Ok(ParsedCertificate {
         certificate: url.into_certificate(
             defaults.store.clone(),
@@ -198,7 +189,7 @@ fn object_entry(
     let (link_name, link_path) =
         match link_setting(raw.custom_symbolic_link_name.as_ref(), &link_path)? {
             None => (
-                link_name(&url.secret.file_prefix(), &url_path)?,
+                link_name(&crate::store::default_link_name(&url.secret), &url_path)?,
                 url_path.clone(),
             ),
             Some(name) => (name, link_path),
