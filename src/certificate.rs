@@ -11,11 +11,18 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use cms::encrypted_data::EncryptedData;
+use der::asn1::{AnyRef, ObjectIdentifier, OctetString, OctetStringRef};
+use der::{Decode as _, Encode as _};
+use pkcs8::PrivateKeyInfoRef;
+use pkcs12::pbe_params::{EncryptedPrivateKeyInfo, Pbes2Params, Pbkdf2Params, Pkcs12PbeParams};
+use pkcs12::safe_bag::SafeContents;
+use pkcs12::{AuthenticatedSafe, Pfx};
 use rustls_pki_types::pem::{PemObject, SectionKind};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
+use spki::{AlgorithmIdentifierOwned, AlgorithmIdentifierRef, SubjectPublicKeyInfoRef};
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
-use x509_parser::x509::SubjectPublicKeyInfo;
 use zeroize::Zeroizing;
 
 /// How the secret's value is encoded (from its `contentType`).
@@ -309,47 +316,21 @@ fn serial_hex(raw: &[u8]) -> String {
 /// Public key of a private key, as the algorithm OID plus the subjectPublicKey bits (so two encodings of the
 /// same AlgorithmIdentifier still compare equal), and that AlgorithmIdentifier's DER.
 fn key_identity(spki_der: &[u8]) -> Option<(String, Vec<u8>, Vec<u8>)> {
-    let (_, spki) = SubjectPublicKeyInfo::from_der(spki_der).ok()?;
-    let alg = spki.algorithm.algorithm.to_id_string();
-    let params = match (alg.as_str(), &spki.algorithm.parameters) {
+    let spki = SubjectPublicKeyInfoRef::from_der(spki_der).ok()?;
+    let alg = spki.algorithm.oid;
+    let params = match (alg, &spki.algorithm.parameters) {
         // EC: the curve is part of the key's identity.
-        ("1.2.840.10045.2.1", Some(p)) => p.as_bytes().to_vec(),
+        (OID_EC_PUBLIC_KEY, Some(p)) => p.value().to_vec(),
         _ => Vec::new(),
     };
     Some((
         format!("{alg}:{}", hex_lower(&params)),
-        spki.subject_public_key.data.to_vec(),
-        first_element(spki_der)?.to_vec(),
+        spki.subject_public_key.raw_bytes().to_vec(),
+        spki.algorithm.to_der().ok()?,
     ))
 }
 
-/// Splits one DER TLV off the front of `der`: (the whole TLV, its content, the rest).
-fn tlv(der: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
-    let first = *der.get(1)?;
-    let (len, header) = if first < 0x80 {
-        (usize::from(first), 2)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let len = der
-            .get(2..2 + n)?
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        (len, 2 + n)
-    };
-    let end = header.checked_add(len)?;
-    let whole = der.get(..end)?;
-    Some((whole, &whole[header..], &der[end..]))
-}
-
-/// The first element inside a DER SEQUENCE (for a SubjectPublicKeyInfo: its AlgorithmIdentifier).
-fn first_element(seq: &[u8]) -> Option<&[u8]> {
-    let (_, content, _) = tlv(seq)?;
-    let (first, _, _) = tlv(content)?;
-    Some(first)
-}
+const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 
 fn hex_lower(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -501,7 +482,11 @@ impl CertificateBundle {
         let leaf_cert = &certs[leaf];
         let key = match key {
             FoundKey::Pkcs8(der) => der,
-            FoundKey::Pkcs1(der) | FoundKey::Sec1(der) => wrap_pkcs8(&key_alg_der, &der),
+            FoundKey::Pkcs1(der) | FoundKey::Sec1(der) => wrap_pkcs8(&key_alg_der, &der)
+                .ok_or_else(|| CertificateError::UnsupportedKey {
+                    name: name.to_string(),
+                    detail: "it cannot be re-encoded as PKCS#8".to_string(),
+                })?,
         };
         let (subject, serial, not_before, not_after) = (
             leaf_cert.subject.clone(),
@@ -612,11 +597,6 @@ impl CertificateBundle {
         Ok(Zeroizing::new(der))
     }
 
-    /// The chain, leaf first, as DER.
-    pub fn chain(&self) -> &[Vec<u8>] {
-        &self.chain
-    }
-
     /// The leaf's subject.
     pub fn subject(&self) -> &str {
         &self.subject
@@ -714,31 +694,14 @@ fn pem_section(out: &mut Vec<u8>, label: &str, der: &[u8]) {
     out.extend_from_slice(format!("-----END {label}-----\n").as_bytes());
 }
 
-/// DER length octets.
-fn der_len(out: &mut Vec<u8>, len: usize) {
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-}
-
 /// PKCS#8 PrivateKeyInfo { version 0, algorithm, OCTET STRING key } around a PKCS#1 or SEC1 key.
-fn wrap_pkcs8(algorithm_der: &[u8], key: &[u8]) -> Zeroizing<Vec<u8>> {
-    let mut body = Zeroizing::new(Vec::with_capacity(key.len() + algorithm_der.len() + 16));
-    body.extend_from_slice(&[0x02, 0x01, 0x00]);
-    body.extend_from_slice(algorithm_der);
-    body.push(0x04);
-    der_len(&mut body, key.len());
-    body.extend_from_slice(key);
-    let mut out = Zeroizing::new(Vec::with_capacity(body.len() + 6));
-    out.push(0x30);
-    der_len(&mut out, body.len());
-    out.extend_from_slice(&body);
-    out
+fn wrap_pkcs8(algorithm_der: &[u8], key: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    let algorithm = AlgorithmIdentifierRef::from_der(algorithm_der).ok()?;
+    let info = PrivateKeyInfoRef::new(algorithm, OctetStringRef::new(key).ok()?);
+    // Encoded straight into a buffer that is wiped when dropped: no unwiped copy of the key is left behind.
+    let mut out = Zeroizing::new(vec![0; usize::try_from(info.encoded_len().ok()?).ok()?]);
+    info.encode_to_slice(&mut out).ok()?;
+    Some(out)
 }
 
 fn read_pkcs12(name: &str, value: &str) -> Result<(Vec<Vec<u8>>, Vec<FoundKey>), CertificateError> {
@@ -786,162 +749,76 @@ fn read_pkcs12(name: &str, value: &str) -> Result<(Vec<Vec<u8>>, Vec<FoundKey>),
 /// any real tool writes (Key Vault about 2,000, OpenSSL 2,048, Windows 2,000 to 10,000).
 pub(crate) const PKCS12_MAX_ITERATIONS: u64 = 1_000_000;
 
-const OID_DATA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01];
-const OID_ENCRYPTED_DATA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x06];
-const OID_SHROUDED_KEY_BAG: &[u8] = &[
-    0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x0c, 0x0a, 0x01, 0x02,
+const OID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
+const OID_ENCRYPTED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.6");
+const OID_PBES2: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.5.13");
+const OID_PBKDF2: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.5.12");
+/// The pkcs-12PbeIds (RFC 7292 appendix C), whose parameters are { salt, iterations }.
+const OIDS_PKCS12_PBE: [ObjectIdentifier; 6] = [
+    pkcs12::PKCS_12_PBE_WITH_SHAAND128_BIT_RC4,
+    pkcs12::PKCS_12_PBE_WITH_SHAAND40_BIT_RC4,
+    pkcs12::PKCS_12_PBE_WITH_SHAAND3_KEY_TRIPLE_DES_CBC,
+    pkcs12::PKCS_12_PBE_WITH_SHAAND2_KEY_TRIPLE_DES_CBC,
+    pkcs12::PKCS_12_PBE_WITH_SHAAND128_BIT_RC2_CBC,
+    pkcs12::PKCS_12_PBEWITH_SHAAND40_BIT_RC2_CBC,
 ];
-const OID_PBES2: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x05, 0x0d];
-const OID_PBKDF2: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x05, 0x0c];
-/// pkcs-12PbeIds (RFC 7292 appendix C): `<this>.<n>`, parameters { salt, iterations }.
-const OID_PKCS12_PBE: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x0c, 0x01];
-
-/// One DER element: (tag, content) and what follows it. Definite lengths only (DER); anything else is `None`.
-fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        (len, &rest[n..])
-    };
-    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-}
-
-/// The elements of a constructed element's content.
-fn der_children(mut content: &[u8]) -> Vec<(u8, &[u8])> {
-    let mut out = Vec::new();
-    while let Some((tag, inner, rest)) = der_element(content) {
-        out.push((tag, inner));
-        content = rest;
-    }
-    out
-}
-
-/// A non-negative INTEGER's value; one too large for u64 counts as u64::MAX.
-fn der_count(content: &[u8]) -> Option<u64> {
-    if content.first().is_none_or(|b| b & 0x80 != 0) {
-        return None;
-    }
-    let digits: Vec<u8> = content.iter().copied().skip_while(|b| *b == 0).collect();
-    if digits.len() > 8 {
-        return Some(u64::MAX);
-    }
-    Some(
-        digits
-            .iter()
-            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
-    )
-}
 
 /// The iteration count of a password-based AlgorithmIdentifier (PKCS#12 PBE or PBES2 with PBKDF2).
-fn pbe_iterations(algorithm: &[u8]) -> Option<u64> {
-    let parts = der_children(algorithm);
-    let (&(0x06, oid), params) = parts.split_first()? else {
-        return None;
-    };
-    let &(0x30, params) = params.first()? else {
-        return None;
-    };
-    let params = der_children(params);
-    if oid.starts_with(OID_PKCS12_PBE) && oid.len() == OID_PKCS12_PBE.len() + 1 {
-        let &[(0x04, _), (0x02, count), ..] = params.as_slice() else {
-            return None;
-        };
-        return der_count(count);
+fn pbe_iterations(algorithm: &AlgorithmIdentifierOwned) -> Option<u64> {
+    let params = algorithm.parameters.as_ref()?;
+    if OIDS_PKCS12_PBE.contains(&algorithm.oid) {
+        let params: Pkcs12PbeParams = params.decode_as().ok()?;
+        return u64::try_from(params.iterations).ok();
     }
-    if oid == OID_PBES2 {
-        let &[(0x30, kdf), ..] = params.as_slice() else {
-            return None;
-        };
-        let kdf = der_children(kdf);
-        let &[(0x06, kdf_oid), (0x30, kdf_params), ..] = kdf.as_slice() else {
-            return None;
-        };
-        if kdf_oid != OID_PBKDF2 {
+    if algorithm.oid == OID_PBES2 {
+        let params: Pbes2Params = params.decode_as().ok()?;
+        if params.kdf.oid != OID_PBKDF2 {
             return None;
         }
-        let &[(0x04, _), (0x02, count), ..] = der_children(kdf_params).as_slice() else {
-            return None;
-        };
-        return der_count(count);
+        let kdf: Pbkdf2Params = params.kdf.parameters?.decode_as().ok()?;
+        return Some(u64::from(kdf.iteration_count));
     }
     None
 }
 
 /// Every key-derivation iteration count a PFX declares, with what it protects, read before any derivation
-/// runs. What cannot be walked (BER indefinite lengths, odd layouts) is skipped: p12-keystore judges it.
+/// runs. What does not decode (BER indefinite lengths, odd layouts) is skipped: p12-keystore judges it.
 fn pkcs12_iterations(pfx: &[u8]) -> Vec<(&'static str, u64)> {
     let mut found = Vec::new();
-    let Some((0x30, pfx, _)) = der_element(pfx) else {
+    let Ok(pfx) = Pfx::from_der(pfx) else {
         return found;
     };
-    let parts = der_children(pfx);
-    if let Some(&(0x30, mac_data)) = parts.get(2)
-        && let [_, _, (0x02, count), ..] = der_children(mac_data).as_slice()
-        && let Some(n) = der_count(count)
+    if let Some(mac) = &pfx.mac_data
+        && let Ok(n) = u64::try_from(mac.iterations)
     {
         found.push(("its integrity MAC", n));
     }
-    let Some(&(0x30, auth_safe)) = parts.get(1) else {
+    if pfx.auth_safe.content_type != OID_DATA {
+        return found;
+    }
+    let Ok(safes) = pfx.auth_safe.content.decode_as::<OctetString>() else {
         return found;
     };
-    let auth_safe = der_children(auth_safe);
-    let Some(&(0x06, OID_DATA)) = auth_safe.first() else {
+    let Ok(safes) = AuthenticatedSafe::from_der(safes.as_bytes()) else {
         return found;
     };
-    // authSafe: ContentInfo { data, [0] OCTET STRING { AuthenticatedSafe: SEQUENCE OF ContentInfo } }
-    let Some(&(0xa0, wrapped)) = auth_safe.get(1) else {
-        return found;
-    };
-    let Some((0x04, safes, _)) = der_element(wrapped) else {
-        return found;
-    };
-    let Some((0x30, safes, _)) = der_element(safes) else {
-        return found;
-    };
-    for (tag, content_info) in der_children(safes) {
-        if tag != 0x30 {
-            continue;
-        }
-        let ci = der_children(content_info);
-        let Some(&(0x06, content_type)) = ci.first() else {
-            continue;
-        };
-        let Some(&(0xa0, wrapped)) = ci.get(1) else {
-            continue;
-        };
-        let Some((inner_tag, inner, _)) = der_element(wrapped) else {
-            continue;
-        };
-        if content_type == OID_ENCRYPTED_DATA && inner_tag == 0x30 {
-            // EncryptedData { version, EncryptedContentInfo { contentType, algorithm, [0] content } }
-            if let [(0x02, _), (0x30, eci), ..] = der_children(inner).as_slice()
-                && let [_, (0x30, algorithm), ..] = der_children(eci).as_slice()
-                && let Some(n) = pbe_iterations(algorithm)
+    for content_info in safes {
+        if content_info.content_type == OID_ENCRYPTED_DATA {
+            if let Ok(data) = content_info.content.decode_as::<EncryptedData>()
+                && let Some(n) = pbe_iterations(&data.enc_content_info.content_enc_alg)
             {
                 found.push(("its encrypted certificates", n));
             }
-        } else if content_type == OID_DATA && inner_tag == 0x04 {
-            let Some((0x30, bags, _)) = der_element(inner) else {
-                continue;
-            };
-            for (tag, bag) in der_children(bags) {
-                if tag != 0x30 {
-                    continue;
-                }
-                let bag = der_children(bag);
-                if let [(0x06, OID_SHROUDED_KEY_BAG), (0xa0, value), ..] = bag.as_slice()
-                    && let Some((0x30, encrypted_key, _)) = der_element(value)
-                    && let [(0x30, algorithm), ..] = der_children(encrypted_key).as_slice()
-                    && let Some(n) = pbe_iterations(algorithm)
+        } else if content_info.content_type == OID_DATA
+            && let Ok(bags) = content_info.content.decode_as::<OctetString>()
+            && let Ok(bags) = SafeContents::from_der(bags.as_bytes())
+        {
+            for bag in bags {
+                // bagValue is kept whole: the [0] wrapper around an EncryptedPrivateKeyInfo.
+                if bag.bag_id == pkcs12::PKCS_12_PKCS8_KEY_BAG_OID
+                    && let Ok(value) = AnyRef::from_der(&bag.bag_value)
+                    && let Ok(key) = EncryptedPrivateKeyInfo::from_der(value.value())
+                    && let Some(n) = pbe_iterations(&key.encryption_algorithm)
                 {
                     found.push(("its private key", n));
                 }

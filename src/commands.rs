@@ -149,8 +149,6 @@ fn supervisor(ext: &Extension) -> Supervisor {
     Supervisor::new(ext.data_dir())
 }
 
-/// Writes the status of the sequence number waagent passed (`ConfigSequenceNumber`, else the newest settings
-/// file), which is the file it reads for this command; nothing when there is neither.
 /// This binary, which `enable` starts as the worker and the worker as the poller.
 fn own_executable() -> Result<PathBuf, SupervisorError> {
     std::env::current_exe().map_err(|source| SupervisorError::Spawn {
@@ -159,6 +157,8 @@ fn own_executable() -> Result<PathBuf, SupervisorError> {
     })
 }
 
+/// Writes the status of the sequence number waagent passed (`ConfigSequenceNumber`, else the newest settings
+/// file), which is the file it reads for this command; nothing when there is neither.
 fn report(
     host: &Host,
     ext: &Extension,

@@ -154,8 +154,9 @@ fn not_assigned_hint(body: &[u8], user: Option<&UserIdentity>) -> String {
     }
 }
 
-/// Why no token could be had.
-#[derive(Debug, thiserror::Error)]
+/// Why no token could be had. Every waiter of one fetch gets its outcome, hence `Clone` (and the
+/// `io::Error` behind an `Arc`).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum IdentityError {
     /// IMDS answered 400: the identity does not exist on this machine, or several do and none was named.
     #[error(
@@ -245,7 +246,7 @@ pub enum IdentityError {
         /// The key file.
         path: String,
         /// Why it could not be read.
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
     /// Arc machines have no user-assigned identities.
     #[error(
@@ -278,89 +279,6 @@ pub enum IdentityError {
     /// The worker is stopping.
     #[error("stopped while waiting for a managed identity token")]
     Cancelled,
-}
-
-/// Every waiter of one fetch gets its outcome; `io::Error` is not `Clone`, so that one is rebuilt from its
-/// kind and text (which is all the message shows).
-impl Clone for IdentityError {
-    fn clone(&self) -> IdentityError {
-        use IdentityError as E;
-        match self {
-            E::NotAssigned {
-                endpoint,
-                identity,
-                detail,
-                hint,
-            } => E::NotAssigned {
-                endpoint: endpoint.clone(),
-                identity: identity.clone(),
-                detail: detail.clone(),
-                hint: hint.clone(),
-            },
-            E::Refused {
-                endpoint,
-                identity,
-                status,
-                detail,
-            } => E::Refused {
-                endpoint: endpoint.clone(),
-                identity: identity.clone(),
-                status: *status,
-                detail: detail.clone(),
-            },
-            E::GaveUp {
-                endpoint,
-                attempts,
-                seconds,
-                last,
-                hint,
-            } => E::GaveUp {
-                endpoint: endpoint.clone(),
-                attempts: *attempts,
-                seconds: *seconds,
-                last: last.clone(),
-                hint,
-            },
-            E::BadToken { endpoint, detail } => E::BadToken {
-                endpoint: endpoint.clone(),
-                detail: detail.clone(),
-            },
-            E::ArcChallenge { endpoint, header } => E::ArcChallenge {
-                endpoint: endpoint.clone(),
-                header: header.clone(),
-            },
-            E::ArcKeyPath { path, dir, problem } => E::ArcKeyPath {
-                path: path.clone(),
-                dir: dir.clone(),
-                problem: problem.clone(),
-            },
-            E::ArcKeyRead { path, source } => E::ArcKeyRead {
-                path: path.clone(),
-                source: std::io::Error::new(source.kind(), source.to_string()),
-            },
-            E::ArcUserAssigned {
-                setting,
-                client_id,
-                endpoint,
-            } => E::ArcUserAssigned {
-                setting,
-                client_id: client_id.clone(),
-                endpoint: endpoint.clone(),
-            },
-            E::Timeout {
-                endpoint,
-                seconds,
-                last,
-                hint,
-            } => E::Timeout {
-                endpoint: endpoint.clone(),
-                seconds: *seconds,
-                last: last.clone(),
-                hint,
-            },
-            E::Cancelled => E::Cancelled,
-        }
-    }
 }
 
 impl IdentityError {
@@ -499,18 +417,12 @@ impl std::fmt::Debug for Identity {
 }
 
 impl Identity {
-    /// The identity behind `msiEndpoint` (default: IMDS) and `msiClientId` (default: system-assigned).
+    /// The identity behind `msiEndpoint` (default: IMDS) and `msiClientId`, `msiObjectId` or `msiResourceId`
+    /// (`None`: the system-assigned identity).
     ///
     /// `msiEndpoint` may name the identity root (`…/metadata/identity`) or the token path
     /// (`…/metadata/identity/oauth2/token`); both appear in Microsoft's documentation. An endpoint on port
-    /// 40342 is Azure Arc's himds.
-    pub fn new(endpoint: Option<&Url>, client_id: Option<&str>) -> Result<Identity, IdentityError> {
-        let user = client_id.map(|id| UserIdentity::ClientId(id.to_string()));
-        Identity::for_user(endpoint, user.as_ref())
-    }
-
-    /// [`Identity::new`] for a user-assigned identity named by client id, object id or resource ID (`None`:
-    /// the system-assigned identity). IMDS gets `client_id`, `object_id` or `msi_res_id`; Azure Arc has no
+    /// 40342 is Azure Arc's himds. IMDS gets `client_id`, `object_id` or `msi_res_id`; Azure Arc has no
     /// user-assigned identities, so any of them is refused there.
     pub fn for_user(
         endpoint: Option<&Url>,
@@ -926,7 +838,7 @@ pub fn read_arc_key(path: &Path, dir: &Path) -> Result<Zeroizing<String>, Identi
     }
     let read_error = |source| IdentityError::ArcKeyRead {
         path: path.display().to_string(),
-        source,
+        source: Arc::new(source),
     };
     let file = File::options()
         .read(true)
@@ -1041,7 +953,7 @@ mod tests {
     #[test]
     fn endpoint_forms() {
         let token_url = |e: &str| {
-            Identity::new(Some(&Url::parse(e).unwrap()), None)
+            Identity::for_user(Some(&Url::parse(e).unwrap()), None)
                 .unwrap()
                 .token_url()
                 .to_string()
@@ -1066,19 +978,25 @@ mod tests {
             token_url("http://localhost:40342/metadata/identity"),
             "http://localhost:40342/metadata/identity/oauth2/token"
         );
-        let default = Identity::new(None, None).unwrap();
+        let default = Identity::for_user(None, None).unwrap();
         assert_eq!(default.token_url().as_str(), IMDS_TOKEN_URL);
         assert!(!default.endpoint.arc);
     }
 
     #[test]
     fn query_names_resource_and_client() {
-        let id = Identity::new(None, Some("c7373ae5-91c2-4165-8ab6-7381d6e75619")).unwrap();
+        let id = Identity::for_user(
+            None,
+            Some(&UserIdentity::ClientId(
+                "c7373ae5-91c2-4165-8ab6-7381d6e75619".to_string(),
+            )),
+        )
+        .unwrap();
         assert_eq!(
             id.request_url("https://vault.azure.net"),
             "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net&client_id=c7373ae5-91c2-4165-8ab6-7381d6e75619"
         );
-        let arc = Identity::new(
+        let arc = Identity::for_user(
             Some(&Url::parse("http://localhost:40342/metadata/identity").unwrap()),
             None,
         )
@@ -1091,9 +1009,11 @@ mod tests {
 
     #[test]
     fn arc_refuses_a_client_id() {
-        let e = Identity::new(
+        let e = Identity::for_user(
             Some(&Url::parse("http://localhost:40342/metadata/identity").unwrap()),
-            Some("c7373ae5-91c2-4165-8ab6-7381d6e75619"),
+            Some(&UserIdentity::ClientId(
+                "c7373ae5-91c2-4165-8ab6-7381d6e75619".to_string(),
+            )),
         )
         .unwrap_err();
         assert_eq!(

@@ -402,7 +402,10 @@ fn a_leaf_alone_is_fine_and_duplicates_are_dropped() {
     let leaf = fs::read_to_string(&chain.leaf).unwrap();
     let value = format!("{}{leaf}{leaf}", chain.key_pem(PemKey::Pkcs8).unwrap());
     let bundle = CertificateBundle::from_secret("t", ContentKind::Pem, &value).unwrap();
-    assert_eq!(bundle.chain().len(), 1);
+    assert!(bundle.chain_pem().is_empty());
+    assert_eq!(bundle.fullchain_pem(), bundle.leaf_pem());
+    let pem = String::from_utf8(bundle.fullchain_pem()).unwrap();
+    assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 1, "{pem}");
 }
 
 #[test]

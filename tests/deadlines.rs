@@ -51,7 +51,9 @@ fn fakes() -> Fakes {
 }
 
 fn client(policy: RetryPolicy) -> VaultClient {
-    let identity = Identity::new(None, None).unwrap().with_policy(IDENTITY);
+    let identity = Identity::for_user(None, None)
+        .unwrap()
+        .with_policy(IDENTITY);
     VaultClient::with_policy(Arc::new(identity), policy).unwrap()
 }
 
@@ -263,7 +265,11 @@ fn a_cached_token_is_served_while_another_resources_fetch_hangs() {
         "a_cached_token_is_served_while_another_resources_fetch_hangs",
         || {
             let f = fakes();
-            let identity = Arc::new(Identity::new(None, None).unwrap().with_policy(IDENTITY));
+            let identity = Arc::new(
+                Identity::for_user(None, None)
+                    .unwrap()
+                    .with_policy(IDENTITY),
+            );
             let stop = Stop::default();
             let cached = identity
                 .token(VAULT_RESOURCE, Deadline::after(CHECK_DEADLINE), &stop)
@@ -328,12 +334,14 @@ fn a_check_that_cannot_wait_for_the_first_token_leaves_it_to_the_next_one() {
         || {
             let f = fakes();
             // IMDS is updating (410), and the waits between its tries are longer than the first check lasts.
-            let identity = Identity::new(None, None).unwrap().with_policy(RetryPolicy {
-                first_backoff: Duration::from_millis(2500),
-                max_backoff: Duration::from_millis(2500),
-                max_attempts: 8,
-                ..IDENTITY
-            });
+            let identity = Identity::for_user(None, None)
+                .unwrap()
+                .with_policy(RetryPolicy {
+                    first_backoff: Duration::from_millis(2500),
+                    max_backoff: Duration::from_millis(2500),
+                    max_attempts: 8,
+                    ..IDENTITY
+                });
             let c = VaultClient::with_policy(Arc::new(identity), TIGHT).unwrap();
             f.imds.script([Reply::Status(410), Reply::Status(410)]);
             let e = get_within(&c, "web", Duration::from_millis(1500)).unwrap_err();
@@ -359,7 +367,9 @@ fn a_token_due_for_refresh_is_still_served_while_the_refresh_hangs() {
             let f = fakes();
             // Tokens that live 4 minutes: due for refresh (under 5 minutes left) but valid for a while.
             f.imds.set_token_lifetime(Duration::from_secs(240));
-            let identity = Identity::new(None, None).unwrap().with_policy(IDENTITY);
+            let identity = Identity::for_user(None, None)
+                .unwrap()
+                .with_policy(IDENTITY);
             let stop = Stop::default();
             let first = identity
                 .token(VAULT_RESOURCE, Deadline::after(CHECK_DEADLINE), &stop)

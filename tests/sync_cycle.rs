@@ -46,7 +46,7 @@ fn a_cycle_is_parallel_with_one_token_and_bounded_connections_per_vault() {
                 "observedCertificates": urls,
             }}))
             .unwrap();
-            let identity = Identity::new(None, None).unwrap();
+            let identity = Identity::for_user(None, None).unwrap();
             let client =
                 Arc::new(VaultClient::with_policy(Arc::new(identity), RetryPolicy::VAULT).unwrap());
             let options = SyncOptions {

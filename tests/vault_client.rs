@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvvm::{CHECK_DEADLINE, Deadline, RetryPolicy, Stop};
-use kvvm::{Identity, IdentityError, read_arc_key};
+use kvvm::{Identity, IdentityError, UserIdentity, read_arc_key};
 use kvvm::{SecretKind, VaultClient, VaultError, Version};
 use kvvm_sim::httpserver::Reply;
 use kvvm_sim::netns::run_isolated;
@@ -33,7 +33,7 @@ const FAST: RetryPolicy = RetryPolicy {
 };
 
 fn client(policy: RetryPolicy) -> VaultClient {
-    let identity = Identity::new(None, None).unwrap().with_policy(FAST);
+    let identity = Identity::for_user(None, None).unwrap().with_policy(FAST);
     VaultClient::with_policy(Arc::new(identity), policy).unwrap()
 }
 
@@ -326,7 +326,9 @@ fn user_assigned_identity_names_msi_client_id() {
         f.vault.put_secret(HOST, "web", SecretValue::pem(PEM));
         let id = "c7373ae5-91c2-4165-8ab6-7381d6e75619";
         f.imds.add_user_identity(id);
-        let identity = Identity::new(None, Some(id)).unwrap().with_policy(FAST);
+        let identity = Identity::for_user(None, Some(&UserIdentity::ClientId(id.to_string())))
+            .unwrap()
+            .with_policy(FAST);
         let c = VaultClient::with_policy(Arc::new(identity), FAST).unwrap();
         get(&c, HOST, "web").unwrap();
         assert!(
@@ -336,7 +338,7 @@ fn user_assigned_identity_names_msi_client_id() {
         );
 
         let missing = "00000000-1111-2222-3333-444444444444";
-        let identity = Identity::new(None, Some(missing))
+        let identity = Identity::for_user(None, Some(&UserIdentity::ClientId(missing.to_string())))
             .unwrap()
             .with_policy(FAST);
         let c = VaultClient::with_policy(Arc::new(identity), FAST).unwrap();
@@ -354,7 +356,9 @@ fn user_assigned_identity_names_msi_client_id() {
         assert_eq!(f.imds.stats().token_requests, 1, "400 is not retried");
 
         f.vault.deny(HOST, None);
-        let identity = Identity::new(None, Some(id)).unwrap().with_policy(FAST);
+        let identity = Identity::for_user(None, Some(&UserIdentity::ClientId(id.to_string())))
+            .unwrap()
+            .with_policy(FAST);
         let c = VaultClient::with_policy(Arc::new(identity), FAST).unwrap();
         let e = get(&c, HOST, "web").unwrap_err();
         assert!(
@@ -380,10 +384,12 @@ fn imds_retries_404_410_429_5xx_and_drops() {
             Reply::Status(500),
             Reply::Drop,
         ]);
-        let identity = Identity::new(None, None).unwrap().with_policy(RetryPolicy {
-            max_attempts: 8,
-            ..FAST
-        });
+        let identity = Identity::for_user(None, None)
+            .unwrap()
+            .with_policy(RetryPolicy {
+                max_attempts: 8,
+                ..FAST
+            });
         let c = VaultClient::with_policy(Arc::new(identity), FAST).unwrap();
         get(&c, HOST, "web").unwrap();
         let log = f.imds.requests();
@@ -399,7 +405,7 @@ fn imds_retries_404_410_429_5xx_and_drops() {
 
         // A policy that runs out names the endpoint, the count and the last answer.
         f.imds.script((0..10).map(|_| Reply::Status(503)));
-        let identity = Identity::new(None, None).unwrap().with_policy(FAST);
+        let identity = Identity::for_user(None, None).unwrap().with_policy(FAST);
         let stop = Stop::default();
         let e = identity
             .token(
@@ -669,7 +675,7 @@ fn azure_arc_challenge_and_key_file() {
         let Fakes { imds: arc, vault } = Fakes::start_arc(NAMES, keys.path());
         vault.put_secret(HOST, "web", SecretValue::pem(PEM));
         let endpoint = Url::parse("http://localhost:40342/metadata/identity").unwrap();
-        let identity = Identity::new(Some(&endpoint), None)
+        let identity = Identity::for_user(Some(&endpoint), None)
             .unwrap()
             .with_arc_key_dir(keys.path())
             .with_policy(FAST);
@@ -688,7 +694,7 @@ fn azure_arc_challenge_and_key_file() {
         assert!(log[1].path_and_query.contains("api-version=2020-06-01"));
 
         // The same endpoint with the production key folder: the challenge's file is elsewhere, so refused.
-        let identity = Identity::new(Some(&endpoint), None)
+        let identity = Identity::for_user(Some(&endpoint), None)
             .unwrap()
             .with_policy(FAST);
         let e = identity
