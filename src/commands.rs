@@ -12,11 +12,12 @@ use std::time::Duration;
 use crate::handler::{Extension, HandlerError};
 use crate::host::{Host, HostError, Service};
 use crate::logging::{self, Process};
+use crate::platform::keep_alive::{KeepAlive, StartOutcome, StopOutcome, Supervision};
+use crate::platform::{KeepAliveError, Keeper};
 use crate::report;
 use crate::settings::{self, Configured, SettingsError};
 use crate::state::{self, CertStatus, StateError};
 use crate::status::{self, Heartbeat, Operation, Status, StatusReport};
-use crate::supervisor::{StartOutcome, StopOutcome, Supervision, Supervisor, SupervisorError};
 use crate::worker::{self, WorkerError};
 
 /// How long `disable` gives the worker to exit on SIGTERM before SIGKILL.
@@ -30,7 +31,7 @@ pub enum CommandError {
     Handler(#[from] HandlerError),
     /// Starting, stopping or signalling the worker.
     #[error(transparent)]
-    Supervisor(#[from] SupervisorError),
+    Supervisor(#[from] KeepAliveError),
     /// The settings `enable` was given are invalid; `kept` says whether a worker goes on with older ones.
     #[error("invalid settings in {path}: {source}.{kept}")]
     Settings {
@@ -145,13 +146,13 @@ fn run(verb: Verb, host: &Host, ext: &Extension) -> Result<String, CommandError>
     }
 }
 
-fn supervisor(ext: &Extension) -> Supervisor {
-    Supervisor::new(ext.data_dir())
+fn supervisor(ext: &Extension) -> Keeper {
+    Keeper::new(&ext.data_dir())
 }
 
 /// This binary, which `enable` starts as the worker and the worker as the poller.
-fn own_executable() -> Result<PathBuf, SupervisorError> {
-    std::env::current_exe().map_err(|source| SupervisorError::Spawn {
+fn own_executable() -> Result<PathBuf, KeepAliveError> {
+    std::env::current_exe().map_err(|source| KeepAliveError::Spawn {
         exe: PathBuf::from("/proc/self/exe"),
         source,
     })
@@ -414,7 +415,7 @@ pub fn supervise() -> Result<(), CommandError> {
 fn keep_one_poller(host: &Host) -> Result<(), CommandError> {
     let exe = own_executable()?;
     let report = status::RestartReport { host };
-    crate::supervisor::supervise(&Supervisor::new(host.data_dir()), &exe, host, &report)?;
+    Keeper::new(&host.data_dir()).keep_running(&exe, host, &report)?;
     Ok(())
 }
 
@@ -459,7 +460,7 @@ const WAIT_EVERY: Duration = Duration::from_millis(500);
 /// is nothing to watch, or when `timeout` passes first (saying where it stood).
 pub fn wait(timeout: Duration) -> Result<Output, CommandError> {
     let host = Host::locate()?;
-    let supervisor = Supervisor::new(host.data_dir());
+    let supervisor = Keeper::new(&host.data_dir());
     let deadline = std::time::Instant::now() + timeout;
     loop {
         match readiness(&host, &supervisor) {
@@ -487,7 +488,7 @@ enum Readiness {
     Never(String),
 }
 
-fn readiness(host: &Host, supervisor: &Supervisor) -> Readiness {
+fn readiness(host: &Host, supervisor: &Keeper) -> Readiness {
     match supervisor.state() {
         Ok(Supervision::Running { .. }) => {}
         Ok(Supervision::Stopped) => return Readiness::NotYet("no worker runs yet".into()),
@@ -615,7 +616,7 @@ pub fn status(json: bool) -> Result<Output, CommandError> {
         };
         CommandError::State { source, hint }
     })?;
-    let running = Supervisor::new(host.data_dir()).state();
+    let running = Keeper::new(&host.data_dir()).state();
     if json {
         let supervision = running.as_ref().copied().map_err(ToString::to_string);
         let (document, attention) = report::json(&recorded, &supervision);

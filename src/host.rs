@@ -15,12 +15,7 @@ use std::process::Command;
 use crate::handler::{Extension, HandlerError};
 use crate::settings::{self, Configured, SettingsError};
 
-/// The standalone service's settings file, unless `KVVM_SETTINGS` names another.
-pub const SERVICE_SETTINGS: &str = "/etc/kvvm/settings.json";
-/// The standalone service's state folder (locks, `state.json`, status, heartbeat), unless `KVVM_STATE_DIR`.
-pub const SERVICE_STATE_DIR: &str = "/var/lib/kvvm";
-/// The standalone service's log folder, unless `KVVM_LOG_DIR`.
-pub const SERVICE_LOG_DIR: &str = "/var/log/kvvm";
+pub use crate::platform::paths::{SERVICE_LOG_DIR, SERVICE_SETTINGS, SERVICE_STATE_DIR};
 /// The variables that move the service's files (`kvvm service` passes them on to its poller).
 pub(crate) const ENV_SETTINGS: &str = "KVVM_SETTINGS";
 /// See [`ENV_SETTINGS`].

@@ -23,11 +23,10 @@ use url::Url;
 use zeroize::Zeroizing;
 
 use crate::http::{self, Attempt, Deadline, Ended, FailureKind, RetryPolicy, Route, Stop, Verdict};
+use crate::platform::paths::ARC_KEY_DIR;
 
 /// Where IMDS serves tokens on every Azure VM.
 pub(crate) const IMDS_TOKEN_URL: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
-/// The folder where the Azure Arc agent writes the key files its challenge names.
-pub(crate) const ARC_KEY_DIR: &str = "/var/opt/azcmagent/tokens";
 /// himds listens on this port on Azure Arc machines.
 pub(crate) const ARC_PORT: u16 = 40342;
 /// Largest Arc key file kvvm reads (the agent writes a few dozen bytes).

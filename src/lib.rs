@@ -29,6 +29,7 @@ mod logging;
 pub mod metrics;
 mod names;
 mod notify;
+mod platform;
 mod report;
 mod residency;
 mod schedule;
@@ -45,8 +46,8 @@ mod worker;
 // functions the tests call.
 pub use handler::HandlerEnvironment;
 pub use host::{HostError, SERVICE_LOG_DIR, SERVICE_SETTINGS, SERVICE_STATE_DIR, Service};
+pub use platform::keep_alive::FAILURE_MARK;
 pub use state::{CertStatus, CertificateState, WorkerState};
-pub use supervisor::FAILURE_MARK;
 pub use worker::{WorkerError, certificate_states};
 
 // The layers the tests drive one by one.
@@ -56,10 +57,11 @@ pub use hook::Hook;
 pub use http::{CHECK_DEADLINE, CONNECTIONS_PER_HOST, Deadline, RetryPolicy, Stop};
 pub use identity::{Identity, IdentityError, UserIdentity, read_arc_key};
 pub use names::{LinkName, SecretRef, Version};
+pub use platform::users::PrincipalKind;
 pub use schedule::Pace;
 pub use store::{
-    FolderFile, Install, Installed, LEGACY_LOCK_FILE, Principal, PrincipalKind, Store, StoreError,
-    TEMP_PREFIX, lock_file_name, lock_folder, resolve_principals,
+    FolderFile, Install, Installed, LEGACY_LOCK_FILE, Principal, Store, StoreError, TEMP_PREFIX,
+    lock_file_name, lock_folder, resolve_principals,
 };
 pub use sync::{KnownOwned, SyncOptions, check_all};
 pub use vault::{SecretBundle, SecretKind, VaultClient, VaultError};

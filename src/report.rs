@@ -6,9 +6,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::platform::keep_alive::Supervision;
 use crate::schedule::Pace;
 use crate::state::{CertStatus, InitialSyncState, WorkerState, utc_timestamp};
-use crate::supervisor::Supervision;
 
 /// `kvvm status`: `recorded` as a human-readable table; `worker` is the running worker's (supervisor's) pid,
 /// `settings` how the host names the settings recorded (`settings 3`).

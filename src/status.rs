@@ -643,7 +643,7 @@ pub(crate) struct RestartReport<'a> {
     pub host: &'a Host,
 }
 
-impl crate::supervisor::Report for RestartReport<'_> {
+impl crate::platform::keep_alive::Report for RestartReport<'_> {
     fn restarting(&self, why: &str, restarts: u32, wait: Duration) {
         let detail = format!(
             "the poller {why}; it is restarted in {} s (restart {restarts} since the worker started). \

@@ -30,6 +30,8 @@ use std::time::SystemTime;
 
 use crate::files;
 use crate::names::{LinkName, SecretRef, Version};
+use crate::platform::naming::{FOLDER_SUFFIX, file_prefix};
+use crate::platform::users::{PrincipalKind, lookup};
 
 /// Prefix of every temp file and link the installer creates; anything with it is a crash leftover.
 pub const TEMP_PREFIX: &str = ".kvvm-tmp.";
@@ -259,31 +261,6 @@ pub struct FolderFile<'a> {
 
 /// What to do about a link name the store refuses.
 const LINK_NAME_FIX: &str = "set customSymbolicLinkName to a plain file name";
-
-/// The suffix of a version's folder and of its link.
-const FOLDER_SUFFIX: &str = ".d";
-
-/// The prefix of a certificate's version files, `<vault>.<secret>`: a DNS label, a dot and a Key Vault name,
-/// so always a plain file name.
-fn file_prefix(secret: &SecretRef) -> String {
-    format!("{}.{}", secret.vault, secret.name)
-}
-
-/// The link a certificate gets when the settings name none (`customSymbolicLinkName`): `<vault>.<secret>`,
-/// as Microsoft's extension names it.
-pub(crate) fn default_link_name(secret: &SecretRef) -> String {
-    file_prefix(secret)
-}
-
-/// The names a certificate's links take in its store folder: the link, and with `additionalFormats` the
-/// link to its version folder, `<link>.d`. Two certificates of one folder must not share any of them.
-pub(crate) fn links_taken(link_name: &LinkName, with_folder: bool) -> Vec<String> {
-    let mut links = vec![link_name.to_string()];
-    if with_folder {
-        links.push(format!("{link_name}{FOLDER_SUFFIX}"));
-    }
-    links
-}
 
 /// What an install did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -936,25 +913,6 @@ fn has_access_acl(path: &Path) -> bool {
     n > 0
 }
 
-/// Whether an `acls` principal is a user or a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PrincipalKind {
-    /// A user (a passwd entry, or a numeric uid).
-    User,
-    /// A group (a group entry, or a numeric gid).
-    Group,
-}
-
-impl PrincipalKind {
-    /// The word the `acls` messages use.
-    fn word(self) -> &'static str {
-        match self {
-            Self::User => "user",
-            Self::Group => "group",
-        }
-    }
-}
-
 /// A user or group that exists on this machine, as [`resolve_principals`] found it: only built there, so an
 /// [`Install`] never holds a name that was not looked up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1063,45 +1021,5 @@ impl Grants<'_> {
             }
         }
         exacl::setfacl(&[path], &entries, exacl::AclOption::ACCESS_ACL).map_err(err)
-    }
-}
-
-/// The largest user or group entry a look-up takes, in KiB: nix's `User::from_name` / `Group::from_name` start
-/// with the system's suggested buffer and double it on `ERANGE` (a group with many members, a long GECOS field)
-/// up to 1 MiB (glibc's own `getgrnam` grows without a cap).
-const LOOKUP_LIMIT_KIB: usize = 1024;
-
-/// Resolves a user (or group) name or numeric id to an id that exists on this machine: `Ok(None)` when there is
-/// no such entry, `Err` when the look-up itself failed (the name service, or an entry above 1 MiB).
-fn lookup(name: &str, kind: PrincipalKind) -> Result<Option<u32>, io::Error> {
-    use nix::errno::Errno;
-    let by_name = loop {
-        let found = match kind {
-            PrincipalKind::User => {
-                nix::unistd::User::from_name(name).map(|u| u.map(|u| u.uid.as_raw()))
-            }
-            PrincipalKind::Group => {
-                nix::unistd::Group::from_name(name).map(|g| g.map(|g| g.gid.as_raw()))
-            }
-        };
-        match found {
-            Ok(id) => break Ok(id),
-            Err(Errno::ERANGE) => {
-                break Err(io::Error::other(format!(
-                    "its entry is larger than {LOOKUP_LIMIT_KIB} KiB"
-                )));
-            }
-            Err(Errno::EINTR) => {}
-            // What getpwnam_r(3) lists for "the name was not found" besides 0.
-            Err(Errno::ENOENT | Errno::ESRCH | Errno::EBADF | Errno::EPERM) => break Ok(None),
-            Err(errno) => break Err(io::Error::from(errno)),
-        }
-    };
-    // A numeric id is taken as is (as setfacl does), even without a passwd entry.
-    let numeric = name.parse::<u32>().ok();
-    match by_name {
-        Ok(Some(id)) => Ok(Some(id)),
-        Ok(None) => Ok(numeric),
-        Err(e) => numeric.map(Some).ok_or(e),
     }
 }

@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill, killpg};
 
 use crate::host::Host;
+use crate::platform::keep_alive::{
+    ENV_LAST_EXIT, ENV_RESTARTS, FAILURE_MARK, KeepAlive, Report, StartOutcome, StopOutcome,
+    Supervision,
+};
 use nix::unistd::Pid;
 
 const LOCK_FILE: &str = "worker.lock";
@@ -107,25 +111,6 @@ impl SupervisorError {
     }
 }
 
-/// Whether a worker holds the lock, as [`Supervisor::state`] finds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Supervision {
-    Running { pid: Option<u32> },
-    Stopped,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StartOutcome {
-    AlreadyRunning { pid: Option<u32> },
-    Started { pid: u32 },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StopOutcome {
-    NotRunning,
-    Stopped { pid: u32, forced: bool },
-}
-
 /// Held by the running worker; dropping it (or dying) releases the lock.
 #[derive(Debug)]
 pub(crate) struct WorkerLock {
@@ -146,10 +131,6 @@ pub(crate) struct Supervisor {
 }
 
 impl Supervisor {
-    pub(crate) fn new(dir: impl Into<PathBuf>) -> Supervisor {
-        Supervisor { dir: dir.into() }
-    }
-
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
@@ -171,18 +152,6 @@ impl Supervisor {
             .trim()
             .parse()
             .ok()
-    }
-
-    /// Whether a worker holds the lock now (and its pid, if it wrote one).
-    pub(crate) fn state(&self) -> Result<Supervision, SupervisorError> {
-        let file = self.open_lock()?;
-        match file.try_lock() {
-            Ok(()) => Ok(Supervision::Stopped),
-            Err(TryLockError::WouldBlock) => Ok(Supervision::Running {
-                pid: self.read_pid(),
-            }),
-            Err(TryLockError::Error(e)) => Err(self.data_err(e)),
-        }
     }
 
     /// For the worker itself: take the lock and record our pid, or `None` if another worker has it.
@@ -212,10 +181,44 @@ impl Supervisor {
         }))
     }
 
+    fn wait_stopped(&self, patience: Duration) -> Result<bool, SupervisorError> {
+        let deadline = Instant::now() + patience;
+        loop {
+            if self.state()? == Supervision::Stopped {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl KeepAlive for Supervisor {
+    type Error = SupervisorError;
+
+    fn new(dir: &Path) -> Supervisor {
+        Supervisor {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Whether a worker holds the lock now (and its pid, if it wrote one).
+    fn state(&self) -> Result<Supervision, SupervisorError> {
+        let file = self.open_lock()?;
+        match file.try_lock() {
+            Ok(()) => Ok(Supervision::Stopped),
+            Err(TryLockError::WouldBlock) => Ok(Supervision::Running {
+                pid: self.read_pid(),
+            }),
+            Err(TryLockError::Error(e)) => Err(self.data_err(e)),
+        }
+    }
     /// Starts `exe worker` detached from the caller (own session, stdio not inherited, cwd `/`), unless a
     /// worker already runs. Waits until the new worker holds the lock, so a worker that cannot start is an
     /// error here rather than a silent absence.
-    pub(crate) fn start(
+    fn start(
         &self,
         exe: &Path,
         extension_dir: &Path,
@@ -280,17 +283,15 @@ impl Supervisor {
             thread::sleep(POLL);
         }
     }
-
     /// Asks a running worker to re-read its settings (SIGHUP). Returns whether one was signalled.
-    pub(crate) fn notify_reload(&self) -> Result<bool, SupervisorError> {
+    fn notify_reload(&self) -> Result<bool, SupervisorError> {
         match self.state()? {
             Supervision::Running { pid: Some(pid) } => Ok(signal(pid, Signal::SIGHUP)),
             _ => Ok(false),
         }
     }
-
     /// Stops the worker: SIGTERM to its process group, up to `grace` for it to let go of the lock, then SIGKILL.
-    pub(crate) fn stop(&self, grace: Duration) -> Result<StopOutcome, SupervisorError> {
+    fn stop(&self, grace: Duration) -> Result<StopOutcome, SupervisorError> {
         let pid = match self.state()? {
             Supervision::Stopped => {
                 let _ = fs::remove_file(self.dir.join(PID_FILE));
@@ -323,17 +324,17 @@ impl Supervisor {
         Err(SupervisorError::Unkillable { pid })
     }
 
-    fn wait_stopped(&self, patience: Duration) -> Result<bool, SupervisorError> {
-        let deadline = Instant::now() + patience;
-        loop {
-            if self.state()? == Supervision::Stopped {
-                return Ok(true);
-            }
-            if Instant::now() >= deadline {
-                return Ok(false);
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+    fn keep_running(
+        &self,
+        exe: &Path,
+        host: &Host,
+        report: &dyn Report,
+    ) -> Result<(), SupervisorError> {
+        supervise(self, exe, host, report)
+    }
+
+    fn hold_poller_lock(dir: &Path) -> Result<Option<File>, SupervisorError> {
+        acquire_poller_lock(dir)
     }
 }
 
@@ -373,12 +374,6 @@ const POLLER_GRACE: Duration = Duration::from_secs(8);
 pub(crate) const POLLER_LOCK_FILE: &str = "poller.lock";
 /// How long a new poller waits for an orphaned one to let go of [`POLLER_LOCK_FILE`].
 const POLLER_PATIENCE: Duration = Duration::from_secs(10);
-/// Environment the supervisor passes to the poller it starts: restarts so far, and why the last one exited.
-pub(crate) const ENV_RESTARTS: &str = "KVVM_RESTARTS";
-/// See [`ENV_RESTARTS`].
-pub(crate) const ENV_LAST_EXIT: &str = "KVVM_LAST_EXIT";
-/// The words a poller prints on stderr when it fails, which the supervisor quotes in the status.
-pub const FAILURE_MARK: &str = "kvvm poller failed";
 
 /// Wakes the supervisor on the signals it cares about, without polling: each handler sets its flag and writes
 /// a byte to a socket pair the supervisor blocks on (with a timeout when it is waiting to restart).
@@ -475,8 +470,8 @@ fn last_words(pid: u32) -> Option<String> {
 
 /// For the poller: take [`POLLER_LOCK_FILE`], waiting for an orphaned poller to finish exiting. `None` if
 /// another poller keeps it.
-pub(crate) fn acquire_poller_lock(dir: &Path) -> Result<Option<File>, SupervisorError> {
-    let sup = Supervisor::new(dir);
+fn acquire_poller_lock(dir: &Path) -> Result<Option<File>, SupervisorError> {
+    let sup = <Supervisor as KeepAlive>::new(dir);
     let file = crate::files::open_lock(&dir.join(POLLER_LOCK_FILE)).map_err(|e| sup.data_err(e))?;
     let deadline = Instant::now() + POLLER_PATIENCE;
     loop {
@@ -491,12 +486,6 @@ pub(crate) fn acquire_poller_lock(dir: &Path) -> Result<Option<File>, Supervisor
     }
 }
 
-/// What the supervisor reports while it restarts a poller.
-pub(crate) trait Report {
-    /// The poller exited abnormally (`why`) and is restarted in `wait` (restart number `restarts`).
-    fn restarting(&self, why: &str, restarts: u32, wait: Duration);
-}
-
 /// `kvvm worker`: holds the worker lock and keeps one poller (`exe poller`) running until SIGTERM. A poller
 /// that exits for any reason while the worker is not stopping — a signal, an abort, the out-of-memory killer,
 /// a fatal error — is restarted, after 1 s the first time and twice as long after each further exit in a row
@@ -505,7 +494,7 @@ pub(crate) trait Report {
 /// extension directory without running `disable` (a plugin dropped from the goal state), both exit within
 /// [`WATCH_EVERY`]; certificates stay. The supervisor itself
 /// does nothing else, so it stays small and has nothing to crash on.
-pub(crate) fn supervise(
+fn supervise(
     sup: &Supervisor,
     exe: &Path,
     host: &Host,

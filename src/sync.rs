@@ -13,9 +13,9 @@ use time::OffsetDateTime;
 
 use crate::certificate::{CertificateBundle, CertificateError, ContentKind};
 use crate::http::{self, Stop};
+use crate::platform::{CertificateDestination, Destination, DestinationError, DestinationOptions};
 use crate::schedule::Offer;
-use crate::settings::{AclEntry, ObservedCertificate};
-use crate::store::{FolderFile, Install, PrincipalKind, Store, StoreError, resolve_principals};
+use crate::settings::ObservedCertificate;
 use crate::vault::{SecretKind, VaultClient, VaultError};
 
 /// How many certificates are checked at once.
@@ -43,9 +43,9 @@ pub enum SyncError {
     /// The certificate's content is unusable.
     #[error(transparent)]
     Certificate(#[from] CertificateError),
-    /// The files could not be written.
+    /// The certificate could not be installed (files, links, ACLs; a certificate store).
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] DestinationError),
     /// The worker is stopping; nothing was changed.
     #[error("not checked: the worker is stopping")]
     Stopped,
@@ -103,7 +103,7 @@ pub struct SyncOptions {
     pub acl_enabled: bool,
     /// Version files to keep per certificate.
     pub retained_versions: u32,
-    /// Where the stores' lock files go: [`crate::store::lock_folder`] of kvvm's state folder.
+    /// Where the stores' lock files go: the destination's lock folder in kvvm's state folder.
     pub lock_dir: PathBuf,
 }
 
@@ -138,16 +138,14 @@ pub(crate) fn check(
             });
         }
     };
-    let folder_names = cert.formats.file_names();
+    let destination = Destination::new(DestinationOptions {
+        acls: options.acl_enabled,
+        retained_versions: options.retained_versions,
+        lock_dir: &options.lock_dir,
+    });
     if known.has_not_after
         && known.version == Some(secret.version.as_str())
-        && let Some(placed) = Store::installed(
-            &cert.store_location,
-            &cert.link_name,
-            &cert.secret,
-            &secret.version,
-            &folder_names,
-        )
+        && let Some(placed) = destination.current(cert, &secret.version)
     {
         return Ok(Checked {
             version: secret.version.to_string(),
@@ -161,78 +159,20 @@ pub(crate) fn check(
             folder: placed.folder,
         });
     }
-    let store = Store::open(&cert.store_location, &options.lock_dir)?;
     let name = format!("{} version {}", cert.secret, secret.version);
     let bundle = CertificateBundle::from_secret(&name, kind, secret.value())?;
-    let pem = bundle.to_pem();
-    let folder = folder_files(&bundle, cert, &name)?;
-    let folder: Vec<FolderFile<'_>> = folder
-        .iter()
-        .map(|(file, content, exact)| FolderFile {
-            name: file,
-            content,
-            exact: *exact,
-        })
-        .collect();
-    // Resolved before the install, so an unknown user or group fails before anything is written.
-    let acls = if options.acl_enabled {
-        resolve_principals(principal_names(&cert.acls))?
-    } else {
-        Vec::new()
-    };
-    let installed = store.install(&Install {
-        secret: &cert.secret,
-        link_name: &cert.link_name,
-        version: &secret.version,
-        pem: &pem,
-        acls: &acls,
-        retained_versions: options.retained_versions,
-        folder: &folder,
-    })?;
+    let installed = destination.install(cert, &secret.version, &bundle)?;
     Ok(Checked {
         version: secret.version.to_string(),
-        file: installed.file,
-        link: installed.link,
-        // A version folder that appeared or moved is new to applications too (its post-install command runs).
-        changed: installed.written || installed.link_changed || installed.folder_changed,
+        file: installed.placement.file,
+        link: installed.placement.link,
+        changed: installed.changed,
         not_after: Some(bundle.not_after()),
         serial: Some(bundle.serial_hex()),
         validity_warning: bundle.validity_warning(OffsetDateTime::now_utc()),
         removed: installed.removed,
-        folder: installed.folder,
+        folder: installed.placement.folder,
     })
-}
-
-/// The `acls` setting as the store's `(kind, name)` pairs: each entry's user, then its group.
-fn principal_names(acls: &[AclEntry]) -> impl Iterator<Item = (PrincipalKind, &str)> {
-    acls.iter().flat_map(|entry| {
-        let user = entry.user.as_deref().map(|u| (PrincipalKind::User, u));
-        let group = entry.group.as_deref().map(|g| (PrincipalKind::Group, g));
-        user.into_iter().chain(group)
-    })
-}
-
-/// The files of the version's folder for the certificate's `additionalFormats` (none when it has none).
-type FolderContent = Vec<(&'static str, zeroize::Zeroizing<Vec<u8>>, bool)>;
-
-fn folder_files(
-    bundle: &CertificateBundle,
-    cert: &ObservedCertificate,
-    name: &str,
-) -> Result<FolderContent, SyncError> {
-    let mut files: FolderContent = Vec::new();
-    if cert.formats.split {
-        let [leaf, chain, full, key] = crate::settings::Formats::SPLIT_FILES;
-        files.push((leaf, bundle.leaf_pem().into(), true));
-        files.push((chain, bundle.chain_pem().into(), true));
-        files.push((full, bundle.fullchain_pem().into(), true));
-        files.push((key, bundle.key_pem(), true));
-    }
-    if cert.formats.pfx {
-        let pfx = bundle.to_pkcs12(name, &cert.link_name)?;
-        files.push((crate::settings::Formats::PFX_FILE, pfx, false));
-    }
-    Ok(files)
 }
 
 /// What a check started by [`Checks`] found.

@@ -102,7 +102,9 @@ impl Seen {
             }
             .at(&parsed.url_path));
         }
-        for link in crate::store::links_taken(&certificate.link_name, certificate.formats.any()) {
+        for link in
+            crate::platform::naming::links_taken(&certificate.link_name, certificate.formats.any())
+        {
             let link_key = (certificate.store_location.clone(), link.clone());
             if let Some(first) = self.links.insert(link_key, index) {
                 return Err(SettingsErrorKind::DuplicateLinkName {
@@ -146,7 +148,10 @@ fn url_entry(
     }
     let url = secret_url(text, path)?;
     // `<vault>.<secret>` is always a link name (a DNS label, a dot, a Key Vault name).
-    let link_name = link_name(&crate::store::default_link_name(&url.secret), path)?;
+    let link_name = link_name(
+        &crate::platform::naming::default_link_name(&url.secret),
+        path,
+    )?;
     Ok(ParsedCertificate {
         certificate: url.into_certificate(
             defaults.store.clone(),
@@ -189,7 +194,10 @@ fn object_entry(
     let (link_name, link_path) =
         match link_setting(raw.custom_symbolic_link_name.as_ref(), &link_path)? {
             None => (
-                link_name(&crate::store::default_link_name(&url.secret), &url_path)?,
+                link_name(
+                    &crate::platform::naming::default_link_name(&url.secret),
+                    &url_path,
+                )?,
                 url_path.clone(),
             ),
             Some(name) => (name, link_path),

@@ -42,8 +42,7 @@ use sections::{
     retained_versions,
 };
 
-/// Where certificates go when neither the certificate nor `secretsManagementSettings` names a folder.
-pub const DEFAULT_STORE: &str = "/var/lib/waagent/Microsoft.Azure.KeyVault.Store";
+pub use crate::platform::paths::DEFAULT_STORE;
 /// `pollingIntervalInS` when absent: one hour, as the Microsoft extension does.
 pub const DEFAULT_POLLING_INTERVAL: Duration = Duration::from_secs(3600);
 /// `retainedVersions` when absent: the current version and the previous one.

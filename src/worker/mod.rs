@@ -6,7 +6,6 @@
 
 mod poller;
 mod post_install;
-mod process;
 
 pub(crate) use poller::run;
 
@@ -18,9 +17,9 @@ use crate::host::{Host, HostError, Loaded};
 use crate::http::Stop;
 use crate::identity::Identity;
 use crate::logging::{self, Process};
+use crate::platform::{CertificateDestination, Destination, KeepAliveError};
 use crate::settings::{Configured, ObservedCertificate, Settings};
 use crate::state::{self, CertificateState, StateError, WorkerState};
-use crate::supervisor::SupervisorError;
 use crate::sync::{Checked, KnownOwned, SyncError, SyncOptions};
 use crate::vault::{VaultClient, VaultError};
 
@@ -35,7 +34,7 @@ pub enum WorkerError {
     Handler(#[from] HandlerError),
     /// The poller lock cannot be taken.
     #[error(transparent)]
-    Supervisor(#[from] SupervisorError),
+    Supervisor(#[from] KeepAliveError),
     /// A signal handler cannot be installed.
     #[error("cannot install a signal handler: {source}")]
     Signals {
@@ -217,7 +216,7 @@ fn check_ended(
 pub(crate) fn sync_once(host: &Host, current: &Current) -> Vec<CertificateState> {
     let mut certs = certificate_states(&current.settings, recorded(host).as_ref());
     let client = vault_client(&current.settings);
-    let locks = crate::store::lock_folder(&host.data_dir());
+    let locks = Destination::lock_folder(&host.data_dir());
     poll_once(
         &client,
         &current.settings,

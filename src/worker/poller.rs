@@ -8,18 +8,19 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 use super::post_install::{self, Change, HookResults};
-use super::process::{die_on_every_segfault, give_back_memory, limit_malloc_arenas};
 use super::{
     Current, HEARTBEAT_EVERY, Start, Watch, WorkerError, certificate_states, check_ended, known,
     load, recorded, sync_options, vault_client,
 };
 use crate::host::Host;
 use crate::http::Stop;
+use crate::platform::keep_alive::{self, KeepAlive};
+use crate::platform::process::{die_on_every_segfault, give_back_memory, limit_malloc_arenas};
+use crate::platform::{CertificateDestination, Destination, Keeper};
 use crate::schedule::{self, InitialSync, Offer, Pace, Queue};
 use crate::settings::Settings;
 use crate::state::{self, CertStatus, CertificateState, InitialSyncState, WorkerState};
 use crate::status::{self, Heartbeat, StatusReport, WorkerView};
-use crate::supervisor;
 use crate::sync::{Checks, Done, SyncError};
 use crate::vault::VaultClient;
 
@@ -66,7 +67,7 @@ fn forward_signals(tx: mpsc::Sender<Event>, stop: Stop) -> Result<(), WorkerErro
                 stop.request();
                 let _ = tx.send(Event::Stop);
                 thread::sleep(WIND_DOWN);
-                let _no_file_operation = crate::store::quiesce();
+                let _no_file_operation = Destination::quiesce();
                 log::warn!(
                     "worker stopping on request with requests still in flight; they are abandoned (no file \
                      operation was interrupted)"
@@ -127,11 +128,11 @@ impl<'a> Poller<'a> {
         tx: mpsc::Sender<Event>,
         at_once: bool,
     ) -> Poller<'a> {
-        let restarts = std::env::var(supervisor::ENV_RESTARTS)
+        let restarts = std::env::var(keep_alive::ENV_RESTARTS)
             .ok()
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
-        let last_exit = std::env::var(supervisor::ENV_LAST_EXIT)
+        let last_exit = std::env::var(keep_alive::ENV_LAST_EXIT)
             .ok()
             .filter(|s| !s.is_empty());
         let mut rng = fastrand::Rng::new();
@@ -156,7 +157,7 @@ impl<'a> Poller<'a> {
                 Arc::clone(c),
                 sync_options(
                     &current.settings,
-                    &crate::store::lock_folder(&host.data_dir()),
+                    &Destination::lock_folder(&host.data_dir()),
                 ),
                 stop.clone(),
                 tx.clone(),
@@ -226,7 +227,7 @@ impl<'a> Poller<'a> {
         }
         let options = sync_options(
             &self.current.settings,
-            &crate::store::lock_folder(&self.host.data_dir()),
+            &Destination::lock_folder(&self.host.data_dir()),
         );
         self.checks = match (&self.client, self.checks.take()) {
             (Ok(client), Some(mut checks)) => {
@@ -532,7 +533,7 @@ impl<'a> Poller<'a> {
                 Err(_) => break,
             }
         }
-        let _no_file_operation = crate::store::quiesce();
+        let _no_file_operation = Destination::quiesce();
         self.save();
         log::info!("worker stopping on request");
     }
@@ -550,7 +551,7 @@ pub(crate) fn run(start: Start) -> Result<(), WorkerError> {
     let Start { host, watch } = start;
     let host = &host;
     let data_dir = host.data_dir();
-    let Some(_lock) = supervisor::acquire_poller_lock(&data_dir)? else {
+    let Some(_lock) = Keeper::hold_poller_lock(&data_dir)? else {
         return Err(WorkerError::AnotherPoller { dir: data_dir });
     };
     limit_malloc_arenas();

@@ -3,7 +3,7 @@
 
 /// The worker sleeps most of its life: one malloc arena (instead of one per thread that ever ran a check)
 /// keeps its resident memory small.
-pub(super) fn limit_malloc_arenas() {
+pub(crate) fn limit_malloc_arenas() {
     // SAFETY: mallopt only changes allocator tuning and is thread-safe; called before the checks' threads start.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
@@ -18,7 +18,7 @@ pub(super) fn limit_malloc_arenas() {
 /// of its own (one sent with `kill`, say) pass without effect the first time. A poller that gets one must end,
 /// so that its supervisor restarts it and reports why, rather than run on in a state nobody can vouch for; a
 /// stack overflow is then reported as SIGSEGV.
-pub(super) fn die_on_every_segfault() {
+pub(crate) fn die_on_every_segfault() {
     use nix::sys::signal::{SigHandler, Signal, signal};
     for sig in [Signal::SIGSEGV, Signal::SIGBUS] {
         // SAFETY: the default disposition runs no handler of ours, so nothing can run in signal context.
@@ -28,7 +28,7 @@ pub(super) fn die_on_every_segfault() {
 
 /// Before the worker waits: returns the memory a cycle or a save freed to the system, and unmaps the code they
 /// ran (see crate::residency).
-pub(super) fn give_back_memory() {
+pub(crate) fn give_back_memory() {
     crate::residency::map_only_what_is_used();
     // SAFETY: malloc_trim has no preconditions.
     unsafe {

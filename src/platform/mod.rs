@@ -1,0 +1,28 @@
+//! The three things that differ between the platforms kvvm runs on, each behind one small interface, so that
+//! `sync`, `worker`, `status` and `settings` are written once for all of them:
+//!
+//! * **(a) where installed certificates go** — [`CertificateDestination`]. Linux: the store folder, with
+//!   version files, links and POSIX ACLs ([`Destination`] over `crate::store`). Windows (next): a certificate
+//!   store.
+//! * **(b) how the worker is kept alive** — [`keep_alive::KeepAlive`]. Linux: the `setsid` supervisor that
+//!   `enable` starts, or systemd running `kvvm service` ([`Keeper`] is `crate::supervisor::Supervisor`).
+//!   Windows (next): a Windows service.
+//! * **(c) the host's paths and users** — [`paths`] (waagent's folders, the default store, the service's
+//!   files, the Arc agent's key folder, the trust store) and [`users`] (uid/gid look-ups for `acls`).
+//!
+//! Beside them, [`process`]: how the long-running poller's process is tuned for a life spent waiting.
+//!
+//! Each interface lives in a module of its own that calls nothing of the platform's, and each platform
+//! brings its implementation in a folder of its own (`linux/`), selected here and nowhere else.
+
+mod destination;
+pub(crate) mod keep_alive;
+
+pub(crate) use destination::{CertificateDestination, DestinationOptions};
+
+#[cfg(unix)]
+mod linux;
+#[cfg(unix)]
+pub(crate) use linux::{
+    Destination, DestinationError, KeepAliveError, Keeper, naming, paths, process, users,
+};
