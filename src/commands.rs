@@ -16,7 +16,7 @@ use crate::platform::keep_alive::{KeepAlive, StartOutcome, StopOutcome, Supervis
 use crate::platform::{KeepAliveError, Keeper};
 use crate::report;
 use crate::settings::{self, Configured, SettingsError};
-use crate::state::{self, CertStatus, StateError};
+use crate::state::{self, CertStatus, LogSinks, StateError, WorkerState};
 use crate::status::{self, Heartbeat, Operation, Status, StatusReport};
 use crate::worker::{self, WorkerError};
 
@@ -282,16 +282,14 @@ fn enable(host: &Host, ext: &Extension) -> Result<String, CommandError> {
             "settings {seq} already applied; worker {pid} is running"
         ));
     }
-    // The log sinks are set up when the worker starts: a loggingSettings change needs a fresh worker.
-    let previous_logging = ext
-        .mrseq()
-        .and_then(|old| ext.read_settings_text(old).ok())
-        .and_then(|text| match settings::parse_settings_file(&text) {
-            Ok(Configured::Settings(old)) => Some(old.logging),
-            _ => None,
-        });
+    // The log sinks are set up when the worker starts (it records which): other loggingSettings need a fresh
+    // worker. A worker that has recorded none yet (just started, or an older kvvm) is taken to have none.
+    let running_sinks = WorkerState::load(&ext.data_dir())
+        .ok()
+        .and_then(|recorded| recorded.log_sinks)
+        .unwrap_or(LogSinks { fluentd: None });
     if matches!(state, Supervision::Running { .. })
-        && previous_logging.is_some_and(|old| old != settings.logging)
+        && running_sinks != LogSinks::of(settings.logging.as_ref())
     {
         sup.stop(STOP_GRACE)?;
         state = Supervision::Stopped;

@@ -231,6 +231,7 @@ mod tests {
             last_exit: Some("was killed by signal 9".into()),
             polling: None,
             initial_sync: Some(InitialSyncState::Trying),
+            log_sinks: None,
             certificates: vec![c],
         };
         let text = text(&state, Some(8), "settings 3");
@@ -271,6 +272,7 @@ mod tests {
                 last_pass_ms: Some(1200),
                 overdue_ms: None,
             }),
+            log_sinks: None,
             certificates: vec![ok.clone()],
         };
         let (document, attention) =

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use crate::handler::{HandlerError, write_atomically};
 use crate::schedule::Pace;
-use crate::settings::ObservedCertificate;
+use crate::settings::{LoggingSettings, ObservedCertificate};
 use crate::sync::{Checked, SyncError};
 
 /// File name of the saved state, in the worker's state folder.
@@ -349,8 +349,34 @@ pub struct WorkerState {
     /// Where `requireInitialSync` stands (`None`: nothing to watch, or recorded by an older kvvm).
     #[serde(default)]
     pub initial_sync: Option<InitialSyncState>,
+    /// Where the worker's log goes besides its files, as its processes set it up when they started (a reload
+    /// does not change it; `None`: recorded by an older kvvm).
+    #[serde(default)]
+    pub log_sinks: Option<LogSinks>,
     /// One per observed certificate, in settings order.
     pub certificates: Vec<CertificateState>,
+}
+
+/// The log sinks a worker was started with: `enable` restarts the worker when new settings ask for others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogSinks {
+    /// The Fluentd collector (`loggingSettings`), if any: host, port, service name.
+    pub fluentd: Option<(String, u16, String)>,
+}
+
+impl LogSinks {
+    /// The sinks `logging` (`Settings::logging`) sets up.
+    pub fn of(logging: Option<&LoggingSettings>) -> LogSinks {
+        LogSinks {
+            fluentd: logging.map(|l| {
+                (
+                    l.endpoint_host.clone(),
+                    l.endpoint_port,
+                    l.service_name.clone(),
+                )
+            }),
+        }
+    }
 }
 
 impl WorkerState {
@@ -420,6 +446,7 @@ mod tests {
             last_exit: Some("was killed by signal 9".into()),
             polling: None,
             initial_sync: Some(InitialSyncState::Trying),
+            log_sinks: None,
             certificates: vec![c],
         };
         state.save(dir.path()).unwrap();

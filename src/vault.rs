@@ -537,42 +537,87 @@ impl VaultClient {
         attempt: &Attempt,
         stop: &Stop,
     ) -> Verdict<SecretBundle, VaultError, Transient> {
+        if let Err(e) = self.wait_out_hold(req, attempt, stop) {
+            return Verdict::Fail(e);
+        }
+        let challenge = self.challenge(req.host.as_str());
+        if let Err(e) = self.authorize(req, challenge.as_ref(), attempt, stop) {
+            return Verdict::Fail(e);
+        }
+        match self.send(req, attempt) {
+            Ok(reply) => self.judge(req, challenge.as_ref(), &reply),
+            Err(verdict) => verdict,
+        }
+    }
+
+    /// Waits out a `Retry-After` the vault gave for its host, or fails when it reaches past the deadline.
+    fn wait_out_hold(
+        &self,
+        req: &SecretRequest<'_>,
+        attempt: &Attempt,
+        stop: &Stop,
+    ) -> Result<(), VaultError> {
+        let held = self.held_for(req.host.as_str());
+        if held.is_zero() {
+            return Ok(());
+        }
+        if held >= attempt.deadline().left() {
+            return Err(VaultError::GaveUp {
+                vault: req.vault.clone(),
+                secret: req.name.to_string(),
+                attempts: attempt.number() - 1,
+                seconds: attempt.elapsed().as_secs(),
+                last: format!(
+                    "the vault asked for no requests during the next {} s (Retry-After), past this \
+                     check's deadline",
+                    held.as_secs_f64().ceil()
+                ),
+            });
+        }
+        if !stop.pause(held) {
+            return Err(VaultError::Cancelled);
+        }
+        Ok(())
+    }
+
+    /// Gets a token for the host's challenge when the request has none, if the challenge's resource may have
+    /// one; without a challenge yet, the request goes without (and the vault answers with one).
+    fn authorize(
+        &self,
+        req: &mut SecretRequest<'_>,
+        challenge: Option<&Challenge>,
+        attempt: &Attempt,
+        stop: &Stop,
+    ) -> Result<(), VaultError> {
+        let Some(ch) = challenge else {
+            return Ok(());
+        };
+        if req.token.is_some() {
+            return Ok(());
+        }
         let host = req.host.as_str();
-        let held = self.held_for(host);
-        if !held.is_zero() {
-            if held >= attempt.deadline().left() {
-                return Verdict::Fail(VaultError::GaveUp {
-                    vault: req.vault.clone(),
-                    secret: req.name.to_string(),
-                    attempts: attempt.number() - 1,
-                    seconds: attempt.elapsed().as_secs(),
-                    last: format!(
-                        "the vault asked for no requests during the next {} s (Retry-After), past this \
-                         check's deadline",
-                        held.as_secs_f64().ceil()
-                    ),
-                });
-            }
-            if !stop.pause(held) {
-                return Verdict::Fail(VaultError::Cancelled);
-            }
+        if !token_allowed(host, ch) {
+            return Err(VaultError::ResourceMismatch {
+                vault_host: host.to_string(),
+                resource: ch.resource.clone(),
+                resource_host: ch.resource_host.clone(),
+            });
         }
-        let challenge = self.challenge(host);
-        if let Some(ch) = &challenge
-            && req.token.is_none()
-        {
-            if !token_allowed(host, ch) {
-                return Verdict::Fail(VaultError::ResourceMismatch {
-                    vault_host: host.to_string(),
-                    resource: ch.resource.clone(),
-                    resource_host: ch.resource_host.clone(),
-                });
-            }
-            match self.identity.token(&ch.resource, attempt.deadline(), stop) {
-                Ok(t) => req.token = Some(t),
-                Err(e) => return Verdict::Fail(e.into()),
-            }
-        }
+        req.token = Some(
+            self.identity
+                .token(&ch.resource, attempt.deadline(), stop)?,
+        );
+        Ok(())
+    }
+
+    /// Sends the request (with its token, if it has one) and counts the answer; a failure to get one is a
+    /// verdict already: TLS and oversized answers fail, the rest is retried.
+    fn send(
+        &self,
+        req: &SecretRequest<'_>,
+        attempt: &Attempt,
+    ) -> Result<http::Reply, Verdict<SecretBundle, VaultError, Transient>> {
+        let host = req.host.as_str();
         let bearer = req
             .token
             .as_ref()
@@ -583,75 +628,40 @@ impl VaultClient {
         }
         let reply = http::get(&self.agent(), &req.url, &headers, attempt.timeout());
         self.count(host, &reply);
-        let reply = match reply {
-            Ok(reply) => reply,
-            Err(f) if f.kind == FailureKind::Tls => {
-                return Verdict::Fail(VaultError::Tls {
-                    host: host.to_string(),
-                    detail: f.detail,
-                });
-            }
-            Err(f) if f.kind == FailureKind::TooLarge => {
-                return Verdict::Fail(VaultError::BadBundle {
-                    vault: req.vault.clone(),
-                    secret: req.name.to_string(),
-                    detail: format!("the answer is larger than {} bytes", http::BODY_LIMIT),
-                });
-            }
-            Err(f) => {
-                return Verdict::Retry {
-                    last: Transient {
-                        last: f.detail.clone(),
-                        failure: Some(f),
-                    },
-                    retry_after: None,
-                };
-            }
-        };
+        reply.map_err(|f| match f.kind {
+            FailureKind::Tls => Verdict::Fail(VaultError::Tls {
+                host: host.to_string(),
+                detail: f.detail,
+            }),
+            FailureKind::TooLarge => Verdict::Fail(VaultError::BadBundle {
+                vault: req.vault.clone(),
+                secret: req.name.to_string(),
+                detail: format!("the answer is larger than {} bytes", http::BODY_LIMIT),
+            }),
+            _ => Verdict::Retry {
+                last: Transient {
+                    last: f.detail.clone(),
+                    failure: Some(f),
+                },
+                retry_after: None,
+            },
+        })
+    }
+
+    /// What the vault's answer means: the status table.
+    fn judge(
+        &self,
+        req: &mut SecretRequest<'_>,
+        challenge: Option<&Challenge>,
+        reply: &http::Reply,
+    ) -> Verdict<SecretBundle, VaultError, Transient> {
         let (vault, name) = (req.vault.clone(), req.name.to_string());
         match reply.status {
             200 => match parse_bundle(&reply.body, &vault, &name) {
                 Ok(bundle) => Verdict::Done(bundle),
                 Err(e) => Verdict::Fail(e),
             },
-            401 => {
-                let header = reply.www_authenticate.clone().unwrap_or_default();
-                match parse_challenge(&header) {
-                    Some(ch) => {
-                        self.challenges
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(host.to_string(), ch);
-                    }
-                    None if challenge.is_none() => {
-                        return Verdict::Fail(VaultError::BadChallenge {
-                            vault_host: host.to_string(),
-                            header: if header.is_empty() {
-                                "no WWW-Authenticate header".to_string()
-                            } else {
-                                format!("WWW-Authenticate: {header}")
-                            },
-                        });
-                    }
-                    None => {}
-                }
-                if req.token.take().is_some() {
-                    if req.refreshed {
-                        return Verdict::Fail(VaultError::Unauthorized {
-                            vault,
-                            identity: self.identity.describe(),
-                            detail: kv_error(&reply.body).1,
-                        });
-                    }
-                    // The token may have been revoked or issued for another tenant: drop it and try once more
-                    // with a fresh one.
-                    if let Some(ch) = &challenge {
-                        self.identity.forget(&ch.resource);
-                    }
-                    req.refreshed = true;
-                }
-                Verdict::Again
-            }
+            401 => self.unauthorized(req, challenge, reply),
             403 => Verdict::Fail(VaultError::Forbidden {
                 vault,
                 secret: name,
@@ -672,7 +682,7 @@ impl VaultClient {
             }
             408 | 429 | 500..=599 => {
                 if let Some(after) = reply.retry_after {
-                    self.hold_for(host, after);
+                    self.hold_for(req.host.as_str(), after);
                 }
                 let (code, message) = kv_error(&reply.body);
                 Verdict::Retry {
@@ -694,6 +704,53 @@ impl VaultClient {
                 })
             }
         }
+    }
+
+    /// A 401: learn the challenge it carries and ask again, once more with a fresh token if the one sent was
+    /// refused; a second refusal fails.
+    fn unauthorized(
+        &self,
+        req: &mut SecretRequest<'_>,
+        challenge: Option<&Challenge>,
+        reply: &http::Reply,
+    ) -> Verdict<SecretBundle, VaultError, Transient> {
+        let host = req.host.as_str();
+        let header = reply.www_authenticate.clone().unwrap_or_default();
+        match parse_challenge(&header) {
+            Some(ch) => {
+                self.challenges
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(host.to_string(), ch);
+            }
+            None if challenge.is_none() => {
+                return Verdict::Fail(VaultError::BadChallenge {
+                    vault_host: host.to_string(),
+                    header: if header.is_empty() {
+                        "no WWW-Authenticate header".to_string()
+                    } else {
+                        format!("WWW-Authenticate: {header}")
+                    },
+                });
+            }
+            None => {}
+        }
+        if req.token.take().is_some() {
+            if req.refreshed {
+                return Verdict::Fail(VaultError::Unauthorized {
+                    vault: req.vault.clone(),
+                    identity: self.identity.describe(),
+                    detail: kv_error(&reply.body).1,
+                });
+            }
+            // The token may have been revoked or issued for another tenant: drop it and try once more with a
+            // fresh one.
+            if let Some(ch) = challenge {
+                self.identity.forget(&ch.resource);
+            }
+            req.refreshed = true;
+        }
+        Verdict::Again
     }
 
     /// Requests sent so far: (vault host, HTTP status code or failure kind such as `connect`, count).

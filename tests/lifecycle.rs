@@ -503,6 +503,26 @@ fn worker_logs_reach_fluentd_and_a_logging_change_restarts_it() {
                     .starts_with("poller started"),
                 "{record}"
             );
+
+            // Other certificates, the same loggingSettings: the settings go to the running worker.
+            let same_logging = Settings::public(json!({
+                "secretsManagementSettings": {
+                    "certificateStoreLocation": vm.store(),
+                    "observedCertificates": ["https://myvault.vault.azure.net/secrets/c2"],
+                },
+                "loggingSettings": {"logger": "fluentd", "endpoint": format!("tcp://127.0.0.1:{port}"), "servicename": "kvvm_test"}
+            }));
+            let r = vm.agent.apply_settings(&ext, 2, &same_logging).unwrap();
+            assert!(
+                r.success() && r.stdout.contains("handed to the running worker"),
+                "{}",
+                r.output
+            );
+            assert_eq!(
+                vm.wait_workers(1)[0],
+                second,
+                "settings that keep loggingSettings keep the worker"
+            );
         },
     );
 }

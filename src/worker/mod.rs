@@ -19,7 +19,7 @@ use crate::identity::Identity;
 use crate::logging::{self, Process};
 use crate::platform::{CertificateDestination, Destination, KeepAliveError};
 use crate::settings::{Configured, ObservedCertificate, Settings};
-use crate::state::{self, CertificateState, StateError, WorkerState};
+use crate::state::{self, CertificateState, LogSinks, StateError, WorkerState};
 use crate::sync::{Checked, KnownOwned, SyncError, SyncOptions};
 use crate::vault::{VaultClient, VaultError};
 
@@ -115,6 +115,8 @@ pub(crate) struct Start {
     /// The settings, read and parsed once, at start; or why there are none. The poller reports that only once
     /// it holds its lock (another poller running is the better answer).
     pub watch: Result<Watch, WorkerError>,
+    /// Where this process's log goes besides its files, as set up here (a reload does not change it).
+    pub log_sinks: LogSinks,
 }
 
 /// The start-up the poller and `kvvm sync --once` share: find the host, read the settings the worker runs
@@ -126,8 +128,13 @@ pub(crate) fn start(process: Process) -> Result<Start, HandlerError> {
         Ok(Watch::Certificates(c)) => c.settings.logging.as_ref(),
         _ => None,
     };
+    let log_sinks = LogSinks::of(forward);
     logging::start(&host, process, forward);
-    Ok(Start { host, watch })
+    Ok(Start {
+        host,
+        watch,
+        log_sinks,
+    })
 }
 
 /// The settings the host names (the extension's `mrseq`, else its newest settings file; the service's file).

@@ -19,7 +19,7 @@ use crate::platform::process::{die_on_every_segfault, give_back_memory, limit_ma
 use crate::platform::{CertificateDestination, Destination, Keeper};
 use crate::schedule::{self, InitialSync, Offer, Pace, Queue};
 use crate::settings::Settings;
-use crate::state::{self, CertStatus, CertificateState, InitialSyncState, WorkerState};
+use crate::state::{self, CertStatus, CertificateState, InitialSyncState, LogSinks, WorkerState};
 use crate::status::{self, Heartbeat, StatusReport, WorkerView};
 use crate::sync::{Checks, Done, SyncError};
 use crate::vault::VaultClient;
@@ -124,6 +124,7 @@ impl<'a> Poller<'a> {
     fn start(
         host: &'a Host,
         current: Current,
+        log_sinks: &LogSinks,
         stop: Stop,
         tx: mpsc::Sender<Event>,
         at_once: bool,
@@ -149,6 +150,7 @@ impl<'a> Poller<'a> {
             last_exit,
             polling: None,
             initial_sync: None,
+            log_sinks: Some(log_sinks.clone()),
             certificates: certificate_states(&current.settings, recorded(host).as_ref()),
         };
         let client = vault_client(&current.settings);
@@ -548,7 +550,11 @@ fn queue_for(certs: &[CertificateState], first: Instant, settings: &Settings) ->
 /// Runs the poller until SIGTERM (`kvvm poller`, started by the supervisor), from its [`start`]. With nothing to
 /// watch it waits for new settings (SIGHUP) instead, keeping its heartbeat and status current.
 pub(crate) fn run(start: Start) -> Result<(), WorkerError> {
-    let Start { host, watch } = start;
+    let Start {
+        host,
+        watch,
+        log_sinks,
+    } = start;
     let host = &host;
     let data_dir = host.data_dir();
     let Some(_lock) = Keeper::hold_poller_lock(&data_dir)? else {
@@ -565,16 +571,25 @@ pub(crate) fn run(start: Start) -> Result<(), WorkerError> {
     loop {
         let current = match watch {
             Watch::Certificates(current) => current,
-            Watch::Nothing { seq, reason } => match idle(host, seq, &reason, &events)? {
-                Some(next) => {
-                    watch = next;
-                    reloaded = true;
-                    continue;
+            Watch::Nothing { seq, reason } => {
+                match idle(host, seq, &reason, &log_sinks, &events)? {
+                    Some(next) => {
+                        watch = next;
+                        reloaded = true;
+                        continue;
+                    }
+                    None => return Ok(()),
                 }
-                None => return Ok(()),
-            },
+            }
         };
-        let mut poller = Poller::start(host, current, stop.clone(), tx.clone(), reloaded);
+        let mut poller = Poller::start(
+            host,
+            current,
+            &log_sinks,
+            stop.clone(),
+            tx.clone(),
+            reloaded,
+        );
         poller
             .try_save()
             .map_err(|e| WorkerError::StateUnwritable {
@@ -609,6 +624,7 @@ fn idle(
     host: &Host,
     seq: u64,
     reason: &str,
+    log_sinks: &LogSinks,
     events: &mpsc::Receiver<Event>,
 ) -> Result<Option<Watch>, WorkerError> {
     let mut seq = seq;
@@ -632,6 +648,7 @@ fn idle(
             last_exit: None,
             polling: None,
             initial_sync: None,
+            log_sinks: Some(log_sinks.clone()),
             certificates: Vec::new(),
         };
         let saved = status::write_heartbeat(
