@@ -15,7 +15,7 @@ use nix::sys::signal::{Signal, kill, killpg};
 
 use crate::host::Host;
 use crate::platform::keep_alive::{
-    ENV_LAST_EXIT, ENV_RESTARTS, FAILURE_MARK, KeepAlive, Report, StartOutcome, StopOutcome,
+    ENV_LAST_EXIT, ENV_RESTARTS, FAILURE_MARK, KeepAlive, Report, Request, StartOutcome, StopOutcome,
     Supervision,
 };
 use nix::unistd::Pid;
@@ -335,6 +335,21 @@ impl KeepAlive for Supervisor {
 
     fn hold_poller_lock(dir: &Path) -> Result<Option<File>, SupervisorError> {
         acquire_poller_lock(dir)
+    }
+
+    fn forward_requests(mut on: impl FnMut(Request) + Send + 'static) -> io::Result<()> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+        thread::Builder::new().name("signals".into()).spawn(move || {
+            for signal in signals.forever() {
+                on(if signal == SIGHUP {
+                    Request::Reload
+                } else {
+                    Request::Stop
+                });
+            }
+        })?;
+        Ok(())
     }
 }
 

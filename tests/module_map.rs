@@ -23,8 +23,9 @@ const PLATFORM_PARTS: [&str; 6] = [
 
 /// Written once for every platform: no Unix API, and no Linux implementation called by name.
 const NEUTRAL: [&str; 4] = ["sync", "worker", "status", "settings"];
-const UNIX_ONLY: [&str; 6] = [
+const UNIX_ONLY: [&str; 7] = [
     "cfg(unix)",
+    "signal_hook",
     "std::os::unix",
     "libc::",
     "nix::",

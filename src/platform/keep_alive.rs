@@ -49,6 +49,15 @@ pub(crate) const ENV_LAST_EXIT: &str = "KVVM_LAST_EXIT";
 /// The words a poller prints on stderr when it fails, which the keeper quotes in the status.
 pub const FAILURE_MARK: &str = "kvvm poller failed";
 
+/// What a keeper asks of the poller it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Request {
+    /// The settings changed: read them again.
+    Reload,
+    /// Stop (the worker is being stopped, or the machine shuts down).
+    Stop,
+}
+
 /// Keeps exactly one worker (a keeper and its poller) running per host, whatever runs the commands.
 pub(crate) trait KeepAlive: Sized {
     /// Why the worker could not be started, stopped or asked.
@@ -78,4 +87,8 @@ pub(crate) trait KeepAlive: Sized {
     /// For the poller: its own lock in `dir` (one poller, even while an orphaned one is still exiting);
     /// `None` if another poller keeps it.
     fn hold_poller_lock(dir: &Path) -> Result<Option<File>, Self::Error>;
+
+    /// For the poller: hands each [`Request`] its keeper makes to `on`, from a thread of its own that waits for
+    /// them (Linux: SIGHUP is [`Request::Reload`], SIGTERM and SIGINT [`Request::Stop`]).
+    fn forward_requests(on: impl FnMut(Request) + Send + 'static) -> std::io::Result<()>;
 }

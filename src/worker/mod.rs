@@ -35,8 +35,8 @@ pub enum WorkerError {
     /// The poller lock cannot be taken.
     #[error(transparent)]
     Supervisor(#[from] KeepAliveError),
-    /// A signal handler cannot be installed.
-    #[error("cannot install a signal handler: {source}")]
+    /// The keeper's requests (signals on Linux) cannot be listened for.
+    #[error("cannot listen for the keeper's requests (signals): {source}")]
     Signals {
         /// Why the handler could not be installed.
         source: std::io::Error,

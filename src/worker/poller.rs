@@ -14,7 +14,7 @@ use super::{
 };
 use crate::host::Host;
 use crate::http::Stop;
-use crate::platform::keep_alive::{self, KeepAlive};
+use crate::platform::keep_alive::{self, KeepAlive, Request};
 use crate::platform::process::{die_on_every_segfault, give_back_memory, limit_malloc_arenas};
 use crate::platform::{CertificateDestination, Destination, Keeper};
 use crate::schedule::{self, InitialSync, Offer, Pace, Queue};
@@ -48,36 +48,28 @@ impl From<Done> for Event {
     }
 }
 
-/// Hands SIGHUP, SIGTERM and SIGINT to the poller's channel, from a thread that sleeps in a blocking read until
-/// one arrives. On SIGTERM/SIGINT it also raises `stop` (retry waits end at once) and, if the poller has not
-/// exited [`WIND_DOWN`] later, exits the process once no file operation is in progress: SIGTERM is answered
-/// within seconds even while a vault request hangs.
-fn forward_signals(tx: mpsc::Sender<Event>, stop: Stop) -> Result<(), WorkerError> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
-        .map_err(|source| WorkerError::Signals { source })?;
-    thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for signal in signals.forever() {
-                if signal == SIGHUP {
-                    let _ = tx.send(Event::Reload);
-                    continue;
-                }
-                stop.request();
-                let _ = tx.send(Event::Stop);
-                thread::sleep(WIND_DOWN);
-                let _no_file_operation = Destination::quiesce();
-                log::warn!(
-                    "worker stopping on request with requests still in flight; they are abandoned (no file \
-                     operation was interrupted)"
-                );
-                log::logger().flush();
-                std::process::exit(0);
-            }
-        })
-        .map_err(|source| WorkerError::Signals { source })?;
-    Ok(())
+/// Hands the keeper's requests (Linux: SIGHUP, SIGTERM, SIGINT) to the poller's channel. On a stop it also raises
+/// `stop` (retry waits end at once) and, if the poller has not exited [`WIND_DOWN`] later, exits the process
+/// once no install is in progress: a stop is answered within seconds even while a vault request hangs.
+fn forward_requests(tx: mpsc::Sender<Event>, stop: Stop) -> Result<(), WorkerError> {
+    Keeper::forward_requests(move |request| match request {
+        Request::Reload => {
+            let _ = tx.send(Event::Reload);
+        }
+        Request::Stop => {
+            stop.request();
+            let _ = tx.send(Event::Stop);
+            thread::sleep(WIND_DOWN);
+            let _no_install = Destination::quiesce();
+            log::warn!(
+                "worker stopping on request with requests still in flight; they are abandoned (no file \
+                 operation was interrupted)"
+            );
+            log::logger().flush();
+            std::process::exit(0);
+        }
+    })
+    .map_err(|source| WorkerError::Signals { source })
 }
 
 /// How soon after a check ends the status file shows it (checks that end together share one write).
@@ -565,7 +557,7 @@ pub(crate) fn run(start: Start) -> Result<(), WorkerError> {
     die_on_every_segfault();
     let stop = Stop::default();
     let (tx, events) = mpsc::channel();
-    forward_signals(tx.clone(), stop.clone())?;
+    forward_requests(tx.clone(), stop.clone())?;
     let mut watch = watch?;
     let mut reloaded = false;
     loop {
