@@ -209,6 +209,8 @@ struct ThreadsState {
     idle: usize,
     /// Idle threads are to exit (a long wait ahead, or the owner is gone).
     retire: bool,
+    /// Threads woken to retire that have not exited yet.
+    waking: usize,
 }
 
 impl Threads {
@@ -239,16 +241,36 @@ impl Threads {
         Ok(())
     }
 
-    /// Lets the idle threads exit.
+    /// Lets the idle threads exit, and waits (up to [`RETIRE_PATIENCE`]) until they have, so that the memory
+    /// the owner gives back next includes their stacks.
     fn release(&self) {
-        self.lock().retire = true;
+        let mut state = self.lock();
+        state.retire = true;
         self.shared.1.notify_all();
+        let deadline = Instant::now() + RETIRE_PATIENCE;
+        while state.idle > 0 || state.waking > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            state = self
+                .shared
+                .1
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 }
 
+/// How long [`Threads::release`] waits for idle threads to exit (they need microseconds).
+const RETIRE_PATIENCE: Duration = Duration::from_millis(50);
+
 impl Drop for Threads {
     fn drop(&mut self) {
-        self.release();
+        let mut state = self.lock();
+        state.retire = true;
+        self.shared.1.notify_all();
     }
 }
 
@@ -264,11 +286,18 @@ fn work(shared: &(Mutex<ThreadsState>, Condvar)) {
         }
         if state.retire {
             state.threads -= 1;
+            state.waking = state.waking.saturating_sub(1);
+            // Tell a releasing owner that one more is gone.
+            shared.1.notify_all();
             return;
         }
         state.idle += 1;
         state = shared.1.wait(state).unwrap_or_else(|e| e.into_inner());
         state.idle -= 1;
+        if state.retire && state.jobs.is_empty() {
+            // Counted until it has left, so `release` waits for it.
+            state.waking += 1;
+        }
     }
 }
 

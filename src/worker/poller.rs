@@ -409,7 +409,8 @@ impl<'a> Poller<'a> {
     /// over.
     fn tend(&mut self) {
         let busy = self.in_flight() > 0;
-        if self.busy_before && !busy {
+        let burst_ended = self.busy_before && !busy;
+        if burst_ended {
             let next = self
                 .queue
                 .next_due()
@@ -427,7 +428,9 @@ impl<'a> Poller<'a> {
         }
         self.busy_before = busy;
         let elapsed = self.saved.elapsed();
-        if (self.dirty && elapsed >= SAVE_AFTER) || elapsed >= HEARTBEAT_EVERY {
+        // A burst that has ended has nothing more to gather into the save: save (and give back its memory) now,
+        // not up to SAVE_AFTER into the wait.
+        if (self.dirty && (elapsed >= SAVE_AFTER || burst_ended)) || elapsed >= HEARTBEAT_EVERY {
             self.save();
             // Once per wait: after the save that follows a burst (a burst always leaves something to save),
             // and after each heartbeat. Dropping pages more often only faults them in again.
