@@ -317,6 +317,7 @@ impl Bench {
             println!("\nKVVM_BENCH_ONLY is set: bench/RESULTS.md left as it was");
             return Ok(());
         }
+        self.commits();
         self.line("## Targets");
         self.line("");
         self.line("| target | kvvm | met |");
@@ -333,6 +334,18 @@ impl Bench {
         println!("\nwrote {}", out.display());
         let _ = fs::remove_dir_all(&self.pki);
         Ok(())
+    }
+
+    /// §8: which change bought what, from `bench/COMMITS.md` (written by `scripts/bench-commits.sh`, which
+    /// measures each commit of a series the way §1 and §4 do; it takes too long to run with every bench).
+    fn commits(&mut self) {
+        let Ok(table) = fs::read_to_string(self.repo.join("bench/COMMITS.md")) else {
+            return;
+        };
+        self.line("## 8. Which change bought what");
+        self.line("");
+        self.line(table.trim_end());
+        self.line("");
     }
 
     fn kvvm_settings(&self, store: &Path) -> Settings {
