@@ -1,7 +1,6 @@
 //! The file mechanics every layer shares, written once: a file replaced the crash-safe way (new temp file in the
-//! same folder, fsync, rename, fsync the folder), the lock files that serialise workers and installs, and the
-//! rule for a plain file name. The store, the waagent files (status, heartbeat, `mrseq`, state) and the
-//! supervisor all go through these, so a fix to one (a flag, an fsync) reaches every file kvvm writes.
+//! same folder, fsync, rename, fsync the folder) and the lock files that serialise workers and installs. The
+//! store, the waagent files (status, heartbeat, `mrseq`, state) and the supervisor all go through these, so a fix to one (a flag, an fsync) reaches every file kvvm writes.
 //!
 //! Errors are plain [`io::Error`]s: each caller wraps them in its own layer's error, naming its file.
 
@@ -122,11 +121,6 @@ pub(crate) fn open_lock(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Whether `name` names an entry directly inside a folder: not empty, not `.` or `..`, and without `/` or NUL.
-pub(crate) fn is_plain_file_name(name: &str) -> bool {
-    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,16 +156,6 @@ mod tests {
         ];
         want.sort();
         assert_eq!(left, want);
-    }
-
-    #[test]
-    fn plain_file_names() {
-        for good in ["a", "web.pem", ".hidden", "...", "a b"] {
-            assert!(is_plain_file_name(good), "{good:?}");
-        }
-        for bad in ["", ".", "..", "a/b", "/abs", "a\0b", "dir/"] {
-            assert!(!is_plain_file_name(bad), "{bad:?}");
-        }
     }
 
     #[test]

@@ -1,12 +1,11 @@
 //! Small checked types for the names that end up in paths: a Key Vault [`Version`] and a [`LinkName`]. Each is
 //! built only through its `parse`, so code that holds one need not check it again, and a name that could
 //! escape the store folder cannot reach a path by mistake (the way rustls's pki-types has `ServerName`). Beside
-//! them, the [`SecretRef`] that settings build for each certificate, from which its file names and log name come.
+//! them, the [`SecretRef`] that settings build for each certificate, from which its file names and log name come,
+//! and a Windows [`StoreLocation`].
 
 use std::fmt;
 use std::ops::Deref;
-
-use crate::files::is_plain_file_name;
 
 /// What each checked name type has besides its `parse`: it reads as its text (`Display`, `Deref<Target = str>`)
 /// and compares with plain strings, so code and tests that only read the text need no conversion.
@@ -104,9 +103,93 @@ impl fmt::Display for SecretRef {
     }
 }
 
+/// A Windows certificate store location (KeyVaultForWindows' `certificateStoreLocation`): `LocalMachine` or
+/// `CurrentUser`, spelled as Microsoft's documentation spells them (its extension compares them case-sensitively).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreLocation {
+    /// `LocalMachine`: the machine's stores, keys in the machine key set (services, IIS).
+    LocalMachine,
+    /// `CurrentUser`: the stores of the account kvvm runs as.
+    CurrentUser,
+}
+
+impl StoreLocation {
+    /// The setting's value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            StoreLocation::LocalMachine => "LocalMachine",
+            StoreLocation::CurrentUser => "CurrentUser",
+        }
+    }
+
+    /// The location `text` names, in any case or spacing (`localmachine`, `Local Machine`): for messages that
+    /// say what was meant.
+    pub(crate) fn recognize(text: &str) -> Option<StoreLocation> {
+        let folded: String = text
+            .chars()
+            .filter(|c| !c.is_whitespace() && *c != '_')
+            .flat_map(char::to_lowercase)
+            .collect();
+        match folded.as_str() {
+            "localmachine" => Some(StoreLocation::LocalMachine),
+            "currentuser" => Some(StoreLocation::CurrentUser),
+            _ => None,
+        }
+    }
+
+    /// `certificateStoreLocation` on Windows: exactly `LocalMachine` or `CurrentUser`. The error says what is
+    /// wrong and what to write instead.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the Windows build's settings (issue 25) read it; its tests pin its messages"
+        )
+    )]
+    pub(crate) fn parse(text: &str) -> Result<StoreLocation, String> {
+        match text {
+            "LocalMachine" => return Ok(StoreLocation::LocalMachine),
+            "CurrentUser" => return Ok(StoreLocation::CurrentUser),
+            _ => {}
+        }
+        if let Some(meant) = StoreLocation::recognize(text) {
+            return Err(format!(
+                "{text:?} is not spelled as Windows expects; write {:?} (the location names are case-sensitive)",
+                meant.as_str()
+            ));
+        }
+        if text.starts_with('/') || text.contains('\\') || text.contains(':') {
+            return Err(format!(
+                "{text:?} is a folder path; on Windows certificates go into a certificate store: set \
+                 certificateStoreLocation to \"LocalMachine\" or \"CurrentUser\" and certificateStoreName to the \
+                 store (e.g. \"MY\")"
+            ));
+        }
+        Err(format!(
+            "{text:?} is not a certificate store location; write \"LocalMachine\" (the machine's stores, for \
+             services and IIS) or \"CurrentUser\""
+        ))
+    }
+}
+
+/// Whether `name` names an entry directly inside a folder: not empty, not `.` or `..`, and without `/` or NUL.
+pub(crate) fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_file_names() {
+        for good in ["a", "web.pem", ".hidden", "...", "a b"] {
+            assert!(is_plain_file_name(good), "{good:?}");
+        }
+        for bad in ["", ".", "..", "a/b", "/abs", "a\0b", "dir/"] {
+            assert!(!is_plain_file_name(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn versions_are_32_hex_digits() {
@@ -131,5 +214,57 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "a\0b", &"a".repeat(256)] {
             assert_eq!(LinkName::parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn only_microsofts_spelling_is_accepted_and_every_other_says_what_to_write() {
+        assert_eq!(
+            StoreLocation::parse("LocalMachine"),
+            Ok(StoreLocation::LocalMachine)
+        );
+        assert_eq!(
+            StoreLocation::parse("CurrentUser"),
+            Ok(StoreLocation::CurrentUser)
+        );
+        let e = StoreLocation::parse("localmachine").unwrap_err();
+        assert_eq!(
+            e,
+            "\"localmachine\" is not spelled as Windows expects; write \"LocalMachine\" (the location names are \
+             case-sensitive)"
+        );
+        assert!(
+            StoreLocation::parse("Current User")
+                .unwrap_err()
+                .contains("write \"CurrentUser\"")
+        );
+        for path in [
+            "/var/lib/waagent/Microsoft.Azure.KeyVault.Store",
+            "C:\\certs",
+            "D:",
+        ] {
+            let e = StoreLocation::parse(path).unwrap_err();
+            assert!(e.contains("is a folder path"), "{path}: {e}");
+            assert!(e.contains("certificateStoreName"), "{path}: {e}");
+        }
+        assert!(
+            StoreLocation::parse("MY")
+                .unwrap_err()
+                .contains("is not a certificate store location")
+        );
+        assert!(StoreLocation::parse("").is_err());
+    }
+
+    #[test]
+    fn recognizing_ignores_case_and_spacing_only() {
+        assert_eq!(
+            StoreLocation::recognize("LOCAL_MACHINE"),
+            Some(StoreLocation::LocalMachine)
+        );
+        assert_eq!(
+            StoreLocation::recognize(" currentuser "),
+            Some(StoreLocation::CurrentUser)
+        );
+        assert_eq!(StoreLocation::recognize("LocalMachine2"), None);
+        assert_eq!(StoreLocation::recognize("/LocalMachine"), None);
     }
 }

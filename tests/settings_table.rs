@@ -289,7 +289,15 @@ const REJECTIONS: &[(Input, &str, &str, &str)] = &[
         ),
         "store-location-invalid",
         "secretsManagementSettings.certificateStoreLocation",
-        r#"secretsManagementSettings.certificateStoreLocation: "LocalMachine" is not an absolute path; give an absolute folder such as "/var/lib/waagent/Microsoft.Azure.KeyVault.Store""#,
+        r#"secretsManagementSettings.certificateStoreLocation: "LocalMachine" names a Windows certificate store location (KeyVaultForWindows); on Linux certificateStoreLocation is a folder; give an absolute folder such as "/var/lib/waagent/Microsoft.Azure.KeyVault.Store""#,
+    ),
+    (
+        Public(
+            r#"{"secretsManagementSettings": {"observedCertificates": [{"url": "https://myvault.vault.azure.net/secrets/mycert", "certificateStoreLocation": "currentuser"}]}}"#,
+        ),
+        "store-location-invalid",
+        "secretsManagementSettings.observedCertificates[0].certificateStoreLocation",
+        r#"secretsManagementSettings.observedCertificates[0].certificateStoreLocation: "currentuser" names a Windows certificate store location (KeyVaultForWindows); on Linux certificateStoreLocation is a folder; give an absolute folder such as "/var/lib/waagent/Microsoft.Azure.KeyVault.Store""#,
     ),
     (
         Public(

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::SettingsError;
 use super::error::SettingsErrorKind;
 use super::json::{shown, string};
-use crate::names::LinkName;
+use crate::names::{LinkName, StoreLocation};
 
 const EXPECT_STORE: &str =
     "a folder path string such as \"/var/lib/waagent/Microsoft.Azure.KeyVault.Store\"";
@@ -50,7 +50,11 @@ pub(super) fn link_setting(
 
 /// An absolute folder without `..`, normalised (no `.` components, no trailing slash).
 fn store_location(text: &str, path: &str) -> Result<PathBuf, SettingsError> {
-    absolute_path(text).map_err(|problem| {
+    let windows = StoreLocation::recognize(text).map(|_| {
+        "names a Windows certificate store location (KeyVaultForWindows); on Linux certificateStoreLocation is a \
+         folder"
+    });
+    windows.map_or_else(|| absolute_path(text), Err).map_err(|problem| {
         SettingsErrorKind::StoreLocation {
             value: shown(text),
             problem,
