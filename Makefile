@@ -31,6 +31,7 @@ lint:
 
 test: deps lint package
 	cargo nextest run --workspace --no-fail-fast
+	bash scripts/windows.sh test
 
 clean:
 	cargo clean

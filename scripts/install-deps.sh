@@ -16,6 +16,7 @@
 #           default-jre-headless when there is no keytool (the PFX of additionalFormats is checked with it)
 #           for the aarch64 build (dpkg architecture arm64 added): rustc-web, libstd-rust-web-dev:arm64,
 #           libacl1-dev:arm64, and qemu-user-static (runs the aarch64 binary in tests/arm64.rs),
+#           for the Windows build (scripts/windows.sh): rust-web-src, gcc-mingw-w64-x86-64, wine and wine64,
 #   rustup: rustfmt, clippy
 #   cargo:  cargo-nextest, cargo-zigbuild, cargo-deb, cargo-generate-rpm (all `cargo install --locked`)
 #   .venv:  ziglang (the zig toolchain cargo-zigbuild uses to link against glibc 2.17), and the python
@@ -52,6 +53,11 @@ command -v keytool >/dev/null 2>&1 || missing_deb+=(default-jre-headless)
 need_arm64_arch=false
 dpkg --print-foreign-architectures | grep -qx arm64 || need_arm64_arch=true
 for pkg in rustc-web libstd-rust-web-dev:arm64 libacl1-dev:arm64 qemu-user-static; do
+    have_deb "$pkg" || missing_deb+=("$pkg")
+done
+# The Windows build and its tests (scripts/windows.sh): Debian's std sources for -Zbuild-std, mingw-w64 to link,
+# wine (8.0; /usr/lib/wine/wine64) to run the .exe. About 1.6 GB; Wine's prefix is made by windows.sh.
+for pkg in rust-web-src gcc-mingw-w64-x86-64 wine wine64; do
     have_deb "$pkg" || missing_deb+=("$pkg")
 done
 need_nginx=false

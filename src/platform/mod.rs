@@ -13,11 +13,16 @@
 //! Beside them, [`process`]: how the long-running poller's process is tuned for a life spent waiting.
 //!
 //! Each interface lives in a module of its own that calls nothing of the platform's, and each platform
-//! brings its implementation in a folder of its own (`linux/`), selected here and nowhere else.
+//! brings its implementation in a folder of its own (`linux/`, `windows/`), selected here and nowhere else.
+//! The interfaces are Linux-only for now because what they name (settings, the host) is: they move out with
+//! those layers' Windows halves.
 
+#[cfg(unix)]
 mod destination;
+#[cfg(unix)]
 pub(crate) mod keep_alive;
 
+#[cfg(unix)]
 pub(crate) use destination::{CertificateDestination, DestinationOptions};
 
 #[cfg(unix)]
@@ -26,3 +31,7 @@ mod linux;
 pub(crate) use linux::{
     Destination, DestinationError, KeepAliveError, Keeper, naming, paths, process, users,
 };
+
+// Windows (issue 25), so far: the certificate store its destination will install into.
+#[cfg(windows)]
+pub(crate) mod windows;

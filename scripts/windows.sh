@@ -1,0 +1,51 @@
+#!/bin/bash
+# The Windows build (x86_64-pc-windows-gnu) and its tests under Wine, on a Linux machine.
+#
+#   scripts/windows.sh test      build the library's tests for Windows and run them under Wine
+#   scripts/windows.sh prefix    (re)create the Wine prefix the tests run in (target/windows/wine)
+#
+# rustup cannot fetch another target's standard library here, so the build uses Debian's rustc-web with its
+# source (rust-web-src) and builds std for the target (-Zbuild-std, RUSTC_BOOTSTRAP=1 for this target only),
+# linked by mingw-w64; `make deps` installs all of it and wine. Wine 8.0 lacks bcryptprimitives.dll, whose
+# ProcessPrng std calls for random numbers: scripts/windows/processprng.c is built into the prefix's system32.
+# Everything goes to target/windows (its own target folder: another rustc than the Linux build's).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+out="$root/target/windows"
+wine=/usr/lib/wine/wine64
+export WINEPREFIX="$out/wine" WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml=" WINEARCH=win64
+unset DISPLAY
+
+need() {
+    for f in /usr/bin/rustc /usr/lib/rustlib/src/rust/library /usr/bin/x86_64-w64-mingw32-gcc "$wine"; do
+        [ -e "$f" ] || { echo "windows: $f is missing: run make deps" >&2; exit 1; }
+    done
+}
+
+prefix() {
+    rm -rf "$WINEPREFIX"
+    mkdir -p "$out"
+    "$wine" wineboot -i >/dev/null 2>&1
+    x86_64-w64-mingw32-gcc -shared -O2 -Wall -o "$WINEPREFIX/drive_c/windows/system32/bcryptprimitives.dll" \
+        "$root/scripts/windows/processprng.c" -ladvapi32
+    /usr/lib/wine/wineserver -w
+}
+
+cargo_windows() {
+    RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$out/target" \
+        CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER=x86_64-w64-mingw32-gcc \
+        CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER="$root/scripts/windows/run.sh" \
+        cargo "$1" -Zbuild-std=std,panic_abort --target x86_64-pc-windows-gnu "${@:2}"
+}
+
+case "${1:-}" in
+    prefix) need; prefix ;;
+    test)
+        need
+        [ -f "$WINEPREFIX/drive_c/windows/system32/bcryptprimitives.dll" ] || prefix
+        fixtures="$out/fixtures"
+        bash "$root/scripts/windows/fixtures.sh" "$fixtures"
+        KVVM_WINDOWS_FIXTURES="Z:${fixtures//\//\\}" cargo_windows test --lib -p kvvm -- --test-threads 1
+        ;;
+    *) echo "usage: scripts/windows.sh test | prefix" >&2; exit 2 ;;
+esac

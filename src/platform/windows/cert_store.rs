@@ -1,0 +1,532 @@
+//! Windows: a certificate store of `LocalMachine` or `CurrentUser` (crypt32). A version is imported from the
+//! PFX kvvm makes of it (`CertificateBundle::to_pkcs12`), keys persisted (`CRYPT_MACHINE_KEYSET` or
+//! `CRYPT_USER_KEYSET`); the leaf, which carries the key, goes to the named store, its intermediates to the
+//! location's `CA` store, and a root never to `Root` (trust stays the administrator's). Imports are idempotent by
+//! thumbprint (the SHA-1 of the leaf's DER, as Windows names certificates): a version already in the store is
+//! not imported again, and a new one is added beside the old one, as Microsoft's v3 does.
+
+use std::ffi::c_void;
+use std::ptr;
+
+use windows_sys::Win32::Foundation::GetLastError;
+use windows_sys::Win32::Security::Cryptography::{
+    CERT_CONTEXT, CERT_FIND_SHA1_HASH, CERT_KEY_PROV_INFO_PROP_ID, CERT_STORE_ADD_USE_EXISTING,
+    CERT_STORE_PROV_SYSTEM_W, CERT_SYSTEM_STORE_CURRENT_USER, CERT_SYSTEM_STORE_LOCAL_MACHINE,
+    CRYPT_INTEGER_BLOB, CRYPT_MACHINE_KEYSET, CRYPT_USER_KEYSET, CertAddCertificateContextToStore,
+    CertCloseStore, CertEnumCertificatesInStore, CertFindCertificateInStore,
+    CertFreeCertificateContext, CertGetCertificateContextProperty, CertOpenStore, HCERTSTORE,
+    PFXImportCertStore, PKCS_7_ASN_ENCODING, X509_ASN_ENCODING,
+};
+
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::certificate::{CertificateBundle, CertificateError};
+use crate::names::{LinkName, StoreLocation};
+
+/// Why a certificate store could not be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CertStoreError {
+    /// The store could not be opened (or created).
+    #[error(
+        "cannot open the certificate store {location}\\{store} (Windows error {code:#x}); run kvvm as SYSTEM or an \
+         administrator for LocalMachine stores"
+    )]
+    Open {
+        /// `LocalMachine` or `CurrentUser`.
+        location: &'static str,
+        /// The store's name.
+        store: String,
+        /// `GetLastError()`.
+        code: u32,
+    },
+    /// The PFX kvvm made of the version could not be imported.
+    #[error("{name}: Windows refused to import it (PFXImportCertStore, error {code:#x})")]
+    Import {
+        /// The certificate, as `<vault>/<certificate> version <v>`.
+        name: String,
+        /// `GetLastError()`.
+        code: u32,
+    },
+    /// No PFX could be made of the version.
+    #[error(transparent)]
+    Pfx(CertificateError),
+    /// The PFX held no certificate with a private key.
+    #[error("{name}: the imported PFX holds no certificate with its private key")]
+    NoLeaf {
+        /// The certificate, as `<vault>/<certificate> version <v>`.
+        name: String,
+    },
+    /// A certificate could not be added to a store.
+    #[error("{name}: cannot add a certificate to {location}\\{store} (Windows error {code:#x})")]
+    Add {
+        /// The certificate, as `<vault>/<certificate> version <v>`.
+        name: String,
+        /// `LocalMachine` or `CurrentUser`.
+        location: &'static str,
+        /// The store's name.
+        store: String,
+        /// `GetLastError()`.
+        code: u32,
+    },
+}
+
+impl CertStoreError {
+    /// A short fixed reason for the status file.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            Self::Open { .. } => "cert-store-open",
+            Self::Pfx(e) => e.reason(),
+            Self::Import { .. } => "cert-store-import",
+            Self::NoLeaf { .. } => "cert-store-no-key",
+            Self::Add { .. } => "cert-store-add",
+        }
+    }
+}
+
+/// What [`CertStore::import`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Imported {
+    /// The leaf's thumbprint (upper-case hex SHA-1 of its DER, as `certutil` and PowerShell show it).
+    pub(crate) thumbprint: String,
+    /// Whether the leaf was added now (`false`: it was in the store already, nothing was imported).
+    pub(crate) added: bool,
+    /// Thumbprints of the intermediates added to the location's `CA` store now.
+    pub(crate) intermediates: Vec<String>,
+    /// The chain ends in a root that was left out (never added to `Root`): its subject, for the status.
+    pub(crate) root_left_out: bool,
+}
+
+/// An open system store. Closed when dropped.
+#[derive(Debug)]
+pub(crate) struct CertStore {
+    handle: HCERTSTORE,
+    location: StoreLocation,
+    name: String,
+}
+
+// SAFETY: a store handle may be used from any thread (crypt32 serialises access to a store).
+unsafe impl Send for CertStore {}
+
+impl Drop for CertStore {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from CertOpenStore and is closed once.
+        unsafe { CertCloseStore(self.handle, 0) };
+    }
+}
+
+/// One certificate context, freed when dropped.
+struct Context(*const CERT_CONTEXT);
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: the context came from crypt32 and is freed once.
+            unsafe { CertFreeCertificateContext(self.0) };
+        }
+    }
+}
+
+impl Context {
+    fn der(&self) -> &[u8] {
+        // SAFETY: a live context points at its encoded certificate of cbCertEncoded bytes.
+        unsafe {
+            let c = &*self.0;
+            std::slice::from_raw_parts(c.pbCertEncoded, c.cbCertEncoded as usize)
+        }
+    }
+
+    fn has_private_key(&self) -> bool {
+        let mut size = 0u32;
+        // SAFETY: asks only for the property's size.
+        unsafe {
+            CertGetCertificateContextProperty(
+                self.0,
+                CERT_KEY_PROV_INFO_PROP_ID,
+                ptr::null_mut(),
+                &mut size,
+            ) != 0
+        }
+    }
+}
+
+fn last_error() -> u32 {
+    // SAFETY: no preconditions.
+    unsafe { GetLastError() }
+}
+
+fn wide(text: &str) -> Vec<u16> {
+    text.encode_utf16().chain(std::iter::once(0)).collect()
+}
+
+/// The thumbprint Windows gives a certificate: the upper-case hex SHA-1 of its DER.
+pub(crate) fn thumbprint(der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, der);
+    digest.as_ref().iter().map(|b| format!("{b:02X}")).collect()
+}
+
+const ENCODING: u32 = X509_ASN_ENCODING | PKCS_7_ASN_ENCODING;
+
+impl CertStore {
+    /// Opens the system store `name` of `location`, creating it if it does not exist (any name is a store, as
+    /// `certutil -addstore` makes it).
+    pub(crate) fn open(location: StoreLocation, name: &str) -> Result<CertStore, CertStoreError> {
+        let flags = match location {
+            StoreLocation::LocalMachine => CERT_SYSTEM_STORE_LOCAL_MACHINE,
+            StoreLocation::CurrentUser => CERT_SYSTEM_STORE_CURRENT_USER,
+        };
+        let wide_name = wide(name);
+        // SAFETY: the provider is the system store and its parameter a NUL-terminated UTF-16 name that
+        // outlives the call.
+        let handle = unsafe {
+            CertOpenStore(
+                CERT_STORE_PROV_SYSTEM_W,
+                0,
+                0,
+                flags,
+                wide_name.as_ptr().cast::<c_void>(),
+            )
+        };
+        if handle.is_null() {
+            return Err(CertStoreError::Open {
+                location: location.as_str(),
+                store: name.to_string(),
+                code: last_error(),
+            });
+        }
+        Ok(CertStore {
+            handle,
+            location,
+            name: name.to_string(),
+        })
+    }
+
+    /// Whether a certificate with this thumbprint is in the store.
+    pub(crate) fn contains(&self, thumbprint: &str) -> bool {
+        let Some(hash) = unhex(thumbprint) else {
+            return false;
+        };
+        let blob = CRYPT_INTEGER_BLOB {
+            cbData: hash.len() as u32,
+            pbData: hash.as_ptr().cast_mut(),
+        };
+        // SAFETY: the blob points at the hash, which outlives the call; the result is freed by Context.
+        let found = Context(unsafe {
+            CertFindCertificateInStore(
+                self.handle,
+                ENCODING,
+                0,
+                CERT_FIND_SHA1_HASH,
+                (&blob as *const CRYPT_INTEGER_BLOB).cast::<c_void>(),
+                ptr::null(),
+            )
+        });
+        !found.0.is_null()
+    }
+
+    /// The thumbprints of every certificate in the store.
+    pub(crate) fn thumbprints(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut previous: *const CERT_CONTEXT = ptr::null();
+        loop {
+            // SAFETY: enumeration frees the previous context and returns the next (null at the end).
+            let next = unsafe { CertEnumCertificatesInStore(self.handle, previous) };
+            if next.is_null() {
+                return out;
+            }
+            // SAFETY: a live context from the enumeration.
+            let der = unsafe {
+                std::slice::from_raw_parts((*next).pbCertEncoded, (*next).cbCertEncoded as usize)
+            };
+            out.push(thumbprint(der));
+            previous = next;
+        }
+    }
+
+    /// Imports `bundle` (the version `name`): the leaf with its key into this store, with `friendly` as its
+    /// friendly name, and its intermediates into `ca` (the location's `CA` store). Nothing is imported when the
+    /// leaf's thumbprint is in this store already.
+    pub(crate) fn import(
+        &self,
+        name: &str,
+        bundle: &CertificateBundle,
+        friendly: &LinkName,
+        ca: &CertStore,
+    ) -> Result<Imported, CertStoreError> {
+        let leaf_pem = bundle.leaf_pem();
+        let leaf_der =
+            CertificateDer::from_pem_slice(&leaf_pem).map_err(|_| CertStoreError::NoLeaf {
+                name: name.to_string(),
+            })?;
+        let leaf_thumbprint = thumbprint(&leaf_der);
+        if self.contains(&leaf_thumbprint) {
+            return Ok(Imported {
+                thumbprint: leaf_thumbprint,
+                added: false,
+                intermediates: Vec::new(),
+                root_left_out: false,
+            });
+        }
+        // The PFX is kvvm's own (PBES2/AES, SHA-256 MAC, empty password), from whichever form the vault gave.
+        let pfx = bundle
+            .to_pkcs12(name, friendly)
+            .map_err(CertStoreError::Pfx)?;
+        let keyset = match self.location {
+            StoreLocation::LocalMachine => CRYPT_MACHINE_KEYSET,
+            StoreLocation::CurrentUser => CRYPT_USER_KEYSET,
+        };
+        let blob = CRYPT_INTEGER_BLOB {
+            cbData: pfx.len() as u32,
+            pbData: pfx.as_ptr().cast_mut(),
+        };
+        let empty = wide("");
+        // SAFETY: the blob and the password outlive the call; the temporary store is closed by CertStore's Drop.
+        let temp = unsafe { PFXImportCertStore(&blob, empty.as_ptr(), keyset) };
+        if temp.is_null() {
+            return Err(CertStoreError::Import {
+                name: name.to_string(),
+                code: last_error(),
+            });
+        }
+        let temp = CertStore {
+            handle: temp,
+            location: self.location,
+            name: "(imported PFX)".to_string(),
+        };
+        // Whether the chain the vault gave ends in a root, which is never added (whatever the PFX import does with
+        // it: Windows returns it in the imported store, Wine leaves it out).
+        let root_left_out = CertificateDer::pem_slice_iter(&bundle.fullchain_pem())
+            .filter_map(Result::ok)
+            .skip(1)
+            .any(|der| is_self_issued(&der));
+        let mut imported = Imported {
+            thumbprint: leaf_thumbprint.clone(),
+            added: false,
+            intermediates: Vec::new(),
+            root_left_out,
+        };
+        let mut previous: *const CERT_CONTEXT = ptr::null();
+        loop {
+            // SAFETY: as in `thumbprints`.
+            let next = unsafe { CertEnumCertificatesInStore(temp.handle, previous) };
+            if next.is_null() {
+                break;
+            }
+            previous = next;
+            let context = Context(next);
+            let this = thumbprint(context.der());
+            let target = if this == leaf_thumbprint && context.has_private_key() {
+                self
+            } else if this == leaf_thumbprint {
+                // The leaf without its key: not what applications can use.
+                std::mem::forget(context);
+                continue;
+            } else if is_self_issued(context.der()) {
+                // A root: trust stays the administrator's.
+                std::mem::forget(context);
+                continue;
+            } else {
+                ca
+            };
+            if target.add(name, &context)? {
+                if std::ptr::eq(target, self) {
+                    imported.added = true;
+                } else {
+                    imported.intermediates.push(this);
+                }
+            }
+            // The enumeration frees `previous` itself on the next call.
+            std::mem::forget(context);
+        }
+        if !imported.added && !self.contains(&leaf_thumbprint) {
+            return Err(CertStoreError::NoLeaf {
+                name: name.to_string(),
+            });
+        }
+        Ok(imported)
+    }
+
+    /// Adds `context` unless a certificate with its thumbprint is there; whether it was added.
+    fn add(&self, name: &str, context: &Context) -> Result<bool, CertStoreError> {
+        if self.contains(&thumbprint(context.der())) {
+            return Ok(false);
+        }
+        // SAFETY: a live context; no copy is asked for.
+        let ok = unsafe {
+            CertAddCertificateContextToStore(
+                self.handle,
+                context.0,
+                CERT_STORE_ADD_USE_EXISTING,
+                ptr::null_mut(),
+            )
+        };
+        if ok == 0 {
+            return Err(CertStoreError::Add {
+                name: name.to_string(),
+                location: self.location.as_str(),
+                store: self.name.clone(),
+                code: last_error(),
+            });
+        }
+        Ok(true)
+    }
+}
+
+/// Whether a certificate names itself as its issuer (a root, or a self-signed leaf).
+fn is_self_issued(der: &[u8]) -> bool {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    X509Certificate::from_der(der)
+        .map(|(_, c)| c.subject().as_raw() == c.issuer().as_raw())
+        .unwrap_or(false)
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! Under Wine (scripts/windows.sh): Wine's crypt32 keeps its stores in its registry and implements the
+    //! import, the stores and the look-ups these tests use. What it does not (every PFX key lands in one key
+    //! container, LocalMachine key look-ups) only a real Windows machine shows: docs/windows/verify.ps1.
+
+    use super::*;
+    use crate::certificate::ContentKind;
+
+    /// The PEM secret values scripts/windows/fixtures.sh made (`None`: not run through scripts/windows.sh).
+    fn fixture(name: &str) -> Option<CertificateBundle> {
+        let Ok(dir) = std::env::var("KVVM_WINDOWS_FIXTURES") else {
+            eprintln!("skipped: KVVM_WINDOWS_FIXTURES is not set (run scripts/windows.sh test)");
+            return None;
+        };
+        let pem = std::fs::read_to_string(format!("{dir}\\{name}.pem")).expect("fixture");
+        Some(CertificateBundle::from_secret(name, ContentKind::Pem, &pem).expect("bundle"))
+    }
+
+    /// A store of this test's own, so runs and tests do not see each other's certificates (Wine reuses pids, and
+    /// its stores persist in the prefix's registry).
+    fn test_store(tag: &str) -> String {
+        format!("kvvm-test-{tag}-{:016x}", fastrand::u64(..))
+    }
+
+    fn bundle_thumbprint(bundle: &CertificateBundle) -> String {
+        thumbprint(&CertificateDer::from_pem_slice(&bundle.leaf_pem()).unwrap())
+    }
+
+    #[test]
+    fn a_version_lands_in_the_named_store_once_and_its_intermediate_in_ca_but_never_its_root() {
+        let Some(a) = fixture("a") else { return };
+        let name = test_store("once");
+        let store = CertStore::open(StoreLocation::CurrentUser, &name).unwrap();
+        let ca = CertStore::open(StoreLocation::CurrentUser, "CA").unwrap();
+        let root = CertStore::open(StoreLocation::CurrentUser, "Root").unwrap();
+        let roots_before = root.thumbprints();
+        let friendly = LinkName::parse("myvault.web").unwrap();
+
+        let first = store
+            .import("myvault/web version a", &a, &friendly, &ca)
+            .unwrap();
+        assert!(first.added, "{first:?}");
+        assert_eq!(first.thumbprint, bundle_thumbprint(&a));
+        assert_eq!(store.thumbprints(), vec![first.thumbprint.clone()]);
+        assert!(
+            first.root_left_out,
+            "the chain's root is left out: {first:?}"
+        );
+        assert_eq!(root.thumbprints(), roots_before, "nothing is added to Root");
+        // chain.pem's first certificate is the intermediate (the root follows it).
+        let intermediate = thumbprint(&CertificateDer::from_pem_slice(&a.chain_pem()).unwrap());
+        assert!(
+            ca.contains(&intermediate),
+            "the intermediate is in CurrentUser\\CA"
+        );
+        assert!(
+            first.intermediates.iter().all(|t| *t == intermediate),
+            "only the intermediate went to CA: {first:?}"
+        );
+
+        // Read back through a store opened anew: what crypt32 persisted, not this handle's cache.
+        drop(store);
+        let store = CertStore::open(StoreLocation::CurrentUser, &name).unwrap();
+        assert!(store.contains(&first.thumbprint));
+
+        let again = store
+            .import("myvault/web version a", &a, &friendly, &ca)
+            .unwrap();
+        assert!(
+            !again.added,
+            "the same version is not imported twice: {again:?}"
+        );
+        assert_eq!(store.thumbprints().len(), 1);
+    }
+
+    #[test]
+    fn a_new_version_is_added_beside_the_old_one() {
+        let (Some(a), Some(b)) = (fixture("a"), fixture("b")) else {
+            return;
+        };
+        let store = CertStore::open(StoreLocation::CurrentUser, &test_store("rotate")).unwrap();
+        let ca = CertStore::open(StoreLocation::CurrentUser, "CA").unwrap();
+        let friendly = LinkName::parse("myvault.web").unwrap();
+        let old = store
+            .import("myvault/web version a", &a, &friendly, &ca)
+            .unwrap();
+        let new = store
+            .import("myvault/web version b", &b, &friendly, &ca)
+            .unwrap();
+        assert!(new.added);
+        assert_ne!(old.thumbprint, new.thumbprint);
+        let mut both = vec![old.thumbprint.clone(), new.thumbprint.clone()];
+        both.sort();
+        let mut found = store.thumbprints();
+        found.sort();
+        assert_eq!(found, both);
+        assert!(
+            new.intermediates.is_empty(),
+            "the intermediate was there already: {new:?}"
+        );
+    }
+
+    #[test]
+    fn the_leaf_in_the_store_carries_its_private_key() {
+        let Some(b) = fixture("b") else { return };
+        let store = CertStore::open(StoreLocation::CurrentUser, &test_store("key")).unwrap();
+        let ca = CertStore::open(StoreLocation::CurrentUser, "CA").unwrap();
+        let imported = store
+            .import(
+                "myvault/web version b",
+                &b,
+                &LinkName::parse("myvault.web").unwrap(),
+                &ca,
+            )
+            .unwrap();
+        let mut previous: *const CERT_CONTEXT = ptr::null();
+        let mut with_key = Vec::new();
+        loop {
+            // SAFETY: as in `CertStore::thumbprints`.
+            let next = unsafe { CertEnumCertificatesInStore(store.handle, previous) };
+            if next.is_null() {
+                break;
+            }
+            let context = Context(next);
+            if context.has_private_key() {
+                with_key.push(thumbprint(context.der()));
+            }
+            std::mem::forget(context);
+            previous = next;
+        }
+        assert_eq!(with_key, vec![imported.thumbprint]);
+    }
+
+    #[test]
+    fn thumbprints_are_the_upper_case_sha1_of_the_der() {
+        // SHA-1 of the empty input.
+        assert_eq!(thumbprint(b""), "DA39A3EE5E6B4B0D3255BFEF95601890AFD80709");
+    }
+}
