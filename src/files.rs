@@ -3,9 +3,14 @@
 //! store, the waagent files (status, heartbeat, `mrseq`, state) and the supervisor all go through these, so a fix to one (a flag, an fsync) reaches every file kvvm writes.
 //!
 //! Errors are plain [`io::Error`]s: each caller wraps them in its own layer's error, naming its file.
+//!
+//! On Windows a file's access comes from its folder's ACL (there is no mode to give it), a planted symlink
+//! needs a privilege kvvm's callers do not grant, and a rename is made durable by `MOVEFILE_WRITE_THROUGH`
+//! instead of a folder fsync, which Windows has no call for.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+#[cfg(unix)]
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -20,13 +25,15 @@ pub(crate) fn write_new<E>(
     io_err: impl Fn(io::Error) -> E,
     before_sync: impl FnOnce(&Path) -> Result<(), E>,
 ) -> Result<(), E> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options
         .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(&io_err)?;
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options.open(path).map_err(&io_err)?;
     file.write_all(contents).map_err(&io_err)?;
     before_sync(path)?;
     file.sync_all().map_err(&io_err)
@@ -45,16 +52,57 @@ pub(crate) fn replace_with<E>(
     before_sync: impl FnOnce(&Path) -> Result<(), E>,
 ) -> Result<(), E> {
     let result = write_new(temp, contents, mode, &io_err, before_sync)
-        .and_then(|()| fs::rename(temp, target).map_err(&io_err));
+        .and_then(|()| rename(temp, target).map_err(&io_err));
     if result.is_err() {
         let _ = fs::remove_file(temp);
     }
     result
 }
 
-/// Fsyncs a folder, so that the renames and new entries in it survive a crash.
+/// Renames `from` over `to` (replacing it) the way that survives a crash: on Linux a plain rename, which the
+/// caller's [`sync_folder`] makes durable; on Windows with `MOVEFILE_WRITE_THROUGH`, which returns only once
+/// the move is on disk.
+fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    return fs::rename(from, to);
+    #[cfg(windows)]
+    {
+        use std::os::windows::ffi::OsStrExt;
+        use windows_sys::Win32::Storage::FileSystem::{
+            MOVEFILE_REPLACE_EXISTING, MOVEFILE_WRITE_THROUGH, MoveFileExW,
+        };
+        let wide = |p: &Path| -> Vec<u16> {
+            p.as_os_str()
+                .encode_wide()
+                .chain(std::iter::once(0))
+                .collect()
+        };
+        let (from, to) = (wide(from), wide(to));
+        // SAFETY: both are NUL-terminated UTF-16 paths that outlive the call.
+        let ok = unsafe {
+            MoveFileExW(
+                from.as_ptr(),
+                to.as_ptr(),
+                MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH,
+            )
+        };
+        if ok == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Fsyncs a folder, so that the renames and new entries in it survive a crash. On Windows there is no such
+/// call: [`rename`] wrote through already.
 pub(crate) fn sync_folder(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    #[cfg(unix)]
+    return File::open(dir)?.sync_all();
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
 }
 
 /// Writes a file the crash-safe way: a temp file beside it (`.<name>.tmp.<pid>.<random>`) with its final `mode`,
@@ -77,6 +125,7 @@ pub(crate) fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> io::R
 /// Removes the temp files [`write_atomically`] left in `dir` when its process was killed mid-write
 /// (`.<name>.tmp.<pid>.<random>` whose pid no longer runs); the files they were for are untouched (the rename
 /// never happened). Called by the one process that owns `dir` (the worker's supervisor, at its start).
+#[cfg(unix)]
 pub(crate) fn remove_stale_temp_files(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
@@ -93,6 +142,7 @@ pub(crate) fn remove_stale_temp_files(dir: &Path) {
 }
 
 /// The pid in a [`write_atomically`] temp file's name, if `name` is one.
+#[cfg(unix)]
 fn temp_file_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix('.')?;
     let (_, tail) = rest.rsplit_once(".tmp.")?;
@@ -106,27 +156,29 @@ fn temp_file_pid(name: &str) -> Option<u32> {
 /// the kernel lock on the returned file (`File::lock`, `File::try_lock`), which ends with the process.
 pub(crate) fn open_lock(path: &Path) -> io::Result<File> {
     if let Some(dir) = path.parent() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        builder.mode(0o700);
+        builder.create(dir)?;
     }
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    options
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    options.open(path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(unix)]
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
+    #[cfg(unix)]
     fn a_killed_writers_temp_files_are_removed_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let dead = ".heartbeat.json.tmp.999999999.0123456789abcdef";
@@ -159,6 +211,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn write_atomically_replaces_a_planted_symlink_and_leaves_no_temp_file() {
         let dir = tempfile::tempdir().unwrap();
         let victim = dir.path().join("victim");
@@ -188,6 +241,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn open_lock_creates_its_folder_and_refuses_a_symlink() {
         let dir = tempfile::tempdir().unwrap();
         let lock = dir.path().join("locks").join("a.lock");
@@ -199,5 +253,34 @@ mod tests {
         std::os::unix::fs::symlink(dir.path().join("elsewhere"), &planted).unwrap();
         assert!(open_lock(&planted).is_err());
         assert!(!dir.path().join("elsewhere").exists());
+    }
+
+    #[test]
+    fn write_atomically_replaces_the_file_and_leaves_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        write_atomically(&path, b"old", 0o644).unwrap();
+        write_atomically(&path, b"new", 0o644).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["status.json"]);
+    }
+
+    #[test]
+    fn a_lock_file_is_made_with_its_folder_and_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks").join("worker.lock");
+        let first = open_lock(&path).unwrap();
+        first.try_lock().unwrap();
+        let second = open_lock(&path).unwrap();
+        assert!(matches!(
+            second.try_lock(),
+            Err(fs::TryLockError::WouldBlock)
+        ));
+        drop(first);
+        second.try_lock().unwrap();
     }
 }

@@ -10,8 +10,25 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// The extension's full name, as waagent spells it in paths and status files.
+/// The extension's full name, as the guest agent spells it in paths and status files.
+#[cfg(unix)]
 pub(crate) const EXTENSION_NAME: &str = "Microsoft.Azure.KeyVault.KeyVaultForLinux";
+/// The extension's full name, as the guest agent spells it in paths and status files.
+#[cfg(windows)]
+pub(crate) const EXTENSION_NAME: &str = "Microsoft.Azure.KeyVault.KeyVaultForWindows";
+
+/// On Windows the agent unpacks each version into `C:\Packages\Plugins\<Publisher>.<Type>\<version>\`; the
+/// worker's state lives beside the versions, in this folder of `<Publisher>.<Type>`.
+#[cfg(windows)]
+const WINDOWS_STATE_FOLDER: &str = "State";
+
+/// Whether `text` is a version as the agents write it: dot-separated numbers.
+fn is_version(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .split('.')
+            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+}
 
 /// How often, and how long apart, a half-written `HandlerEnvironment.json` is read again.
 const ENV_READ_ATTEMPTS: u32 = 10;
@@ -188,28 +205,41 @@ impl Extension {
         extension_dir().is_ok()
     }
 
-    /// The extension's name, `<Publisher>.<Type>`, from its directory (`<Publisher>.<Type>-<version>`): a
-    /// package registered under another publisher (`make package PUBLISHER=…`) keeps its own state folder and
-    /// status name. A directory not named that way (a hand-made one) has the default name.
+    /// The extension's name, `<Publisher>.<Type>`, from its directory (Linux: `<Publisher>.<Type>-<version>`;
+    /// Windows: `<Publisher>.<Type>\<version>`): a package registered under another publisher (`make package
+    /// PUBLISHER=…`) keeps its own state folder and status name. A directory not named that way (a hand-made
+    /// one) has the default name.
     pub(crate) fn name(&self) -> String {
-        self.dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.rsplit_once('-'))
-            .filter(|(name, version)| {
-                name.contains('.')
-                    && !version.is_empty()
-                    && version
-                        .split('.')
-                        .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
-            })
-            .map_or_else(|| EXTENSION_NAME.to_string(), |(name, _)| name.to_string())
+        self.agent_layout()
+            .map_or_else(|| EXTENSION_NAME.to_string(), |(name, _)| name)
     }
 
-    /// Folder for the worker's lock, pid and state: beside the versioned extension directories, named after the
-    /// extension, so that it is the same for every version (an update must find the old worker) and survives
-    /// the old one's removal.
+    /// The extension's name and the folder holding its versions, when the directory is laid out as the agent
+    /// lays it out.
+    fn agent_layout(&self) -> Option<(String, PathBuf)> {
+        let leaf = self.dir.file_name()?.to_str()?;
+        if cfg!(windows) {
+            let plugin = self.dir.parent()?;
+            let name = plugin.file_name()?.to_str()?;
+            (is_version(leaf) && name.contains('.'))
+                .then(|| (name.to_string(), plugin.to_path_buf()))
+        } else {
+            let (name, version) = leaf.rsplit_once('-')?;
+            let parent = self.dir.parent()?;
+            (is_version(version) && name.contains('.'))
+                .then(|| (name.to_string(), parent.to_path_buf()))
+        }
+    }
+
+    /// Folder for the worker's lock, pid and state: beside the versioned extension directories, so that it is
+    /// the same for every version (an update must find the old worker) and survives the old one's removal.
+    /// Linux: `<waagent dir>/<Publisher>.<Type>`; Windows: `<Publisher>.<Type>\State`; a hand-made directory:
+    /// its parent's `<default name>`.
     pub(crate) fn data_dir(&self) -> PathBuf {
+        #[cfg(windows)]
+        if let Some((_, plugin)) = self.agent_layout() {
+            return plugin.join(WINDOWS_STATE_FOLDER);
+        }
         let parent = self.dir.parent().unwrap_or(Path::new("/"));
         parent.join(self.name())
     }
@@ -283,10 +313,13 @@ fn extension_dir() -> Result<PathBuf, HandlerError> {
     let exe = std::env::current_exe().map_err(|e| HandlerError::NoExtensionDir {
         detail: format!("current_exe: {e}"),
     })?;
-    // <dir>/bin/kvvm → <dir>
-    exe.parent()
-        .and_then(Path::parent)
-        .filter(|dir| dir.join("HandlerManifest.json").is_file())
+    // Linux: <dir>/bin/kvvm → <dir>; Windows: <dir>\kvvm.exe → <dir>.
+    let dir = if cfg!(windows) {
+        exe.parent()
+    } else {
+        exe.parent().and_then(Path::parent)
+    };
+    dir.filter(|dir| dir.join("HandlerManifest.json").is_file())
         .map(Path::to_path_buf)
         .ok_or_else(|| HandlerError::NoExtensionDir {
             detail: format!(
@@ -392,6 +425,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn the_name_comes_from_the_directory_waagent_made() {
         let env = HandlerEnvironment {
             log_folder: "/l".into(),
@@ -443,5 +477,40 @@ mod tests {
         }
         fs::write(dir.path().join("notes.txt"), "").unwrap();
         assert_eq!(newest_settings(dir.path()).unwrap(), Some(3));
+    }
+
+    #[test]
+    #[cfg(windows)]
+    fn the_name_and_state_folder_come_from_the_folders_the_windows_agent_made() {
+        let env = HandlerEnvironment {
+            log_folder: "C:\\l".into(),
+            config_folder: "C:\\c".into(),
+            status_folder: "C:\\s".into(),
+            heartbeat_file: "C:\\h".into(),
+        };
+        let ext = |dir: &str| Extension {
+            dir: PathBuf::from(dir),
+            env: env.clone(),
+        };
+        for (dir, name, data) in [
+            (
+                "C:\\Packages\\Plugins\\Microsoft.Azure.KeyVault.KeyVaultForWindows\\3.0.2",
+                "Microsoft.Azure.KeyVault.KeyVaultForWindows",
+                "C:\\Packages\\Plugins\\Microsoft.Azure.KeyVault.KeyVaultForWindows\\State",
+            ),
+            (
+                "C:\\Packages\\Plugins\\Contoso.Security.KeyVaultForWindows\\0.1.0",
+                "Contoso.Security.KeyVaultForWindows",
+                "C:\\Packages\\Plugins\\Contoso.Security.KeyVaultForWindows\\State",
+            ),
+            (
+                "C:\\temp\\unpacked",
+                EXTENSION_NAME,
+                "C:\\temp\\Microsoft.Azure.KeyVault.KeyVaultForWindows",
+            ),
+        ] {
+            assert_eq!(ext(dir).name(), name, "{dir}");
+            assert_eq!(ext(dir).data_dir(), PathBuf::from(data), "{dir}");
+        }
     }
 }

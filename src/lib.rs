@@ -16,7 +16,8 @@
 #![warn(missing_docs)]
 #![warn(unreachable_pub)]
 // Windows (issue 25) is brought up one layer at a time: so far the certificate store (crypt32,
-// `platform::windows`) and what it needs, tested under Wine. Until each layer has its Windows half, the
+// `platform::windows`), the guest agent's contract (`handler`: its folders, settings and status files) and
+// what they need, tested under Wine. Until each layer has its Windows half, the
 // Windows library is that part alone, and what it does not use yet is not reported as dead.
 #![cfg_attr(windows, allow(dead_code, unused_imports))]
 
@@ -26,17 +27,18 @@ macro_rules! linux_only {
 }
 
 mod certificate;
+mod files;
+mod handler;
 mod names;
 mod platform;
 
 pub use certificate::{CertificateBundle, CertificateError, ContentKind};
+pub use handler::HandlerEnvironment;
 pub use names::{LinkName, SecretRef, Version};
 
 linux_only! {
     pub mod commands;
-    mod files;
     mod fluentd;
-    mod handler;
     mod hook;
     mod host;
     mod http;
@@ -58,7 +60,6 @@ linux_only! {
 
     // The binary: it dispatches to `commands`; these are what it names besides, and the types of the public
     // functions the tests call.
-    pub use handler::HandlerEnvironment;
     pub use host::{HostError, SERVICE_LOG_DIR, SERVICE_SETTINGS, SERVICE_STATE_DIR, Service};
     pub use platform::keep_alive::FAILURE_MARK;
     pub use state::{CertStatus, CertificateState, WorkerState};

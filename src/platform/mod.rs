@@ -7,8 +7,9 @@
 //! * **(b) how the worker is kept alive** — [`keep_alive::KeepAlive`]. Linux: the `setsid` supervisor that
 //!   `enable` starts, or systemd running `kvvm service` ([`Keeper`] is `crate::supervisor::Supervisor`).
 //!   Windows (next): a Windows service.
-//! * **(c) the host's paths and users** — [`paths`] (waagent's folders, the default store, the service's
-//!   files, the Arc agent's key folder, the trust store) and [`users`] (uid/gid look-ups for `acls`).
+//! * **(c) the host's paths and users** — [`paths`] (the default store, the service's files, the Arc agent's
+//!   key folder; waagent's folders come from its `HandlerEnvironment.json`) and [`users`] (uid/gid look-ups for
+//!   `acls`).
 //!
 //! Beside them, [`process`]: how the long-running poller's process is tuned for a life spent waiting.
 //!
