@@ -14,7 +14,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -839,18 +838,14 @@ pub fn read_arc_key(path: &Path, dir: &Path) -> Result<Zeroizing<String>, Identi
         path: path.display().to_string(),
         source: Arc::new(source),
     };
-    let file = File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                refuse("it is a symbolic link")
-            } else {
-                read_error(e)
-            }
-        })?;
+    let file = open_not_following(path).map_err(|e| match e {
+        Opened::Link => refuse("it is a symbolic link"),
+        Opened::Failed(e) => read_error(e),
+    })?;
     let meta = file.metadata().map_err(read_error)?;
+    if meta.file_type().is_symlink() {
+        return Err(refuse("it is a symbolic link"));
+    }
     if !meta.is_file() {
         return Err(refuse("it is not a regular file"));
     }
@@ -865,6 +860,40 @@ pub fn read_arc_key(path: &Path, dir: &Path) -> Result<Zeroizing<String>, Identi
         return Err(refuse("it grew past 4096 bytes while being read"));
     }
     Ok(contents)
+}
+
+/// Why [`open_not_following`] did not open a file.
+enum Opened {
+    /// The path is a symbolic link.
+    Link,
+    /// Anything else.
+    Failed(std::io::Error),
+}
+
+/// Opens `path` for reading without following a symbolic link at its end (Linux: `O_NOFOLLOW`, and
+/// `O_NONBLOCK` so a FIFO planted there cannot block; Windows: the link itself is opened, which the caller
+/// then refuses).
+fn open_not_following(path: &Path) -> Result<File, Opened> {
+    let mut options = File::options();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK);
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::OpenOptionsExt;
+        use windows_sys::Win32::Storage::FileSystem::FILE_FLAG_OPEN_REPARSE_POINT;
+        options.custom_flags(FILE_FLAG_OPEN_REPARSE_POINT);
+    }
+    options.open(path).map_err(|e| {
+        #[cfg(unix)]
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            return Opened::Link;
+        }
+        Opened::Failed(e)
+    })
 }
 
 /// Reads an IMDS or Azure Arc token reply (`access_token` and `expires_on` or `expires_in`, as strings or

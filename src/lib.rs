@@ -15,10 +15,11 @@
 
 #![warn(missing_docs)]
 #![warn(unreachable_pub)]
-// Windows (issue 25) is brought up one layer at a time: so far the certificate store (crypt32,
-// `platform::windows`), the guest agent's contract (`handler`: its folders, settings and status files) and
-// what they need, tested under Wine. Until each layer has its Windows half, the
-// Windows library is that part alone, and what it does not use yet is not reported as dead.
+// Windows (issue 25) is brought up one layer at a time. So far: the certificate store (crypt32,
+// `platform::windows`), the guest agent's contract (`handler`: its folders, settings and status files), the Key
+// Vault client and managed identity (`vault`, `identity`, `http`) and what they need, tested under Wine. Until
+// each layer has its Windows half, the Windows library is that part alone, and what it does not use yet is not
+// reported as dead.
 #![cfg_attr(windows, allow(dead_code, unused_imports))]
 
 /// Items that exist only on Linux so far (each layer moves out of here as its Windows half is written).
@@ -29,20 +30,24 @@ macro_rules! linux_only {
 mod certificate;
 mod files;
 mod handler;
+mod http;
+mod identity;
 mod names;
 mod platform;
+mod vault;
 
 pub use certificate::{CertificateBundle, CertificateError, ContentKind};
 pub use handler::HandlerEnvironment;
+pub use http::{CHECK_DEADLINE, CONNECTIONS_PER_HOST, Deadline, RetryPolicy, Stop};
+pub use identity::{Identity, IdentityError, UserIdentity, read_arc_key};
 pub use names::{LinkName, SecretRef, Version};
+pub use vault::{SecretBundle, SecretKind, VaultClient, VaultError};
 
 linux_only! {
     pub mod commands;
     mod fluentd;
     mod hook;
     mod host;
-    mod http;
-    mod identity;
     mod logging;
     pub mod metrics;
     mod notify;
@@ -55,7 +60,6 @@ linux_only! {
     mod store;
     mod supervisor;
     mod sync;
-    mod vault;
     mod worker;
 
     // The binary: it dispatches to `commands`; these are what it names besides, and the types of the public
@@ -68,8 +72,6 @@ linux_only! {
     // The layers the tests drive one by one.
     pub use fluentd::{FluentdConfig, FluentdLogger, QUEUE_CAPACITY};
     pub use hook::Hook;
-    pub use http::{CHECK_DEADLINE, CONNECTIONS_PER_HOST, Deadline, RetryPolicy, Stop};
-    pub use identity::{Identity, IdentityError, UserIdentity, read_arc_key};
     pub use platform::users::PrincipalKind;
     pub use schedule::Pace;
     pub use store::{
@@ -77,17 +79,18 @@ linux_only! {
         lock_file_name, lock_folder, resolve_principals,
     };
     pub use sync::{KnownOwned, SyncOptions, check_all};
-    pub use vault::{SecretBundle, SecretKind, VaultClient, VaultError};
+}
 
-    /// Every parser of input from outside kvvm's trust, each a function of the bytes alone, so the fuzz targets
-    /// (`fuzz/harness.rs`) can drive them: Key Vault's secret bundles, error bodies and `WWW-Authenticate`
-    /// challenges, the identity endpoint's token replies and Azure Arc's `Basic realm=` challenge, and Fluentd
-    /// acknowledgements. The settings file's parser is [`settings::parse_settings_file`], and
-    /// `HandlerEnvironment.json`'s is [`HandlerEnvironment::parse`].
-    pub mod parse {
-        pub use crate::fluentd::parse_ack;
-        pub use crate::host::parse_service_settings;
-        pub use crate::identity::{basic_realm, parse_token};
-        pub use crate::vault::{Challenge, kv_error, parse_bundle, parse_challenge, token_allowed};
-    }
+/// Every parser of input from outside kvvm's trust, each a function of the bytes alone, so the fuzz targets
+/// (`fuzz/harness.rs`) can drive them: Key Vault's secret bundles, error bodies and `WWW-Authenticate`
+/// challenges, the identity endpoint's token replies and Azure Arc's `Basic realm=` challenge, and Fluentd
+/// acknowledgements. The settings file's parser is [`settings::parse_settings_file`], and
+/// `HandlerEnvironment.json`'s is [`HandlerEnvironment::parse`].
+pub mod parse {
+    #[cfg(unix)]
+    pub use crate::fluentd::parse_ack;
+    #[cfg(unix)]
+    pub use crate::host::parse_service_settings;
+    pub use crate::identity::{basic_realm, parse_token};
+    pub use crate::vault::{Challenge, kv_error, parse_bundle, parse_challenge, token_allowed};
 }

@@ -33,6 +33,8 @@ pub(crate) use linux::{
     Destination, DestinationError, KeepAliveError, Keeper, naming, paths, process, users,
 };
 
-// Windows (issue 25), so far: the certificate store its destination will install into.
+// Windows (issue 25), so far: the certificate store its destination will install into, and its paths.
 #[cfg(windows)]
 pub(crate) mod windows;
+#[cfg(windows)]
+pub(crate) use windows::paths;
