@@ -6,15 +6,11 @@
 //! for the status file.
 
 use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
-
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 
 /// How much of the command's output is kept (its last bytes).
 pub(crate) const OUTPUT_TAIL: usize = 1024;
@@ -24,7 +20,7 @@ pub(crate) const OUTPUT_TAIL: usize = 1024;
 pub struct Hook {
     /// Program and arguments; with `shell`, a single shell command line.
     pub argv: Vec<String>,
-    /// Run `argv[0]` through `/bin/sh -c`.
+    /// Run `argv[0]` through the shell: `/bin/sh -c` (Windows: `cmd.exe /C`).
     pub shell: bool,
     /// How long the command may run before it is killed (`postInstallCommand.timeoutInS`).
     pub timeout: Duration,
@@ -107,7 +103,7 @@ pub(crate) fn run(hook: &Hook, changed: &[Installed]) -> Result<HookRun, HookErr
         let line = hook.argv.first().ok_or(HookError::Empty {
             argv: hook.argv.clone(),
         })?;
-        ("/bin/sh", vec!["-c", line])
+        (SHELL, vec![SHELL_FLAG, line])
     } else {
         let (first, rest) = hook.argv.split_first().ok_or(HookError::Empty {
             argv: hook.argv.clone(),
@@ -115,19 +111,30 @@ pub(crate) fn run(hook: &Hook, changed: &[Installed]) -> Result<HookRun, HookErr
         (first, rest.iter().map(String::as_str).collect())
     };
     let mut command = Command::new(program);
+    if hook.shell && cfg!(windows) {
+        // cmd.exe parses its command line itself: the line goes to it as written, not quoted as one argument.
+        #[cfg(windows)]
+        {
+            use std::os::windows::process::CommandExt;
+            command.arg(SHELL_FLAG).raw_arg(args[1]);
+        }
+    } else {
+        command.args(&args);
+    }
     command
-        .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .current_dir("/");
-    command.process_group(0);
-    // The service's systemd notification socket is kvvm's, not the command's.
-    command.env_remove(crate::notify::SOCKET_VAR);
-    match crate::residency::tunables_for_commands() {
-        Some(theirs) => command.env(crate::residency::TUNABLES_VAR, theirs),
-        None => command.env_remove(crate::residency::TUNABLES_VAR),
-    };
+        .current_dir(ROOT_DIR);
+    #[cfg(unix)]
+    {
+        // The service's systemd notification socket is kvvm's, not the command's.
+        command.env_remove(crate::notify::SOCKET_VAR);
+        match crate::residency::tunables_for_commands() {
+            Some(theirs) => command.env(crate::residency::TUNABLES_VAR, theirs),
+            None => command.env_remove(crate::residency::TUNABLES_VAR),
+        };
+    }
     if let Some(first) = changed.first() {
         command
             .env("KVVM_CERTIFICATE_URL", &first.url)
@@ -145,7 +152,7 @@ pub(crate) fn run(hook: &Hook, changed: &[Installed]) -> Result<HookRun, HookErr
     command.env("KVVM_CHANGED_LINKS", links.join("\n"));
 
     let started = Instant::now();
-    let mut child = command.spawn().map_err(|source| HookError::Spawn {
+    let (mut child, tree) = Tree::spawn(&mut command).map_err(|source| HookError::Spawn {
         program: program.to_string(),
         source,
     })?;
@@ -181,15 +188,13 @@ pub(crate) fn run(hook: &Hook, changed: &[Installed]) -> Result<HookRun, HookErr
     })
     .collect();
 
-    // The child leads its own process group (`process_group(0)` above), so its pid names the group.
-    let group = Pid::from_raw(child.id() as i32);
     let mut timed_out = false;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
             Ok(None) if started.elapsed() >= hook.timeout => {
                 timed_out = true;
-                let _ = killpg(group, Signal::SIGKILL);
+                tree.kill();
                 break child.wait().ok();
             }
             Ok(None) => thread::sleep(Duration::from_millis(10)),
@@ -197,7 +202,7 @@ pub(crate) fn run(hook: &Hook, changed: &[Installed]) -> Result<HookRun, HookErr
         }
     };
     // Grandchildren that outlive the command keep the pipes open: don't wait for them forever.
-    let _ = killpg(group, Signal::SIGKILL);
+    tree.kill();
     for reader in readers {
         let _ = reader.join();
     }
@@ -208,6 +213,100 @@ pub(crate) fn run(hook: &Hook, changed: &[Installed]) -> Result<HookRun, HookErr
         duration: started.elapsed(),
         output_tail: String::from_utf8_lossy(&output).into_owned(),
     })
+}
+
+/// The shell a `shell: true` command runs in, and how it is given the line.
+#[cfg(unix)]
+const SHELL: &str = "/bin/sh";
+#[cfg(unix)]
+const SHELL_FLAG: &str = "-c";
+#[cfg(windows)]
+const SHELL: &str = "cmd.exe";
+#[cfg(windows)]
+const SHELL_FLAG: &str = "/C";
+/// Where commands start: the root of the filesystem (Windows: of the system drive).
+#[cfg(unix)]
+const ROOT_DIR: &str = "/";
+#[cfg(windows)]
+const ROOT_DIR: &str = "\\";
+
+/// A command's process and everything it starts, killed together: on Linux its own process group, on
+/// Windows a job object that kills what is left in it when closed.
+#[cfg(unix)]
+struct Tree(nix::unistd::Pid);
+
+#[cfg(unix)]
+impl Tree {
+    fn spawn(command: &mut Command) -> std::io::Result<(Child, Tree)> {
+        use std::os::unix::process::CommandExt;
+        let child = command.process_group(0).spawn()?;
+        // The child leads its own process group, so its pid names the group.
+        let group = nix::unistd::Pid::from_raw(child.id() as i32);
+        Ok((child, Tree(group)))
+    }
+
+    fn kill(&self) {
+        let _ = nix::sys::signal::killpg(self.0, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+#[cfg(windows)]
+struct Tree(windows_sys::Win32::Foundation::HANDLE);
+
+#[cfg(windows)]
+impl Tree {
+    fn spawn(command: &mut Command) -> std::io::Result<(Child, Tree)> {
+        use std::os::windows::io::AsRawHandle;
+        use windows_sys::Win32::System::JobObjects::{
+            AssignProcessToJobObject, CreateJobObjectW, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
+            JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JobObjectExtendedLimitInformation,
+            SetInformationJobObject,
+        };
+        // SAFETY: an anonymous job with default security; the handle is closed by Tree's Drop.
+        let job = unsafe { CreateJobObjectW(std::ptr::null(), std::ptr::null()) };
+        if job.is_null() {
+            return Err(std::io::Error::last_os_error());
+        }
+        let tree = Tree(job);
+        // SAFETY: a zeroed limit structure is valid; only the kill-on-close flag is set.
+        let mut limits: JOBOBJECT_EXTENDED_LIMIT_INFORMATION = unsafe { std::mem::zeroed() };
+        limits.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE;
+        // SAFETY: the structure and its size match the information class.
+        let set = unsafe {
+            SetInformationJobObject(
+                job,
+                JobObjectExtendedLimitInformation,
+                (&limits as *const JOBOBJECT_EXTENDED_LIMIT_INFORMATION).cast(),
+                std::mem::size_of::<JOBOBJECT_EXTENDED_LIMIT_INFORMATION>() as u32,
+            )
+        };
+        if set == 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut child = command.spawn()?;
+        // SAFETY: the child's process handle is live while `child` is. What the command starts from here on is
+        // in the job too (a process it started in the instant before this call is not).
+        if unsafe { AssignProcessToJobObject(job, child.as_raw_handle()) } == 0 {
+            let e = std::io::Error::last_os_error();
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        Ok((child, tree))
+    }
+
+    fn kill(&self) {
+        // SAFETY: a live job handle.
+        unsafe { windows_sys::Win32::System::JobObjects::TerminateJobObject(self.0, 1) };
+    }
+}
+
+#[cfg(windows)]
+impl Drop for Tree {
+    fn drop(&mut self) {
+        // SAFETY: the job handle is closed once; KILL_ON_JOB_CLOSE ends what is left in it.
+        unsafe { windows_sys::Win32::Foundation::CloseHandle(self.0) };
+    }
 }
 
 /// Groups the certificates that changed in a cycle by their command, so each distinct command runs once.
@@ -238,6 +337,9 @@ mod tests {
         }
     }
 
+    /// Long enough for any of these commands.
+    const TIMEOUT: Duration = Duration::from_secs(60);
+
     fn hook(argv: &[&str], shell: bool, timeout: Duration) -> Hook {
         Hook {
             argv: argv.iter().map(|s| s.to_string()).collect(),
@@ -247,6 +349,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn runs_without_a_shell_with_the_certificate_in_its_environment() {
         let vars = [
             "KVVM_CERTIFICATE_PATH",
@@ -257,7 +360,7 @@ mod tests {
         ];
         let argv: Vec<&str> = std::iter::once("printenv").chain(vars).collect();
         let run = run(
-            &hook(&argv, false, crate::settings::DEFAULT_HOOK_TIMEOUT),
+            &hook(&argv, false, TIMEOUT),
             &[installed("a"), installed("b")],
         )
         .unwrap();
@@ -269,40 +372,27 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn the_version_folder_is_in_kvvm_certificate_dir_only_when_there_is_one() {
         let check = |dir: Option<&str>| {
             let mut first = installed("a");
             first.dir = dir.map(PathBuf::from);
             let line = "echo \"${KVVM_CERTIFICATE_DIR-unset}\"";
-            run(
-                &hook(&[line], true, crate::settings::DEFAULT_HOOK_TIMEOUT),
-                &[first],
-            )
-            .unwrap()
-            .output_tail
+            run(&hook(&[line], true, TIMEOUT), &[first])
+                .unwrap()
+                .output_tail
         };
         assert_eq!(check(Some("/store/v.a.d")), "/store/v.a.d\n");
         assert_eq!(check(None), "unset\n");
     }
 
     #[test]
+    #[cfg(unix)]
     fn shell_metacharacters_are_literal_unless_shell_is_asked() {
-        let literal = run(
-            &hook(
-                &["/bin/echo", "$HOME;", "x"],
-                false,
-                crate::settings::DEFAULT_HOOK_TIMEOUT,
-            ),
-            &[],
-        )
-        .unwrap();
+        let literal = run(&hook(&["/bin/echo", "$HOME;", "x"], false, TIMEOUT), &[]).unwrap();
         assert_eq!(literal.output_tail, "$HOME; x\n");
         let shelled = run(
-            &hook(
-                &["echo one; echo two >&2; exit 3"],
-                true,
-                crate::settings::DEFAULT_HOOK_TIMEOUT,
-            ),
+            &hook(&["echo one; echo two >&2; exit 3"], true, TIMEOUT),
             &[],
         )
         .unwrap();
@@ -310,12 +400,13 @@ mod tests {
         assert!(shelled.output_tail.contains("one") && shelled.output_tail.contains("two"));
         assert!(
             shelled
-                .summary(&hook(&["x"], true, crate::settings::DEFAULT_HOOK_TIMEOUT))
+                .summary(&hook(&["x"], true, TIMEOUT))
                 .contains("exited with 3")
         );
     }
 
     #[test]
+    #[cfg(unix)]
     fn a_hung_command_and_its_children_are_killed_at_the_timeout() {
         let h = hook(
             &["sleep 30 & echo started; wait"],
@@ -330,31 +421,16 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn only_the_tail_of_long_output_is_kept() {
-        let run = run(
-            &hook(
-                &["seq 1 100000"],
-                true,
-                crate::settings::DEFAULT_HOOK_TIMEOUT,
-            ),
-            &[],
-        )
-        .unwrap();
+        let run = run(&hook(&["seq 1 100000"], true, TIMEOUT), &[]).unwrap();
         assert!(run.output_tail.len() <= OUTPUT_TAIL);
         assert!(run.output_tail.ends_with("99999\n100000\n"));
     }
 
     #[test]
     fn a_missing_program_is_a_clear_error() {
-        let err = run(
-            &hook(
-                &["/nonexistent/reload"],
-                false,
-                crate::settings::DEFAULT_HOOK_TIMEOUT,
-            ),
-            &[],
-        )
-        .unwrap_err();
+        let err = run(&hook(&["/nonexistent/reload"], false, TIMEOUT), &[]).unwrap_err();
         assert!(matches!(err, HookError::Spawn { .. }), "{err:?}");
         assert!(
             err.to_string()
@@ -364,16 +440,8 @@ mod tests {
 
     #[test]
     fn each_distinct_command_runs_once_per_cycle() {
-        let reload = hook(
-            &["systemctl", "reload", "nginx"],
-            false,
-            crate::settings::DEFAULT_HOOK_TIMEOUT,
-        );
-        let other = hook(
-            &["/usr/local/bin/notify"],
-            false,
-            crate::settings::DEFAULT_HOOK_TIMEOUT,
-        );
+        let reload = hook(&["systemctl", "reload", "nginx"], false, TIMEOUT);
+        let other = hook(&["/usr/local/bin/notify"], false, TIMEOUT);
         let p = plan([
             (&reload, installed("a")),
             (&other, installed("b")),
@@ -388,5 +456,44 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["/store/v.a", "/store/v.c"]
         );
+    }
+
+    #[test]
+    #[cfg(windows)]
+    fn on_windows_the_line_runs_in_cmd_with_the_certificate_in_its_environment() {
+        let run = run(
+            &hook(
+                &["echo %KVVM_CERTIFICATE_VERSION%^|%KVVM_CERTIFICATE_URL% & echo two 1>&2 & exit /B 3"],
+                true,
+                TIMEOUT,
+            ),
+            &[installed("a")],
+        )
+        .unwrap();
+        assert_eq!(run.exit_code, Some(3), "{run:?}");
+        assert!(
+            run.output_tail
+                .contains("0123|https://v.vault.azure.net/secrets/a"),
+            "{run:?}"
+        );
+        assert!(run.output_tail.contains("two"), "{run:?}");
+    }
+
+    #[test]
+    #[cfg(windows)]
+    fn on_windows_a_hung_command_and_what_it_started_are_killed_at_the_timeout() {
+        // Two busy loops: cmd's own, and one in a second cmd it starts in the background, which holds the
+        // output pipes too (if it lived on, reading the output would never end).
+        let h = hook(
+            &[
+                r#"start /B cmd /C "for /L %i in (1,0,2) do @rem" & echo started & for /L %i in (1,0,2) do @rem"#,
+            ],
+            true,
+            Duration::from_millis(1500),
+        );
+        let run = run(&h, &[]).unwrap();
+        assert!(run.timed_out && !run.success(), "{run:?}");
+        assert!(run.duration < Duration::from_secs(20), "{:?}", run.duration);
+        assert!(run.output_tail.contains("started"), "{run:?}");
     }
 }

@@ -17,9 +17,9 @@
 #![warn(unreachable_pub)]
 // Windows (issue 25) is brought up one layer at a time. So far: the certificate store (crypt32,
 // `platform::windows`), the guest agent's contract (`handler`: its folders, settings and status files), the Key
-// Vault client and managed identity (`vault`, `identity`, `http`) and what they need, tested under Wine. Until
-// each layer has its Windows half, the Windows library is that part alone, and what it does not use yet is not
-// reported as dead.
+// Vault client and managed identity (`vault`, `identity`, `http`), post-install commands (`hook`) and what they
+// need, tested under Wine. Until each layer has its Windows half, the Windows library is that part alone, and
+// what it does not use yet is not reported as dead.
 #![cfg_attr(windows, allow(dead_code, unused_imports))]
 
 /// Items that exist only on Linux so far (each layer moves out of here as its Windows half is written).
@@ -30,6 +30,7 @@ macro_rules! linux_only {
 mod certificate;
 mod files;
 mod handler;
+mod hook;
 mod http;
 mod identity;
 mod names;
@@ -38,6 +39,7 @@ mod vault;
 
 pub use certificate::{CertificateBundle, CertificateError, ContentKind};
 pub use handler::HandlerEnvironment;
+pub use hook::Hook;
 pub use http::{CHECK_DEADLINE, CONNECTIONS_PER_HOST, Deadline, RetryPolicy, Stop};
 pub use identity::{Identity, IdentityError, UserIdentity, read_arc_key};
 pub use names::{LinkName, SecretRef, Version};
@@ -46,7 +48,6 @@ pub use vault::{SecretBundle, SecretKind, VaultClient, VaultError};
 linux_only! {
     pub mod commands;
     mod fluentd;
-    mod hook;
     mod host;
     mod logging;
     pub mod metrics;
@@ -71,7 +72,6 @@ linux_only! {
 
     // The layers the tests drive one by one.
     pub use fluentd::{FluentdConfig, FluentdLogger, QUEUE_CAPACITY};
-    pub use hook::Hook;
     pub use platform::users::PrincipalKind;
     pub use schedule::Pace;
     pub use store::{
