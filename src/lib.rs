@@ -17,9 +17,9 @@
 #![warn(unreachable_pub)]
 // Windows (issue 25) is brought up one layer at a time. So far: the certificate store (crypt32,
 // `platform::windows`), the guest agent's contract (`handler`: its folders, settings and status files), the Key
-// Vault client and managed identity (`vault`, `identity`, `http`), post-install commands (`hook`) and what they
-// need, tested under Wine. Until each layer has its Windows half, the Windows library is that part alone, and
-// what it does not use yet is not reported as dead.
+// Vault client and managed identity (`vault`, `identity`, `http`), post-install commands (`hook`), the settings
+// (`settings`, with Windows' certificate stores) and what they need, tested under Wine. Until each layer has its
+// Windows half, the Windows library is that part alone, and what it does not use yet is not reported as dead.
 #![cfg_attr(windows, allow(dead_code, unused_imports))]
 
 /// Items that exist only on Linux so far (each layer moves out of here as its Windows half is written).
@@ -35,6 +35,7 @@ mod http;
 mod identity;
 mod names;
 mod platform;
+pub mod settings;
 mod vault;
 
 pub use certificate::{CertificateBundle, CertificateError, ContentKind};
@@ -55,7 +56,6 @@ linux_only! {
     mod report;
     mod residency;
     mod schedule;
-    pub mod settings;
     mod state;
     mod status;
     mod store;

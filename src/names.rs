@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::ops::Deref;
+use std::path::{Component, Path, PathBuf};
 
 /// What each checked name type has besides its `parse`: it reads as its text (`Display`, `Deref<Target = str>`)
 /// and compares with plain strings, so code and tests that only read the text need no conversion.
@@ -105,8 +106,10 @@ impl fmt::Display for SecretRef {
 
 /// A Windows certificate store location (KeyVaultForWindows' `certificateStoreLocation`): `LocalMachine` or
 /// `CurrentUser`, spelled as Microsoft's documentation spells them (its extension compares them case-sensitively).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StoreLocation {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+// Public through the Windows settings (`ObservedCertificate::store_location`); on Linux nothing outside reaches it.
+#[cfg_attr(unix, allow(unreachable_pub))]
+pub enum StoreLocation {
     /// `LocalMachine`: the machine's stores, keys in the machine key set (services, IIS).
     LocalMachine,
     /// `CurrentUser`: the stores of the account kvvm runs as.
@@ -115,7 +118,8 @@ pub(crate) enum StoreLocation {
 
 impl StoreLocation {
     /// The setting's value.
-    pub(crate) fn as_str(self) -> &'static str {
+    #[cfg_attr(unix, allow(unreachable_pub))]
+    pub fn as_str(self) -> &'static str {
         match self {
             StoreLocation::LocalMachine => "LocalMachine",
             StoreLocation::CurrentUser => "CurrentUser",
@@ -170,6 +174,62 @@ impl StoreLocation {
              services and IIS) or \"CurrentUser\""
         ))
     }
+}
+
+/// A Windows certificate store: a location and a store name (`MY`, `WebHosting`, any name), as
+/// `certificateStoreLocation` and `certificateStoreName` give them. Shown as `LocalMachine\MY`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+// Public through the Windows settings, as `StoreLocation` is.
+#[cfg_attr(unix, allow(unreachable_pub, dead_code))]
+pub struct CertificateStore {
+    /// `LocalMachine` or `CurrentUser`.
+    pub location: StoreLocation,
+    /// The store's name.
+    pub name: String,
+}
+
+impl Default for CertificateStore {
+    /// Microsoft's defaults: the machine's personal store, `LocalMachine\MY`.
+    fn default() -> CertificateStore {
+        CertificateStore {
+            location: StoreLocation::LocalMachine,
+            name: "MY".to_string(),
+        }
+    }
+}
+
+impl fmt::Display for CertificateStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}\\{}", self.location.as_str(), self.name)
+    }
+}
+
+/// `text` as an absolute path without `..`, normalised; or what is wrong with it.
+pub(crate) fn absolute_path(text: &str) -> Result<PathBuf, &'static str> {
+    if text.is_empty() {
+        return Err("is empty");
+    }
+    if text.contains('\0') {
+        return Err("contains a NUL character");
+    }
+    let given = Path::new(text);
+    if !given.is_absolute() {
+        return Err("is not an absolute path");
+    }
+    let mut normalised = PathBuf::new();
+    for component in given.components() {
+        match component {
+            Component::RootDir => normalised.push("/"),
+            Component::Normal(part) => normalised.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => return Err("contains a \"..\" component"),
+            Component::Prefix(_) => return Err("is not an absolute path"),
+        }
+    }
+    if normalised == Path::new("/") {
+        return Err("is the filesystem root, which cannot hold certificates");
+    }
+    Ok(normalised)
 }
 
 /// Whether `name` names an entry directly inside a folder: not empty, not `.` or `..`, and without `/` or NUL.

@@ -12,12 +12,13 @@ use std::path::{Path, PathBuf};
 
 /// The parts of `platform` with rows of their own: its interfaces and the Linux pieces that call no more
 /// than their row says.
-const PLATFORM_PARTS: [&str; 6] = [
+const PLATFORM_PARTS: [&str; 7] = [
     "destination",
     "keep_alive",
     "naming",
     "paths",
     "process",
+    "target",
     "users",
 ];
 

@@ -30,8 +30,13 @@ pub(crate) use destination::{CertificateDestination, DestinationOptions};
 mod linux;
 #[cfg(unix)]
 pub(crate) use linux::{
-    Destination, DestinationError, KeepAliveError, Keeper, naming, paths, process, users,
+    Destination, DestinationError, KeepAliveError, Keeper, paths, process, users,
 };
+
+// The store folder's naming scheme: the settings check names by it on every platform.
+pub(crate) mod naming;
+// What the store settings name on this platform (a folder, or a certificate store).
+pub(crate) mod target;
 
 // Windows (issue 25), so far: the certificate store its destination will install into, and its paths.
 #[cfg(windows)]

@@ -3,13 +3,12 @@
 //! certificate, nor use the same link in one folder.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
 use super::error::SettingsErrorKind;
 use super::json::{escaped_json, expect_array, found, section, shown, string};
-use super::paths::{link_name, link_setting, store_setting};
+use super::paths::{StoreTarget, link_name, link_setting, store_target};
 use super::raw::RawObservedCertificate;
 use super::sections::{acl_list, additional_formats, post_install_command};
 use super::url::secret_url;
@@ -27,7 +26,7 @@ const EXAMPLE_URL: &str =
 /// What a certificate takes from `secretsManagementSettings` when it does not say itself.
 pub(super) struct Defaults {
     /// `certificateStoreLocation`, else [`super::DEFAULT_STORE`].
-    pub(super) store: PathBuf,
+    pub(super) store: StoreTarget,
     /// `postInstallCommand`.
     pub(super) hook: Option<Hook>,
     /// `additionalFormats`.
@@ -77,7 +76,7 @@ struct Seen {
     /// (vault, lower-case secret): Key Vault names are case-insensitive.
     certificates: HashMap<(String, String), usize>,
     /// (store folder, link name).
-    links: HashMap<(PathBuf, String), usize>,
+    links: HashMap<(StoreTarget, String), usize>,
 }
 
 impl Seen {
@@ -109,7 +108,7 @@ impl Seen {
             if let Some(first) = self.links.insert(link_key, index) {
                 return Err(SettingsErrorKind::DuplicateLinkName {
                     link,
-                    store: certificate.store_location.display().to_string(),
+                    store: crate::platform::target::shown(&certificate.store_location),
                     first: format!("{list_path}[{first}]"),
                 }
                 .at(&parsed.link_path));
@@ -174,7 +173,7 @@ fn object_entry(
     warnings: &mut Vec<String>,
 ) -> Result<ParsedCertificate, SettingsError> {
     let raw: RawObservedCertificate = section(map, path, warnings)?;
-    if raw.certificate_store_name.is_some() {
+    if !crate::platform::target::NAMES_A_STORE && raw.certificate_store_name.is_some() {
         warnings.push(format!(
             "{path}.certificateStoreName is ignored on Linux: it names a Windows certificate store; certificates go to certificateStoreLocation"
         ));
@@ -185,11 +184,12 @@ fn object_entry(
     };
     let url_text = string(Some(url_value), &url_path, EXPECT_URL)?.unwrap_or_default();
     let url = secret_url(url_text, &url_path)?;
-    let store = store_setting(
+    let store = store_target(
         raw.certificate_store_location.as_ref(),
-        &format!("{path}.certificateStoreLocation"),
-    )?
-    .unwrap_or_else(|| defaults.store.clone());
+        raw.certificate_store_name.as_ref(),
+        path,
+        &defaults.store,
+    )?;
     let link_path = format!("{path}.customSymbolicLinkName");
     let (link_name, link_path) =
         match link_setting(raw.custom_symbolic_link_name.as_ref(), &link_path)? {

@@ -168,6 +168,23 @@ pub enum SettingsErrorKind {
         /// What is wrong with it.
         problem: &'static str,
     },
+    /// On Windows, `certificateStoreLocation` is not `LocalMachine` or `CurrentUser` (the message says what to
+    /// write).
+    #[error(": {problem}")]
+    WindowsStoreLocation {
+        /// What is wrong and what to write instead.
+        problem: String,
+    },
+    /// On Windows, `certificateStoreName` is not a usable store name.
+    #[error(
+        ": {value:?} {problem}; give a store name such as \"MY\" (the personal store), \"WebHosting\" or \"TrustedPeople\""
+    )]
+    StoreName {
+        /// The name as given.
+        value: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
     /// `customSymbolicLinkName` is not a plain file name.
     #[error(": {value:?} {problem}; give a plain file name such as \"mycert.pem\", without \"/\"")]
     LinkName {
@@ -389,7 +406,10 @@ impl SettingsErrorKind {
             Self::UrlPath { .. } => "certificate-url-bad-path",
             Self::SecretName { .. } => "certificate-name-invalid",
             Self::Version { .. } => "certificate-version-invalid",
-            Self::StoreLocation { .. } => "store-location-invalid",
+            Self::StoreLocation { .. } | Self::WindowsStoreLocation { .. } => {
+                "store-location-invalid"
+            }
+            Self::StoreName { .. } => "store-name-invalid",
             Self::LinkName { .. } => "link-name-invalid",
             Self::PollingInterval { .. } => "polling-interval-invalid",
             Self::RetainedVersions { .. } => "retained-versions-invalid",

@@ -29,11 +29,13 @@ use serde_json::Value;
 
 use crate::names::{LinkName, SecretRef, Version};
 
+pub use crate::platform::target::DEFAULT_STORE;
 use certificates::{Defaults, observed_certificates};
 pub use error::{SettingsError, SettingsErrorKind};
 use identity::authentication_settings;
 use json::{boolean, escaped_json, expect_object, found, section};
-use paths::{metrics_setting, store_setting};
+pub use paths::StoreTarget;
+use paths::{metrics_setting, store_target};
 use raw::{
     RawHandlerSettings, RawPublicSettings, RawRuntimeSetting, RawSecretsManagement, RawSettingsFile,
 };
@@ -42,7 +44,6 @@ use sections::{
     retained_versions,
 };
 
-pub use crate::platform::paths::DEFAULT_STORE;
 /// `pollingIntervalInS` when absent: one hour, as the Microsoft extension does.
 pub const DEFAULT_POLLING_INTERVAL: Duration = Duration::from_secs(3600);
 /// `retainedVersions` when absent: the current version and the previous one.
@@ -99,7 +100,7 @@ pub struct ObservedCertificate {
     /// Pinned version (32 lower-case hex), or `None` to follow the latest.
     pub version: Option<Version>,
     /// Absolute, normalised folder holding this certificate's files.
-    pub store_location: PathBuf,
+    pub store_location: StoreTarget,
     /// File name of the symlink pointing at the current version.
     pub link_name: LinkName,
     /// Users and groups given read access (only applied when `acl_enabled`).
@@ -413,7 +414,7 @@ fn secrets_section(
             "{SECRETS}.linkOnRenewal is ignored on Linux: it is a Windows certificate store option"
         ));
     }
-    if secrets.certificate_store_name.is_some() {
+    if !crate::platform::target::NAMES_A_STORE && secrets.certificate_store_name.is_some() {
         warnings.push(format!(
             "{SECRETS}.certificateStoreName is ignored on Linux: it names a Windows certificate store; certificates go to certificateStoreLocation"
         ));
@@ -434,11 +435,12 @@ fn certificate_defaults(
         None => Formats::default(),
         Some(v) => additional_formats(v, &format!("{SECRETS}.additionalFormats"))?,
     };
-    let store = store_setting(
+    let store = store_target(
         secrets.certificate_store_location.as_ref(),
-        &format!("{SECRETS}.certificateStoreLocation"),
-    )?
-    .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
+        secrets.certificate_store_name.as_ref(),
+        SECRETS,
+        &crate::platform::target::default_target(),
+    )?;
     Ok(Defaults {
         store,
         hook,
@@ -487,5 +489,43 @@ mod tests {
             }
         );
         assert_eq!(err.reason(), err.kind().reason());
+    }
+
+    #[test]
+    #[cfg(windows)]
+    fn on_windows_certificates_go_to_the_named_store_of_the_named_location() {
+        use crate::names::{CertificateStore, StoreLocation};
+        let v1 = serde_json::json!({"secretsManagementSettings": {
+            "certificateStoreName": "WebHosting", "certificateStoreLocation": "CurrentUser",
+            "observedCertificates": ["https://myvault.vault.azure.net/secrets/web"]}});
+        let settings = parse_public_settings(&v1).unwrap();
+        assert_eq!(
+            settings.observed_certificates[0].store_location,
+            CertificateStore {
+                location: StoreLocation::CurrentUser,
+                name: "WebHosting".into()
+            }
+        );
+        assert!(settings.warnings.is_empty(), "{:?}", settings.warnings);
+        let v3 = serde_json::json!({"secretsManagementSettings": {
+            "observedCertificates": [
+                {"url": "https://myvault.vault.azure.net/secrets/web", "certificateStoreName": "TrustedPeople"},
+                {"url": "https://myvault.vault.azure.net/secrets/api"}]}});
+        let settings = parse_public_settings(&v3).unwrap();
+        let stores: Vec<String> = settings
+            .observed_certificates
+            .iter()
+            .map(|c| c.store_location.to_string())
+            .collect();
+        assert_eq!(stores, ["LocalMachine\\TrustedPeople", "LocalMachine\\MY"]);
+        let bad = serde_json::json!({"secretsManagementSettings": {
+            "observedCertificates": [{"url": "https://myvault.vault.azure.net/secrets/web",
+                                      "certificateStoreLocation": "localmachine"}]}});
+        let e = parse_public_settings(&bad).unwrap_err();
+        assert_eq!(
+            e.setting(),
+            "secretsManagementSettings.observedCertificates[0].certificateStoreLocation"
+        );
+        assert!(e.to_string().contains("write \"LocalMachine\""), "{e}");
     }
 }

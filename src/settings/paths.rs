@@ -2,29 +2,54 @@
 //! folder. Each is checked and normalised here, so the store only ever sees absolute paths without `..` and
 //! plain file names.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::Value;
 
 use super::SettingsError;
 use super::error::SettingsErrorKind;
 use super::json::{shown, string};
-use crate::names::{LinkName, StoreLocation};
+use crate::names::{LinkName, absolute_path};
+use crate::platform::target::{self, TargetProblem};
 
-const EXPECT_STORE: &str =
-    "a folder path string such as \"/var/lib/waagent/Microsoft.Azure.KeyVault.Store\"";
 const EXPECT_METRICS: &str =
     "a file path string such as \"/var/lib/node_exporter/textfile_collector/kvvm.prom\"";
 const EXPECT_LINK: &str = "a file name string such as \"mycert.pem\"";
 
-/// A `certificateStoreLocation` setting, if given.
-pub(super) fn store_setting(
-    value: Option<&Value>,
-    path: &str,
-) -> Result<Option<PathBuf>, SettingsError> {
-    string(value, path, EXPECT_STORE)?
-        .map(|text| store_location(text, path))
-        .transpose()
+pub use crate::platform::target::StoreTarget;
+
+/// The store a certificate (or, at `secretsManagementSettings`, every certificate) names, falling back part by
+/// part to `default`. `section` is the settings path holding `certificateStoreLocation` and
+/// `certificateStoreName`; what they mean is the platform's (`platform::target`: a folder on Linux, a
+/// certificate store on Windows).
+pub(super) fn store_target(
+    location: Option<&Value>,
+    name: Option<&Value>,
+    section: &str,
+    default: &StoreTarget,
+) -> Result<StoreTarget, SettingsError> {
+    let location_path = format!("{section}.certificateStoreLocation");
+    let name_path = format!("{section}.certificateStoreName");
+    let location = string(location, &location_path, target::EXPECT_LOCATION)?;
+    let name = match target::NAMES_A_STORE {
+        true => string(name, &name_path, target::EXPECT_NAME)?,
+        false => None,
+    };
+    target::parse(location, name, default).map_err(|problem| match problem {
+        TargetProblem::Folder(problem) => SettingsErrorKind::StoreLocation {
+            value: shown(location.unwrap_or_default()),
+            problem,
+        }
+        .at(&location_path),
+        TargetProblem::Location(problem) => {
+            SettingsErrorKind::WindowsStoreLocation { problem }.at(&location_path)
+        }
+        TargetProblem::Name(problem) => SettingsErrorKind::StoreName {
+            value: shown(name.unwrap_or_default()),
+            problem,
+        }
+        .at(&name_path),
+    })
 }
 
 /// The `metricsFile` setting, if given.
@@ -46,21 +71,6 @@ pub(super) fn link_setting(
     string(value, path, EXPECT_LINK)?
         .map(|name| link_name(name, path))
         .transpose()
-}
-
-/// An absolute folder without `..`, normalised (no `.` components, no trailing slash).
-fn store_location(text: &str, path: &str) -> Result<PathBuf, SettingsError> {
-    let windows = StoreLocation::recognize(text).map(|_| {
-        "names a Windows certificate store location (KeyVaultForWindows); on Linux certificateStoreLocation is a \
-         folder"
-    });
-    windows.map_or_else(|| absolute_path(text), Err).map_err(|problem| {
-        SettingsErrorKind::StoreLocation {
-            value: shown(text),
-            problem,
-        }
-        .at(path)
-    })
 }
 
 /// `metricsFile`: an absolute file path without `..`, normalised like a store location. node_exporter's textfile
@@ -87,34 +97,6 @@ fn metrics_file(
             "{path}: {:?} does not end in .prom, so node_exporter's textfile collector will not read it",
             shown(text)
         ));
-    }
-    Ok(normalised)
-}
-
-/// `text` as an absolute path without `..`, normalised; or what is wrong with it.
-fn absolute_path(text: &str) -> Result<PathBuf, &'static str> {
-    if text.is_empty() {
-        return Err("is empty");
-    }
-    if text.contains('\0') {
-        return Err("contains a NUL character");
-    }
-    let given = Path::new(text);
-    if !given.is_absolute() {
-        return Err("is not an absolute path");
-    }
-    let mut normalised = PathBuf::new();
-    for component in given.components() {
-        match component {
-            Component::RootDir => normalised.push("/"),
-            Component::Normal(part) => normalised.push(part),
-            Component::CurDir => {}
-            Component::ParentDir => return Err("contains a \"..\" component"),
-            Component::Prefix(_) => return Err("is not an absolute path"),
-        }
-    }
-    if normalised == Path::new("/") {
-        return Err("is the filesystem root, which cannot hold certificates");
     }
     Ok(normalised)
 }
@@ -148,7 +130,55 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(windows)]
+    fn windows_store_targets_fall_back_part_by_part_and_say_what_is_wrong() {
+        use crate::names::StoreLocation;
+        use serde_json::json;
+        let default = StoreTarget::default();
+        let target = |location: Option<Value>, name: Option<Value>| {
+            store_target(location.as_ref(), name.as_ref(), "s", &default)
+        };
+        assert_eq!(target(None, None).unwrap(), default);
+        assert_eq!(
+            target(Some(json!("CurrentUser")), None).unwrap(),
+            StoreTarget {
+                location: StoreLocation::CurrentUser,
+                name: "MY".into()
+            }
+        );
+        assert_eq!(
+            target(None, Some(json!("WebHosting"))).unwrap(),
+            StoreTarget {
+                location: StoreLocation::LocalMachine,
+                name: "WebHosting".into()
+            }
+        );
+        let e = target(Some(json!("localmachine")), None).unwrap_err();
+        assert_eq!(e.reason(), "store-location-invalid");
+        assert_eq!(
+            e.to_string(),
+            "s.certificateStoreLocation: \"localmachine\" is not spelled as Windows expects; write \"LocalMachine\" \
+             (the location names are case-sensitive)"
+        );
+        let e = target(
+            Some(json!("/var/lib/waagent/Microsoft.Azure.KeyVault.Store")),
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("is a folder path"), "{e}");
+        let e = target(None, Some(json!("My\\Sub"))).unwrap_err();
+        assert_eq!(e.reason(), "store-name-invalid");
+        assert_eq!(e.setting(), "s.certificateStoreName");
+        assert!(target(Some(json!(5)), None).is_err());
+    }
+
+    #[test]
+    #[cfg(unix)]
     fn store_locations_are_normalised() {
+        let store_location = |text: &str, _: &str| {
+            let value = Value::String(text.to_string());
+            store_target(Some(&value), None, "p", &PathBuf::from("/default"))
+        };
         assert_eq!(
             store_location("/etc/ssl//certs/./", "p").unwrap(),
             PathBuf::from("/etc/ssl/certs")

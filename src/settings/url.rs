@@ -2,8 +2,6 @@
 //! checked one part at a time so that each mistake users make (http, an IP address, `/certificates/`, a query,
 //! a version that is not one) gets its own message, and normalised so that one certificate has one URL.
 
-use std::path::PathBuf;
-
 use url::{Host, Url};
 
 use super::error::SettingsErrorKind;
@@ -27,7 +25,7 @@ impl SecretUrl {
     /// The certificate this URL observes, with the rest of its settings.
     pub(super) fn into_certificate(
         self,
-        store_location: PathBuf,
+        store_location: super::StoreTarget,
         link_name: LinkName,
         acls: Vec<AclEntry>,
         post_install: Option<crate::hook::Hook>,

@@ -2,7 +2,6 @@
 //! `additionalFormats` folders), the worker is kept alive by the `setsid` supervisor or systemd
 //! (`crate::supervisor`), and users are passwd and group entries.
 
-pub(crate) mod naming;
 pub(crate) mod paths;
 pub(crate) mod process;
 pub(crate) mod users;

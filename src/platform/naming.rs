@@ -1,4 +1,5 @@
-//! Seam (a), names: the store folder's naming scheme, in one place. A certificate's versions are
+//! Seam (a), names: the store folder's naming scheme, in one place (shared: the settings check names by it on
+//! every platform, and Windows names a certificate's friendly name after its link). A certificate's versions are
 //! `<vault>.<secret>.<version>`, its link `<vault>.<secret>` (or `customSymbolicLinkName`), and with
 //! `additionalFormats` its version folders and their link end in `.d`. The store writes by it; the settings check
 //! by it that two certificates of one folder do not take the same names.
