@@ -8,20 +8,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use kvvm_sim::dist;
+
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn dist(name: &str) -> PathBuf {
-    let path = root().join("dist").join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `make package` first (make test does)",
-        path.display()
-    );
-    path
 }
 
 /// (deb architecture, rpm architecture, `uname -m` of the build inside)

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant, SystemTime};
 
+use kvvm_sim::dist;
 use kvvm_sim::machine::{self, Disk, Machine, Setup};
 use kvvm_sim::pki::{Chain, KeyType, PemLayout};
 use kvvm_sim::vault::SecretValue;
@@ -33,16 +34,6 @@ fn unavailable(test: &str) -> bool {
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn dist(name: &str) -> PathBuf {
-    let path = root().join("dist").join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `make package`",
-        path.display()
-    );
-    path
 }
 
 fn deb_name() -> String {

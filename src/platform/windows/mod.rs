@@ -34,15 +34,18 @@ mod tests {
         let vault = Url::parse(&vault).unwrap();
         let identity = Identity::for_user(None, None).unwrap();
         let client = VaultClient::new(Arc::new(identity)).unwrap();
-        let secret = client
-            .get_secret(
-                &vault,
-                "web",
-                None,
-                Deadline::after(CHECK_DEADLINE),
-                &Stop::default(),
-            )
-            .unwrap();
+        let fetch = || {
+            client
+                .get_secret(
+                    &vault,
+                    "web",
+                    None,
+                    Deadline::after(CHECK_DEADLINE),
+                    &Stop::default(),
+                )
+                .unwrap()
+        };
+        let secret = fetch();
         assert_eq!(secret.kind(), SecretKind::Pem);
         assert_eq!(secret.version.len(), 32, "{}", secret.version);
         let name = format!("myvault/web version {}", secret.version);
@@ -60,15 +63,7 @@ mod tests {
         assert_eq!(store.thumbprints(), vec![imported.thumbprint.clone()]);
 
         // The same version again: a second check finds it and imports nothing.
-        let again = client
-            .get_secret(
-                &vault,
-                "web",
-                None,
-                Deadline::after(CHECK_DEADLINE),
-                &Stop::default(),
-            )
-            .unwrap();
+        let again = fetch();
         assert_eq!(again.version, secret.version);
         let leaf = CertificateBundle::from_secret(&name, ContentKind::Pem, again.value()).unwrap();
         let second = store.import(&name, &leaf, &friendly, &ca).unwrap();

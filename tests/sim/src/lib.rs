@@ -17,19 +17,26 @@ pub mod vm;
 pub mod waagent;
 pub mod wireserver;
 
-/// The package `make package` builds: `dist/Microsoft.Azure.KeyVault.KeyVaultForLinux-<version>.zip` at the
-/// workspace root, `<version>` the workspace's (`[workspace.package]` in the root `Cargo.toml`, which this crate
-/// inherits). Panics with the fix when it is missing.
-pub fn built_package() -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let zip = root.join(format!(
-        "dist/Microsoft.Azure.KeyVault.KeyVaultForLinux-{}.zip",
-        env!("CARGO_PKG_VERSION")
-    ));
+/// The file `name` that `make package` writes into `dist/` at the workspace root. Panics with the fix when it
+/// is missing.
+pub fn dist(name: &str) -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../dist")
+        .join(name);
     assert!(
-        zip.is_file(),
+        path.is_file(),
         "{} is missing: run `make package` first (make test does)",
-        zip.display()
+        path.display()
     );
-    zip
+    path
+}
+
+/// The package `make package` builds: `dist/Microsoft.Azure.KeyVault.KeyVaultForLinux-<version>.zip`,
+/// `<version>` the workspace's (`[workspace.package]` in the root `Cargo.toml`, which this crate inherits).
+/// Panics with the fix when it is missing.
+pub fn built_package() -> std::path::PathBuf {
+    dist(&format!(
+        "Microsoft.Azure.KeyVault.KeyVaultForLinux-{}.zip",
+        env!("CARGO_PKG_VERSION")
+    ))
 }
