@@ -3,6 +3,7 @@
 #
 #   scripts/windows.sh test      build the library's tests for Windows and run them under Wine
 #   scripts/windows.sh prefix    (re)create the Wine prefix the tests run in (target/windows/wine)
+#   scripts/windows.sh check     type-check the library and its tests for Windows (no Wine)
 #
 # rustup cannot fetch another target's standard library here, so the build uses Debian's rustc-web with its
 # source (rust-web-src) and builds std for the target (-Zbuild-std, RUSTC_BOOTSTRAP=1 for this target only),
@@ -40,6 +41,7 @@ cargo_windows() {
 
 case "${1:-}" in
     prefix) need; prefix ;;
+    check) need; cargo_windows check -p kvvm --lib "${@:2}" && cargo_windows check -p kvvm --lib --profile test "${@:2}" ;;
     test)
         need
         [ -f "$WINEPREFIX/drive_c/windows/system32/bcryptprimitives.dll" ] || prefix
@@ -65,5 +67,5 @@ case "${1:-}" in
         unshare --net --mount --fork bash "$root/scripts/netns-setup.sh" --ca-bundle "$out/ca/bundle.pem" -- \
             bash "$root/scripts/windows/in-namespace.sh" "$sim" "$out" "$exe"
         ;;
-    *) echo "usage: scripts/windows.sh test | prefix" >&2; exit 2 ;;
+    *) echo "usage: scripts/windows.sh test | prefix | check" >&2; exit 2 ;;
 esac

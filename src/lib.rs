@@ -18,7 +18,8 @@
 // Windows (issue 25) is brought up one layer at a time. So far: the certificate store (crypt32,
 // `platform::windows`), the guest agent's contract (`handler`: its folders, settings and status files), the Key
 // Vault client and managed identity (`vault`, `identity`, `http`), post-install commands (`hook`), the settings
-// (`settings`, with Windows' certificate stores) and what they need, tested under Wine. Until each layer has its
+// (`settings`, with Windows' certificate stores), and a certificate's check (`sync`, `schedule`) into its store
+// (`platform::windows::Destination`), tested under Wine. Until each layer has its
 // Windows half, the Windows library is that part alone, and what it does not use yet is not reported as dead.
 #![cfg_attr(windows, allow(dead_code, unused_imports))]
 
@@ -35,7 +36,9 @@ mod http;
 mod identity;
 mod names;
 mod platform;
+mod schedule;
 pub mod settings;
+mod sync;
 mod vault;
 
 pub use certificate::{CertificateBundle, CertificateError, ContentKind};
@@ -44,6 +47,8 @@ pub use hook::Hook;
 pub use http::{CHECK_DEADLINE, CONNECTIONS_PER_HOST, Deadline, RetryPolicy, Stop};
 pub use identity::{Identity, IdentityError, UserIdentity, read_arc_key};
 pub use names::{LinkName, SecretRef, Version};
+pub use schedule::Pace;
+pub use sync::{KnownOwned, SyncOptions, check_all};
 pub use vault::{SecretBundle, SecretKind, VaultClient, VaultError};
 
 linux_only! {
@@ -55,12 +60,10 @@ linux_only! {
     mod notify;
     mod report;
     mod residency;
-    mod schedule;
     mod state;
     mod status;
     mod store;
     mod supervisor;
-    mod sync;
     mod worker;
 
     // The binary: it dispatches to `commands`; these are what it names besides, and the types of the public
@@ -73,12 +76,10 @@ linux_only! {
     // The layers the tests drive one by one.
     pub use fluentd::{FluentdConfig, FluentdLogger, QUEUE_CAPACITY};
     pub use platform::users::PrincipalKind;
-    pub use schedule::Pace;
     pub use store::{
         FolderFile, Install, Installed, LEGACY_LOCK_FILE, Principal, Store, StoreError, TEMP_PREFIX,
         lock_file_name, lock_folder, resolve_principals,
     };
-    pub use sync::{KnownOwned, SyncOptions, check_all};
 }
 
 /// Every parser of input from outside kvvm's trust, each a function of the bytes alone, so the fuzz targets

@@ -144,7 +144,7 @@ impl StoreLocation {
     /// `certificateStoreLocation` on Windows: exactly `LocalMachine` or `CurrentUser`. The error says what is
     /// wrong and what to write instead.
     #[cfg_attr(
-        not(test),
+        all(unix, not(test)),
         expect(
             dead_code,
             reason = "the Windows build's settings (issue 25) read it; its tests pin its messages"

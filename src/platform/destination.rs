@@ -53,6 +53,10 @@ pub(crate) trait CertificateDestination: Sized {
     /// Where, in kvvm's state folder `state_dir`, the destination keeps its lock files.
     fn lock_folder(state_dir: &Path) -> PathBuf;
 
+    /// What applications open for `cert` (before anything is installed too): its link in the store folder, or
+    /// the certificate store it goes into.
+    fn link(cert: &ObservedCertificate) -> PathBuf;
+
     /// Waits for the installs in progress in this process to end and holds new ones back while the guard
     /// lives: the worker takes it before it exits with checks still in flight, so no install is cut short.
     fn quiesce() -> RwLockWriteGuard<'static, ()>;

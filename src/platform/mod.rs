@@ -2,11 +2,11 @@
 //! `sync`, `worker`, `status` and `settings` are written once for all of them:
 //!
 //! * **(a) where installed certificates go** — [`CertificateDestination`]. Linux: the store folder, with
-//!   version files, links and POSIX ACLs ([`Destination`] over `crate::store`). Windows (next): a certificate
-//!   store.
+//!   version files, links and POSIX ACLs ([`Destination`] over `crate::store`). Windows: a certificate
+//!   store ([`Destination`] over `windows::cert_store`).
 //! * **(b) how the worker is kept alive** — [`keep_alive::KeepAlive`]. Linux: the `setsid` supervisor that
 //!   `enable` starts, or systemd running `kvvm service` ([`Keeper`] is `crate::supervisor::Supervisor`).
-//!   Windows (next): a Windows service.
+//!   Windows (next): a Windows service, which the service control manager keeps running.
 //! * **(c) the host's paths and users** — [`paths`] (the default store, the service's files, the Arc agent's
 //!   key folder; waagent's folders come from its `HandlerEnvironment.json`) and [`users`] (uid/gid look-ups for
 //!   `acls`).
@@ -15,15 +15,11 @@
 //!
 //! Each interface lives in a module of its own that calls nothing of the platform's, and each platform
 //! brings its implementation in a folder of its own (`linux/`, `windows/`), selected here and nowhere else.
-//! The interfaces are Linux-only for now because what they name (settings, the host) is: they move out with
-//! those layers' Windows halves.
 
-#[cfg(unix)]
 mod destination;
 #[cfg(unix)]
 pub(crate) mod keep_alive;
 
-#[cfg(unix)]
 pub(crate) use destination::{CertificateDestination, DestinationOptions};
 
 #[cfg(unix)]
@@ -38,8 +34,7 @@ pub(crate) mod naming;
 // What the store settings name on this platform (a folder, or a certificate store).
 pub(crate) mod target;
 
-// Windows (issue 25), so far: the certificate store its destination will install into, and its paths.
 #[cfg(windows)]
 pub(crate) mod windows;
 #[cfg(windows)]
-pub(crate) use windows::paths;
+pub(crate) use windows::{Destination, DestinationError, paths};

@@ -173,7 +173,7 @@ pub fn certificate_states(
                 .and_then(|p| p.certificate(url))
                 .cloned()
                 .unwrap_or_else(|| {
-                    CertificateState::pending(url, c.store_location.join(c.link_name.as_str()))
+                    CertificateState::pending(url, Destination::link(c))
                 })
         })
         .collect()

@@ -68,6 +68,10 @@ impl CertificateDestination for Destination {
         crate::store::quiesce()
     }
 
+    fn link(cert: &ObservedCertificate) -> PathBuf {
+        cert.store_location.join(cert.link_name.as_str())
+    }
+
     fn current(&self, cert: &ObservedCertificate, version: &Version) -> Option<Placement> {
         let placed = Store::installed(
             &cert.store_location,

@@ -26,7 +26,7 @@ use crate::names::{LinkName, StoreLocation};
 
 /// Why a certificate store could not be used.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum CertStoreError {
+pub enum CertStoreError {
     /// The store could not be opened (or created).
     #[error(
         "cannot open the certificate store {location}\\{store} (Windows error {code:#x}); run kvvm as SYSTEM or an \
@@ -73,7 +73,7 @@ pub(crate) enum CertStoreError {
 
 impl CertStoreError {
     /// A short fixed reason for the status file.
-    pub(crate) fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> &'static str {
         match self {
             Self::Open { .. } => "cert-store-open",
             Self::Pfx(e) => e.reason(),
