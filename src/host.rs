@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::handler::{Extension, HandlerError};
+use crate::platform::paths::SERVICE_RELOAD;
 use crate::settings::{self, Configured, SettingsError};
 
 pub use crate::platform::paths::{SERVICE_LOG_DIR, SERVICE_SETTINGS, SERVICE_STATE_DIR};
@@ -34,8 +35,9 @@ pub enum HostError {
     /// The service's settings file is missing.
     #[error(
         "the settings file {path} does not exist: put the extension's public settings there (the JSON given to \
-         KeyVaultForLinux as `settings`, e.g. {{\"secretsManagementSettings\": {{\"observedCertificates\": \
-         [\"https://myvault.vault.azure.net/secrets/mycert\"]}}}}), then run `systemctl reload kvvm`"
+         the extension as `settings`, e.g. {{\"secretsManagementSettings\": {{\"observedCertificates\": \
+         [\"https://myvault.vault.azure.net/secrets/mycert\"]}}}}), then run `{reload}`",
+        reload = SERVICE_RELOAD
     )]
     NoSettingsFile {
         /// The file.
@@ -266,7 +268,7 @@ impl Host {
             }
             Host::Service(s) => format!(
                 "Put the extension's public settings (secretsManagementSettings.observedCertificates, …) in {} and \
-                 run `systemctl reload kvvm`",
+                 run `{SERVICE_RELOAD}`",
                 s.settings_file.display()
             ),
         }
@@ -380,6 +382,6 @@ mod tests {
         assert_eq!(e.reason(), "no-settings-file");
         let text = e.to_string();
         assert!(text.contains(&path.display().to_string()), "{text}");
-        assert!(text.contains("systemctl reload kvvm"), "{text}");
+        assert!(text.contains(SERVICE_RELOAD), "{text}");
     }
 }

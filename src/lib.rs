@@ -18,8 +18,10 @@
 // Windows (issue 25) is brought up one layer at a time. So far: the certificate store (crypt32,
 // `platform::windows`), the guest agent's contract (`handler`: its folders, settings and status files), the Key
 // Vault client and managed identity (`vault`, `identity`, `http`), post-install commands (`hook`), the settings
-// (`settings`, with Windows' certificate stores), and a certificate's check (`sync`, `schedule`) into its store
-// (`platform::windows::Destination`), tested under Wine. Until each layer has its
+// (`settings`, with Windows' certificate stores), a certificate's check (`sync`, `schedule`) into its store
+// (`platform::windows::Destination`), and where the worker lives and what it records and reports (`host`, `state`,
+// `report`, `status`, `metrics`),
+// tested under Wine. Until each layer has its
 // Windows half, the Windows library is that part alone, and what it does not use yet is not reported as dead.
 #![cfg_attr(windows, allow(dead_code, unused_imports))]
 
@@ -32,45 +34,45 @@ mod certificate;
 mod files;
 mod handler;
 mod hook;
+mod host;
 mod http;
 mod identity;
+pub mod metrics;
 mod names;
+mod notify;
 mod platform;
+mod report;
 mod schedule;
 pub mod settings;
+mod state;
+mod status;
 mod sync;
 mod vault;
 
 pub use certificate::{CertificateBundle, CertificateError, ContentKind};
 pub use handler::HandlerEnvironment;
 pub use hook::Hook;
+pub use host::{HostError, SERVICE_LOG_DIR, SERVICE_SETTINGS, SERVICE_STATE_DIR, Service};
 pub use http::{CHECK_DEADLINE, CONNECTIONS_PER_HOST, Deadline, RetryPolicy, Stop};
 pub use identity::{Identity, IdentityError, UserIdentity, read_arc_key};
 pub use names::{LinkName, SecretRef, Version};
+pub use platform::keep_alive::FAILURE_MARK;
 pub use schedule::Pace;
+pub use state::{CertStatus, CertificateState, WorkerState};
 pub use sync::{KnownOwned, SyncOptions, check_all};
 pub use vault::{SecretBundle, SecretKind, VaultClient, VaultError};
 
 linux_only! {
     pub mod commands;
     mod fluentd;
-    mod host;
     mod logging;
-    pub mod metrics;
-    mod notify;
-    mod report;
     mod residency;
-    mod state;
-    mod status;
     mod store;
     mod supervisor;
     mod worker;
 
     // The binary: it dispatches to `commands`; these are what it names besides, and the types of the public
     // functions the tests call.
-    pub use host::{HostError, SERVICE_LOG_DIR, SERVICE_SETTINGS, SERVICE_STATE_DIR, Service};
-    pub use platform::keep_alive::FAILURE_MARK;
-    pub use state::{CertStatus, CertificateState, WorkerState};
     pub use worker::{WorkerError, certificate_states};
 
     // The layers the tests drive one by one.
@@ -90,7 +92,6 @@ linux_only! {
 pub mod parse {
     #[cfg(unix)]
     pub use crate::fluentd::parse_ack;
-    #[cfg(unix)]
     pub use crate::host::parse_service_settings;
     pub use crate::identity::{basic_realm, parse_token};
     pub use crate::vault::{Challenge, kv_error, parse_bundle, parse_challenge, token_allowed};

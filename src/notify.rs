@@ -2,7 +2,10 @@
 //! poller says `READY=1` once it has written its first status, and a `STATUS=` line with the overall message
 //! each time it saves, so `systemctl status kvvm` shows how the certificates stand. Without `NOTIFY_SOCKET`
 //! (the extension, or kvvm run by hand) nothing is sent. A datagram to a Unix socket is all it takes; no crate.
+//! Windows has no systemd: nothing there sets `NOTIFY_SOCKET`, and a socket named in it could not be reached
+//! (the Windows service reports to its service control manager instead).
 
+#[cfg(unix)]
 use std::os::unix::net::UnixDatagram;
 
 /// The variable systemd sets to the socket it listens on; never passed on to post-install commands.
@@ -29,6 +32,15 @@ fn message(status: &str) -> String {
     format!("READY=1\nSTATUS={}", &line[..end])
 }
 
+#[cfg(windows)]
+fn send(_path: &std::ffi::OsStr, _message: &str) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "systemd's notification socket does not exist on Windows",
+    ))
+}
+
+#[cfg(unix)]
 fn send(path: &std::ffi::OsStr, message: &str) -> std::io::Result<()> {
     let socket = UnixDatagram::unbound()?;
     let bytes = path.as_encoded_bytes();
@@ -48,6 +60,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(unix)]
     fn an_abstract_socket_is_reached_by_its_name() {
         use std::os::linux::net::SocketAddrExt;
         let name = format!("kvvm-notify-test-{}", std::process::id());
@@ -57,6 +70,14 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = listener.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1");
+    }
+
+    #[cfg(windows)]
+    #[test]
+    fn on_windows_nothing_is_sent_and_nothing_fails() {
+        let e = send(std::ffi::OsStr::new("@kvvm"), "READY=1").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::Unsupported);
+        ready("1 of 1 certificates installed");
     }
 
     #[test]
@@ -73,6 +94,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn a_notification_reaches_the_socket_systemd_names() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");

@@ -397,7 +397,10 @@ impl WorkerState {
         let path = Self::path(dir);
         let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
             io::ErrorKind::NotFound => StateError::Missing { path: path.clone() },
-            io::ErrorKind::PermissionDenied => StateError::RootOnly { path: path.clone() },
+            // Windows refuses to read a folder with "access denied": that is not a question of rights.
+            io::ErrorKind::PermissionDenied if !path.is_dir() => {
+                StateError::RootOnly { path: path.clone() }
+            }
             _ => StateError::Unreadable {
                 path: path.clone(),
                 source,
@@ -451,12 +454,15 @@ mod tests {
         };
         state.save(dir.path()).unwrap();
         assert_eq!(WorkerState::load(dir.path()).ok(), Some(state.clone()));
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(WorkerState::path(dir.path()))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o644);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(WorkerState::path(dir.path()))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o644);
+        }
     }
 
     #[test]

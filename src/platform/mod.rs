@@ -17,7 +17,6 @@
 //! brings its implementation in a folder of its own (`linux/`, `windows/`), selected here and nowhere else.
 
 mod destination;
-#[cfg(unix)]
 pub(crate) mod keep_alive;
 
 pub(crate) use destination::{CertificateDestination, DestinationOptions};

@@ -9,5 +9,7 @@ pub const SERVICE_SETTINGS: &str = "/etc/kvvm/settings.json";
 pub const SERVICE_STATE_DIR: &str = "/var/lib/kvvm";
 /// The standalone service's log folder, unless `KVVM_LOG_DIR`.
 pub const SERVICE_LOG_DIR: &str = "/var/log/kvvm";
+/// How an administrator tells the standalone service its settings file changed.
+pub(crate) const SERVICE_RELOAD: &str = "systemctl reload kvvm";
 /// The folder where the Azure Arc agent writes the key files its challenge names.
 pub(crate) const ARC_KEY_DIR: &str = "/var/opt/azcmagent/tokens";
