@@ -105,6 +105,18 @@ pub(crate) fn sync_folder(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// Creates `dir` and its missing parents, each new one with `mode` (less the umask; on Windows it inherits its
+/// parent's ACL).
+pub(crate) fn create_folder(dir: &Path, mode: u32) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    builder.mode(mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    builder.create(dir)
+}
+
 /// Writes a file the crash-safe way: a temp file beside it (`.<name>.tmp.<pid>.<random>`) with its final `mode`,
 /// fsync, rename over `path`, fsync the folder.
 pub(crate) fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
@@ -156,11 +168,7 @@ fn temp_file_pid(name: &str) -> Option<u32> {
 /// the kernel lock on the returned file (`File::lock`, `File::try_lock`), which ends with the process.
 pub(crate) fn open_lock(path: &Path) -> io::Result<File> {
     if let Some(dir) = path.parent() {
-        let mut builder = fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        builder.mode(0o700);
-        builder.create(dir)?;
+        create_folder(dir, 0o700)?;
     }
     let mut options = OpenOptions::new();
     options.read(true).write(true).create(true).truncate(false);

@@ -16,13 +16,12 @@
 #![warn(missing_docs)]
 #![warn(unreachable_pub)]
 // Windows (issue 25) is brought up one layer at a time. So far: the certificate store (crypt32,
-// `platform::windows`), the guest agent's contract (`handler`: its folders, settings and status files), the Key
-// Vault client and managed identity (`vault`, `identity`, `http`), post-install commands (`hook`), the settings
-// (`settings`, with Windows' certificate stores), a certificate's check (`sync`, `schedule`) into its store
-// (`platform::windows::Destination`), and where the worker lives and what it records and reports (`host`, `state`,
-// `report`, `status`, `metrics`),
-// tested under Wine. Until each layer has its
-// Windows half, the Windows library is that part alone, and what it does not use yet is not reported as dead.
+// `platform::windows`), the guest agent's contract (`handler`), the Key Vault client and managed identity
+// (`vault`, `identity`, `http`), post-install commands (`hook`), the settings (`settings`, with Windows'
+// certificate stores), a certificate's check (`sync`, `schedule`) into its store (`platform::windows::Destination`),
+// where the worker lives and what it records and reports (`host`, `state`, `report`, `status`, `metrics`) and the
+// logs (`logging`, `fluentd`), tested under Wine. Until each layer has its Windows half, the Windows library is
+// that part alone, and what it does not use yet is not reported as dead.
 #![cfg_attr(windows, allow(dead_code, unused_imports))]
 
 /// Items that exist only on Linux so far (each layer moves out of here as its Windows half is written).
@@ -32,11 +31,13 @@ macro_rules! linux_only {
 
 mod certificate;
 mod files;
+mod fluentd;
 mod handler;
 mod hook;
 mod host;
 mod http;
 mod identity;
+mod logging;
 pub mod metrics;
 mod names;
 mod notify;
@@ -50,6 +51,7 @@ mod sync;
 mod vault;
 
 pub use certificate::{CertificateBundle, CertificateError, ContentKind};
+pub use fluentd::{FluentdConfig, FluentdLogger, QUEUE_CAPACITY};
 pub use handler::HandlerEnvironment;
 pub use hook::Hook;
 pub use host::{HostError, SERVICE_LOG_DIR, SERVICE_SETTINGS, SERVICE_STATE_DIR, Service};
@@ -64,8 +66,6 @@ pub use vault::{SecretBundle, SecretKind, VaultClient, VaultError};
 
 linux_only! {
     pub mod commands;
-    mod fluentd;
-    mod logging;
     mod residency;
     mod store;
     mod supervisor;
@@ -76,7 +76,6 @@ linux_only! {
     pub use worker::{WorkerError, certificate_states};
 
     // The layers the tests drive one by one.
-    pub use fluentd::{FluentdConfig, FluentdLogger, QUEUE_CAPACITY};
     pub use platform::users::PrincipalKind;
     pub use store::{
         FolderFile, Install, Installed, LEGACY_LOCK_FILE, Principal, Store, StoreError, TEMP_PREFIX,
@@ -90,7 +89,6 @@ linux_only! {
 /// acknowledgements. The settings file's parser is [`settings::parse_settings_file`], and
 /// `HandlerEnvironment.json`'s is [`HandlerEnvironment::parse`].
 pub mod parse {
-    #[cfg(unix)]
     pub use crate::fluentd::parse_ack;
     pub use crate::host::parse_service_settings;
     pub use crate::identity::{basic_realm, parse_token};

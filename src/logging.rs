@@ -213,12 +213,7 @@ impl<W: io::Write> io::Write for WholeLines<W> {
 }
 
 fn open_rotating(path: &Path, limit: usize) -> io::Result<impl io::Write + Send + 'static> {
-    use std::os::unix::fs::DirBuilderExt;
-    let folder = path.parent().unwrap_or(Path::new("."));
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(folder)?;
+    crate::files::create_folder(path.parent().unwrap_or(Path::new(".")), 0o755)?;
     Ok(WholeLines {
         inner: Rotating::open(path, limit as u64, ROTATED_FILES)?,
         pending: Vec::new(),

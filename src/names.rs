@@ -104,6 +104,13 @@ impl fmt::Display for SecretRef {
     }
 }
 
+impl SecretRef {
+    /// How messages name one version of the secret: `<vault>/<secret> version <v>`.
+    pub(crate) fn version_label(&self, version: &str) -> String {
+        format!("{self} version {version}")
+    }
+}
+
 /// A Windows certificate store location (KeyVaultForWindows' `certificateStoreLocation`): `LocalMachine` or
 /// `CurrentUser`, spelled as Microsoft's documentation spells them (its extension compares them case-sensitively).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

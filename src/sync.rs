@@ -159,7 +159,7 @@ pub(crate) fn check(
             folder: placed.folder,
         });
     }
-    let name = format!("{} version {}", cert.secret, secret.version);
+    let name = cert.secret.version_label(secret.version.as_str());
     let bundle = CertificateBundle::from_secret(&name, kind, secret.value())?;
     let installed = destination.install(cert, &secret.version, &bundle)?;
     Ok(Checked {

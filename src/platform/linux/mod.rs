@@ -90,7 +90,7 @@ impl CertificateDestination for Destination {
         bundle: &CertificateBundle,
     ) -> Result<Installed, DestinationError> {
         let store = Store::open(&cert.store_location, &self.lock_dir)?;
-        let name = format!("{} version {}", cert.secret, version);
+        let name = cert.secret.version_label(version.as_str());
         let pem = bundle.to_pem();
         let folder = folder_files(bundle, cert, &name)?;
         let folder: Vec<FolderFile<'_>> = folder

@@ -135,7 +135,7 @@ impl CertificateDestination for Destination {
     ) -> Result<Installed, DestinationError> {
         let _importing = importing();
         let target = &cert.store_location;
-        let name = format!("{} version {}", cert.secret, version);
+        let name = cert.secret.version_label(version.as_str());
         let store = CertStore::open(target.location, &target.name)?;
         let ca = CertStore::open(target.location, "CA")?;
         let imported = store.import(&name, bundle, &cert.link_name, &ca)?;
