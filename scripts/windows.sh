@@ -48,6 +48,9 @@ case "${1:-}" in
         fixtures="$out/fixtures"
         bash "$root/scripts/windows/fixtures.sh" "$fixtures"
         export KVVM_WINDOWS_FIXTURES="Z:${fixtures//\//\\}"
+        # A minimal Windows service of the tests' own, for the service management tests.
+        x86_64-w64-mingw32-gcc -O2 -Wall -o "$fixtures/test-service.exe" "$root/scripts/windows/test-service.c" -ladvapi32
+        export KVVM_WINDOWS_TEST_SERVICE="$KVVM_WINDOWS_FIXTURES\\test-service.exe"
         exe=$(cargo_windows test --lib -p kvvm --no-run --message-format=json \
             | sed -n 's/.*"executable":"\([^"]*\.exe\)".*/\1/p' | tail -1)
         [ -n "$exe" ] || { echo "windows: no test executable was built" >&2; exit 1; }

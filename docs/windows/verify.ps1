@@ -2,7 +2,7 @@
 .SYNOPSIS
   Checks on a real Windows machine what kvvm's Windows tests cannot show under Wine: that each observed
   certificate is in its store with its private key, its intermediates in the location's CA store, and its root
-  not added to Root.
+  not added to Root; and the worker's service's recovery actions.
 
 .DESCRIPTION
   Wine's crypt32 implements the import and the stores, and kvvm's tests check those under Wine. It does not keep
@@ -19,7 +19,9 @@ param(
     [string] $Location = 'LocalMachine',
     [string] $Store = 'MY',
     [Parameter(Mandatory = $true)]
-    [string[]] $Thumbprint
+    [string[]] $Thumbprint,
+    # The worker's Windows service, whose recovery actions Wine's service manager cannot report.
+    [string] $Service = 'kvvm'
 )
 
 $failed = 0
@@ -65,6 +67,18 @@ foreach ($t in $Thumbprint) {
             Check (Test-Path "Cert:\$Location\CA\$($c.Thumbprint)") "intermediate $($c.Subject) is in $Location\CA"
         }
     }
+}
+# The service's recovery actions: restart after 1 s, 30 s, then 300 s, the count reset after 600 s without a
+# crash, and also after an exit with an error (platform/windows/service.rs, RECOVERY and RECOVERY_RESET).
+if (Get-Service -Name $Service -ErrorAction SilentlyContinue) {
+    $failure = (& sc.exe qfailure $Service) -join "`n"
+    Check ($failure -match 'RESET_PERIOD \(in seconds\)\s*:\s*600') "service $Service resets its failure count after 600 s"
+    $restarts = [regex]::Matches($failure, 'RESTART -- Delay = (\d+) milliseconds') | ForEach-Object { $_.Groups[1].Value }
+    Check (($restarts -join ',') -eq '1000,30000,300000') "service $Service restarts after 1 s, 30 s, 300 s (found: $($restarts -join ', ') ms)"
+    $flag = (& sc.exe qfailureflag $Service) -join "`n"
+    Check ($flag -match 'FAILURE_ACTIONS_ON_NONCRASH_FAILURES\s*:\s*TRUE') "service $Service restarts after an exit with an error too"
+} else {
+    Write-Output "info  no service named $Service (the worker's service checks are skipped)"
 }
 if ($failed -gt 0) { Write-Output "$failed check(s) failed"; exit 1 }
 Write-Output "all checks passed"

@@ -148,7 +148,7 @@ impl CertificateDestination for Destination {
         }
         let record = self.record(cert, version);
         let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(record.parent().unwrap_or(Path::new(".")))?;
+            crate::files::create_folder(record.parent().unwrap_or(Path::new(".")), 0o700)?;
             crate::files::write_atomically(&record, imported.thumbprint.as_bytes(), 0o600)
         };
         write().map_err(|source| DestinationError::Record {

@@ -1,9 +1,10 @@
 //! Windows: certificates go into a certificate store ([`cert_store`], behind [`Destination`]); the host's paths
-//! ([`paths`]). The worker's keep-alive (a Windows service) comes with the layers above it.
+//! ([`paths`]); the worker's Windows service, as the service control manager sees it ([`service`]).
 
 mod cert_destination;
 pub(crate) mod cert_store;
 pub(crate) mod paths;
+pub(crate) mod service;
 
 pub(crate) use cert_destination::{Destination, DestinationError};
 
