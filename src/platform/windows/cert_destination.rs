@@ -174,17 +174,16 @@ mod tests {
     //! Under Wine (scripts/windows.sh), with the fixtures' certificates and a store of each test's own.
 
     use super::*;
-    use crate::certificate::ContentKind;
+    use crate::platform::windows::cert_store::tests::fixture;
     use crate::settings::parse_public_settings;
 
-    /// The PEM secret value scripts/windows/fixtures.sh made (`None`: not run through scripts/windows.sh).
-    fn fixture(name: &str) -> Option<CertificateBundle> {
-        let Ok(dir) = std::env::var("KVVM_WINDOWS_FIXTURES") else {
-            eprintln!("skipped: KVVM_WINDOWS_FIXTURES is not set (run scripts/windows.sh test)");
-            return None;
-        };
-        let pem = std::fs::read_to_string(format!("{dir}\\{name}.pem")).expect("fixture");
-        Some(CertificateBundle::from_secret(name, ContentKind::Pem, &pem).expect("bundle"))
+    /// A destination with its records in `records`.
+    fn destination(records: &Path) -> Destination {
+        Destination::new(DestinationOptions {
+            acls: false,
+            retained_versions: 0,
+            lock_dir: records,
+        })
     }
 
     /// An observed certificate going to a `CurrentUser` store of the test's own, as the settings give it.
@@ -212,11 +211,7 @@ mod tests {
         };
         let state = tempfile::tempdir().unwrap();
         let records = Destination::lock_folder(state.path());
-        let destination = Destination::new(DestinationOptions {
-            acls: false,
-            retained_versions: 0,
-            lock_dir: &records,
-        });
+        let destination = destination(&records);
         let cert = observed("rotate");
         let store = format!(r"Cert:\CurrentUser\{}", cert.store_location.name);
         assert_eq!(Destination::link(&cert), PathBuf::from(&store));
@@ -265,11 +260,7 @@ mod tests {
     fn a_record_counts_only_while_the_store_holds_its_certificate() {
         let state = tempfile::tempdir().unwrap();
         let records = Destination::lock_folder(state.path());
-        let destination = Destination::new(DestinationOptions {
-            acls: false,
-            retained_versions: 0,
-            lock_dir: &records,
-        });
+        let destination = destination(&records);
         let cert = observed("gone");
         let record = destination.record(&cert, &version('c'));
         assert!(record.starts_with(&records));

@@ -391,7 +391,7 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::platform::windows) mod tests {
     //! Under Wine (scripts/windows.sh): Wine's crypt32 keeps its stores in its registry and implements the
     //! import, the stores and the look-ups these tests use. What it does not (every PFX key lands in one key
     //! container, LocalMachine key look-ups) only a real Windows machine shows: docs/windows/verify.ps1.
@@ -400,7 +400,7 @@ mod tests {
     use crate::certificate::ContentKind;
 
     /// The PEM secret values scripts/windows/fixtures.sh made (`None`: not run through scripts/windows.sh).
-    fn fixture(name: &str) -> Option<CertificateBundle> {
+    pub(in crate::platform::windows) fn fixture(name: &str) -> Option<CertificateBundle> {
         let Ok(dir) = std::env::var("KVVM_WINDOWS_FIXTURES") else {
             eprintln!("skipped: KVVM_WINDOWS_FIXTURES is not set (run scripts/windows.sh test)");
             return None;
