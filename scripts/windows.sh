@@ -3,7 +3,8 @@
 #
 #   scripts/windows.sh test      build the library's tests for Windows and run them under Wine
 #   scripts/windows.sh prefix    (re)create the Wine prefix the tests run in (target/windows/wine)
-#   scripts/windows.sh check     type-check the library and its tests for Windows (no Wine)
+#   scripts/windows.sh check     type-check the library, the binary and their tests for Windows (no Wine)
+#   scripts/windows.sh build     build kvvm.exe (release) and print its path
 #
 # rustup cannot fetch another target's standard library here, so the build uses Debian's rustc-web with its
 # source (rust-web-src) and builds std for the target (-Zbuild-std, RUSTC_BOOTSTRAP=1 for this target only),
@@ -41,7 +42,20 @@ cargo_windows() {
 
 case "${1:-}" in
     prefix) need; prefix ;;
-    check) need; cargo_windows check -p kvvm --lib "${@:2}" && cargo_windows check -p kvvm --lib --profile test "${@:2}" ;;
+    check)
+        # Warnings fail the check, as clippy's -D warnings does on Linux (clippy cannot run on this toolchain).
+        need
+        log=$(mktemp)
+        status=0
+        { cargo_windows check -p kvvm --lib --bins "${@:2}" \
+            && cargo_windows check -p kvvm --lib --bins --profile test "${@:2}"; } 2>&1 | tee "$log" || status=1
+        if grep -q '^warning' "$log"; then echo "windows: the Windows build has warnings" >&2; status=1; fi
+        rm -f "$log"
+        exit "$status" ;;
+    build)
+        need
+        cargo_windows build --release --locked -p kvvm --bin kvvm >&2
+        echo "$out/target/x86_64-pc-windows-gnu/release/kvvm.exe" ;;
     test)
         need
         [ -f "$WINEPREFIX/drive_c/windows/system32/bcryptprimitives.dll" ] || prefix
@@ -70,5 +84,5 @@ case "${1:-}" in
         unshare --net --mount --fork bash "$root/scripts/netns-setup.sh" --ca-bundle "$out/ca/bundle.pem" -- \
             bash "$root/scripts/windows/in-namespace.sh" "$sim" "$out" "$exe"
         ;;
-    *) echo "usage: scripts/windows.sh test | prefix | check" >&2; exit 2 ;;
+    *) echo "usage: scripts/windows.sh test | prefix | check | build" >&2; exit 2 ;;
 esac

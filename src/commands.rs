@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::handler::{Extension, HandlerError};
 use crate::host::{Host, HostError, Service};
 use crate::logging::{self, Process};
-use crate::platform::keep_alive::{KeepAlive, StartOutcome, StopOutcome, Supervision};
+use crate::platform::keep_alive::{self, KeepAlive, StartOutcome, StopOutcome, Supervision};
 use crate::platform::{KeepAliveError, Keeper};
 use crate::report;
 use crate::settings::{self, Configured, SettingsError};
@@ -314,7 +314,7 @@ fn enable(host: &Host, ext: &Extension) -> Result<String, CommandError> {
         }
         _ => {
             let exe = own_executable()?;
-            let stderr_log = ext.env.log_folder.join("worker.stderr.log");
+            let stderr_log = ext.env.log_folder.join(keep_alive::STDERR_LOG);
             match sup.start(&exe, &ext.dir, &stderr_log)? {
                 StartOutcome::Started { pid } => {
                     format!("worker started (pid {pid}) with settings {seq}")
@@ -349,23 +349,16 @@ fn disable(host: &Host, ext: &Extension) -> Result<String, CommandError> {
 }
 
 fn uninstall(host: &Host, ext: &Extension) -> Result<String, CommandError> {
-    let outcome = supervisor(ext).stop(STOP_GRACE)?;
     // During an update the old version's uninstall runs while the new version's directory exists: the new
-    // version needs the state folder. Only the uninstall that leaves no version behind removes it.
+    // version needs the state folder (and, on Windows, finds the service its enable updates). Only the
+    // uninstall that leaves no version behind removes them.
     let data_dir = ext.data_dir();
-    let own = ext.dir.file_name();
-    let prefix = format!("{}-", ext.name());
-    let others: Vec<String> = ext
-        .dir
-        .parent()
-        .and_then(|parent| std::fs::read_dir(parent).ok())
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| Some(e.file_name().as_os_str()) != own && e.path().is_dir())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|name| name.starts_with(&prefix))
-        .collect();
+    let others = ext.other_versions();
+    let outcome = if others.is_empty() {
+        supervisor(ext).remove(STOP_GRACE)?
+    } else {
+        supervisor(ext).stop(STOP_GRACE)?
+    };
     let state = if !others.is_empty() {
         log::info!(
             "uninstall: keeping {} for {}",
@@ -422,16 +415,11 @@ fn keep_one_poller(host: &Host) -> Result<(), CommandError> {
 /// invalid end it at once with [`CommandError::ServiceSettings`] (exit 78, which the unit does not restart);
 /// settings that observe nothing leave it waiting for `systemctl reload kvvm`.
 pub fn service(files: Service) -> Result<(), CommandError> {
-    use std::os::unix::fs::DirBuilderExt;
     for (dir, mode) in [(&files.state_dir, 0o700), (&files.log_dir, 0o755)] {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(mode)
-            .create(dir)
-            .map_err(|source| CommandError::ServiceFolder {
-                path: dir.clone(),
-                source,
-            })?;
+        crate::files::create_folder(dir, mode).map_err(|source| CommandError::ServiceFolder {
+            path: dir.clone(),
+            source,
+        })?;
     }
     let host = Host::Service(files.clone());
     logging::start(&host, Process::Supervisor, None);
@@ -501,17 +489,13 @@ fn readiness(host: &Host, supervisor: &Keeper) -> Readiness {
         && wanted != recorded.seq
     {
         return Readiness::NotYet(format!(
-            "the worker has not taken up the current {} yet (a new settings file needs `systemctl reload kvvm`)",
-            host.settings_label(wanted)
+            "the worker has not taken up the current {} yet (a new settings file needs `{}`)",
+            host.settings_label(wanted),
+            crate::platform::paths::SERVICE_RELOAD
         ));
     }
     // A poller that is being restarted, or has not saved yet, is not there to vouch for its record.
-    if nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(recorded.pid).unwrap_or(0)),
-        None,
-    )
-    .is_err()
-    {
+    if !crate::files::process_runs(recorded.pid) {
         return Readiness::NotYet(format!(
             "the poller (pid {}) that recorded the state is not running",
             recorded.pid

@@ -8,11 +8,12 @@
 //! needs a privilege kvvm's callers do not grant, and a rename is made durable by `MOVEFILE_WRITE_THROUGH`
 //! instead of a folder fsync, which Windows has no call for.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 #[cfg(unix)]
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// Creates `path` as a new file (`O_EXCL`: never an existing file, `O_NOFOLLOW`: never through a planted
 /// symlink) with `mode` (less the umask) from its first byte, writes `contents`, lets `before_sync` act on the
@@ -136,8 +137,7 @@ pub(crate) fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> io::R
 
 /// Removes the temp files [`write_atomically`] left in `dir` when its process was killed mid-write
 /// (`.<name>.tmp.<pid>.<random>` whose pid no longer runs); the files they were for are untouched (the rename
-/// never happened). Called by the one process that owns `dir` (the worker's supervisor, at its start).
-#[cfg(unix)]
+/// never happened). Called by the one process that owns `dir` (the worker's keeper, at its start).
 pub(crate) fn remove_stale_temp_files(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
@@ -147,14 +147,39 @@ pub(crate) fn remove_stale_temp_files(dir: &Path) {
         let Some(pid) = name.to_str().and_then(temp_file_pid) else {
             continue;
         };
-        if !Path::new("/proc").join(pid.to_string()).exists() {
+        if !process_runs(pid) {
             let _ = fs::remove_file(entry.path());
         }
     }
 }
 
+/// Whether the process `pid` runs now.
+pub(crate) fn process_runs(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        pid != 0 && Path::new("/proc").join(pid.to_string()).exists()
+    }
+    #[cfg(windows)]
+    {
+        use windows_sys::Win32::Foundation::{CloseHandle, STILL_ACTIVE};
+        use windows_sys::Win32::System::Threading::{
+            GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+        };
+        // SAFETY: the handle is checked, read and closed once; `code` outlives the call.
+        unsafe {
+            let process = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid);
+            if process.is_null() {
+                return false;
+            }
+            let mut code = 0u32;
+            let read = GetExitCodeProcess(process, &mut code);
+            CloseHandle(process);
+            read != 0 && code == STILL_ACTIVE as u32
+        }
+    }
+}
+
 /// The pid in a [`write_atomically`] temp file's name, if `name` is one.
-#[cfg(unix)]
 fn temp_file_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix('.')?;
     let (_, tail) = rest.rsplit_once(".tmp.")?;
@@ -179,9 +204,58 @@ pub(crate) fn open_lock(path: &Path) -> io::Result<File> {
     options.open(path)
 }
 
+/// Opens the lock file `path` ([`open_lock`]) and takes its exclusive lock, trying for up to `patience` (a
+/// holder that is exiting lets go within it); `None` when another process still holds it then.
+pub(crate) fn try_lock_for(path: &Path, patience: Duration) -> io::Result<Option<File>> {
+    let file = open_lock(path)?;
+    let deadline = Instant::now() + patience;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Some(file)),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(LOCK_RETRY)
+            }
+            Err(TryLockError::WouldBlock) => return Ok(None),
+            Err(TryLockError::Error(e)) => return Err(e),
+        }
+    }
+}
+
+/// How often [`try_lock_for`] tries again.
+const LOCK_RETRY: Duration = Duration::from_millis(10);
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_lock_is_not_taken_and_a_released_one_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks").join("poller.lock");
+        let held = try_lock_for(&path, Duration::ZERO).unwrap().expect("free");
+        assert!(
+            try_lock_for(&path, Duration::from_millis(30))
+                .unwrap()
+                .is_none()
+        );
+        drop(held);
+        assert!(try_lock_for(&path, Duration::ZERO).unwrap().is_some());
+    }
+
+    #[test]
+    fn this_process_runs_and_a_finished_one_does_not() {
+        assert!(process_runs(std::process::id()));
+        let exe = std::env::current_exe().unwrap();
+        let mut child = std::process::Command::new(exe)
+            .arg("--list")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!process_runs(pid));
+        assert!(!process_runs(0));
+    }
     #[cfg(unix)]
     use std::os::unix::fs::PermissionsExt;
 

@@ -231,6 +231,36 @@ impl Extension {
         }
     }
 
+    /// The other versions of this extension the agent has unpacked beside this one (during an update, the old
+    /// or the new one), by their folder names: Linux `<Publisher>.<Type>-<version>`, Windows `<version>`. None for
+    /// a Windows directory not laid out as the agent lays it out.
+    pub(crate) fn other_versions(&self) -> Vec<String> {
+        let (parent, prefix) = if cfg!(windows) {
+            match self.agent_layout() {
+                Some((_, plugin)) => (plugin, String::new()),
+                None => return Vec::new(),
+            }
+        } else {
+            match self.dir.parent() {
+                Some(parent) => (parent.to_path_buf(), format!("{}-", self.name())),
+                None => return Vec::new(),
+            }
+        };
+        let own = self.dir.file_name();
+        let Ok(entries) = fs::read_dir(parent) else {
+            return Vec::new();
+        };
+        let mut others: Vec<String> = entries
+            .flatten()
+            .filter(|e| Some(e.file_name().as_os_str()) != own && e.path().is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            // Windows: the version folders beside `State`; Linux: `<Publisher>.<Type>-…` beside the state folder.
+            .filter(|folder| folder.starts_with(&prefix) && (!cfg!(windows) || is_version(folder)))
+            .collect();
+        others.sort();
+        others
+    }
+
     /// Folder for the worker's lock, pid and state: beside the versioned extension directories, so that it is
     /// the same for every version (an update must find the old worker) and survives the old one's removal.
     /// Linux: `<waagent dir>/<Publisher>.<Type>`; Windows: `<Publisher>.<Type>\State`; a hand-made directory:

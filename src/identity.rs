@@ -865,6 +865,13 @@ pub fn read_arc_key(path: &Path, dir: &Path) -> Result<Zeroizing<String>, Identi
 /// Why [`open_not_following`] did not open a file.
 enum Opened {
     /// The path is a symbolic link.
+    #[cfg_attr(
+        windows,
+        allow(
+            dead_code,
+            reason = "Windows opens the link itself, which the caller refuses"
+        )
+    )]
     Link,
     /// Anything else.
     Failed(std::io::Error),

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill, killpg};
 
 use crate::host::Host;
+use crate::keeper;
 use crate::platform::keep_alive::{
-    ENV_LAST_EXIT, ENV_RESTARTS, FAILURE_MARK, KeepAlive, Report, Request, StartOutcome, StopOutcome,
+    ENV_LAST_EXIT, ENV_RESTARTS, KeepAlive, Report, Request, StartOutcome, StopOutcome,
     Supervision,
 };
 use nix::unistd::Pid;
@@ -156,18 +157,11 @@ impl Supervisor {
 
     /// For the worker itself: take the lock and record our pid, or `None` if another worker has it.
     pub(crate) fn acquire(&self) -> Result<Option<WorkerLock>, SupervisorError> {
-        let file = self.open_lock()?;
-        let deadline = Instant::now() + ACQUIRE_PATIENCE;
-        loop {
-            match file.try_lock() {
-                Ok(()) => break,
-                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    thread::sleep(POLL * 5)
-                }
-                Err(TryLockError::WouldBlock) => return Ok(None),
-                Err(TryLockError::Error(e)) => return Err(self.data_err(e)),
-            }
-        }
+        let Some(file) = crate::files::try_lock_for(&self.dir.join(LOCK_FILE), ACQUIRE_PATIENCE)
+            .map_err(|e| self.data_err(e))?
+        else {
+            return Ok(None);
+        };
         let pid_path = self.dir.join(PID_FILE);
         crate::handler::write_atomically(
             &pid_path,
@@ -324,6 +318,10 @@ impl KeepAlive for Supervisor {
         Err(SupervisorError::Unkillable { pid })
     }
 
+    fn remove(&self, grace: Duration) -> Result<StopOutcome, SupervisorError> {
+        self.stop(grace)
+    }
+
     fn keep_running(
         &self,
         exe: &Path,
@@ -371,20 +369,6 @@ fn signal_group(pid: u32, sig: Signal) {
     }
 }
 
-/// How long the supervisor waits before restarting a poller that exited abnormally the first time; each
-/// further exit in a row doubles it, up to [`RESTART_MAX`].
-pub(crate) const RESTART_FIRST: Duration = Duration::from_secs(1);
-/// The longest wait between two restarts of a crash-looping poller.
-pub(crate) const RESTART_MAX: Duration = Duration::from_secs(300);
-/// A poller that ran this long before it exited was healthy: the next restart waits [`RESTART_FIRST`] again.
-pub(crate) const HEALTHY_RUN: Duration = Duration::from_secs(600);
-/// A running poller whose heartbeat is older than this is stuck: it is killed and restarted (waagent would
-/// call the handler unresponsive after 600 s).
-pub(crate) const STUCK_AFTER: Duration = Duration::from_secs(300);
-/// How often the supervisor looks at its poller's heartbeat and at whether the extension is still installed.
-pub(crate) const WATCH_EVERY: Duration = Duration::from_secs(10);
-/// How long the supervisor gives its poller to exit after SIGTERM before it kills it.
-const POLLER_GRACE: Duration = Duration::from_secs(8);
 /// The poller's own lock (one poller, even if a supervisor was killed and its orphan is still exiting).
 pub(crate) const POLLER_LOCK_FILE: &str = "poller.lock";
 /// How long a new poller waits for an orphaned one to let go of [`POLLER_LOCK_FILE`].
@@ -418,6 +402,9 @@ impl Wake {
         Ok(wake)
     }
 
+}
+
+impl keeper::Wake for Wake {
     /// Blocks until a signal arrives or `timeout` passes.
     fn wait(&self, timeout: Duration) {
         use std::io::Read;
@@ -466,49 +453,20 @@ pub(crate) fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
-/// The last failure line a poller with `pid` printed on our shared stderr (the worker's stderr log), if any.
-fn last_words(pid: u32) -> Option<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let path = fs::read_link("/proc/self/fd/2").ok()?;
-    let mut file = File::open(path).ok()?;
-    let len = file.metadata().ok()?.len();
-    file.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)))
-        .ok()?;
-    let mut tail = Vec::new();
-    file.read_to_end(&mut tail).ok()?;
-    let mark = format!("{FAILURE_MARK} (pid {pid}): ");
-    String::from_utf8_lossy(&tail).lines().rev().find_map(|l| {
-        l.split_once(mark.as_str())
-            .map(|(_, rest)| rest.to_string())
-    })
-}
-
 /// For the poller: take [`POLLER_LOCK_FILE`], waiting for an orphaned poller to finish exiting. `None` if
 /// another poller keeps it.
 fn acquire_poller_lock(dir: &Path) -> Result<Option<File>, SupervisorError> {
-    let sup = <Supervisor as KeepAlive>::new(dir);
-    let file = crate::files::open_lock(&dir.join(POLLER_LOCK_FILE)).map_err(|e| sup.data_err(e))?;
-    let deadline = Instant::now() + POLLER_PATIENCE;
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(Some(file)),
-            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
-                thread::sleep(Duration::from_millis(50))
-            }
-            Err(TryLockError::WouldBlock) => return Ok(None),
-            Err(TryLockError::Error(e)) => return Err(sup.data_err(e)),
+    crate::files::try_lock_for(&dir.join(POLLER_LOCK_FILE), POLLER_PATIENCE).map_err(|source| {
+        SupervisorError::DataDir {
+            path: dir.to_path_buf(),
+            source,
         }
-    }
+    })
 }
 
-/// `kvvm worker`: holds the worker lock and keeps one poller (`exe poller`) running until SIGTERM. A poller
-/// that exits for any reason while the worker is not stopping — a signal, an abort, the out-of-memory killer,
-/// a fatal error — is restarted, after 1 s the first time and twice as long after each further exit in a row
-/// (at most [`RESTART_MAX`]); one that stops sending heartbeats for [`STUCK_AFTER`] is killed and restarted.
-/// SIGHUP is passed on to the poller (new settings), or ends a wait to restart early. If waagent deletes the
-/// extension directory without running `disable` (a plugin dropped from the goal state), both exit within
-/// [`WATCH_EVERY`]; certificates stay. The supervisor itself
-/// does nothing else, so it stays small and has nothing to crash on.
+/// `kvvm worker`: holds the worker lock and keeps one poller (`exe poller`) running until SIGTERM, by
+/// [`keeper::keep`]'s rule. SIGHUP is passed on to the poller (new settings), or ends a wait to restart early.
+/// The supervisor itself does nothing else, so it stays small and has nothing to crash on.
 fn supervise(
     sup: &Supervisor,
     exe: &Path,
@@ -527,145 +485,79 @@ fn supervise(
     // The supervisor waits most of its life: keep resident only the code it runs (see crate::residency).
     crate::residency::map_only_what_is_used();
     let wake = Wake::install().map_err(|e| sup.data_err(e))?;
-    let mut restarts = 0u32;
-    let mut last_exit = String::new();
-    let mut backoff = RESTART_FIRST;
-    while !wake.stopping() {
-        let started = Instant::now();
-        let mut command = Command::new(exe);
-        host.pass_on(&mut command);
-        command
-            .arg("poller")
-            .env(ENV_RESTARTS, restarts.to_string())
-            .env(ENV_LAST_EXIT, &last_exit)
-            .env(
-                crate::residency::TUNABLES_VAR,
-                crate::residency::poller_tunables(),
-            )
-            .current_dir("/")
-            .stdin(Stdio::null());
-        let parent = std::process::id();
-        // SAFETY: prctl and getppid are async-signal-safe and touch no memory of the parent, and the error is a
-        // bare errno: nothing allocates between fork and exec (std passes only the errno to the parent anyway).
-        unsafe {
-            command.pre_exec(move || {
-                // A poller must not outlive its supervisor (killed alone, it could not restart it).
-                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
-                if u32::try_from(nix::unistd::getppid().as_raw()).ok() != Some(parent) {
-                    // The supervisor is gone.
-                    return Err(nix::errno::Errno::ESRCH.into());
-                }
-                Ok(())
-            });
-        }
-        let why = match command.spawn() {
-            Ok(mut child) => {
-                log::info!(
-                    "poller started (pid {}){}",
-                    child.id(),
-                    if restarts > 0 {
-                        format!(", restart {restarts}")
-                    } else {
-                        String::new()
-                    }
-                );
-                match watch(&wake, &mut child, host, started) {
-                    None => return Ok(()),
-                    Some(why) => why,
-                }
-            }
-            Err(e) => format!("could not be started ({e})"),
-        };
-        if wake.stopping() {
-            break;
-        }
-        if started.elapsed() >= HEALTHY_RUN {
-            backoff = RESTART_FIRST;
-        }
-        restarts += 1;
-        last_exit = why.clone();
-        log::error!(
-            "the poller {why}; restarting it in {} s (restart {restarts})",
-            backoff.as_secs()
-        );
-        report.restarting(&why, restarts, backoff);
-        let until = Instant::now() + backoff;
-        while !wake.stopping() && Instant::now() < until && !wake.take_reload() {
-            if !host.installed() {
-                log::warn!("the extension directory is gone: stopping");
-                return Ok(());
-            }
-            wake.wait(until.saturating_duration_since(Instant::now()));
-        }
-        backoff = (backoff * 2).min(RESTART_MAX);
-    }
-    log::info!("worker stopping on request");
+    let spawn = |restarts: u32, last_exit: &str| spawn_poller(exe, host, restarts, last_exit);
+    keeper::keep(
+        &wake,
+        spawn,
+        host,
+        report,
+        crate::residency::map_only_what_is_used,
+    );
     Ok(())
 }
 
-/// Waits for the poller to exit. `None` when it was stopped on request (the worker is stopping), else why it
-/// exited.
-fn watch(
-    wake: &Wake,
-    child: &mut std::process::Child,
-    host: &Host,
-    started: Instant,
-) -> Option<String> {
-    let heartbeat = host.heartbeat_file();
-    let pid = child.id();
-    let mut killed_stuck = None;
-    loop {
-        if wake.take_reload() {
-            signal(pid, Signal::SIGHUP);
-        }
-        let removed = !host.installed();
-        if removed {
-            log::warn!(
-                "the extension directory is gone (waagent removed the extension without running disable or \
-                 uninstall): stopping; installed certificates stay"
-            );
-        }
-        if wake.stopping() || removed {
-            signal(pid, Signal::SIGTERM);
-            let deadline = Instant::now() + POLLER_GRACE;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return None;
-                }
-                wake.wait(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                let mut why = killed_stuck.take().unwrap_or_else(|| describe_exit(status));
-                if let Some(words) = last_words(pid) {
-                    why = format!("{why}: {words}");
-                }
-                return Some(why);
-            }
-            Ok(None) => {}
-            Err(e) => return Some(format!("could not be waited for ({e})")),
-        }
-        let quiet = fs::metadata(&heartbeat)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .unwrap_or_default();
-        if killed_stuck.is_none() && started.elapsed() > STUCK_AFTER && quiet > STUCK_AFTER {
-            log::error!(
-                "the poller (pid {pid}) wrote no heartbeat for {} s: killing it",
-                quiet.as_secs()
-            );
-            killed_stuck = Some(format!(
-                "stopped responding (no heartbeat for {} s) and was killed",
-                quiet.as_secs()
-            ));
-            signal(pid, Signal::SIGKILL);
-        }
-        crate::residency::map_only_what_is_used();
-        wake.wait(WATCH_EVERY);
+/// A poller child of the supervisor: signalled by pid, its exit read with `waitpid`.
+struct Child(std::process::Child);
+
+impl keeper::Poller for Child {
+    fn id(&self) -> u32 {
+        self.0.id()
     }
+
+    fn ask(&mut self, request: Request) {
+        signal(
+            self.0.id(),
+            match request {
+                Request::Reload => Signal::SIGHUP,
+                Request::Stop => Signal::SIGTERM,
+            },
+        );
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    fn exited(&mut self) -> io::Result<Option<String>> {
+        Ok(self.0.try_wait()?.map(describe_exit))
+    }
+
+    /// From our shared stderr (the worker's stderr log), which the poller inherited.
+    fn last_words(&self) -> Option<String> {
+        let path = fs::read_link("/proc/self/fd/2").ok()?;
+        keeper::last_words(&path, self.0.id())
+    }
+}
+
+/// Starts `exe poller` for `host`, told its restart count and why the last one exited; it dies with the
+/// supervisor (`PR_SET_PDEATHSIG`), so a poller never outlives the one process that could restart it.
+fn spawn_poller(exe: &Path, host: &Host, restarts: u32, last_exit: &str) -> io::Result<Child> {
+    let mut command = Command::new(exe);
+    host.pass_on(&mut command);
+    command
+        .arg("poller")
+        .env(ENV_RESTARTS, restarts.to_string())
+        .env(ENV_LAST_EXIT, last_exit)
+        .env(
+            crate::residency::TUNABLES_VAR,
+            crate::residency::poller_tunables(),
+        )
+        .current_dir("/")
+        .stdin(Stdio::null());
+    let parent = std::process::id();
+    // SAFETY: prctl and getppid are async-signal-safe and touch no memory of the parent, and the error is a
+    // bare errno: nothing allocates between fork and exec (std passes only the errno to the parent anyway).
+    unsafe {
+        command.pre_exec(move || {
+            // A poller must not outlive its supervisor (killed alone, it could not restart it).
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+            if u32::try_from(nix::unistd::getppid().as_raw()).ok() != Some(parent) {
+                // The supervisor is gone.
+                return Err(nix::errno::Errno::ESRCH.into());
+            }
+            Ok(())
+        });
+    }
+    command.spawn().map(Child)
 }

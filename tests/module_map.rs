@@ -23,7 +23,7 @@ const PLATFORM_PARTS: [&str; 7] = [
 ];
 
 /// Written once for every platform: no Unix API, and no Linux implementation called by name.
-const NEUTRAL: [&str; 4] = ["sync", "worker", "status", "settings"];
+const NEUTRAL: [&str; 5] = ["sync", "worker", "status", "settings", "keeper"];
 const UNIX_ONLY: [&str; 7] = [
     "cfg(unix)",
     "signal_hook",

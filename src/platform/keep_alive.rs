@@ -1,7 +1,8 @@
 //! Seam (b): how the worker is kept alive. `commands` starts, reloads, stops and asks about the worker only
 //! through [`KeepAlive`]; the poller takes its own lock and reads what its keeper tells it through the names
 //! here. Linux: the `setsid` supervisor (`crate::supervisor`), which systemd runs in the foreground for the
-//! service. Windows (next): a Windows service.
+//! service. Windows: the Windows service `kvvm` (`platform::windows`). Both restart the poller by the rule
+//! in `crate::keeper`.
 
 use std::fs::File;
 use std::path::Path;
@@ -46,6 +47,8 @@ pub(crate) trait Report {
 pub(crate) const ENV_RESTARTS: &str = "KVVM_RESTARTS";
 /// See [`ENV_RESTARTS`].
 pub(crate) const ENV_LAST_EXIT: &str = "KVVM_LAST_EXIT";
+/// The file in the host's log folder that the worker's pollers print to (their last words on a failure).
+pub(crate) const STDERR_LOG: &str = "worker.stderr.log";
 /// The words a poller prints on stderr when it fails, which the keeper quotes in the status.
 pub const FAILURE_MARK: &str = "kvvm poller failed";
 
@@ -78,6 +81,10 @@ pub(crate) trait KeepAlive: Sized {
 
     /// Stops the worker, killing it if it has not stopped after `grace`.
     fn stop(&self, grace: Duration) -> Result<StopOutcome, Self::Error>;
+
+    /// Stops the worker for good: also removes what would start it again (Windows: its service, which would
+    /// start at boot). Linux's supervisor leaves nothing behind, so there this is [`KeepAlive::stop`].
+    fn remove(&self, grace: Duration) -> Result<StopOutcome, Self::Error>;
 
     /// The keeper's own work, in the foreground: one poller (`exe poller`), restarted whenever it ends, until
     /// told to stop. Returns at once if another keeper runs for the same host.

@@ -6,7 +6,8 @@
 //!   store ([`Destination`] over `windows::cert_store`).
 //! * **(b) how the worker is kept alive** — [`keep_alive::KeepAlive`]. Linux: the `setsid` supervisor that
 //!   `enable` starts, or systemd running `kvvm service` ([`Keeper`] is `crate::supervisor::Supervisor`).
-//!   Windows (next): a Windows service, which the service control manager keeps running.
+//!   Windows: the Windows service `kvvm`, which the service control manager keeps running, and which keeps
+//!   the poller running by the same rule (`crate::keeper`).
 //! * **(c) the host's paths and users** — [`paths`] (the default store, the service's files, the Arc agent's
 //!   key folder; waagent's folders come from its `HandlerEnvironment.json`) and [`users`] (uid/gid look-ups for
 //!   `acls`).
@@ -36,4 +37,4 @@ pub(crate) mod target;
 #[cfg(windows)]
 pub(crate) mod windows;
 #[cfg(windows)]
-pub(crate) use windows::{Destination, DestinationError, paths};
+pub(crate) use windows::{Destination, DestinationError, KeepAliveError, Keeper, paths, process};

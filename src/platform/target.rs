@@ -7,6 +7,7 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum TargetProblem {
     /// `certificateStoreLocation` is not a usable folder (Linux).
+    #[cfg_attr(windows, allow(dead_code, reason = "made by the Linux implementation"))]
     Folder(&'static str),
     /// `certificateStoreLocation` is not a store location (Windows): the whole sentence, with what to write.
     #[cfg_attr(unix, allow(dead_code, reason = "made by the Windows implementation"))]

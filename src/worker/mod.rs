@@ -172,9 +172,7 @@ pub fn certificate_states(
             previous
                 .and_then(|p| p.certificate(url))
                 .cloned()
-                .unwrap_or_else(|| {
-                    CertificateState::pending(url, Destination::link(c))
-                })
+                .unwrap_or_else(|| CertificateState::pending(url, Destination::link(c)))
         })
         .collect()
 }

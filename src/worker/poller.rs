@@ -15,7 +15,9 @@ use super::{
 use crate::host::Host;
 use crate::http::Stop;
 use crate::platform::keep_alive::{self, KeepAlive, Request};
-use crate::platform::process::{die_on_every_segfault, give_back_memory, limit_malloc_arenas};
+use crate::platform::process::{
+    die_on_every_segfault, give_back_memory, limit_malloc_arenas, unmap_unused_code,
+};
 use crate::platform::{CertificateDestination, Destination, Keeper};
 use crate::schedule::{self, InitialSync, Offer, Pace, Queue};
 use crate::settings::Settings;
@@ -556,7 +558,7 @@ pub(crate) fn run(start: Start) -> Result<(), WorkerError> {
         return Err(WorkerError::AnotherPoller { dir: data_dir });
     };
     limit_malloc_arenas();
-    crate::residency::map_only_what_is_used();
+    unmap_unused_code();
     die_on_every_segfault();
     let stop = Stop::default();
     let (tx, events) = mpsc::channel();

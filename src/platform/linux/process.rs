@@ -35,3 +35,8 @@ pub(crate) fn give_back_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// Drops the pages of code the process no longer runs (see crate::residency).
+pub(crate) fn unmap_unused_code() {
+    crate::residency::map_only_what_is_used();
+}

@@ -225,6 +225,7 @@ impl CertStore {
     }
 
     /// The thumbprints of every certificate in the store.
+    #[cfg(test)]
     pub(crate) fn thumbprints(&self) -> Vec<String> {
         let mut out = Vec::new();
         let mut previous: *const CERT_CONTEXT = ptr::null();

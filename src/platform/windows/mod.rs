@@ -1,12 +1,17 @@
 //! Windows: certificates go into a certificate store ([`cert_store`], behind [`Destination`]); the host's paths
-//! ([`paths`]); the worker's Windows service, as the service control manager sees it ([`service`]).
+//! ([`paths`]); the worker's Windows service, as the service control manager sees it ([`service`]) and as it
+//! runs (`keeper`: the service's own side, which keeps the poller running); the poller's process tuning
+//! ([`process`]).
 
 mod cert_destination;
 pub(crate) mod cert_store;
+mod keeper;
 pub(crate) mod paths;
+pub(crate) mod process;
 pub(crate) mod service;
 
 pub(crate) use cert_destination::{Destination, DestinationError};
+pub(crate) use keeper::{Keeper, KeeperError as KeepAliveError};
 
 #[cfg(test)]
 mod tests {

@@ -9,7 +9,7 @@
 //! The service's own side (the dispatcher, and the requests it hands the poller) comes with `kvvm.exe`.
 
 use std::ffi::{OsStr, OsString};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -44,7 +44,7 @@ const NOT_ACTIVE: i32 = 1062;
 
 /// Why the service could not be managed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ServiceError {
+pub enum ServiceError {
     /// The service control manager refused a request.
     #[error(
         "cannot {action} the Windows service {service}: {source}; kvvm's extension commands run as SYSTEM (the \
@@ -74,7 +74,7 @@ pub(crate) enum ServiceError {
 
 impl ServiceError {
     /// A short fixed reason for the status file.
-    pub(crate) fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> &'static str {
         match self {
             ServiceError::Manager { .. } => "service-manager",
             ServiceError::NotStarted { .. } => "service-not-started",
@@ -323,7 +323,8 @@ impl WindowsService {
     }
 
     /// The command line the service runs (its executable, then its arguments; `None`: no such service).
-    pub(crate) fn command_line(&self) -> Result<Option<PathBuf>, ServiceError> {
+    #[cfg(test)]
+    pub(crate) fn command_line(&self) -> Result<Option<std::path::PathBuf>, ServiceError> {
         let Some(service) = self.open(ServiceAccess::QUERY_CONFIG)? else {
             return Ok(None);
         };
@@ -357,6 +358,7 @@ mod tests {
     //! records each PARAMCHANGE it is sent in the file its argument names).
 
     use super::*;
+    use std::path::PathBuf;
 
     /// The test service's executable (`None`: not run through scripts/windows.sh).
     fn test_service() -> Option<PathBuf> {
