@@ -48,6 +48,9 @@ pub(crate) fn text(recorded: &WorkerState, worker: Option<u32>, settings: &str) 
             "file:",
             c.file.as_ref().map(|p| p.display().to_string()),
         ));
+        if let Some(old) = &c.replaced {
+            out.push_str(&field("replaced:", Some(old.display().to_string())));
+        }
         out.push_str(&field("link:", Some(c.link.display().to_string())));
         out.push_str(&field("notAfter:", c.not_after.map(utc_timestamp)));
         out.push_str(&field("last check:", c.last_check.map(utc_timestamp)));
@@ -57,6 +60,9 @@ pub(crate) fn text(recorded: &WorkerState, worker: Option<u32>, settings: &str) 
         }
         if let Some(note) = &c.note {
             out.push_str(&field("note:", Some(note.clone())));
+        }
+        if let Some(remark) = &c.remark {
+            out.push_str(&field("remark:", Some(remark.clone())));
         }
         if let Some(hook) = &c.hook {
             out.push_str(&field("hook:", Some(hook.clone())));
@@ -113,6 +119,7 @@ struct CertificateDocument<'a> {
     needs_attention: bool,
     version: Option<&'a str>,
     file: Option<&'a Path>,
+    replaced: Option<&'a Path>,
     link: &'a Path,
     not_after: Option<String>,
     last_check: Option<String>,
@@ -122,6 +129,7 @@ struct CertificateDocument<'a> {
     last_error: Option<Problem<'a>>,
     warning: Option<Problem<'a>>,
     post_install: Option<&'a str>,
+    remark: Option<&'a str>,
 }
 
 /// An error or a warning with its fixed reason code.
@@ -152,6 +160,7 @@ pub(crate) fn json(
             needs_attention: c.needs_attention(),
             version: c.version.as_deref(),
             file: c.file.as_deref(),
+            replaced: c.replaced.as_deref(),
             link: &c.link,
             not_after: c.not_after.map(utc_timestamp),
             last_check: c.last_check.map(utc_timestamp),
@@ -170,6 +179,7 @@ pub(crate) fn json(
                 }),
             },
             post_install: c.hook.as_deref(),
+            remark: c.remark.as_deref(),
         })
         .collect();
     let polling = recorded.polling.map(|pace| PollingDocument {

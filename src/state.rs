@@ -115,6 +115,12 @@ pub struct CertificateState {
     /// How the post-install command last ran for this certificate (exit code and output tail).
     #[serde(default)]
     pub hook: Option<String>,
+    /// The file (Windows: the certificate, by thumbprint) of the version the installed one replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<PathBuf>,
+    /// What the destination said of the installed version (Windows: its chain's root is not trusted here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remark: Option<String>,
 }
 
 /// `at` as waagent writes timestamps (RFC 3339, UTC, whole seconds): the status file, `state.json`, `kvvm
@@ -150,6 +156,8 @@ impl CertificateState {
             failures: 0,
             note: None,
             hook: None,
+            replaced: None,
+            remark: None,
         }
     }
 
@@ -200,6 +208,10 @@ impl CertificateState {
         if c.changed {
             self.last_change = Some(now);
             self.hook = None;
+            if let Some(old) = self.file.take().filter(|old| *old != c.file) {
+                self.replaced = Some(old);
+            }
+            self.remark = c.remark.clone();
             log::info!(
                 "{name}: installed version {} as {} (link {}{})",
                 c.version,
@@ -425,6 +437,75 @@ impl CertificateState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A successful check that installed (`changed`) or found `file`.
+    fn checked(file: &str, changed: bool, remark: Option<&str>) -> Checked {
+        Checked {
+            version: "0".repeat(32),
+            file: PathBuf::from(file),
+            link: PathBuf::from("Cert:\\LocalMachine\\MY"),
+            changed,
+            not_after: None,
+            serial: None,
+            validity_warning: None,
+            removed: Vec::new(),
+            folder: None,
+            remark: remark.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_rotation_names_the_version_it_replaced_and_the_install_keeps_its_remark() {
+        let cert = crate::settings::parse_public_settings(&serde_json::json!({
+            "secretsManagementSettings": {"observedCertificates": ["https://v.vault.azure.net/secrets/c"]}
+        }))
+        .unwrap()
+        .observed_certificates
+        .remove(0);
+        let mut c = CertificateState::pending(cert.url.as_str(), PathBuf::from("/s"));
+        let record = |c: &mut CertificateState, checked: &Checked| {
+            c.record(&cert, Ok(checked), now(), 0);
+        };
+        record(
+            &mut c,
+            &checked(
+                "Cert:\\LocalMachine\\MY\\OLD",
+                true,
+                Some("root not trusted"),
+            ),
+        );
+        assert_eq!(c.replaced, None, "the first install replaces nothing");
+        assert_eq!(c.remark.as_deref(), Some("root not trusted"));
+        assert_eq!(c.status, CertStatus::Installed, "a remark is not a warning");
+        record(
+            &mut c,
+            &checked("Cert:\\LocalMachine\\MY\\OLD", false, None),
+        );
+        assert_eq!(
+            c.remark.as_deref(),
+            Some("root not trusted"),
+            "kept while unchanged"
+        );
+        record(&mut c, &checked("Cert:\\LocalMachine\\MY\\NEW", true, None));
+        assert_eq!(
+            c.replaced,
+            Some(PathBuf::from("Cert:\\LocalMachine\\MY\\OLD"))
+        );
+        assert_eq!(c.remark, None, "the new version's install said nothing");
+        let text = crate::status::certificate_substatus(&c).message;
+        assert!(
+            text.contains(
+                "file Cert:\\LocalMachine\\MY\\NEW; replaced Cert:\\LocalMachine\\MY\\OLD"
+            ),
+            "{text}"
+        );
+        // A check that finds the same file again keeps what it replaced.
+        record(&mut c, &checked("Cert:\\LocalMachine\\MY\\NEW", true, None));
+        assert_eq!(
+            c.replaced,
+            Some(PathBuf::from("Cert:\\LocalMachine\\MY\\OLD"))
+        );
+    }
 
     #[test]
     fn round_trip_render_and_mode() {

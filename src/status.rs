@@ -526,6 +526,9 @@ pub(crate) fn certificate_substatus(c: &CertificateState) -> SubStatus {
     if let Some(file) = &c.file {
         parts.push(format!("file {}", file.display()));
     }
+    if let Some(old) = &c.replaced {
+        parts.push(format!("replaced {}", old.display()));
+    }
     parts.push(format!("link {}", c.link.display()));
     if let Some(t) = c.not_after {
         parts.push(format!("notAfter {}", utc_timestamp(t)));
@@ -535,6 +538,9 @@ pub(crate) fn certificate_substatus(c: &CertificateState) -> SubStatus {
     }
     if let Some(note) = &c.note {
         parts.push(note.clone());
+    }
+    if let Some(remark) = &c.remark {
+        parts.push(remark.clone());
     }
     if let Some(hook) = &c.hook {
         parts.push(hook.clone());

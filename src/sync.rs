@@ -85,6 +85,8 @@ pub struct Checked {
     pub removed: Vec<PathBuf>,
     /// The link to the version's folder (`<link>.d`), when `additionalFormats` asks for one.
     pub folder: Option<PathBuf>,
+    /// What the destination said of the version it installed in this check (see `Installed::remark`).
+    pub remark: Option<String>,
 }
 
 /// What the worker already knows of a certificate, so an unchanged version is not decoded again.
@@ -157,6 +159,7 @@ pub(crate) fn check(
             validity_warning: None,
             removed: Vec::new(),
             folder: placed.folder,
+            remark: None,
         });
     }
     let name = cert.secret.version_label(secret.version.as_str());
@@ -172,6 +175,7 @@ pub(crate) fn check(
         validity_warning: bundle.validity_warning(OffsetDateTime::now_utc()),
         removed: installed.removed,
         folder: installed.placement.folder,
+        remark: installed.remark,
     })
 }
 

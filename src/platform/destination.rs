@@ -47,6 +47,9 @@ pub(crate) struct Installed {
     pub changed: bool,
     /// Older versions removed by retention.
     pub removed: Vec<PathBuf>,
+    /// What the status should say of the version as installed (Windows: its chain's root is not one this
+    /// machine trusts).
+    pub remark: Option<String>,
 }
 
 /// Where a platform puts installed certificates.

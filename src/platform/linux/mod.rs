@@ -120,6 +120,7 @@ impl CertificateDestination for Destination {
             // A version folder that appeared or moved is new to applications too (its post-install command runs).
             changed: installed.written || installed.link_changed || installed.folder_changed,
             removed: installed.removed,
+            remark: None,
             placement: Placement {
                 file: installed.file,
                 link: installed.link,

@@ -77,6 +77,16 @@ pub(crate) fn store_path(store: &CertificateStore) -> PathBuf {
     PathBuf::from(format!(r"Cert:\{}\{}", store.location.as_str(), store.name))
 }
 
+/// What the status says of a version whose chain ends in `root` (a thumbprint) that `target`'s location does not
+/// trust.
+fn untrusted_root(target: &CertificateStore, root: &str) -> String {
+    format!(
+        "its chain's root ({root}) is not in {}\\Root, so this machine does not trust it: add it there if this \
+         machine must validate the chain itself (kvvm never adds a root; trust stays the administrator's)",
+        target.location.as_str()
+    )
+}
+
 /// `Cert:\LocalMachine\MY\<thumbprint>`: one certificate in it.
 fn certificate_path(store: &CertificateStore, thumbprint: &str) -> PathBuf {
     store_path(store).join(thumbprint)
@@ -139,12 +149,14 @@ impl CertificateDestination for Destination {
         let store = CertStore::open(target.location, &target.name)?;
         let ca = CertStore::open(target.location, "CA")?;
         let imported = store.import(&name, bundle, &cert.link_name, &ca)?;
-        if imported.root_left_out {
-            log::info!(
-                "{name}: its chain's root was not added to {}\\Root (trust stays the administrator's); add it there \
-                 if this machine does not trust it already",
-                target.location.as_str()
-            );
+        // A root is never added (trust stays the administrator's); the status says when this machine does not
+        // trust it already.
+        let remark = imported.root.as_ref().and_then(|root| {
+            let trusted = CertStore::open(target.location, "Root").is_ok_and(|r| r.contains(root));
+            (!trusted).then(|| untrusted_root(target, root))
+        });
+        if let Some(remark) = &remark {
+            log::warn!("{name}: {remark}");
         }
         let record = self.record(cert, version);
         let write = || -> std::io::Result<()> {
@@ -165,6 +177,7 @@ impl CertificateDestination for Destination {
             },
             changed: imported.added,
             removed: Vec::new(),
+            remark,
         })
     }
 }

@@ -41,7 +41,11 @@ pub enum CertStoreError {
         code: u32,
     },
     /// The PFX kvvm made of the version could not be imported.
-    #[error("{name}: Windows refused to import it (PFXImportCertStore, error {code:#x})")]
+    #[error(
+        "{name}: Windows refused to import it (PFXImportCertStore, {}); what was installed stays. Check that \
+         Windows supports its key (RSA of 2048 bits or more, or EC on P-256, P-384 or P-521)",
+        windows_error(*code)
+    )]
     Import {
         /// The certificate, as `<vault>/<certificate> version <v>`.
         name: String,
@@ -71,6 +75,14 @@ pub enum CertStoreError {
     },
 }
 
+/// `GetLastError()` in words for a message: the code, or that Windows gave none.
+fn windows_error(code: u32) -> String {
+    match code {
+        0 => "without an error code".to_string(),
+        code => format!("error {code:#x}"),
+    }
+}
+
 impl CertStoreError {
     /// A short fixed reason for the status file.
     pub fn reason(&self) -> &'static str {
@@ -93,8 +105,8 @@ pub(crate) struct Imported {
     pub(crate) added: bool,
     /// Thumbprints of the intermediates added to the location's `CA` store now.
     pub(crate) intermediates: Vec<String>,
-    /// The chain ends in a root that was left out (never added to `Root`): its subject, for the status.
-    pub(crate) root_left_out: bool,
+    /// The thumbprint of the root the chain ends in, which was left out (never added to `Root`).
+    pub(crate) root: Option<String>,
 }
 
 /// An open system store. Closed when dropped.
@@ -265,7 +277,7 @@ impl CertStore {
                 thumbprint: leaf_thumbprint,
                 added: false,
                 intermediates: Vec::new(),
-                root_left_out: false,
+                root: None,
             });
         }
         // The PFX is kvvm's own (PBES2/AES, SHA-256 MAC, empty password), from whichever form the vault gave.
@@ -296,15 +308,16 @@ impl CertStore {
         };
         // Whether the chain the vault gave ends in a root, which is never added (whatever the PFX import does with
         // it: Windows returns it in the imported store, Wine leaves it out).
-        let root_left_out = CertificateDer::pem_slice_iter(&bundle.fullchain_pem())
+        let root = CertificateDer::pem_slice_iter(&bundle.fullchain_pem())
             .filter_map(Result::ok)
             .skip(1)
-            .any(|der| is_self_issued(&der));
+            .find(|der| is_self_issued(der))
+            .map(|der| thumbprint(&der));
         let mut imported = Imported {
             thumbprint: leaf_thumbprint.clone(),
             added: false,
             intermediates: Vec::new(),
-            root_left_out,
+            root,
         };
         let mut previous: *const CERT_CONTEXT = ptr::null();
         loop {
@@ -437,7 +450,7 @@ pub(in crate::platform::windows) mod tests {
         assert_eq!(first.thumbprint, bundle_thumbprint(&a));
         assert_eq!(store.thumbprints(), vec![first.thumbprint.clone()]);
         assert!(
-            first.root_left_out,
+            first.root.is_some(),
             "the chain's root is left out: {first:?}"
         );
         assert_eq!(root.thumbprints(), roots_before, "nothing is added to Root");
