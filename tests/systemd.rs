@@ -21,6 +21,9 @@ const HOST: &str = "myvault.vault.azure.net";
 const STORE: &str = "/var/lib/waagent/Microsoft.Azure.KeyVault.Store";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const VMAPP_DIR: &str = "/var/lib/waagent/Microsoft.CPlat.Core.VMApplicationManagerLinux/kvvm";
+/// The VM Application manager's own extension directory (waagent's `<Publisher>.<Type>-<version>`).
+const VMAPP_MANAGER: &str =
+    "/var/lib/waagent/Microsoft.CPlat.Core.VMApplicationManagerLinux-1.0.16";
 
 fn unavailable(test: &str) -> bool {
     match machine::unavailable() {
@@ -403,7 +406,9 @@ fn manage(
     .unwrap();
     let command = actions[action].as_str().unwrap();
     let script = format!(
-        "cd '{dir}' && {env} /bin/bash -c '{}' >stdout 2>stderr; code=$?; cat stdout; cat stderr >&2; exit $code",
+        // The manager is an extension: its commands' children inherit its AZURE_GUEST_AGENT_EXTENSION_PATH.
+        "cd '{dir}' && {env} AZURE_GUEST_AGENT_EXTENSION_PATH={VMAPP_MANAGER} /bin/bash -c '{}' >stdout 2>stderr; \
+         code=$?; cat stdout; cat stderr >&2; exit $code",
         command.replace('\'', "'\\''")
     );
     m.sh(&script).unwrap()

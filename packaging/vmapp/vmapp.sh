@@ -21,6 +21,9 @@
 # KVVM_WAIT_TIMEOUT (seconds, default 900) bounds the wait for the initial sync.
 set -euo pipefail
 
+# The VM Application manager is an extension itself: its AZURE_GUEST_AGENT_EXTENSION_PATH would make `kvvm wait`
+# look for an extension there instead of the service.
+unset AZURE_GUEST_AGENT_EXTENSION_PATH
 here=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd -P)
 settings=/etc/kvvm/settings.json
 timeout=${KVVM_WAIT_TIMEOUT:-900}
