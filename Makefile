@@ -17,9 +17,10 @@ build:
 # its own name sets them, e.g. `make package PUBLISHER=Contoso.Security`. The .deb/.rpm packages do not depend on them.
 PUBLISHER ?= Microsoft.Azure.KeyVault
 TYPE ?= KeyVaultForLinux
+WINDOWS_TYPE ?= KeyVaultForWindows
 
 package: deps
-	KVVM_PUBLISHER='$(PUBLISHER)' KVVM_TYPE='$(TYPE)' bash scripts/package.sh
+	KVVM_PUBLISHER='$(PUBLISHER)' KVVM_TYPE='$(TYPE)' KVVM_WINDOWS_TYPE='$(WINDOWS_TYPE)' bash scripts/package.sh
 
 demo: package
 	bash scripts/demo.sh

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Prints the extension image definition (manifest/manifest.xml) for a publisher namespace, type and version:
-#   scripts/manifest.sh <publisher> <type> <version>
+#   scripts/manifest.sh <publisher> <type> <version> [Linux|Windows]
 # package.sh writes it beside the zip; a publisher that registers kvvm under its own name (Azure Stack Hub
 # operators, partners) uploads it with the zip, so nothing of theirs collides with Microsoft's extension.
 set -euo pipefail
 root=$(CDPATH='' cd -- "$(dirname -- "$0")/.." && pwd -P)
-[ $# -eq 3 ] || { echo "usage: scripts/manifest.sh <publisher> <type> <version>" >&2; exit 2; }
-publisher=$1 type=$2 version=$3
+[ $# -eq 3 ] || [ $# -eq 4 ] || { echo "usage: scripts/manifest.sh <publisher> <type> <version> [Linux|Windows]" >&2; exit 2; }
+publisher=$1 type=$2 version=$3 os=${4:-Linux}
+case "$os" in Linux | Windows) ;; *) echo "manifest: the OS is Linux or Windows, not '$os'" >&2; exit 1 ;; esac
 # The names become a directory name in waagent's folder (<publisher>.<type>-<version>) and XML text.
 for v in "$publisher" "$type"; do
     case "$v" in
@@ -21,4 +22,6 @@ case "$version" in
 esac
 sed -e "s|<ProviderNameSpace>[^<]*</ProviderNameSpace>|<ProviderNameSpace>$publisher</ProviderNameSpace>|" \
     -e "s|<Type>[^<]*</Type>|<Type>$type</Type>|" \
-    -e "s|<Version>[^<]*</Version>|<Version>$version</Version>|" "$root/manifest/manifest.xml"
+    -e "s|<Version>[^<]*</Version>|<Version>$version</Version>|" \
+    -e "s|<SupportedOS>Linux</SupportedOS>|<SupportedOS>$os</SupportedOS>|" \
+    -e "s|for Linux|for $os|; s|on Linux virtual|on $os virtual|" "$root/manifest/manifest.xml"

@@ -8,6 +8,11 @@
 #   dist/kvvm_<version>-1_{amd64,arm64}.deb the standalone service (cargo-deb), lintian-clean
 #   dist/kvvm-<version>-1.{x86_64,aarch64}.rpm  the same (cargo-generate-rpm)
 #   dist/kvvm-vmapp-<version>.tar.gz        the Azure VM Application package: kvvm/vmapp.sh and the four packages
+#   dist/<Publisher>.<WindowsType>-<version>.zip  the Windows extension package the Windows guest agent installs:
+#                                           HandlerManifest.json (manifest/windows/) and kvvm.exe, built for
+#                                           x86_64-pc-windows-gnu by scripts/windows.sh; and its .manifest.xml
+#   dist/kvvm-vmapp-<version>.exe           the Windows VM Application package: that kvvm.exe, whose manage actions
+#                                           are its own `kvvm.exe vmapp install|update|remove` (docs/deploy/vmapp-windows)
 #
 # Both binaries are linked against glibc 2.17 with cargo-zigbuild (zig from .venv, see install-deps.sh) so that
 # one package runs on every distro the extension supports, on x86_64 and Arm64 VM sizes; glibc-check.sh then
@@ -16,7 +21,8 @@
 #
 # Environment: KVVM_GLIBC (default 2.17) — the glibc baseline to link against and check; KVVM_PUBLISHER (default
 # Microsoft.Azure.KeyVault) and KVVM_TYPE (default KeyVaultForLinux) — the extension's publisher namespace and type,
-# for a publisher that registers kvvm under its own name (`make package PUBLISHER=Contoso.Security`).
+# for a publisher that registers kvvm under its own name (`make package PUBLISHER=Contoso.Security`); KVVM_WINDOWS_TYPE
+# (default KeyVaultForWindows) — the Windows package's type.
 set -euo pipefail
 
 root=$(CDPATH='' cd -- "$(dirname -- "$0")/.." && pwd -P)
@@ -24,10 +30,12 @@ cd "$root"
 glibc=${KVVM_GLIBC:-2.17}
 publisher=${KVVM_PUBLISHER:-Microsoft.Azure.KeyVault}
 type=${KVVM_TYPE:-KeyVaultForLinux}
+windows_type=${KVVM_WINDOWS_TYPE:-KeyVaultForWindows}
 version=$(bash scripts/version.sh) || { echo "package: no version from Cargo.toml" >&2; exit 1; }
 # waagent names the extension's directory <Publisher>.<Type>-<version>; kvvm takes its state folder's name from it.
 # manifest.sh checks the names before anything is built.
 manifest=$(bash scripts/manifest.sh "$publisher" "$type" "$version")
+windows_manifest=$(bash scripts/manifest.sh "$publisher" "$windows_type" "$version" Windows)
 name=$publisher.$type
 for f in HandlerManifest.json handler; do
     [ -f "$f" ] || { echo "package: $f is missing at the repository root" >&2; exit 1; }
@@ -150,3 +158,22 @@ cp $debs $rpms "$app/kvvm/"
 tarball="dist/kvvm-vmapp-$version.tar.gz"
 tar -C "$app" --owner=0 --group=0 --numeric-owner --mtime=@0 --sort=name -czf "$tarball" kvvm
 echo "package: $tarball ($(stat -c %s "$tarball") bytes)"
+
+# ---- the Windows extension package: HandlerManifest.json and kvvm.exe at the zip's root -------------------------
+# The Windows guest agent unpacks it to C:\Packages\Plugins\<Publisher>.<Type>\<version>\ and runs the manifest's
+# commands (`kvvm.exe enable`, ...) from there.
+windows_name=$publisher.$windows_type
+exe=$(bash scripts/windows.sh build)
+windows_stage=$(mktemp -d "$root/target/package-windows.XXXXXX")
+trap 'rm -rf "$stage" "$app" "$windows_stage"' EXIT
+cp manifest/windows/HandlerManifest.json "$windows_stage/"
+cp "$exe" "$windows_stage/kvvm.exe"
+windows_zip="$root/dist/$windows_name-$version.zip"
+rm -f "$windows_zip"
+(cd "$windows_stage" && zip -q -X -D -9 "$windows_zip" HandlerManifest.json kvvm.exe)
+printf '%s\n' "$windows_manifest" >"dist/$windows_name-$version.manifest.xml"
+echo "package: $windows_zip ($(stat -c %s "$windows_zip") bytes)"
+# One file, nothing to unpack: Windows Server 2016 has no tar, and the manager saves it as kvvm.exe.
+windows_app="dist/kvvm-vmapp-$version.exe"
+cp "$exe" "$windows_app.tmp" && mv -f "$windows_app.tmp" "$windows_app"
+echo "package: $windows_app ($(stat -c %s "$windows_app") bytes)"

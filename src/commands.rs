@@ -65,6 +65,9 @@ pub enum CommandError {
         /// Why.
         source: std::io::Error,
     },
+    /// A VM Application action (`kvvm vmapp`) failed.
+    #[error(transparent)]
+    VmApp(#[from] crate::platform::vmapp::VmAppError),
     /// `kvvm wait` gave up: the worker is not ready (`detail` says where it stands).
     #[error("{detail}")]
     NotReady {
@@ -84,6 +87,7 @@ impl CommandError {
             CommandError::State { source, .. } => source.reason(),
             CommandError::ServiceSettings(e) => e.reason(),
             CommandError::ServiceFolder { .. } => "service-folder",
+            CommandError::VmApp(e) => e.reason(),
             CommandError::NotReady { .. } => "not-ready",
         }
     }
@@ -445,11 +449,14 @@ const WAIT_EVERY: Duration = Duration::from_millis(500);
 /// on where it stands. [`CommandError::NotReady`] when the initial sync failed (after its attempts), when there
 /// is nothing to watch, or when `timeout` passes first (saying where it stood).
 pub fn wait(timeout: Duration) -> Result<Output, CommandError> {
-    let host = Host::locate()?;
+    wait_on(&Host::locate()?, timeout)
+}
+
+fn wait_on(host: &Host, timeout: Duration) -> Result<Output, CommandError> {
     let supervisor = Keeper::new(&host.data_dir());
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        match readiness(&host, &supervisor) {
+        match readiness(host, &supervisor) {
             Readiness::Ready(text) => {
                 return Ok(Output {
                     text: format!("{text}\n"),
@@ -465,6 +472,49 @@ pub fn wait(timeout: Duration) -> Result<Output, CommandError> {
             Readiness::NotYet(_) => std::thread::sleep(WAIT_EVERY),
         }
     }
+}
+
+/// A manage action of the Windows VM Application (`kvvm.exe vmapp …`, see `platform::windows::vmapp`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmAppAction {
+    /// `install CONFIG`: the application's first version on the machine.
+    Install(PathBuf),
+    /// `update CONFIG`: a new version, or a new configuration.
+    Update(PathBuf),
+    /// `remove`.
+    Remove,
+}
+
+/// `kvvm vmapp install|update CONFIG | remove`: the Windows VM Application's manage actions, for the service's
+/// files ([`Service::from_env`]; the VM Application manager is an extension itself, so its
+/// `AZURE_GUEST_AGENT_EXTENSION_PATH` must not make this one). Each step done is given to `say` as it is done;
+/// install and update then wait (at most `timeout`) until the service is ready, as `kvvm wait` does.
+pub fn vmapp(
+    action: VmAppAction,
+    timeout: Duration,
+    mut say: impl FnMut(&str),
+) -> Result<Output, CommandError> {
+    let files = Service::from_env();
+    let config = match &action {
+        VmAppAction::Install(config) | VmAppAction::Update(config) => config,
+        VmAppAction::Remove => {
+            for line in crate::platform::vmapp::remove(&files)? {
+                say(&line);
+            }
+            return Ok(Output {
+                text: String::new(),
+                attention: false,
+            });
+        }
+    };
+    for line in crate::platform::vmapp::install(config, &files)? {
+        say(&line);
+    }
+    say(&format!(
+        "waiting for the service (at most {} s)",
+        timeout.as_secs()
+    ));
+    wait_on(&Host::Service(files), timeout)
 }
 
 /// Where a worker stands for [`wait`].

@@ -21,6 +21,8 @@ Usage: kvvm <install|enable|disable|update|uninstall>   (run by waagent through 
        kvvm status [--json]                             (what the worker last recorded, per certificate)
        kvvm wait [--timeout SECONDS]                    (until the worker is ready: for install scripts)
        kvvm sync --once                                 (one full poll cycle in the foreground, for debugging)
+       kvvm vmapp <install CONFIG|update CONFIG|remove> [--timeout SECONDS]
+                                                        (Windows: the VM Application's manage actions)
        kvvm worker | kvvm poller                        (started by enable / by the worker; not for direct use)
        kvvm --help | --version
        kvvm <command> --help                            (that command's own help)
@@ -102,6 +104,24 @@ kvvm poller — the process that talks to the identity endpoint and Key Vault (n
 Started by the supervisor; installs certificates and writes the status, state.json, the heartbeat and the
 metrics. Ends on SIGTERM; SIGHUP re-reads the settings.";
 
+const HELP_VMAPP: &str = "\
+kvvm vmapp install CONFIG | update CONFIG | remove [--timeout SECONDS] — the Windows VM Application's actions
+
+The package of the Windows VM Application (Azure Compute Gallery) is kvvm.exe itself; its manage actions are
+`kvvm.exe vmapp install kvvm-settings.json`, `… update kvvm-settings.json` and `… remove`, run by the VM
+Application manager in the version's download folder.
+  install, update  check CONFIG (the extension's public settings JSON; nothing changes when it is invalid), copy
+                   kvvm.exe to %ProgramFiles%\\kvvm\\<version>\\, make CONFIG the service's settings file
+                   ($KVVM_SETTINGS or C:\\ProgramData\\kvvm\\settings.json), register the Windows service kvvm
+                   (`kvvm.exe service`, started at boot, restarted after a crash) and start it, or have it reload;
+                   then wait, as `kvvm wait` does, at most SECONDS (default 900)
+  remove           stop and delete the service; remove the program, its settings, state and logs
+Installed certificates always stay. The KeyVaultForWindows extension's worker is the same service: install
+refuses to take over the extension's. On Linux the VM Application is kvvm/vmapp.sh instead.";
+
+/// Default `kvvm vmapp --timeout`.
+const VMAPP_TIMEOUT_S: u64 = 900;
+
 /// Default `kvvm wait --timeout`.
 const WAIT_TIMEOUT_S: u64 = 600;
 
@@ -138,6 +158,8 @@ enum Command {
     Wait(Duration),
     /// `sync --once`.
     SyncOnce,
+    /// `vmapp <action> [--timeout SECONDS]`.
+    VmApp(commands::VmAppAction, Duration),
 }
 
 fn usage(problem: impl Into<String>) -> Failure {
@@ -177,6 +199,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Failure> {
         "status" => Some(HELP_STATUS),
         "wait" => Some(HELP_WAIT),
         "sync" => Some(HELP_SYNC),
+        "vmapp" => Some(HELP_VMAPP),
         other if Verb::parse(other).is_some() => Some(HELP_VERB),
         _ => None,
     };
@@ -262,13 +285,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Failure> {
                 match parser.next() {
                     Ok(None) => break,
                     Ok(Some(Long("timeout"))) => {
-                        let seconds = parser
-                            .value()
-                            .ok()
-                            .and_then(|v| v.into_string().ok())
-                            .and_then(|v| v.parse::<u64>().ok())
-                            .ok_or_else(wrong)?;
-                        timeout = Duration::from_secs(seconds);
+                        timeout = seconds(&mut parser).ok_or_else(wrong)?;
                     }
                     Ok(Some(Short(_) | Long(_) | Value(_))) | Err(_) => return Err(wrong()),
                 }
@@ -278,12 +295,52 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Failure> {
             }
             Command::Wait(timeout)
         }
+        "vmapp" => {
+            let wrong = || {
+                usage(
+                    "kvvm vmapp: give install CONFIG, update CONFIG or remove, then at most --timeout SECONDS \
+                     (see kvvm vmapp --help)",
+                )
+            };
+            if dashes_after_first {
+                return Err(wrong());
+            }
+            let mut words = Vec::new();
+            let mut timeout = Duration::from_secs(VMAPP_TIMEOUT_S);
+            loop {
+                match parser.next() {
+                    Ok(None) => break,
+                    Ok(Some(Value(word))) => words.push(word),
+                    Ok(Some(Long("timeout"))) => {
+                        timeout = seconds(&mut parser).ok_or_else(wrong)?;
+                    }
+                    Ok(Some(_)) | Err(_) => return Err(wrong()),
+                }
+            }
+            let action = match words.as_slice() {
+                [action, config] if action == "install" && !config.is_empty() => {
+                    commands::VmAppAction::Install(PathBuf::from(config))
+                }
+                [action, config] if action == "update" && !config.is_empty() => {
+                    commands::VmAppAction::Update(PathBuf::from(config))
+                }
+                [action] if action == "remove" => commands::VmAppAction::Remove,
+                _ => return Err(wrong()),
+            };
+            Command::VmApp(action, timeout)
+        }
         other => match Verb::parse(other) {
             Some(verb) => Command::Verb(verb),
             None => return Err(usage(format!("kvvm: unknown command {other:?}"))),
         },
     };
     Ok(command)
+}
+
+/// The value of a `--timeout SECONDS` option: a whole number of seconds.
+fn seconds(parser: &mut lexopt::Parser) -> Option<Duration> {
+    let value = parser.value().ok()?.into_string().ok()?;
+    value.parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// Runs the command; its exit code when it ran to the end.
@@ -324,6 +381,14 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
                 command: "wait",
                 error,
             })?;
+            return Ok(print(output));
+        }
+        Command::VmApp(action, timeout) => {
+            let output = commands::vmapp(action, timeout, |line| println!("kvvm vmapp: {line}"))
+                .map_err(|error| Failure::Operator {
+                    command: "vmapp",
+                    error,
+                })?;
             return Ok(print(output));
         }
         Command::SyncOnce => {
@@ -450,6 +515,27 @@ mod tests {
             (&["wait"], Wait(Duration::from_secs(WAIT_TIMEOUT_S))),
             (&["wait", "--timeout", "30"], Wait(Duration::from_secs(30))),
             (&["wait", "--timeout=5"], Wait(Duration::from_secs(5))),
+            (
+                &["vmapp", "install", "kvvm-settings.json"],
+                VmApp(
+                    commands::VmAppAction::Install(PathBuf::from("kvvm-settings.json")),
+                    Duration::from_secs(VMAPP_TIMEOUT_S),
+                ),
+            ),
+            (
+                &["vmapp", "update", "c.json", "--timeout", "60"],
+                VmApp(
+                    commands::VmAppAction::Update(PathBuf::from("c.json")),
+                    Duration::from_secs(60),
+                ),
+            ),
+            (
+                &["vmapp", "remove"],
+                VmApp(
+                    commands::VmAppAction::Remove,
+                    Duration::from_secs(VMAPP_TIMEOUT_S),
+                ),
+            ),
         ] {
             assert_eq!(parsed(args), Ok(command), "{args:?}");
         }
@@ -470,6 +556,7 @@ mod tests {
             ("sync", HELP_SYNC),
             ("worker", HELP_WORKER),
             ("poller", HELP_POLLER),
+            ("vmapp", HELP_VMAPP),
         ] {
             for flag in ["--help", "-h"] {
                 assert_eq!(
@@ -523,6 +610,11 @@ mod tests {
         );
         let wait =
             Some("kvvm wait: the only option is --timeout SECONDS (a whole number)".to_string());
+        let vmapp = Some(
+            "kvvm vmapp: give install CONFIG, update CONFIG or remove, then at most --timeout SECONDS (see \
+             kvvm vmapp --help)"
+                .to_string(),
+        );
         for (args, problem) in [
             (&[][..], None),
             (
@@ -558,6 +650,15 @@ mod tests {
             (&["wait", "--timeout"], wait.clone()),
             (&["wait", "--timeout", "soon"], wait.clone()),
             (&["wait", "30"], wait),
+            (&["vmapp"], vmapp.clone()),
+            (&["vmapp", "install"], vmapp.clone()),
+            (&["vmapp", "remove", "c.json"], vmapp.clone()),
+            (&["vmapp", "reinstall", "c.json"], vmapp.clone()),
+            (
+                &["vmapp", "install", "c.json", "--timeout", "soon"],
+                vmapp.clone(),
+            ),
+            (&["vmapp", "install", "c.json", "--json"], vmapp),
         ] {
             assert_eq!(parsed(args), Err(problem), "{args:?}");
         }

@@ -26,7 +26,7 @@ pub(crate) use destination::{CertificateDestination, DestinationOptions};
 mod linux;
 #[cfg(unix)]
 pub(crate) use linux::{
-    Destination, DestinationError, KeepAliveError, Keeper, paths, process, users,
+    Destination, DestinationError, KeepAliveError, Keeper, paths, process, users, vmapp,
 };
 
 // The store folder's naming scheme: the settings check names by it on every platform.
@@ -37,4 +37,6 @@ pub(crate) mod target;
 #[cfg(windows)]
 pub(crate) mod windows;
 #[cfg(windows)]
-pub(crate) use windows::{Destination, DestinationError, KeepAliveError, Keeper, paths, process};
+pub(crate) use windows::{
+    Destination, DestinationError, KeepAliveError, Keeper, paths, process, vmapp,
+};

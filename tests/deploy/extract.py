@@ -11,9 +11,10 @@ them, and prints them as JSON for tests/deploy_samples.rs, which runs them throu
   PowerShell (*.ps1)      pwsh is not installable here: the JSON here-string (or the "@file" az argument) is
                           read from the script and the one `$($identity.ClientId)` expansion is done by hand
   cloud-init (*.yaml)     PyYAML; the settings file it writes is a whole waagent settings file
-  vmapp/ (VM Applications) tests/deploy/vmapp.py: each sample turned into the REST bodies its tool sends and
-                          checked against the published spec (tests/deploy/vmapp-spec.json) and the contract;
-                          vmapp/kvvm-settings.json is the settings kvvm's parser checks
+  vmapp/, vmapp-windows/  tests/deploy/vmapp.py: each VM Application sample (Linux, Windows) turned into the REST
+                          bodies its tool sends and checked against the published spec (tests/deploy/vmapp-spec.json)
+                          and its folder's contract; each folder's kvvm-settings.json is the settings kvvm's parser
+                          checks (its `platform` says which OS's kvvm reads it)
 
 Expressions that only Azure can evaluate are replaced by a stand-in client id, and only when they read the
 identity's client id: `reference(...).clientId` (ARM), `<identity>.properties.clientId` (Bicep),
@@ -342,7 +343,7 @@ def main():
             continue
         rel = str(path.relative_to(root))
         try:
-            if rel.startswith("vmapp/"):
+            if rel.split("/", 1)[0] in vmapp.CONTRACTS:
                 settings, records = vmapp.extract(path, rel, root)
                 out += settings
                 vmapps += records

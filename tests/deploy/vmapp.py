@@ -1,4 +1,7 @@
-"""Checks the VM Application samples in docs/deploy/vmapp (called by extract.py for every file under vmapp/).
+"""Checks the VM Application samples in docs/deploy/vmapp (Linux) and docs/deploy/vmapp-windows (Windows); extract.py
+calls it for every file under either folder. The two folders hold the same set of samples for two gallery
+applications (a gallery application has one OS type); each folder's contract is a Contract in CONTRACTS below, and
+everything else is checked the same way for both.
 
 Each sample is turned into the REST bodies Azure would receive, the way its tool builds them:
 
@@ -18,11 +21,14 @@ and the bodies are checked:
   - against the published definitions in tests/deploy/vmapp-spec.json (GalleryRP 2024-03-03, ComputeRP 2024-07-01),
     turned into JSON Schema (jsonschema): $refs resolved, allOf merged, required/type/enum/pattern/maxLength kept,
     and a property the definitions do not name (or a read-only one) refused, since Azure ignores a misspelt one;
-  - the contract: application `kvvm` (Linux); version names Major.Minor.Patch; the three manage actions exactly those
-    of vmapp/manage-actions.json, each at most 4096 characters; settings.packageFileName `kvvm.tar.gz` and
-    settings.configFileName `kvvm-settings.json`; a default configuration link and target regions; a VM or scale set
-    attaching kvvm with order 1, treatFailureAsDeploymentFailure and enableAutomaticUpgrade true (where the tool can
-    set them) and a user-assigned identity; Terraform scale sets on versions/latest.
+  - the contract: application `kvvm` (Linux) or `kvvm-windows` (Windows); version names Major.Minor.Patch; the
+    three manage actions exactly those of the folder's manage-actions.json, each at most 4096 characters;
+    settings.packageFileName `kvvm.tar.gz` (Linux) or `kvvm.exe` (Windows) and settings.configFileName
+    `kvvm-settings.json`; a default configuration link and target regions; a VM or scale set attaching the folder's
+    application with order 1, treatFailureAsDeploymentFailure and enableAutomaticUpgrade true (where the tool can set
+    them) and a user-assigned identity, and not built for the other OS (Terraform's azurerm_linux_* or
+    azurerm_windows_* resource, an osProfile's linuxConfiguration or windowsConfiguration); Terraform scale sets on
+    versions/latest.
 
 Each problem is a SampleError; extract.py reports it under the sample's name.
 """
@@ -32,6 +38,7 @@ import os
 import re
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import hcl2
@@ -42,10 +49,8 @@ from pycep.models import BicepElement
 
 HERE = Path(__file__).parent
 SPEC = json.loads((HERE / "vmapp-spec.json").read_text())
-REPO_MANAGE_ACTIONS = HERE.parent.parent / "docs/deploy/vmapp/manage-actions.json"
+REPO_DEPLOY = HERE.parent.parent / "docs/deploy"
 
-APPLICATION_NAME = "kvvm"
-PACKAGE_FILE_NAME = "kvvm.tar.gz"
 CONFIG_FILE_NAME = "kvvm-settings.json"
 MANAGE_ACTION_LIMIT = 4096
 GALLERY_API_VERSION = "2024-03-03"
@@ -63,6 +68,46 @@ PACKAGE_REFERENCE = re.compile(
 
 class SampleError(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What one folder's samples publish and attach."""
+
+    folder: str  # under docs/deploy
+    application: str  # the gallery application's name
+    os_type: str  # its supportedOSType
+    package_file_name: str  # settings.packageFileName
+    package_use: str  # what every manage action does with the package, for messages
+    tf_vm: str  # the Terraform VM and scale set resources of this OS
+    tf_vmss: str
+    os_configuration: str  # the osProfile member of this OS
+
+    @property
+    def manage_actions(self):
+        """The folder's manage-actions.json, as samples' sources name it."""
+        return f"{self.folder}/manage-actions.json"
+
+
+LINUX = Contract(
+    folder="vmapp", application="kvvm", os_type="Linux", package_file_name="kvvm.tar.gz", package_use="unpack",
+    tf_vm="azurerm_linux_virtual_machine", tf_vmss="azurerm_linux_virtual_machine_scale_set",
+    os_configuration="linuxConfiguration",
+)
+WINDOWS = Contract(
+    folder="vmapp-windows", application="kvvm-windows", os_type="Windows", package_file_name="kvvm.exe",
+    package_use="run", tf_vm="azurerm_windows_virtual_machine", tf_vmss="azurerm_windows_virtual_machine_scale_set",
+    os_configuration="windowsConfiguration",
+)
+CONTRACTS = {c.folder: c for c in (LINUX, WINDOWS)}
+
+
+def contract_of(rel):
+    """The contract of the sample at `rel` (relative to docs/deploy)."""
+    folder = rel.split("/", 1)[0]
+    if folder not in CONTRACTS:
+        raise SampleError(f"{rel}: not under a VM Application folder ({', '.join(CONTRACTS)})")
+    return CONTRACTS[folder]
 
 
 # ---- the published definitions as JSON Schema -------------------------------------------------------------------
@@ -151,12 +196,12 @@ def spec_pattern(parameter):
 # ---- the contract ---------------------------------------------------------------------------------------------
 
 
-def canonical_manage_actions(root):
-    local = Path(root) / "vmapp/manage-actions.json"
-    return json.loads((local if local.exists() else REPO_MANAGE_ACTIONS).read_text())
+def canonical_manage_actions(root, c):
+    local = Path(root) / c.manage_actions
+    return json.loads((local if local.exists() else REPO_DEPLOY / c.manage_actions).read_text())
 
 
-def check_manage_actions(sample, actions, canonical):
+def check_manage_actions(sample, actions, canonical, c):
     problems = []
     for action, command in sorted(actions.items()):
         if isinstance(command, str) and len(command) > MANAGE_ACTION_LIMIT:
@@ -167,35 +212,35 @@ def check_manage_actions(sample, actions, canonical):
         if actions.get(action) != canonical.get(action):
             problems.append(
                 f"manage action {action} is {actions.get(action)!r}, not {canonical.get(action)!r}"
-                " (vmapp/manage-actions.json)"
+                f" ({c.manage_actions})"
             )
     if problems:
         raise SampleError(f"{sample}: " + "; ".join(problems))
 
 
-def check_application(sample, rec):
+def check_application(sample, rec, c):
     validate(sample, "the gallery application", rec["body"], "GalleryRP.GalleryApplication")
-    if rec["name"] != APPLICATION_NAME:
-        raise SampleError(f"{sample}: the gallery application is named {rec['name']!r}, not {APPLICATION_NAME!r}")
+    if rec["name"] != c.application:
+        raise SampleError(f"{sample}: the gallery application is named {rec['name']!r}, not {c.application!r}")
     os_type = rec["body"]["properties"].get("supportedOSType")
-    if os_type != "Linux":
-        raise SampleError(f"{sample}: supportedOSType is {os_type!r}, not 'Linux'")
+    if os_type != c.os_type:
+        raise SampleError(f"{sample}: supportedOSType is {os_type!r}, not {c.os_type!r}")
     if rec.get("gallery") is not None and not spec_pattern("galleryName").match(rec["gallery"]):
         raise SampleError(f"{sample}: gallery name {rec['gallery']!r} does not match the spec's galleryName pattern")
 
 
-def check_version(sample, rec, canonical):
+def check_version(sample, rec, canonical, c):
     body = rec["body"]
     validate(sample, f"gallery application version {rec['name']!r}", body, "GalleryRP.GalleryApplicationVersion")
     m = VERSION_NAME.match(str(rec["name"]))
     if not m or any(int(part) > 2**31 - 1 for part in m.groups()):
         raise SampleError(f"{sample}: version name {rec['name']!r} is not Major.Minor.Patch (32-bit integers)")
-    if rec.get("application") not in (None, APPLICATION_NAME):
-        raise SampleError(f"{sample}: the version belongs to {rec['application']!r}, not {APPLICATION_NAME!r}")
+    if rec.get("application") not in (None, c.application):
+        raise SampleError(f"{sample}: the version belongs to {rec['application']!r}, not {c.application!r}")
     profile = body["properties"]["publishingProfile"]
-    check_manage_actions(sample, profile.get("manageActions", {}), canonical)
+    check_manage_actions(sample, profile.get("manageActions", {}), canonical, c)
     settings = profile.get("settings", {})
-    for key, want in (("packageFileName", PACKAGE_FILE_NAME), ("configFileName", CONFIG_FILE_NAME)):
+    for key, want in (("packageFileName", c.package_file_name), ("configFileName", CONFIG_FILE_NAME)):
         if settings.get(key) != want:
             raise SampleError(f"{sample}: settings.{key} is {settings.get(key)!r}, not {want!r}")
     if not profile["source"].get("defaultConfigurationLink"):
@@ -209,13 +254,19 @@ def check_version(sample, rec, canonical):
         )
 
 
-def check_attachment(sample, rec):
+def check_attachment(sample, rec, c):
     what = f"the {rec['target']} {rec['name']!r}"
     validate(sample, f"{what}'s applicationProfile", rec["profile"], "ComputeRP.ApplicationProfile")
+    other = next((o for o in CONTRACTS.values() if o != c), None)
+    if other and other.os_configuration in (rec.get("os_profile") or {}):
+        raise SampleError(
+            f"{sample}: {what} has an osProfile.{other.os_configuration}: it is a {other.os_type} machine, and"
+            f" {c.application} is a {c.os_type} application"
+        )
     apps = rec["profile"].get("galleryApplications", [])
-    kvvm = [a for a in apps if _reference(a).get("application") == APPLICATION_NAME]
+    kvvm = [a for a in apps if _reference(a).get("application") == c.application]
     if len(kvvm) != 1:
-        raise SampleError(f"{sample}: {what} attaches {len(kvvm)} kvvm gallery applications: {apps}")
+        raise SampleError(f"{sample}: {what} attaches {len(kvvm)} {c.application} gallery applications: {apps}")
     app = kvvm[0]
     ref = _reference(app)
     if not (VERSION_NAME.match(ref["version"]) or ref["version"] == "latest"):
@@ -245,14 +296,14 @@ def record(sample, sources, how, kind, **fields):
     return {"sample": sample, "sources": sources, "how": how, "kind": kind, **fields}
 
 
-def check_records(sample, records, canonical):
+def check_records(sample, records, canonical, c):
     for rec in records:
         if rec["kind"] == "application":
-            check_application(sample, rec)
+            check_application(sample, rec, c)
         elif rec["kind"] == "version":
-            check_version(sample, rec, canonical)
+            check_version(sample, rec, canonical, c)
         elif rec["kind"] == "attachment":
-            check_attachment(sample, rec)
+            check_attachment(sample, rec, c)
     return records
 
 
@@ -384,7 +435,7 @@ def _api_version(sample, rtype, api):
         )
 
 
-def arm(path, rel, root):
+def arm(path, rel, root, c):
     template = json.loads(path.read_text())
     ev = ArmExpression(rel, template)
     recs = []
@@ -398,16 +449,17 @@ def arm(path, rel, root):
             recs.append(record(rel, [rel], "ARM template: json, expressions evaluated", "application",
                                gallery=parts[0], name=parts[1], body=_without(body, "identity", "sku")))
         elif rtype == "Microsoft.Compute/galleries/applications/versions":
-            recs.append(record(rel, [rel, "vmapp/manage-actions.json"], "ARM template: json, expressions evaluated",
+            recs.append(record(rel, [rel, c.manage_actions], "ARM template: json, expressions evaluated",
                                "version", application=parts[1], name=parts[2], body=_without(body, "identity", "sku")))
         elif rtype == "Microsoft.Compute/virtualMachines":
             recs.append(record(rel, [rel], "ARM template: json, expressions evaluated", "attachment", target="vm",
                                name=name, profile=body["properties"]["applicationProfile"],
-                               identity=body.get("identity")))
+                               identity=body.get("identity"), os_profile=body["properties"].get("osProfile")))
         elif rtype == "Microsoft.Compute/virtualMachineScaleSets":
+            profile = body["properties"]["virtualMachineProfile"]
             recs.append(record(rel, [rel], "ARM template: json, expressions evaluated", "attachment", target="vmss",
-                               name=name, profile=body["properties"]["virtualMachineProfile"]["applicationProfile"],
-                               identity=body.get("identity")))
+                               name=name, profile=profile["applicationProfile"],
+                               identity=body.get("identity"), os_profile=profile.get("osProfile")))
     return recs
 
 
@@ -507,7 +559,7 @@ class BicepValues:
         raise SampleError(f"{self.sample}: the Bicep function {f['type']} cannot be evaluated here")
 
 
-def bicep(path, rel, root):
+def bicep(path, rel, root, c):
     doc = BicepParser().parse(file_path=path)
     ev = BicepValues(rel, doc)
     recs = []
@@ -524,15 +576,17 @@ def bicep(path, rel, root):
                                body=_without(body, "identity")))
         elif rtype == "Microsoft.Compute/galleries/applications/versions":
             app = ev.resource(str(config["parent"]))["name"] if "parent" in config else None
-            recs.append(record(rel, [rel, "vmapp/manage-actions.json"], how, "version", application=app,
+            recs.append(record(rel, [rel, c.manage_actions], how, "version", application=app,
                                name=ev.value(config["name"]), body=_without(body, "identity")))
         elif rtype == "Microsoft.Compute/virtualMachines":
             recs.append(record(rel, [rel], how, "attachment", target="vm", name=ev.value(config["name"]),
-                               profile=body["properties"]["applicationProfile"], identity=body.get("identity")))
+                               profile=body["properties"]["applicationProfile"], identity=body.get("identity"),
+                               os_profile=body["properties"].get("osProfile")))
         elif rtype == "Microsoft.Compute/virtualMachineScaleSets":
+            profile = body["properties"]["virtualMachineProfile"]
             recs.append(record(rel, [rel], how, "attachment", target="vmss", name=ev.value(config["name"]),
-                               profile=body["properties"]["virtualMachineProfile"]["applicationProfile"],
-                               identity=body.get("identity")))
+                               profile=profile["applicationProfile"], identity=body.get("identity"),
+                               os_profile=profile.get("osProfile")))
     return recs
 
 
@@ -593,8 +647,10 @@ TF_GALLERY_APPLICATION_VERSION = {
         },
     },
 }
-# The gallery_application block: azurerm_linux_virtual_machine has all six; azurerm_linux_virtual_machine_scale_set
-# only version_id, configuration_blob_uri, order and tag (and each forces a new scale set).
+# The gallery_application block: azurerm_linux_virtual_machine and azurerm_windows_virtual_machine have all six;
+# azurerm_linux_virtual_machine_scale_set and azurerm_windows_virtual_machine_scale_set only version_id,
+# configuration_blob_uri, order and tag (and each forces a new scale set). The Linux and Windows resources'
+# documentation describes the block alike (windows_virtual_machine*.html.markdown at the same HEAD).
 TF_VM_GALLERY_APPLICATION = {
     "version_id": "packageReferenceId",
     "automatic_upgrade_enabled": "enableAutomaticUpgrade",
@@ -724,8 +780,12 @@ def _tf_map(sample, where, body, mapping, values):
     return out
 
 
+TF_VM_TYPES = {"azurerm_linux_virtual_machine", "azurerm_windows_virtual_machine"}
+TF_VMSS_TYPES = {"azurerm_linux_virtual_machine_scale_set", "azurerm_windows_virtual_machine_scale_set"}
+
+
 def _tf_attachment(rel, where, rtype, body, values):
-    mapping = TF_VM_GALLERY_APPLICATION if rtype == "azurerm_linux_virtual_machine" else TF_VMSS_GALLERY_APPLICATION
+    mapping = TF_VM_GALLERY_APPLICATION if rtype in TF_VM_TYPES else TF_VMSS_GALLERY_APPLICATION
     apps = []
     for ga in body.get("gallery_application", []):
         app = {}
@@ -741,7 +801,7 @@ def _tf_attachment(rel, where, rtype, body, values):
     for ident in body.get("identity", []):
         ids = values.value(ident.get("identity_ids", []))
         identity = {"type": values.value(ident["type"]), "userAssignedIdentities": {i: {} for i in ids}}
-    target = "vm" if rtype == "azurerm_linux_virtual_machine" else "vmss"
+    target = "vm" if rtype in TF_VM_TYPES else "vmss"
     extra = {}
     if target == "vmss":
         extra = {
@@ -753,7 +813,7 @@ def _tf_attachment(rel, where, rtype, body, values):
                   identity=identity, **extra)
 
 
-def terraform(path, rel, root):
+def terraform(path, rel, root, c):
     doc = hcl2.loads(path.read_text(), serialization_options=TF_OPTIONS)
     values = TerraformValues(rel, doc)
     recs = []
@@ -771,10 +831,15 @@ def terraform(path, rel, root):
                 elif rtype == "azurerm_gallery_application_version":
                     rest = _tf_map(rel, where, body, TF_GALLERY_APPLICATION_VERSION, values)
                     app = values.value(body["gallery_application_id"]).rsplit("/", 1)[-1]
-                    recs.append(record(rel, [rel, "vmapp/manage-actions.json"], how, "version", application=app,
+                    recs.append(record(rel, [rel, c.manage_actions], how, "version", application=app,
                                        name=values.value(body["name"]), body=rest))
-                elif rtype in ("azurerm_linux_virtual_machine", "azurerm_linux_virtual_machine_scale_set"):
+                elif rtype in (c.tf_vm, c.tf_vmss):
                     recs.append(_tf_attachment(rel, where, rtype, body, values))
+                elif rtype in TF_VM_TYPES | TF_VMSS_TYPES:
+                    raise SampleError(
+                        f"{rel}: {where}: a {c.os_type} sample's machines are {c.tf_vm} and {c.tf_vmss}"
+                        f" ({c.application} is a {c.os_type} application)"
+                    )
     return recs
 
 
@@ -923,7 +988,7 @@ AZ_TARGET_REGION = {"name": ("name", str), "regional-replica-count": ("regionalR
                     "storage-account-type": ("storageAccountType", str)}
 
 
-def _az_records(rel, calls, how):
+def _az_records(rel, calls, how, contract):
     recs, identities = [], {}
     for call in calls:
         c, o = call["command"], call["opts"]
@@ -966,7 +1031,7 @@ def _az_records(rel, calls, how):
                 profile["targetRegions"] = regions
             if "--exclude-from" in o:
                 profile["excludeFromLatest"] = _az_bool(rel, o["--exclude-from"], "--exclude-from")
-            recs.append(record(rel, [rel, "vmapp/manage-actions.json"], how, "version",
+            recs.append(record(rel, [rel, contract.manage_actions], how, "version",
                                application=_opt(o, "--application-name", "--gallery-application-name"),
                                name=_opt(o, "--version-name", "--name", "-n", "--gallery-application-version-name"),
                                body={"location": _opt(o, "--location", "-l"),
@@ -1003,7 +1068,7 @@ def _az_records(rel, calls, how):
     return recs
 
 
-def bash(path, rel, root):
+def bash(path, rel, root, c):
     with tempfile.TemporaryDirectory() as tmp:
         stub = Path(tmp) / "az"
         stub.write_text(AZ_STUB)
@@ -1015,7 +1080,7 @@ def bash(path, rel, root):
         if run.returncode != 0:
             raise SampleError(f"{rel}: bash exited {run.returncode}: {run.stderr.strip()}")
         calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    return _az_records(rel, calls, "bash, run with a stub az on PATH that knows each command's flags")
+    return _az_records(rel, calls, "bash, run with a stub az on PATH that knows each command's flags", c)
 
 
 # ---- PowerShell (read, not run) --------------------------------------------------------------------------------
@@ -1241,7 +1306,7 @@ class PowerShell:
         return None
 
 
-def powershell(path, rel, root):
+def powershell(path, rel, root, c):
     ps = PowerShell(rel)
     ps.run(path.read_text())
     recs, how = [], "PowerShell: cmdlet parameters read and mapped (pwsh not installable here)"
@@ -1270,7 +1335,7 @@ def powershell(path, rel, root):
                         raise SampleError(f"{rel}: -TargetRegion has no key {sorted(unknown)}")
                     regions.append({PS_TARGET_REGION[k]: v for k, v in table.items()})
                 profile["targetRegions"] = regions
-            recs.append(record(rel, [rel, "vmapp/manage-actions.json"], how, "version",
+            recs.append(record(rel, [rel, c.manage_actions], how, "version",
                                application=p["GalleryApplicationName"], name=p["Name"],
                                body={"location": p["Location"], "properties": {"publishingProfile": profile}}))
         elif name in ("Update-AzVM", "Update-AzVmss"):
@@ -1289,14 +1354,14 @@ def powershell(path, rel, root):
 # ---- the two JSON files ------------------------------------------------------------------------------------------
 
 
-def manage_actions_file(path, rel, root):
+def manage_actions_file(path, rel, root, c):
     actions = json.loads(path.read_text())
     validate(rel, "manage-actions.json", actions, "GalleryRP.UserArtifactManage")
-    check_manage_actions(rel, actions, canonical_manage_actions(root))
+    check_manage_actions(rel, actions, canonical_manage_actions(root, c), c)
     problems = []
     for action, command in actions.items():
-        if PACKAGE_FILE_NAME not in command:
-            problems.append(f"{action} does not unpack {PACKAGE_FILE_NAME} (settings.packageFileName)")
+        if c.package_file_name not in command:
+            problems.append(f"{action} does not {c.package_use} {c.package_file_name} (settings.packageFileName)")
         if action != "remove" and CONFIG_FILE_NAME not in command:
             problems.append(f"{action} does not pass {CONFIG_FILE_NAME} (settings.configFileName)")
     if problems:
@@ -1308,16 +1373,21 @@ EXTRACTORS = {".json": arm, ".bicep": bicep, ".tf": terraform, ".sh": bash, ".ps
 
 
 def extract(path, rel, root):
-    """(settings samples for kvvm's parser, VM Application records) of one file under vmapp/."""
+    """(settings samples for kvvm's parser, VM Application records) of one file under vmapp/ or vmapp-windows/.
+    A settings sample names the OS whose kvvm reads it (`platform`: Linux or Windows)."""
+    c = contract_of(rel)
     if path.name == "manage-actions.json":
-        return [], manage_actions_file(path, rel, root)
+        return [], manage_actions_file(path, rel, root, c)
     if path.name == CONFIG_FILE_NAME:
         return [{"sample": rel, "sources": [rel], "how": "VM Application configuration file: json",
-                 "form": "public", "settings": json.loads(path.read_text()), "extension": None}], []
+                 "form": "public", "platform": c.os_type, "settings": json.loads(path.read_text()),
+                 "extension": None}], []
     extractor = EXTRACTORS.get(path.suffix)
     if extractor is None:
         raise SampleError(f"{rel}: no VM Application extraction for {path.suffix} files")
-    recs = extractor(path, rel, root)
+    recs = extractor(path, rel, root, c)
     if not recs:
-        raise SampleError(f"{rel}: neither publishes a kvvm version nor attaches kvvm to a VM or scale set")
-    return [], check_records(rel, recs, canonical_manage_actions(root))
+        raise SampleError(
+            f"{rel}: neither publishes a {c.application} version nor attaches {c.application} to a VM or scale set"
+        )
+    return [], check_records(rel, recs, canonical_manage_actions(root, c), c)

@@ -5,6 +5,7 @@
 pub(crate) mod paths;
 pub(crate) mod process;
 pub(crate) mod users;
+pub(crate) mod vmapp;
 
 use std::path::{Path, PathBuf};
 use std::sync::RwLockWriteGuard;

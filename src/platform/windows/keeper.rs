@@ -40,7 +40,7 @@ use crate::platform::keep_alive::{
 /// The worker's service: what `sc.exe query kvvm` shows.
 pub(crate) const SERVICE: &str = "kvvm";
 /// How the Services console lists it.
-const DISPLAY_NAME: &str = "kvvm (Azure Key Vault certificates)";
+pub(crate) const DISPLAY_NAME: &str = "kvvm (Azure Key Vault certificates)";
 /// The keeper's lock (one keeper per state folder, service or console).
 const LOCK_FILE: &str = "worker.lock";
 /// The poller's own lock (one poller, even while one whose keeper was killed is still exiting).
@@ -53,8 +53,9 @@ const POLLER_PATIENCE: Duration = Duration::from_secs(10);
 const NOT_A_SERVICE: i32 = 1063;
 /// How long the service control manager is told a stop may take: the poller's grace and a little more.
 const STOP_HINT: Duration = Duration::from_secs(10);
-/// `CREATE_NO_WINDOW`: the poller gets no console window of its own.
-const CREATE_NO_WINDOW: u32 = 0x0800_0000;
+/// `DETACHED_PROCESS`: the poller gets no console (its output goes to a file, and its keeper, not Ctrl+C,
+/// tells it to stop).
+const DETACHED_PROCESS: u32 = 0x0000_0008;
 
 /// Why the worker could not be started, stopped or asked, or could not run.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +79,16 @@ pub enum KeeperError {
         /// Why.
         source: io::Error,
     },
+    /// The service is the kvvm VM Application's (see `vmapp`): one kvvm per machine.
+    #[error(
+        "the Windows service {SERVICE} runs {exe}, the kvvm VM Application's: it already keeps certificates on \
+         this machine. One kvvm per machine: remove the VM Application from the VM (`kvvm.exe vmapp remove`), or \
+         remove this extension"
+    )]
+    Taken {
+        /// What the service runs.
+        exe: PathBuf,
+    },
     /// The service could not talk to the service control manager.
     #[error(
         "the worker cannot answer the service control manager: {source}; run it as the Windows service {SERVICE} \
@@ -97,6 +108,7 @@ impl KeeperError {
             KeeperError::DataDir { .. } => "worker-state-dir",
             KeeperError::Spawn { .. } => "worker-spawn-failed",
             KeeperError::Dispatcher { .. } => "service-dispatcher",
+            KeeperError::Taken { .. } => "service-taken",
         }
     }
 }
@@ -109,6 +121,15 @@ pub(crate) struct Keeper {
 }
 
 impl Keeper {
+    /// [`KeeperError::Taken`] when the service is the kvvm VM Application's (`kvvm.exe vmapp`): the extension
+    /// and the application are one service each would own, so neither touches the other's.
+    fn not_the_application(&self) -> Result<(), KeeperError> {
+        match self.service.executable()? {
+            Some(exe) if super::vmapp::is_ours(&exe) => Err(KeeperError::Taken { exe }),
+            _ => Ok(()),
+        }
+    }
+
     fn data_err(&self, source: io::Error) -> KeeperError {
         KeeperError::DataDir {
             path: self.dir.clone(),
@@ -139,21 +160,31 @@ impl KeepAlive for Keeper {
         _extension_dir: &Path,
         _stderr_log: &Path,
     ) -> Result<StartOutcome, KeeperError> {
+        self.not_the_application()?;
         Ok(self
             .service
             .start(DISPLAY_NAME, exe, &[OsString::from("worker")])?)
     }
 
     fn notify_reload(&self) -> Result<bool, KeeperError> {
+        self.not_the_application()?;
         Ok(self.service.notify_reload()?)
     }
 
+    /// Stops the service, unless it is the VM Application's (the extension then has no worker to stop).
     fn stop(&self, grace: Duration) -> Result<StopOutcome, KeeperError> {
+        if self.not_the_application().is_err() {
+            log::warn!("the Windows service {SERVICE} is the kvvm VM Application's: left alone");
+            return Ok(StopOutcome::NotRunning);
+        }
         Ok(self.service.stop(grace)?)
     }
 
-    /// Stops the service and deletes it; what it installed stays.
+    /// Stops the service and deletes it (unless it is the VM Application's); what it installed stays.
     fn remove(&self, grace: Duration) -> Result<StopOutcome, KeeperError> {
+        if self.not_the_application().is_err() {
+            return self.stop(grace);
+        }
         let outcome = self.stop(grace)?;
         if self.service.remove(grace)? {
             log::info!("the Windows service {SERVICE} was deleted");
@@ -178,6 +209,14 @@ impl KeepAlive for Keeper {
         };
         // A writer killed mid-write (a killed poller) leaves a temp file beside the file it replaced.
         crate::files::remove_stale_temp_files(&self.dir);
+        // A service has no stderr: a panic (which aborts, and the service control manager restarts the
+        // service) would leave no trace but in the log.
+        let report_panic = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |panic| {
+            log::error!("the worker failed: {panic}");
+            log::logger().flush();
+            report_panic(panic);
+        }));
         let wake = Events::connect()?;
         let stderr_log = host.log_folder().join(STDERR_LOG);
         let exits = wake.sender();
@@ -478,7 +517,7 @@ fn spawn_poller(
         .stdin(Stdio::piped())
         .stdout(stderr.try_clone()?)
         .stderr(stderr)
-        .creation_flags(CREATE_NO_WINDOW);
+        .creation_flags(DETACHED_PROCESS);
     if let Some(dir) = exe.parent() {
         command.current_dir(dir);
     }

@@ -9,6 +9,7 @@ mod keeper;
 pub(crate) mod paths;
 pub(crate) mod process;
 pub(crate) mod service;
+pub(crate) mod vmapp;
 
 pub(crate) use cert_destination::{Destination, DestinationError};
 pub(crate) use keeper::{Keeper, KeeperError as KeepAliveError};

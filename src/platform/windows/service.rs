@@ -9,7 +9,7 @@
 //! The service's own side (the dispatcher, and the requests it hands the poller) comes with `kvvm.exe`.
 
 use std::ffi::{OsStr, OsString};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -322,19 +322,36 @@ impl WindowsService {
         Ok(true)
     }
 
-    /// The command line the service runs (its executable, then its arguments; `None`: no such service).
-    #[cfg(test)]
-    pub(crate) fn command_line(&self) -> Result<Option<std::path::PathBuf>, ServiceError> {
+    /// The command line the service runs: its executable (quoted when its path has a space), then its
+    /// arguments (`None`: no such service).
+    pub(crate) fn command_line(&self) -> Result<Option<String>, ServiceError> {
         let Some(service) = self.open(ServiceAccess::QUERY_CONFIG)? else {
             return Ok(None);
         };
-        Ok(Some(
-            service
-                .query_config()
-                .map_err(self.err("query"))?
-                .executable_path,
-        ))
+        let config = service.query_config().map_err(self.err("query"))?;
+        Ok(Some(config.executable_path.to_string_lossy().into_owned()))
     }
+
+    /// The executable the service runs (`None`: no such service).
+    pub(crate) fn executable(&self) -> Result<Option<PathBuf>, ServiceError> {
+        Ok(self.command_line()?.map(|line| executable_of(&line)))
+    }
+}
+
+/// The executable of a service's command line: the quoted first word, else everything up to `.exe` (how the
+/// service control manager reads an unquoted path with spaces), else the first word.
+pub(crate) fn executable_of(command_line: &str) -> PathBuf {
+    let line = command_line.trim_start();
+    if let Some(quoted) = line.strip_prefix('"') {
+        return PathBuf::from(quoted.split('"').next().unwrap_or_default());
+    }
+    let end = line
+        .to_ascii_lowercase()
+        .find(".exe")
+        .map(|i| i + ".exe".len())
+        .or_else(|| line.find(' '))
+        .unwrap_or(line.len());
+    PathBuf::from(&line[..end])
 }
 
 /// Ends the process `pid` (a service that did not stop in its grace period).
@@ -378,6 +395,25 @@ mod tests {
         while !done() {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             thread::sleep(POLL);
+        }
+    }
+
+    #[test]
+    fn the_executable_is_read_from_a_command_line_as_the_service_control_manager_reads_it() {
+        for (line, exe) in [
+            (
+                r#""C:\Program Files\kvvm\0.1.0\kvvm.exe" service --settings C:\ProgramData\kvvm\settings.json"#,
+                r"C:\Program Files\kvvm\0.1.0\kvvm.exe",
+            ),
+            (
+                r"C:\Packages\Plugins\Microsoft.Azure.KeyVault.KeyVaultForWindows\3.0\kvvm.exe worker",
+                r"C:\Packages\Plugins\Microsoft.Azure.KeyVault.KeyVaultForWindows\3.0\kvvm.exe",
+            ),
+            (r"C:\Program Files\x\X.EXE -k", r"C:\Program Files\x\X.EXE"),
+            (r"C:\tools\svc run", r"C:\tools\svc"),
+            (r#""C:\a b\c.exe""#, r"C:\a b\c.exe"),
+        ] {
+            assert_eq!(executable_of(line), PathBuf::from(exe), "{line}");
         }
     }
 
@@ -451,9 +487,10 @@ mod tests {
             Err(e) => panic!("{e}"),
         }
         drop(opened);
+        assert_eq!(service.executable().unwrap(), Some(exe.clone()));
         let line = service.command_line().unwrap().unwrap();
         assert_eq!(
-            line.display().to_string(),
+            line,
             format!("{} {}", exe.display(), record.display()),
             "the executable, then its arguments"
         );
@@ -472,7 +509,7 @@ mod tests {
 
         assert!(service.remove(Duration::from_secs(10)).unwrap());
         assert_eq!(service.state().unwrap(), Supervision::Stopped);
-        assert_eq!(service.command_line().unwrap(), None);
+        assert_eq!(service.executable().unwrap(), None);
         assert!(!service.remove(Duration::from_secs(10)).unwrap());
     }
 }

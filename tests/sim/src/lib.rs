@@ -15,6 +15,7 @@ pub mod tls;
 pub mod vault;
 pub mod vm;
 pub mod waagent;
+pub mod windows;
 pub mod wireserver;
 
 /// The file `name` that `make package` writes into `dist/` at the workspace root. Panics with the fix when it
