@@ -144,6 +144,12 @@ pub(crate) fn run(hook: &Hook, changed: &[Installed]) -> Result<HookRun, HookErr
         if let Some(dir) = &first.dir {
             command.env("KVVM_CERTIFICATE_DIR", dir);
         }
+        // Windows: the version is `Cert:\<Location>\<Store>\<thumbprint>`; scripts (`netsh http update sslcert`,
+        // `Get-Item Cert:\…`) want the thumbprint itself.
+        #[cfg(windows)]
+        if let Some(thumbprint) = first.file.file_name() {
+            command.env("KVVM_CERTIFICATE_THUMBPRINT", thumbprint);
+        }
     }
     let links: Vec<String> = changed
         .iter()
@@ -461,19 +467,26 @@ mod tests {
     #[test]
     #[cfg(windows)]
     fn on_windows_the_line_runs_in_cmd_with_the_certificate_in_its_environment() {
+        let mut cert = installed("a");
+        cert.file =
+            PathBuf::from(r"Cert:\LocalMachine\MY\0A1B2C3D4E5F60718293A4B5C6D7E8F901234567");
         let run = run(
             &hook(
-                &["echo %KVVM_CERTIFICATE_VERSION%^|%KVVM_CERTIFICATE_URL% & echo two 1>&2 & exit /B 3"],
+                &[
+                    "echo %KVVM_CERTIFICATE_VERSION%^|%KVVM_CERTIFICATE_URL%^|%KVVM_CERTIFICATE_THUMBPRINT% & \
+                     echo two 1>&2 & exit /B 3",
+                ],
                 true,
                 TIMEOUT,
             ),
-            &[installed("a")],
+            &[cert],
         )
         .unwrap();
         assert_eq!(run.exit_code, Some(3), "{run:?}");
         assert!(
-            run.output_tail
-                .contains("0123|https://v.vault.azure.net/secrets/a"),
+            run.output_tail.contains(
+                "0123|https://v.vault.azure.net/secrets/a|0A1B2C3D4E5F60718293A4B5C6D7E8F901234567"
+            ),
             "{run:?}"
         );
         assert!(run.output_tail.contains("two"), "{run:?}");
