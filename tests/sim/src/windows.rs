@@ -75,6 +75,10 @@ impl WineMachine {
             assert!(Path::new(tool).exists(), "{tool} is missing: run make deps");
         }
         let booted = workspace().join("target/windows/wine");
+        // Tests start at once: one of them makes the prefix (a fresh clone has none), the others wait for it.
+        fs::create_dir_all(workspace().join("target/windows")).unwrap();
+        let lock = File::create(workspace().join("target/windows/wine.lock")).unwrap();
+        lock.lock().expect("lock target/windows/wine.lock");
         if !booted
             .join("drive_c/windows/system32/bcryptprimitives.dll")
             .exists()
