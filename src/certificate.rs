@@ -856,3 +856,72 @@ fn read_pem(name: &str, value: &str) -> Result<(Vec<Vec<u8>>, Vec<FoundKey>), Ce
     }
     Ok((certs, keys))
 }
+
+/// The names a certificate is for, from its subjectAltName extension, each as `DNS:<name>` (lower-case),
+/// `IP:<address>`, `email:<address>` or `URI:<uri>` (other kinds as `other:` and their encoding); empty when it
+/// has none or cannot be read.
+#[cfg_attr(unix, allow(dead_code, reason = "Windows' renewal links use it"))]
+pub(crate) fn subject_alt_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .map(|name| match name {
+            GeneralName::DNSName(dns) => format!("DNS:{}", dns.to_ascii_lowercase()),
+            GeneralName::IPAddress(ip) => match <[u8; 4]>::try_from(*ip) {
+                Ok(v4) => format!("IP:{}", std::net::Ipv4Addr::from(v4)),
+                Err(_) => match <[u8; 16]>::try_from(*ip) {
+                    Ok(v6) => format!("IP:{}", std::net::Ipv6Addr::from(v6)),
+                    Err(_) => format!("IP:{}", hex_lower(ip)),
+                },
+            },
+            GeneralName::RFC822Name(mail) => format!("email:{}", mail.to_ascii_lowercase()),
+            GeneralName::URI(uri) => format!("URI:{uri}"),
+            other => format!("other:{other:?}"),
+        })
+        .collect()
+}
+
+/// Whether a certificate for the names `new` renews one for `old` (Microsoft's rule for renewal links: every
+/// name of the old one is in the new one). A certificate with no names renews nothing: nothing would say that
+/// the new one serves what the old one served.
+#[cfg_attr(unix, allow(dead_code, reason = "Windows' renewal links use it"))]
+pub(crate) fn names_carry_over(old: &[String], new: &[String]) -> bool {
+    !old.is_empty() && old.iter().all(|name| new.contains(name))
+}
+
+#[cfg(test)]
+mod renewal_tests {
+    use super::names_carry_over;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_renewal_keeps_every_name_of_the_old_certificate() {
+        let web = names(&["DNS:web.example.com"]);
+        let web_www = names(&["DNS:www.example.com", "DNS:web.example.com"]);
+        let other = names(&["DNS:other.example.com"]);
+        // The same names, or more: a renewal.
+        assert!(names_carry_over(&web, &web));
+        assert!(names_carry_over(&web, &web_www));
+        // A name dropped, or other names: not a renewal.
+        assert!(!names_carry_over(&web_www, &web));
+        assert!(!names_carry_over(&web, &other));
+        // No names at all says nothing.
+        assert!(!names_carry_over(&[], &web));
+        assert!(!names_carry_over(&web, &[]));
+        // Kinds are not mixed: an address is not a DNS name.
+        assert!(!names_carry_over(
+            &names(&["IP:10.0.0.1"]),
+            &names(&["DNS:10.0.0.1"])
+        ));
+    }
+}

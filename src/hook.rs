@@ -35,6 +35,8 @@ pub(crate) struct Installed {
     pub version: String,
     /// The version folder's link (`<link>.d`), when `additionalFormats` writes one.
     pub dir: Option<PathBuf>,
+    /// The version this one replaced (its file; Windows: `Cert:\<Location>\<Store>\<thumbprint>`), if any.
+    pub previous: Option<PathBuf>,
 }
 
 /// How a run ended.
@@ -144,11 +146,19 @@ pub(crate) fn run(hook: &Hook, changed: &[Installed]) -> Result<HookRun, HookErr
         if let Some(dir) = &first.dir {
             command.env("KVVM_CERTIFICATE_DIR", dir);
         }
+        if let Some(previous) = &first.previous {
+            command.env("KVVM_PREVIOUS_FILE", previous);
+        }
         // Windows: the version is `Cert:\<Location>\<Store>\<thumbprint>`; scripts (`netsh http update sslcert`,
-        // `Get-Item Cert:\…`) want the thumbprint itself.
+        // `Get-Item Cert:\…`) want the thumbprints themselves, the new and the one it replaced.
         #[cfg(windows)]
-        if let Some(thumbprint) = first.file.file_name() {
-            command.env("KVVM_CERTIFICATE_THUMBPRINT", thumbprint);
+        for (var, file) in [
+            ("KVVM_CERTIFICATE_THUMBPRINT", Some(&first.file)),
+            ("KVVM_PREVIOUS_THUMBPRINT", first.previous.as_ref()),
+        ] {
+            if let Some(thumbprint) = file.and_then(|f| f.file_name()) {
+                command.env(var, thumbprint);
+            }
         }
     }
     let links: Vec<String> = changed
@@ -340,6 +350,7 @@ mod tests {
             file: PathBuf::from(format!("/store/v.{name}.0123")),
             version: "0123".into(),
             dir: None,
+            previous: None,
         }
     }
 
@@ -362,18 +373,18 @@ mod tests {
             "KVVM_CERTIFICATE_FILE",
             "KVVM_CERTIFICATE_VERSION",
             "KVVM_CERTIFICATE_URL",
+            "KVVM_PREVIOUS_FILE",
             "KVVM_CHANGED_LINKS",
         ];
         let argv: Vec<&str> = std::iter::once("printenv").chain(vars).collect();
-        let run = run(
-            &hook(&argv, false, TIMEOUT),
-            &[installed("a"), installed("b")],
-        )
-        .unwrap();
+        let mut first = installed("a");
+        first.previous = Some(PathBuf::from("/store/v.a.0012"));
+        let run = run(&hook(&argv, false, TIMEOUT), &[first, installed("b")]).unwrap();
         assert!(run.success(), "{run:?}");
         assert_eq!(
             run.output_tail,
-            "/store/v.a\n/store/v.a.0123\n0123\nhttps://v.vault.azure.net/secrets/a\n/store/v.a\n/store/v.b\n"
+            "/store/v.a\n/store/v.a.0123\n0123\nhttps://v.vault.azure.net/secrets/a\n/store/v.a.0012\n/store/v.a\n\
+             /store/v.b\n"
         );
     }
 
@@ -470,11 +481,14 @@ mod tests {
         let mut cert = installed("a");
         cert.file =
             PathBuf::from(r"Cert:\LocalMachine\MY\0A1B2C3D4E5F60718293A4B5C6D7E8F901234567");
+        cert.previous = Some(PathBuf::from(
+            r"Cert:\LocalMachine\MY\FFEEDDCCBBAA99887766554433221100FFEEDDCC",
+        ));
         let run = run(
             &hook(
                 &[
-                    "echo %KVVM_CERTIFICATE_VERSION%^|%KVVM_CERTIFICATE_URL%^|%KVVM_CERTIFICATE_THUMBPRINT% & \
-                     echo two 1>&2 & exit /B 3",
+                    "echo %KVVM_CERTIFICATE_VERSION%^|%KVVM_CERTIFICATE_URL%^|%KVVM_CERTIFICATE_THUMBPRINT%^|\
+                     %KVVM_PREVIOUS_THUMBPRINT% & echo two 1>&2 & exit /B 3",
                 ],
                 true,
                 TIMEOUT,
@@ -485,7 +499,8 @@ mod tests {
         assert_eq!(run.exit_code, Some(3), "{run:?}");
         assert!(
             run.output_tail.contains(
-                "0123|https://v.vault.azure.net/secrets/a|0A1B2C3D4E5F60718293A4B5C6D7E8F901234567"
+                "0123|https://v.vault.azure.net/secrets/a|0A1B2C3D4E5F60718293A4B5C6D7E8F901234567|\
+                 FFEEDDCCBBAA99887766554433221100FFEEDDCC"
             ),
             "{run:?}"
         );

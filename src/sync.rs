@@ -107,6 +107,8 @@ pub struct SyncOptions {
     pub retained_versions: u32,
     /// Where the stores' lock files go: the destination's lock folder in kvvm's state folder.
     pub lock_dir: PathBuf,
+    /// Windows: mark a new version's previous one as renewed by it (`linkOnRenewal`).
+    pub link_on_renewal: bool,
 }
 
 /// Brings one certificate up to date.
@@ -144,6 +146,7 @@ pub(crate) fn check(
         acls: options.acl_enabled,
         retained_versions: options.retained_versions,
         lock_dir: &options.lock_dir,
+        link_on_renewal: options.link_on_renewal,
     });
     if known.has_not_after
         && known.version == Some(secret.version.as_str())

@@ -1026,7 +1026,7 @@ fn windows_and_unknown_settings_are_warnings() {
             "linkOnRenewal": false,
             "observedCertificates": [
                 {"url": "https://v.vault.azure.net/secrets/c", "certificateStoreName": "My", "keyExportable": true,
-                 "acls": [{"user": "app1", "rights": "read"}]}
+                 "accounts": ["Network Service"], "acls": [{"user": "app1", "rights": "read"}]}
             ]
         },
         "authenticationSettings": {"msiEndpoint": "", "msiClientId": ""},
@@ -1038,9 +1038,10 @@ fn windows_and_unknown_settings_are_warnings() {
             "extraTopLevel is not a KeyVaultForLinux setting and is ignored",
             "secretsManagementSettings.linkOnRenewal is ignored on Linux: it is a Windows certificate store option",
             "secretsManagementSettings.certificateStoreName is ignored on Linux: it names a Windows certificate store; certificates go to certificateStoreLocation",
-            "secretsManagementSettings.observedCertificates[0].keyExportable is not a KeyVaultForLinux setting and is ignored",
             "secretsManagementSettings.observedCertificates[0].certificateStoreName is ignored on Linux: it names a Windows certificate store; certificates go to certificateStoreLocation",
             "secretsManagementSettings.observedCertificates[0].acls[0].rights is not a KeyVaultForLinux setting and is ignored",
+            "secretsManagementSettings.observedCertificates[0].keyExportable is ignored on Linux: it is a Windows private-key option; on Linux, give users and groups read access with acls (and aclEnabled)",
+            "secretsManagementSettings.observedCertificates[0].accounts is ignored on Linux: it is a Windows private-key option; on Linux, give users and groups read access with acls (and aclEnabled)",
             "secretsManagementSettings.aclEnabled is not true, so the certificates' acls are ignored; set \"aclEnabled\": true to apply them",
             "authenticationSettings.msiEndpoint is empty and is ignored; the default IMDS endpoint is used",
             "authenticationSettings.msiClientId is empty and is ignored; the system-assigned identity is used",

@@ -53,6 +53,7 @@ fn a_cycle_is_parallel_with_one_token_and_bounded_connections_per_vault() {
                 acl_enabled: false,
                 retained_versions: 2,
                 lock_dir: dir.path().join("store-locks"),
+                link_on_renewal: false,
             };
             let certs = &settings.observed_certificates;
 

@@ -2,7 +2,7 @@
 .SYNOPSIS
   Checks on a real Windows machine what kvvm's Windows tests cannot show under Wine: that each observed
   certificate is in its store with its private key, its intermediates in the location's CA store, and its root
-  not added to Root; and the worker's service's recovery actions.
+  not added to Root; who may use its private key (`accounts`); and the worker's service's recovery actions.
 
 .DESCRIPTION
   Wine's crypt32 implements the import and the stores, and kvvm's tests check those under Wine. It does not keep
@@ -11,8 +11,16 @@
   PowerShell on the VM after kvvm has installed the certificates, with the thumbprints `kvvm status --json` (or
   the status file) reports.
 
+  For a certificate whose settings list `accounts`, pass them as -Accounts (once per certificate, with its
+  thumbprints): the private key's file (CNG: %ProgramData%\Microsoft\Crypto\Keys; CAPI:
+  %ProgramData%\Microsoft\Crypto\RSA\MachineKeys; the user's profile for CurrentUser) must give SYSTEM and
+  Administrators full control and each account read, and inherit nothing (platform/windows/key_acl.rs).
+
 .EXAMPLE
   .\verify.ps1 -Location LocalMachine -Store MY -Thumbprint 3D41ED6F291657224B7D28860E96146D5A41A55C
+
+.EXAMPLE
+  .\verify.ps1 -Thumbprint 3D41ED6F291657224B7D28860E96146D5A41A55C -Accounts 'Network Service', 'IIS_IUSRS'
 #>
 param(
     [ValidateSet('LocalMachine', 'CurrentUser')]
@@ -20,6 +28,8 @@ param(
     [string] $Store = 'MY',
     [Parameter(Mandatory = $true)]
     [string[]] $Thumbprint,
+    # The certificate's `accounts`, as its settings list them: each must be able to read its private key.
+    [string[]] $Accounts = @(),
     # The worker's Windows service, whose recovery actions Wine's service manager cannot report.
     [string] $Service = 'kvvm'
 )
@@ -28,6 +38,48 @@ $failed = 0
 function Check([bool] $ok, [string] $what) {
     if ($ok) { Write-Output "ok    $what" } else { Write-Output "FAIL  $what"; $script:failed++ }
 }
+
+# An account's SID as kvvm resolves it: the service accounts by their well-known SIDs (their names are localized),
+# a SID as it is, any other name through Windows (NTAccount.Translate, as LookupAccountName); $null if unknown.
+function AccountSid([string] $Account) {
+    $name = ($Account.Trim() -replace '^NT AUTHORITY\\', '').ToLowerInvariant()
+    if ($name -in 'network service', 'networkservice') { return 'S-1-5-20' }
+    if ($name -in 'local service', 'localservice') { return 'S-1-5-19' }
+    if ($name -in 'system', 'local system', 'localsystem') { return 'S-1-5-18' }
+    try {
+        if ($name -match '^s-1-') { return (New-Object System.Security.Principal.SecurityIdentifier($Account.Trim())).Value }
+        return (New-Object System.Security.Principal.NTAccount($Account.Trim())).Translate(
+            [System.Security.Principal.SecurityIdentifier]).Value
+    } catch { return $null }
+}
+
+# The file that holds a private key: CNG keys by their unique name, CAPI keys by their unique container name.
+function KeyFile($Key) {
+    $base = if ($Location -eq 'LocalMachine') { $env:ProgramData } else { $env:APPDATA }
+    if ($Key -is [System.Security.Cryptography.RSACng] -or $Key -is [System.Security.Cryptography.ECDsaCng]) {
+        return Join-Path "$base\Microsoft\Crypto\Keys" $Key.Key.UniqueName
+    }
+    if ($Key -is [System.Security.Cryptography.ICspAsymmetricAlgorithm]) {
+        $folder = if ($Location -eq 'LocalMachine') { 'MachineKeys' } else {
+            [System.Security.Principal.WindowsIdentity]::GetCurrent().User.Value
+        }
+        return Join-Path "$base\Microsoft\Crypto\RSA\$folder" $Key.CspKeyContainerInfo.UniqueKeyContainerName
+    }
+    return $null
+}
+
+# The rights an ACL allows a SID, as one mask (generic rights as Windows may keep them unmapped).
+function AllowedMask($Rules, [string] $Sid) {
+    $mask = 0
+    foreach ($r in $Rules) {
+        if ($r.AccessControlType -eq 'Allow' -and $r.IdentityReference.Value -eq $Sid) { $mask = $mask -bor [int] $r.FileSystemRights }
+    }
+    return $mask
+}
+$genericAll = 0x10000000
+$genericRead = [int]::MinValue  # 0x80000000
+function IsFull([int] $Mask) { (($Mask -band 0x1F01FF) -eq 0x1F01FF) -or (($Mask -band $genericAll) -ne 0) }
+function IsRead([int] $Mask) { (($Mask -band 0x1) -ne 0) -or (($Mask -band ($genericRead -bor $genericAll)) -ne 0) }
 
 foreach ($t in $Thumbprint) {
     $t = $t.ToUpperInvariant()
@@ -51,6 +103,33 @@ foreach ($t in $Thumbprint) {
             $sig = $key.SignData($data, 'SHA256')
             $pub = [System.Security.Cryptography.X509Certificates.ECDsaCertificateExtensions]::GetECDsaPublicKey($cert)
             Check ($pub.VerifyData($data, $sig, 'SHA256')) "$t's key matches its certificate"
+        }
+    }
+    # Who may use the key (`accounts`): SYSTEM and Administrators full control, each account read, nothing
+    # inherited (kvvm sets a protected DACL, key_acl.rs).
+    if ($Accounts.Count -gt 0 -and $null -ne $key) {
+        $file = KeyFile $key
+        Check ($null -ne $file -and (Test-Path -LiteralPath $file)) "$t's private key file is $file"
+        if ($null -ne $file -and (Test-Path -LiteralPath $file)) {
+            $acl = Get-Acl -LiteralPath $file
+            Write-Output "info  $t's private key ACL: $($acl.GetSecurityDescriptorSddlForm('Access'))"
+            $rules = $acl.GetAccessRules($true, $true, [System.Security.Principal.SecurityIdentifier])
+            Check $acl.AreAccessRulesProtected "$t's private key ACL inherits nothing"
+            Check (IsFull (AllowedMask $rules 'S-1-5-18')) "SYSTEM has full control of $t's private key"
+            Check (IsFull (AllowedMask $rules 'S-1-5-32-544')) "Administrators have full control of $t's private key"
+            $expected = @('S-1-5-18', 'S-1-5-32-544')
+            foreach ($a in $Accounts) {
+                $sid = AccountSid $a
+                Check ($null -ne $sid) "account $a is known to Windows"
+                if ($null -eq $sid) { continue }
+                $expected += $sid
+                Check (IsRead (AllowedMask $rules $sid)) "$a ($sid) can read $t's private key"
+            }
+            foreach ($r in $rules) {
+                if ($r.IdentityReference.Value -notin $expected) {
+                    Write-Output "info  $t's private key also allows $($r.IdentityReference.Value): $($r.AccessControlType) $($r.FileSystemRights)"
+                }
+            }
         }
     }
     # The chain: intermediates in <Location>\CA, the root never added to Root by kvvm.

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Certificates for the Windows tests (run under Wine, where there is no openssl): a root, an intermediate and
 # two leaves it issued, each leaf as a Key Vault PEM secret value (the leaf, the intermediate, the root, then
-# the PKCS#8 key), in DIR: a.pem, b.pem.
+# the PKCS#8 key), in DIR: a.pem, b.pem, c.pem, d.pem.
 set -euo pipefail
 dir=${1:?usage: fixtures.sh DIR}
 rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
@@ -11,11 +11,14 @@ openssl req -x509 -newkey rsa:2048 -nodes -keyout root.key -out root.crt -days $
 openssl req -newkey rsa:2048 -nodes -keyout int.key -out int.csr -subj "/CN=kvvm Windows test intermediate" 2>/dev/null
 printf 'basicConstraints=critical,CA:true\nkeyUsage=critical,keyCertSign,cRLSign\n' > ca.ext
 openssl x509 -req -in int.csr -CA root.crt -CAkey root.key -CAcreateserial -out int.crt -days $days -extfile ca.ext 2>/dev/null
-printf 'basicConstraints=CA:false\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:web.example.com\n' > leaf.ext
-for leaf in a b; do
+# a and b serve the same name, d one more (renewals of a, b); c another name (not a renewal of any).
+for leaf in a:DNS:web.example.com b:DNS:web.example.com c:DNS:other.example.com \
+    d:DNS:web.example.com,DNS:www.example.com; do
+    names=${leaf#*:} leaf=${leaf%%:*}
+    printf 'basicConstraints=CA:false\nextendedKeyUsage=serverAuth\nsubjectAltName=%s\n' "$names" > "$leaf.ext"
     openssl req -newkey rsa:2048 -nodes -keyout "$leaf.key" -out "$leaf.csr" -subj "/CN=web.example.com ($leaf)" 2>/dev/null
     openssl x509 -req -in "$leaf.csr" -CA int.crt -CAkey int.key -CAcreateserial -out "$leaf.crt" -days $days \
-        -extfile leaf.ext 2>/dev/null
+        -extfile "$leaf.ext" 2>/dev/null
     openssl pkcs8 -topk8 -nocrypt -in "$leaf.key" -out "$leaf.p8"
     cat "$leaf.crt" int.crt root.crt "$leaf.p8" > "$leaf.pem"
 done

@@ -15,7 +15,7 @@ use crate::settings::ObservedCertificate;
     windows,
     allow(
         dead_code,
-        reason = "a Windows store keeps every version and grants no accounts yet: issue 26's retainedVersions and accounts"
+        reason = "a Windows store keeps every version (retainedVersions is not built there yet) and takes each certificate's accounts from its key options"
     )
 )]
 pub(crate) struct DestinationOptions<'a> {
@@ -25,6 +25,10 @@ pub(crate) struct DestinationOptions<'a> {
     pub retained_versions: u32,
     /// Where the destination keeps its lock files (in kvvm's state folder).
     pub lock_dir: &'a Path,
+    /// Mark a new version's previous one as renewed by it, when it serves the same names (Windows'
+    /// `linkOnRenewal`; Linux's link always names the newest version).
+    #[cfg_attr(unix, allow(dead_code, reason = "read by the Windows destination"))]
+    pub link_on_renewal: bool,
 }
 
 /// Where an installed version is found: its file, the name applications use, and its folder of other formats.

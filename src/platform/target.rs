@@ -26,5 +26,5 @@ mod implementation;
 
 pub use implementation::{DEFAULT_STORE, StoreTarget};
 pub(crate) use implementation::{
-    EXPECT_LOCATION, EXPECT_NAME, NAMES_A_STORE, default_target, parse, shown,
+    EXPECT_LOCATION, EXPECT_NAME, KEY_STORE_OPTIONS, NAMES_A_STORE, default_target, parse, shown,
 };

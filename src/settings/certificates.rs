@@ -10,7 +10,7 @@ use super::error::SettingsErrorKind;
 use super::json::{escaped_json, expect_array, found, section, shown, string};
 use super::paths::{StoreTarget, link_name, link_setting, store_target};
 use super::raw::RawObservedCertificate;
-use super::sections::{acl_list, additional_formats, post_install_command};
+use super::sections::{acl_list, additional_formats, key_options, post_install_command};
 use super::url::secret_url;
 use super::{Formats, ObservedCertificate, SettingsError};
 use crate::hook::Hook;
@@ -158,6 +158,7 @@ fn url_entry(
             Vec::new(),
             defaults.hook.clone(),
             defaults.formats,
+            super::KeyOptions::default(),
         ),
         url_text: text.to_string(),
         url_path: path.to_string(),
@@ -214,8 +215,14 @@ fn object_entry(
         None => defaults.formats,
         Some(v) => additional_formats(v, &format!("{path}.additionalFormats"))?,
     };
+    let key = key_options(
+        raw.key_exportable.as_ref(),
+        raw.accounts.as_ref(),
+        path,
+        warnings,
+    )?;
     Ok(ParsedCertificate {
-        certificate: url.into_certificate(store, link_name, acls, post_install, formats),
+        certificate: url.into_certificate(store, link_name, acls, post_install, formats, key),
         url_text: url_text.to_string(),
         url_path,
         link_path,

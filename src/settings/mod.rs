@@ -72,6 +72,9 @@ pub struct Settings {
     pub acl_enabled: bool,
     /// How many versions of each certificate to keep on disk (at least 1).
     pub retained_versions: u32,
+    /// Windows: `linkOnRenewal` — a new version's previous one points at it (`CERT_RENEWAL_PROP_ID`) when its
+    /// names are all in the new one, so bindings follow a renewal. Always false on Linux.
+    pub link_on_renewal: bool,
     /// Managed identity endpoint (IMDS or Azure Arc); `None` means IMDS's default.
     pub msi_endpoint: Option<Url>,
     /// The user-assigned identity (`msiClientId`, `msiObjectId` or `msiResourceId`); `None` means the
@@ -111,6 +114,19 @@ pub struct ObservedCertificate {
     /// `additionalFormats`: the files of the version's `.d` folder besides the combined PEM (the
     /// certificate's own list, else the global one).
     pub formats: Formats,
+    /// Windows: how its private key is kept (`keyExportable`, `accounts`); always the default on Linux.
+    pub key: KeyOptions,
+}
+
+/// How a certificate's private key is kept in Windows' key storage (the certificate's `keyExportable` and
+/// `accounts`, Microsoft's KeyVaultForWindows v3 settings).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyOptions {
+    /// The key may be exported (`keyExportable`; default false). Never plaintext export.
+    pub exportable: bool,
+    /// Accounts given read access to the key, as written (`accounts`: `"Network Service"`, `"IIS_IUSRS"`,
+    /// `"CONTOSO\\web"`, or a SID); SYSTEM and Administrators always have full control.
+    pub accounts: Vec<String>,
 }
 
 /// `additionalFormats`: which files go into a version's folder `<vault>.<cert>.<version>.d/`.
@@ -290,6 +306,12 @@ fn secrets_management(
         false,
     )?;
     let acl_enabled = boolean(secrets.acl_enabled.as_ref(), &at("aclEnabled"), false)?;
+    let link_on_renewal = crate::platform::target::KEY_STORE_OPTIONS
+        && boolean(
+            secrets.link_on_renewal.as_ref(),
+            &at("linkOnRenewal"),
+            false,
+        )?;
     let retained_versions =
         retained_versions(secrets.retained_versions.as_ref(), &at("retainedVersions"))?;
     let expiry_warning_days = expiry_warning_days(
@@ -316,6 +338,7 @@ fn secrets_management(
         require_initial_sync,
         acl_enabled,
         retained_versions,
+        link_on_renewal,
         msi_endpoint: None,
         msi_identity: None,
         logging: None,
@@ -409,7 +432,7 @@ fn secrets_section(
         SECRETS,
         warnings,
     )?;
-    if secrets.link_on_renewal.is_some() {
+    if !crate::platform::target::KEY_STORE_OPTIONS && secrets.link_on_renewal.is_some() {
         warnings.push(format!(
             "{SECRETS}.linkOnRenewal is ignored on Linux: it is a Windows certificate store option"
         ));
@@ -527,5 +550,71 @@ mod tests {
             "secretsManagementSettings.observedCertificates[0].certificateStoreLocation"
         );
         assert!(e.to_string().contains("write \"LocalMachine\""), "{e}");
+    }
+
+    #[test]
+    #[cfg(windows)]
+    fn on_windows_a_certificate_says_how_its_key_is_kept_and_renewals_may_link() {
+        let settings = parse_public_settings(&serde_json::json!({"secretsManagementSettings": {
+            "linkOnRenewal": "true",
+            "observedCertificates": [
+                {"url": "https://myvault.vault.azure.net/secrets/web", "keyExportable": true,
+                 "accounts": ["Network Service", "", "network service", "CONTOSO\\web"]},
+                {"url": "https://myvault.vault.azure.net/secrets/api", "accounts": "IIS_IUSRS"},
+                "https://myvault.vault.azure.net/secrets/old"]}}))
+        .unwrap();
+        assert!(settings.link_on_renewal);
+        assert!(settings.warnings.is_empty(), "{:?}", settings.warnings);
+        let keys: Vec<&KeyOptions> = settings
+            .observed_certificates
+            .iter()
+            .map(|c| &c.key)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                &KeyOptions {
+                    exportable: true,
+                    accounts: vec!["Network Service".into(), "CONTOSO\\web".into()]
+                },
+                &KeyOptions {
+                    exportable: false,
+                    accounts: vec!["IIS_IUSRS".into()]
+                },
+                &KeyOptions::default(),
+            ]
+        );
+        let defaults = parse_public_settings(&serde_json::json!({"secretsManagementSettings": {
+            "observedCertificates": ["https://myvault.vault.azure.net/secrets/web"]}}))
+        .unwrap();
+        assert!(!defaults.link_on_renewal);
+        for (bad, setting) in [
+            (
+                serde_json::json!({"url": "https://myvault.vault.azure.net/secrets/web", "accounts": 5}),
+                "secretsManagementSettings.observedCertificates[0].accounts",
+            ),
+            (
+                serde_json::json!({"url": "https://myvault.vault.azure.net/secrets/web", "accounts": ["ok", 5]}),
+                "secretsManagementSettings.observedCertificates[0].accounts[1]",
+            ),
+            (
+                serde_json::json!({"url": "https://myvault.vault.azure.net/secrets/web", "keyExportable": "maybe"}),
+                "secretsManagementSettings.observedCertificates[0].keyExportable",
+            ),
+        ] {
+            let e = parse_public_settings(
+                &serde_json::json!({"secretsManagementSettings": {"observedCertificates": [bad]}}),
+            )
+            .unwrap_err();
+            assert_eq!(e.setting(), setting, "{e}");
+        }
+        let e = parse_public_settings(&serde_json::json!({"secretsManagementSettings": {
+            "linkOnRenewal": 2, "observedCertificates": ["https://myvault.vault.azure.net/secrets/web"]}}))
+        .unwrap_err();
+        assert_eq!(
+            e.setting(),
+            "secretsManagementSettings.linkOnRenewal",
+            "{e}"
+        );
     }
 }

@@ -97,6 +97,8 @@ raw_section! {
         certificate_store_name: "certificateStoreName",
         post_install_command: "postInstallCommand",
         additional_formats: "additionalFormats",
+        key_exportable: "keyExportable",
+        accounts: "accounts",
     }
 }
 

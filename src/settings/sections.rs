@@ -7,13 +7,13 @@ use serde_json::{Map, Value};
 
 use super::error::SettingsErrorKind;
 use super::json::{
-    MAX_SHOWN, expect_array, expect_object, found, is_zero, json_text, section, shown, string,
-    truncate, whole_number,
+    MAX_SHOWN, boolean, expect_array, expect_object, found, is_zero, json_text, not_a, section,
+    shown, string, truncate, whole_number,
 };
 use super::raw::{RawAcl, RawHook};
 use super::{
     AclEntry, DEFAULT_EXPIRY_WARNING_DAYS, DEFAULT_HOOK_TIMEOUT, DEFAULT_POLLING_INTERVAL,
-    DEFAULT_RETAINED_VERSIONS, Formats, SettingsError,
+    DEFAULT_RETAINED_VERSIONS, Formats, KeyOptions, SettingsError,
 };
 use crate::hook::Hook;
 
@@ -29,6 +29,10 @@ const EXPECT_ACLS: &str =
 const EXPECT_ACL: &str = "an object such as {\"user\": \"app1\", \"group\": \"appgroup\"}";
 const EXPECT_USER: &str = "a user name string such as \"app1\"";
 const EXPECT_GROUP: &str = "a group name string such as \"appgroup\"";
+const EXPECT_ACCOUNTS: &str =
+    "a list of account names such as [\"Network Service\", \"IIS_IUSRS\"]";
+const EXPECT_ACCOUNT: &str =
+    "an account name string such as \"Network Service\" or \"CONTOSO\\\\web\"";
 const EXPECT_FORMATS: &str = "a list of format names such as [\"split\", \"pfx\"]";
 const EXPECT_HOOK: &str = "a list such as [\"systemctl\", \"reload\", \"nginx\"], or an object such as {\"command\": [\"systemctl\", \"reload\", \"nginx\"], \"timeoutInS\": 60} or {\"shell\": \"nginx -s reload && logger renewed\"}";
 const FIX_HOOK: &str = "give the program and its arguments as a list, e.g. [\"systemctl\", \"reload\", \"nginx\"], or {\"shell\": \"...\"} to run a shell command line";
@@ -272,6 +276,53 @@ pub(super) fn additional_formats(value: &Value, path: &str) -> Result<Formats, S
         }
     }
     Ok(formats)
+}
+
+/// A certificate's Windows key options at `path`: `keyExportable` (a boolean, default false) and `accounts` (a
+/// list of account names, or one name as a string; empty names are skipped, as templates fill unused
+/// parameters with ""). Where keys are files (Linux) both are ignored, with a warning each.
+pub(super) fn key_options(
+    exportable: Option<&Value>,
+    accounts: Option<&Value>,
+    path: &str,
+    warnings: &mut Vec<String>,
+) -> Result<KeyOptions, SettingsError> {
+    if !crate::platform::target::KEY_STORE_OPTIONS {
+        for (key, value) in [("keyExportable", exportable), ("accounts", accounts)] {
+            if value.is_some() {
+                warnings.push(format!(
+                    "{path}.{key} is ignored on Linux: it is a Windows private-key option; on Linux, give users \
+                     and groups read access with acls (and aclEnabled)"
+                ));
+            }
+        }
+        return Ok(KeyOptions::default());
+    }
+    let exportable = boolean(exportable, &format!("{path}.keyExportable"), false)?;
+    let path = format!("{path}.accounts");
+    let list: Vec<(String, &Value)> = match accounts {
+        None | Some(Value::Null) => Vec::new(),
+        Some(one @ Value::String(_)) => vec![(path.clone(), one)],
+        Some(Value::Array(list)) => list
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("{path}[{i}]"), v))
+            .collect(),
+        Some(other) => return Err(not_a(other, &path, EXPECT_ACCOUNTS, false)),
+    };
+    let mut names: Vec<String> = Vec::new();
+    for (at, value) in list {
+        let name = string(Some(value), &at, EXPECT_ACCOUNT)?
+            .unwrap_or_default()
+            .trim();
+        if !name.is_empty() && !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            names.push(name.to_string());
+        }
+    }
+    Ok(KeyOptions {
+        exportable,
+        accounts: names,
+    })
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ impl SecretUrl {
         acls: Vec<AclEntry>,
         post_install: Option<crate::hook::Hook>,
         formats: Formats,
+        key: super::KeyOptions,
     ) -> ObservedCertificate {
         ObservedCertificate {
             url: self.url,
@@ -41,6 +42,7 @@ impl SecretUrl {
             acls,
             post_install,
             formats,
+            key,
         }
     }
 }

@@ -194,6 +194,7 @@ fn sync_options(settings: &Settings, lock_dir: &std::path::Path) -> SyncOptions 
         acl_enabled: settings.acl_enabled,
         retained_versions: settings.retained_versions,
         lock_dir: lock_dir.to_path_buf(),
+        link_on_renewal: settings.link_on_renewal,
     }
 }
 
@@ -214,7 +215,7 @@ fn check_ended(
     expiry_warning_days: u32,
 ) -> Option<post_install::Change> {
     state.record(cert, result, state::now(), expiry_warning_days);
-    post_install::change_of(cert, result)
+    post_install::change_of(cert, result, state.replaced.as_deref())
 }
 /// `kvvm sync --once`: checks every certificate of `current` once, from what the worker recorded, and returns
 /// their records in settings order. The worker's status and state files are left to the worker.

@@ -43,10 +43,11 @@ pub(super) fn record(certs: &mut [CertificateState], results: &HookResults) {
     }
 }
 
-/// The post-install command of a check that installed a new version, if it has one.
+/// The post-install command of a check that installed a new version (which replaced `previous`), if it has one.
 pub(super) fn change_of(
     cert: &ObservedCertificate,
     result: Result<&Checked, &SyncError>,
+    previous: Option<&std::path::Path>,
 ) -> Option<Change> {
     match (result, &cert.post_install) {
         (Ok(c), Some(h)) if c.changed => Some(Change {
@@ -57,6 +58,7 @@ pub(super) fn change_of(
                 file: c.file.clone(),
                 version: c.version.clone(),
                 dir: c.folder.clone(),
+                previous: previous.map(std::path::Path::to_path_buf),
             },
         }),
         _ => None,

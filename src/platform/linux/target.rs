@@ -13,6 +13,9 @@ pub use crate::platform::paths::DEFAULT_STORE;
 
 /// Whether `certificateStoreName` means something on this platform.
 pub(crate) const NAMES_A_STORE: bool = false;
+/// Whether a certificate's private key lives in a key store with its own options (`keyExportable`, `accounts`,
+/// `linkOnRenewal`): Windows' only; Linux keys are files, read by `acls`.
+pub(crate) const KEY_STORE_OPTIONS: bool = false;
 /// What `certificateStoreLocation` should hold, for type errors.
 pub(crate) const EXPECT_LOCATION: &str =
     "a folder path string such as \"/var/lib/waagent/Microsoft.Azure.KeyVault.Store\"";

@@ -61,6 +61,7 @@ impl DestinationError {
 #[derive(Debug)]
 pub(crate) struct Destination {
     records: PathBuf,
+    link_on_renewal: bool,
 }
 
 /// Held (shared) by every install, so [`CertificateDestination::quiesce`] can wait for them to end.
@@ -93,6 +94,59 @@ fn certificate_path(store: &CertificateStore, thumbprint: &str) -> PathBuf {
 }
 
 impl Destination {
+    /// The thumbprint of the version of `cert` this product installed most recently before `version` (by its
+    /// record), if the store still holds it.
+    fn previous(
+        &self,
+        cert: &ObservedCertificate,
+        version: &Version,
+        store: &CertStore,
+    ) -> Option<String> {
+        let current = self.record(cert, version);
+        let prefix = format!("{}.", naming::file_prefix(&cert.secret));
+        std::fs::read_dir(current.parent()?)
+            .ok()?
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(&prefix) && !n.ends_with(".tmp"))
+                    && e.path() != current
+            })
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .max()
+            .and_then(|(_, path)| std::fs::read_to_string(path).ok())
+            .map(|t| t.trim().to_string())
+            .filter(|t| store.contains(t))
+    }
+
+    /// `linkOnRenewal`: marks `old`, the previous version, as renewed by `new` when every name of `old` is in
+    /// `new`. What it did, for the status; nothing when there is nothing to say.
+    fn link_renewal(
+        &self,
+        store: &CertStore,
+        old: &str,
+        new: &str,
+    ) -> Result<Option<String>, DestinationError> {
+        if old == new || store.renewal_of(old).as_deref() == Some(new) {
+            return Ok(None);
+        }
+        let (Some(old_names), Some(new_names)) = (store.names_of(old), store.names_of(new)) else {
+            return Ok(None);
+        };
+        if !crate::certificate::names_carry_over(&old_names, &new_names) {
+            return Ok(Some(format!(
+                "not linked as the renewal of {old}: its names ({}) are not all in this one's ({})",
+                old_names.join(", "),
+                new_names.join(", ")
+            )));
+        }
+        store.link_renewal(old, new)?;
+        Ok(Some(format!(
+            "linked as the renewal of {old} (linkOnRenewal): bindings that name {old} now present this one"
+        )))
+    }
+
     /// The file recording which thumbprint `version` of `cert` was imported as.
     fn record(&self, cert: &ObservedCertificate, version: &Version) -> PathBuf {
         let store = &cert.store_location;
@@ -108,6 +162,7 @@ impl CertificateDestination for Destination {
     fn new(options: DestinationOptions<'_>) -> Destination {
         Destination {
             records: options.lock_dir.to_path_buf(),
+            link_on_renewal: options.link_on_renewal,
         }
     }
 
@@ -148,7 +203,7 @@ impl CertificateDestination for Destination {
         let name = cert.secret.version_label(version.as_str());
         let store = CertStore::open(target.location, &target.name)?;
         let ca = CertStore::open(target.location, "CA")?;
-        let imported = store.import(&name, bundle, &cert.link_name, &ca)?;
+        let imported = store.import(&name, bundle, &cert.link_name, &ca, &cert.key)?;
         // A root is never added (trust stays the administrator's); the status says when this machine does not
         // trust it already.
         let remark = imported.root.as_ref().and_then(|root| {
@@ -158,6 +213,21 @@ impl CertificateDestination for Destination {
         if let Some(remark) = &remark {
             log::warn!("{name}: {remark}");
         }
+        // The renewal link goes on only once the new version is in the store, and only on a version this
+        // product installed.
+        let linked = match self.previous(cert, version, &store) {
+            Some(old) if self.link_on_renewal && imported.added => {
+                self.link_renewal(&store, &old, &imported.thumbprint)?
+            }
+            _ => None,
+        };
+        if let Some(linked) = &linked {
+            log::info!("{name}: {linked}");
+        }
+        let remark = match (remark, linked) {
+            (Some(a), Some(b)) => Some(format!("{b}; {a}")),
+            (a, b) => a.or(b),
+        };
         let record = self.record(cert, version);
         let write = || -> std::io::Result<()> {
             crate::files::create_folder(record.parent().unwrap_or(Path::new(".")), 0o700)?;
@@ -187,7 +257,7 @@ mod tests {
     //! Under Wine (scripts/windows.sh), with the fixtures' certificates and a store of each test's own.
 
     use super::*;
-    use crate::platform::windows::cert_store::tests::fixture;
+    use crate::platform::windows::cert_store::tests::{fixture, one_key_at_a_time};
     use crate::settings::parse_public_settings;
 
     /// A destination with its records in `records`.
@@ -196,6 +266,7 @@ mod tests {
             acls: false,
             retained_versions: 0,
             lock_dir: records,
+            link_on_renewal: true,
         })
     }
 
@@ -219,6 +290,7 @@ mod tests {
 
     #[test]
     fn an_install_is_found_by_its_record_and_a_rotation_goes_beside_it() {
+        let _keys = one_key_at_a_time();
         let (Some(a), Some(b)) = (fixture("a"), fixture("b")) else {
             return;
         };
@@ -267,6 +339,96 @@ mod tests {
             destination.current(&cert, &version('b')),
             Some(second.placement)
         );
+    }
+
+    #[test]
+    fn a_renewal_with_the_same_names_is_linked_from_the_version_it_follows_and_no_other() {
+        let _keys = one_key_at_a_time();
+        let (Some(a), Some(b), Some(c), Some(d)) =
+            (fixture("a"), fixture("b"), fixture("c"), fixture("d"))
+        else {
+            return;
+        };
+        let state = tempfile::tempdir().unwrap();
+        let destination = destination(&Destination::lock_folder(state.path()));
+        let cert = observed("renew");
+        let thumb = |i: &Installed| {
+            i.placement
+                .file
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        };
+        let first = destination.install(&cert, &version('a'), &a).unwrap();
+        assert!(
+            !first.remark.clone().unwrap_or_default().contains("renewal"),
+            "nothing to link the first version to: {first:?}"
+        );
+        let second = destination.install(&cert, &version('b'), &b).unwrap();
+        let (ta, tb) = (thumb(&first), thumb(&second));
+        // What the store holds now (a store handle shows what was in the store when it was opened).
+        let renewal_of = |thumbprint: &str| {
+            CertStore::open(cert.store_location.location, &cert.store_location.name)
+                .unwrap()
+                .renewal_of(thumbprint)
+        };
+        let store =
+            CertStore::open(cert.store_location.location, &cert.store_location.name).unwrap();
+        // b (the same name) renews a.
+        assert_eq!(
+            renewal_of(&ta).as_deref(),
+            Some(tb.as_str()),
+            "{second:?}, names {:?} {:?}",
+            store.names_of(&ta),
+            store.names_of(&tb)
+        );
+        // d (one name more) renews b: a chain a → b → d.
+        let third = destination.install(&cert, &version('d'), &d).unwrap();
+        let td = thumb(&third);
+        assert!(
+            third
+                .remark
+                .as_deref()
+                .is_some_and(|r| r.contains(&format!("linked as the renewal of {tb}"))),
+            "{third:?}"
+        );
+        assert_eq!(renewal_of(&tb).as_deref(), Some(td.as_str()));
+        assert_eq!(
+            renewal_of(&ta).as_deref(),
+            Some(tb.as_str()),
+            "a still points at b"
+        );
+        // c serves another name: d is not linked to it, and the status says why.
+        let fourth = destination.install(&cert, &version('c'), &c).unwrap();
+        let tc = thumb(&fourth);
+        assert!(
+            fourth.remark.as_deref().is_some_and(|r| r.contains(&format!(
+                "not linked as the renewal of {td}: its names (DNS:web.example.com, DNS:www.example.com) are \
+                 not all in this one's (DNS:other.example.com)"
+            ))),
+            "{fourth:?}"
+        );
+        assert_eq!(renewal_of(&td), None);
+        assert_eq!(renewal_of(&tc), None);
+
+        // Without linkOnRenewal nothing is linked.
+        let unlinked = Destination::new(DestinationOptions {
+            acls: false,
+            retained_versions: 0,
+            lock_dir: &Destination::lock_folder(state.path()).join("other"),
+            link_on_renewal: false,
+        });
+        let other = observed("unlinked");
+        let one = unlinked.install(&other, &version('a'), &a).unwrap();
+        let two = unlinked.install(&other, &version('b'), &b).unwrap();
+        assert!(
+            !two.remark.clone().unwrap_or_default().contains("renewal"),
+            "{two:?}"
+        );
+        let store =
+            CertStore::open(other.store_location.location, &other.store_location.name).unwrap();
+        assert_eq!(store.renewal_of(&thumb(&one)), None);
     }
 
     #[test]

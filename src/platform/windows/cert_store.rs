@@ -10,12 +10,13 @@ use std::ptr;
 
 use windows_sys::Win32::Foundation::GetLastError;
 use windows_sys::Win32::Security::Cryptography::{
-    CERT_CONTEXT, CERT_FIND_SHA1_HASH, CERT_KEY_PROV_INFO_PROP_ID, CERT_STORE_ADD_USE_EXISTING,
-    CERT_STORE_PROV_SYSTEM_W, CERT_SYSTEM_STORE_CURRENT_USER, CERT_SYSTEM_STORE_LOCAL_MACHINE,
-    CRYPT_INTEGER_BLOB, CRYPT_MACHINE_KEYSET, CRYPT_USER_KEYSET, CertAddCertificateContextToStore,
-    CertCloseStore, CertEnumCertificatesInStore, CertFindCertificateInStore,
-    CertFreeCertificateContext, CertGetCertificateContextProperty, CertOpenStore, HCERTSTORE,
-    PFXImportCertStore, PKCS_7_ASN_ENCODING, X509_ASN_ENCODING,
+    CERT_CONTEXT, CERT_FIND_SHA1_HASH, CERT_KEY_PROV_INFO_PROP_ID, CERT_RENEWAL_PROP_ID,
+    CERT_STORE_ADD_USE_EXISTING, CERT_STORE_PROV_SYSTEM_W, CERT_SYSTEM_STORE_CURRENT_USER,
+    CERT_SYSTEM_STORE_LOCAL_MACHINE, CRYPT_EXPORTABLE, CRYPT_INTEGER_BLOB, CRYPT_MACHINE_KEYSET,
+    CRYPT_USER_KEYSET, CertAddCertificateContextToStore, CertCloseStore,
+    CertEnumCertificatesInStore, CertFindCertificateInStore, CertFreeCertificateContext,
+    CertGetCertificateContextProperty, CertOpenStore, CertSetCertificateContextProperty,
+    HCERTSTORE, PFXImportCertStore, PKCS_7_ASN_ENCODING, X509_ASN_ENCODING,
 };
 
 use rustls_pki_types::CertificateDer;
@@ -23,6 +24,7 @@ use rustls_pki_types::pem::PemObject;
 
 use crate::certificate::{CertificateBundle, CertificateError};
 use crate::names::{LinkName, StoreLocation};
+use crate::settings::KeyOptions;
 
 /// Why a certificate store could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +75,33 @@ pub enum CertStoreError {
         /// `GetLastError()`.
         code: u32,
     },
+    /// The key's access for `accounts` could not be set (an unknown account, or the key refused it); the
+    /// certificate was not added to its store.
+    #[error("{name}: {source}; the certificate was not added, and what was installed before stays")]
+    KeyAcl {
+        /// The certificate, as `<vault>/<certificate> version <v>`.
+        name: String,
+        /// What went wrong.
+        source: super::key_acl::KeyAclError,
+    },
+    /// The previous version could not be marked as renewed by the new one (`linkOnRenewal`).
+    #[error(
+        "cannot mark {old} in {location}\\{store} as renewed by {new} (CERT_RENEWAL_PROP_ID, {error}); both \
+         stay installed, but bindings that name {old} keep presenting it: rebind them to {new}",
+        error = windows_error(*code)
+    )]
+    Renewal {
+        /// The previous version's thumbprint.
+        old: String,
+        /// The new version's thumbprint.
+        new: String,
+        /// `LocalMachine` or `CurrentUser`.
+        location: &'static str,
+        /// The store's name.
+        store: String,
+        /// `GetLastError()` (0: the previous version is no longer in the store).
+        code: u32,
+    },
 }
 
 /// `GetLastError()` in words for a message: the code, or that Windows gave none.
@@ -92,6 +121,8 @@ impl CertStoreError {
             Self::Import { .. } => "cert-store-import",
             Self::NoLeaf { .. } => "cert-store-no-key",
             Self::Add { .. } => "cert-store-add",
+            Self::Renewal { .. } => "renewal-link-failed",
+            Self::KeyAcl { source, .. } => source.reason(),
         }
     }
 }
@@ -215,9 +246,12 @@ impl CertStore {
 
     /// Whether a certificate with this thumbprint is in the store.
     pub(crate) fn contains(&self, thumbprint: &str) -> bool {
-        let Some(hash) = unhex(thumbprint) else {
-            return false;
-        };
+        self.find(thumbprint).is_some()
+    }
+
+    /// The certificate with this thumbprint, if the store holds it.
+    fn find(&self, thumbprint: &str) -> Option<Context> {
+        let hash = unhex(thumbprint)?;
         let blob = CRYPT_INTEGER_BLOB {
             cbData: hash.len() as u32,
             pbData: hash.as_ptr().cast_mut(),
@@ -233,7 +267,64 @@ impl CertStore {
                 ptr::null(),
             )
         });
-        !found.0.is_null()
+        (!found.0.is_null()).then_some(found)
+    }
+
+    /// The names (subjectAltName) of the certificate with this thumbprint; `None` when the store does not hold
+    /// it.
+    pub(crate) fn names_of(&self, thumbprint: &str) -> Option<Vec<String>> {
+        self.find(thumbprint)
+            .map(|c| crate::certificate::subject_alt_names(c.der()))
+    }
+
+    /// The thumbprint the certificate `thumbprint` names as its renewal (`CERT_RENEWAL_PROP_ID`), if it has one.
+    pub(crate) fn renewal_of(&self, thumbprint: &str) -> Option<String> {
+        let context = self.find(thumbprint)?;
+        let mut hash = [0u8; 20];
+        let mut size = hash.len() as u32;
+        // SAFETY: a live context; the buffer holds `size` bytes.
+        let ok = unsafe {
+            CertGetCertificateContextProperty(
+                context.0,
+                CERT_RENEWAL_PROP_ID,
+                hash.as_mut_ptr().cast::<c_void>(),
+                &mut size,
+            )
+        };
+        (ok != 0 && size == 20).then(|| hash.iter().map(|b| format!("{b:02X}")).collect())
+    }
+
+    /// Marks the certificate `old` as renewed by `new` (`CERT_RENEWAL_PROP_ID` = `new`'s SHA-1), so Schannel
+    /// and http.sys bindings that name `old` present `new`. The store keeps the property with the certificate.
+    pub(crate) fn link_renewal(&self, old: &str, new: &str) -> Result<(), CertStoreError> {
+        let failed = |code| CertStoreError::Renewal {
+            old: old.to_string(),
+            new: new.to_string(),
+            location: self.location.as_str(),
+            store: self.name.clone(),
+            code,
+        };
+        let context = self.find(old).ok_or_else(|| failed(0))?;
+        let hash = unhex(new)
+            .filter(|h| h.len() == 20)
+            .ok_or_else(|| failed(0))?;
+        let blob = CRYPT_INTEGER_BLOB {
+            cbData: hash.len() as u32,
+            pbData: hash.as_ptr().cast_mut(),
+        };
+        // SAFETY: a live context; the blob points at the hash, which outlives the call.
+        let ok = unsafe {
+            CertSetCertificateContextProperty(
+                context.0,
+                CERT_RENEWAL_PROP_ID,
+                0,
+                (&blob as *const CRYPT_INTEGER_BLOB).cast::<c_void>(),
+            )
+        };
+        if ok == 0 {
+            return Err(failed(last_error()));
+        }
+        Ok(())
     }
 
     /// The thumbprints of every certificate in the store.
@@ -265,6 +356,7 @@ impl CertStore {
         bundle: &CertificateBundle,
         friendly: &LinkName,
         ca: &CertStore,
+        key: &KeyOptions,
     ) -> Result<Imported, CertStoreError> {
         let leaf_pem = bundle.leaf_pem();
         let leaf_der =
@@ -280,21 +372,42 @@ impl CertStore {
                 root: None,
             });
         }
+        // Who may read the key, resolved before anything is imported: an unknown account changes nothing.
+        let key_acl = if key.accounts.is_empty() {
+            None
+        } else {
+            let readers = key
+                .accounts
+                .iter()
+                .map(|account| super::key_acl::resolve(account))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| CertStoreError::KeyAcl {
+                    name: name.to_string(),
+                    source,
+                })?;
+            Some(super::key_acl::key_dacl_sddl(&readers))
+        };
         // The PFX is kvvm's own (PBES2/AES, SHA-256 MAC, empty password), from whichever form the vault gave.
         let pfx = bundle
             .to_pkcs12(name, friendly)
             .map_err(CertStoreError::Pfx)?;
-        let keyset = match self.location {
+        // The key persisted in the location's key set, exportable only when the settings ask. (No
+        // PKCS12_PREFER_CNG_KSP: Wine's PFXImportCertStore refuses the flag, so nothing here could show what it
+        // does; Windows then keeps the key with the provider its PFX import picks.)
+        let mut flags = match self.location {
             StoreLocation::LocalMachine => CRYPT_MACHINE_KEYSET,
             StoreLocation::CurrentUser => CRYPT_USER_KEYSET,
         };
+        if key.exportable {
+            flags |= CRYPT_EXPORTABLE;
+        }
         let blob = CRYPT_INTEGER_BLOB {
             cbData: pfx.len() as u32,
             pbData: pfx.as_ptr().cast_mut(),
         };
         let empty = wide("");
         // SAFETY: the blob and the password outlive the call; the temporary store is closed by CertStore's Drop.
-        let temp = unsafe { PFXImportCertStore(&blob, empty.as_ptr(), keyset) };
+        let temp = unsafe { PFXImportCertStore(&blob, empty.as_ptr(), flags) };
         if temp.is_null() {
             return Err(CertStoreError::Import {
                 name: name.to_string(),
@@ -330,6 +443,17 @@ impl CertStore {
             let context = Context(next);
             let this = thumbprint(context.der());
             let target = if this == leaf_thumbprint && context.has_private_key() {
+                // The new key gets its access before any store holds the certificate.
+                if let Some(sddl) = &key_acl {
+                    // SAFETY: a live context from the enumeration.
+                    if let Err(source) = unsafe { super::key_acl::apply(context.0, sddl) } {
+                        // The enumeration ends here: `context` frees the certificate it holds.
+                        return Err(CertStoreError::KeyAcl {
+                            name: name.to_string(),
+                            source,
+                        });
+                    }
+                }
                 self
             } else if this == leaf_thumbprint {
                 // The leaf without its key: not what applications can use.
@@ -423,6 +547,132 @@ pub(in crate::platform::windows) mod tests {
         Some(CertificateBundle::from_secret(name, ContentKind::Pem, &pem).expect("bundle"))
     }
 
+    /// Held by every test that imports a key. Wine's crypt32 puts every imported PFX key in one key container
+    /// (REFERENCE.md §8), so a test that reads a key back (its export policy) must not see another test's
+    /// import land in between.
+    pub(in crate::platform::windows) fn one_key_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+        static KEYS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        KEYS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether the private key of the certificate `thumbprint` in `store` can be exported: CryptoAPI's
+    /// `CryptExportKey` of its `PRIVATEKEYBLOB` (Wine's `PFXExportCertStoreEx` is a stub).
+    fn key_exports(store: &CertStore, thumbprint: &str) -> bool {
+        use windows_sys::Win32::Security::Cryptography::{
+            CRYPT_ACQUIRE_SILENT_FLAG, CryptAcquireCertificatePrivateKey, CryptDestroyKey,
+            CryptExportKey, CryptGetUserKey, CryptReleaseContext, PRIVATEKEYBLOB,
+        };
+        let context = store.find(thumbprint).expect("in the store");
+        // SAFETY: the context is live; every handle is released below; only the blob's size is asked for.
+        unsafe {
+            let (mut provider, mut spec, mut free) = (0usize, 0u32, 0i32);
+            assert_ne!(
+                CryptAcquireCertificatePrivateKey(
+                    context.0,
+                    CRYPT_ACQUIRE_SILENT_FLAG,
+                    ptr::null(),
+                    &mut provider,
+                    &mut spec,
+                    &mut free,
+                ),
+                0,
+                "the certificate's key (error {:#x})",
+                last_error()
+            );
+            let mut key = 0usize;
+            // Wine may keep an imported key under the other key spec than the certificate's says.
+            let found = [spec, 1, 2]
+                .into_iter()
+                .any(|spec| CryptGetUserKey(provider, spec, &mut key) != 0);
+            assert!(
+                found,
+                "no key in the certificate's container (error {:#x})",
+                last_error()
+            );
+            let mut size = 0u32;
+            let exported =
+                CryptExportKey(key, 0, PRIVATEKEYBLOB, 0, ptr::null_mut(), &mut size) != 0;
+            eprintln!(
+                "CryptExportKey of its private key: {}",
+                if exported {
+                    "exported".to_string()
+                } else {
+                    format!("refused ({:#x})", last_error())
+                }
+            );
+            CryptDestroyKey(key);
+            if free != 0 {
+                CryptReleaseContext(provider, 0);
+            }
+            exported
+        }
+    }
+
+    #[test]
+    fn an_account_windows_does_not_know_is_named_and_nothing_is_added() {
+        let Some(a) = fixture("a") else { return };
+        let store = CertStore::open(StoreLocation::CurrentUser, &test_store("account")).unwrap();
+        let ca = CertStore::open(StoreLocation::CurrentUser, "CA").unwrap();
+        let key = KeyOptions {
+            accounts: vec!["Network Service".into(), "no-such-account-xyz".into()],
+            ..KeyOptions::default()
+        };
+        let e = store
+            .import(
+                "myvault/web version a",
+                &a,
+                &LinkName::parse("myvault.web").unwrap(),
+                &ca,
+                &key,
+            )
+            .unwrap_err();
+        let message = e.to_string();
+        assert!(
+            message.starts_with(
+                "myvault/web version a: accounts: \"no-such-account-xyz\" is not an account"
+            ) && message
+                .ends_with("the certificate was not added, and what was installed before stays"),
+            "{message}"
+        );
+        assert_eq!(e.reason(), "key-acl-account-unknown");
+        assert!(store.thumbprints().is_empty());
+    }
+
+    #[test]
+    fn a_key_is_exportable_only_when_the_settings_ask() {
+        let _keys = one_key_at_a_time();
+        let (Some(a), Some(b)) = (fixture("a"), fixture("b")) else {
+            return;
+        };
+        let store = CertStore::open(StoreLocation::CurrentUser, &test_store("export")).unwrap();
+        let ca = CertStore::open(StoreLocation::CurrentUser, "CA").unwrap();
+        let friendly = LinkName::parse("myvault.web").unwrap();
+        let kept = store
+            .import(
+                "myvault/web version a",
+                &a,
+                &friendly,
+                &ca,
+                &KeyOptions::default(),
+            )
+            .unwrap();
+        assert!(
+            !key_exports(&store, &kept.thumbprint),
+            "keyExportable is false by default"
+        );
+        let exportable = KeyOptions {
+            exportable: true,
+            ..KeyOptions::default()
+        };
+        let given = store
+            .import("myvault/web version b", &b, &friendly, &ca, &exportable)
+            .unwrap();
+        assert!(
+            key_exports(&store, &given.thumbprint),
+            "keyExportable: true"
+        );
+    }
+
     /// A store of this test's own, so runs and tests do not see each other's certificates (Wine reuses pids, and
     /// its stores persist in the prefix's registry).
     fn test_store(tag: &str) -> String {
@@ -435,6 +685,7 @@ pub(in crate::platform::windows) mod tests {
 
     #[test]
     fn a_version_lands_in_the_named_store_once_and_its_intermediate_in_ca_but_never_its_root() {
+        let _keys = one_key_at_a_time();
         let Some(a) = fixture("a") else { return };
         let name = test_store("once");
         let store = CertStore::open(StoreLocation::CurrentUser, &name).unwrap();
@@ -444,7 +695,13 @@ pub(in crate::platform::windows) mod tests {
         let friendly = LinkName::parse("myvault.web").unwrap();
 
         let first = store
-            .import("myvault/web version a", &a, &friendly, &ca)
+            .import(
+                "myvault/web version a",
+                &a,
+                &friendly,
+                &ca,
+                &KeyOptions::default(),
+            )
             .unwrap();
         assert!(first.added, "{first:?}");
         assert_eq!(first.thumbprint, bundle_thumbprint(&a));
@@ -471,7 +728,13 @@ pub(in crate::platform::windows) mod tests {
         assert!(store.contains(&first.thumbprint));
 
         let again = store
-            .import("myvault/web version a", &a, &friendly, &ca)
+            .import(
+                "myvault/web version a",
+                &a,
+                &friendly,
+                &ca,
+                &KeyOptions::default(),
+            )
             .unwrap();
         assert!(
             !again.added,
@@ -482,6 +745,7 @@ pub(in crate::platform::windows) mod tests {
 
     #[test]
     fn a_new_version_is_added_beside_the_old_one() {
+        let _keys = one_key_at_a_time();
         let (Some(a), Some(b)) = (fixture("a"), fixture("b")) else {
             return;
         };
@@ -489,10 +753,22 @@ pub(in crate::platform::windows) mod tests {
         let ca = CertStore::open(StoreLocation::CurrentUser, "CA").unwrap();
         let friendly = LinkName::parse("myvault.web").unwrap();
         let old = store
-            .import("myvault/web version a", &a, &friendly, &ca)
+            .import(
+                "myvault/web version a",
+                &a,
+                &friendly,
+                &ca,
+                &KeyOptions::default(),
+            )
             .unwrap();
         let new = store
-            .import("myvault/web version b", &b, &friendly, &ca)
+            .import(
+                "myvault/web version b",
+                &b,
+                &friendly,
+                &ca,
+                &KeyOptions::default(),
+            )
             .unwrap();
         assert!(new.added);
         assert_ne!(old.thumbprint, new.thumbprint);
@@ -509,6 +785,7 @@ pub(in crate::platform::windows) mod tests {
 
     #[test]
     fn the_leaf_in_the_store_carries_its_private_key() {
+        let _keys = one_key_at_a_time();
         let Some(b) = fixture("b") else { return };
         let store = CertStore::open(StoreLocation::CurrentUser, &test_store("key")).unwrap();
         let ca = CertStore::open(StoreLocation::CurrentUser, "CA").unwrap();
@@ -518,6 +795,7 @@ pub(in crate::platform::windows) mod tests {
                 &b,
                 &LinkName::parse("myvault.web").unwrap(),
                 &ca,
+                &KeyOptions::default(),
             )
             .unwrap();
         let mut previous: *const CERT_CONTEXT = ptr::null();

@@ -6,6 +6,7 @@
 mod cert_destination;
 pub(crate) mod cert_store;
 mod keeper;
+pub(crate) mod key_acl;
 pub(crate) mod paths;
 pub(crate) mod process;
 pub(crate) mod service;
@@ -36,6 +37,7 @@ mod tests {
 
     #[test]
     fn a_certificate_from_the_vault_lands_in_the_store_its_settings_name() {
+        let _keys = super::cert_store::tests::one_key_at_a_time();
         let Ok(vault) = std::env::var("KVVM_WINDOWS_VAULT") else {
             eprintln!(
                 "skipped: KVVM_WINDOWS_VAULT is not set (scripts/windows.sh sets it when it runs the fakes)"
@@ -59,6 +61,7 @@ mod tests {
             acl_enabled: false,
             retained_versions: 0,
             lock_dir: Destination::lock_folder(state.path()),
+            link_on_renewal: false,
         };
 
         let first = check(&client, cert, Known::default(), &options, &Stop::default()).unwrap();

@@ -12,6 +12,9 @@ pub const DEFAULT_STORE: &str = "LocalMachine\\MY";
 
 /// Whether `certificateStoreName` means something on this platform.
 pub(crate) const NAMES_A_STORE: bool = true;
+/// Whether a certificate's private key lives in a key store with its own options (`keyExportable`, `accounts`,
+/// `linkOnRenewal`): yes, Windows' key storage providers.
+pub(crate) const KEY_STORE_OPTIONS: bool = true;
 /// What `certificateStoreLocation` should hold, for type errors.
 pub(crate) const EXPECT_LOCATION: &str = "\"LocalMachine\" or \"CurrentUser\"";
 /// What `certificateStoreName` should hold, for type errors.
