@@ -174,7 +174,8 @@ pub enum VaultError {
     /// The TLS handshake failed.
     #[error(
         "TLS with the vault host '{host}' failed ({detail}); kvvm trusts the operating system's certificate store \
-         (/etc/ssl/certs, or SSL_CERT_FILE / SSL_CERT_DIR): if a proxy inspects TLS, add its CA there"
+         ({store}): if a proxy inspects TLS, add its CA there (the next check reads the store again)",
+        store = crate::platform::paths::TRUST_STORE
     )]
     Tls {
         /// The vault's host name.
@@ -377,6 +378,9 @@ pub struct VaultClient {
     held_until: Mutex<HashMap<String, Instant>>,
     /// Requests sent, per (vault host, HTTP status or failure kind), for the metrics.
     requests: Mutex<std::collections::BTreeMap<(String, String), u64>>,
+    /// A TLS handshake failed: the next request first reads the trust store again (a CA may have been added,
+    /// a proxy's CA installed), rather than wait for a restart.
+    reread_roots: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for VaultClient {
@@ -442,6 +446,7 @@ impl VaultClient {
             challenges: Mutex::new(HashMap::new()),
             held_until: Mutex::new(HashMap::new()),
             requests: Mutex::default(),
+            reread_roots: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -490,6 +495,12 @@ impl VaultClient {
             token: None,
             refreshed: false,
         };
+        if self
+            .reread_roots
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.release_connections();
+        }
         let what = format!("vault {}, secret {name}", req.vault);
         let ended = http::retry(&what, &self.policy, deadline, stop, |attempt| {
             self.attempt(&mut req, attempt, stop)
@@ -629,10 +640,14 @@ impl VaultClient {
         let reply = http::get(&self.agent(), &req.url, &headers, attempt.timeout());
         self.count(host, &reply);
         reply.map_err(|f| match f.kind {
-            FailureKind::Tls => Verdict::Fail(VaultError::Tls {
-                host: host.to_string(),
-                detail: f.detail,
-            }),
+            FailureKind::Tls => {
+                self.reread_roots
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Verdict::Fail(VaultError::Tls {
+                    host: host.to_string(),
+                    detail: f.detail,
+                })
+            }
             FailureKind::TooLarge => Verdict::Fail(VaultError::BadBundle {
                 vault: req.vault.clone(),
                 secret: req.name.to_string(),

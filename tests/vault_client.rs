@@ -558,6 +558,17 @@ fn network_failures_name_the_host() {
             e.to_string()
                 .contains("kvvm trusts the operating system's certificate store")
         );
+        // Its CA added to the system's bundle (this namespace's own): the next check trusts it, without a new
+        // client.
+        let mut bundle = std::fs::OpenOptions::new()
+            .append(true)
+            .open("/etc/ssl/certs/ca-certificates.crt")
+            .unwrap();
+        std::io::Write::write_all(&mut bundle, format!("\n{}", stranger.ca_pem()).as_bytes())
+            .unwrap();
+        drop(bundle);
+        let e = get(&c, "othervault.vault.azure.net:8444", "web").unwrap_err();
+        assert_ne!(e.reason(), "vault-tls", "the added CA is trusted now: {e}");
     });
 }
 

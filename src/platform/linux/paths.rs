@@ -11,5 +11,7 @@ pub const SERVICE_STATE_DIR: &str = "/var/lib/kvvm";
 pub const SERVICE_LOG_DIR: &str = "/var/log/kvvm";
 /// How an administrator tells the standalone service its settings file changed.
 pub(crate) const SERVICE_RELOAD: &str = "systemctl reload kvvm";
+/// Where the trusted roots are, as messages name them.
+pub(crate) const TRUST_STORE: &str = "/etc/ssl/certs, or SSL_CERT_FILE / SSL_CERT_DIR";
 /// The folder where the Azure Arc agent writes the key files its challenge names.
 pub(crate) const ARC_KEY_DIR: &str = "/var/opt/azcmagent/tokens";

@@ -10,6 +10,10 @@ pub const SERVICE_LOG_DIR: &str = r"C:\ProgramData\kvvm\logs";
 /// How an administrator tells the standalone service its settings file changed.
 pub(crate) const SERVICE_RELOAD: &str = "sc.exe control kvvm paramchange";
 
+/// Where the trusted roots are, as messages name them.
+pub(crate) const TRUST_STORE: &str =
+    r"the LocalMachine\Root store, or SSL_CERT_FILE / SSL_CERT_DIR";
+
 /// The folder where the Azure Arc agent (himds) writes the key files its challenge names:
 /// `%ProgramData%\AzureConnectedMachineAgent\Tokens`.
 pub(crate) const ARC_KEY_DIR: &str = r"C:\ProgramData\AzureConnectedMachineAgent\Tokens";

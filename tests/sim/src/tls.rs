@@ -37,8 +37,12 @@ impl std::fmt::Debug for TestCa {
 
 fn ca_params() -> CertificateParams {
     let mut p = CertificateParams::default();
-    p.distinguished_name
-        .push(DnType::CommonName, "kvvm-sim test CA");
+    // A name of its own: two test CAs in one bundle are two trust anchors, as two real CAs are (a verifier
+    // picks its candidates by the issuer's name).
+    p.distinguished_name.push(
+        DnType::CommonName,
+        format!("kvvm-sim test CA {:08x}", fastrand::u32(..)),
+    );
     p.distinguished_name
         .push(DnType::OrganizationName, "kvvm tests");
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -115,7 +119,8 @@ impl TestCa {
         names: &[&str],
     ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         let ca_key = KeyPair::from_pem(&self.key_pem).expect("CA key parses");
-        let issuer = Issuer::new(ca_params(), ca_key);
+        let issuer =
+            Issuer::from_ca_cert_pem(&self.ca_pem, ca_key).expect("the CA certificate parses");
         let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
         p.distinguished_name.push(
             DnType::CommonName,
