@@ -15,7 +15,7 @@ use crate::settings::ObservedCertificate;
     windows,
     allow(
         dead_code,
-        reason = "a Windows store keeps every version (retainedVersions is not built there yet) and takes each certificate's accounts from its key options"
+        reason = "a Windows store takes each certificate's accounts from its key options, not from acls"
     )
 )]
 pub(crate) struct DestinationOptions<'a> {

@@ -46,7 +46,8 @@ use sections::{
 
 /// `pollingIntervalInS` when absent: one hour, as the Microsoft extension does.
 pub const DEFAULT_POLLING_INTERVAL: Duration = Duration::from_secs(3600);
-/// `retainedVersions` when absent: the current version and the previous one.
+/// `retainedVersions` when absent on Linux: the current version and the previous one (Windows keeps every
+/// version unless told, as Microsoft's v3 for Windows does).
 pub const DEFAULT_RETAINED_VERSIONS: u32 = 2;
 /// fluentd `endpoint` when absent.
 pub const DEFAULT_FLUENTD_ENDPOINT: &str = "tcp://localhost:24224";
@@ -70,7 +71,8 @@ pub struct Settings {
     pub require_initial_sync: bool,
     /// Apply each certificate's `acls` to its files.
     pub acl_enabled: bool,
-    /// How many versions of each certificate to keep on disk (at least 1).
+    /// How many versions of each certificate to keep on disk (at least 1); on Windows, in its store, where
+    /// the default is every version (`u32::MAX`).
     pub retained_versions: u32,
     /// Windows: `linkOnRenewal` — a new version's previous one points at it (`CERT_RENEWAL_PROP_ID`) when its
     /// names are all in the new one, so bindings follow a renewal. Always false on Linux.
@@ -588,6 +590,11 @@ mod tests {
             "observedCertificates": ["https://myvault.vault.azure.net/secrets/web"]}}))
         .unwrap();
         assert!(!defaults.link_on_renewal);
+        assert_eq!(
+            defaults.retained_versions,
+            u32::MAX,
+            "every version stays unless the settings say"
+        );
         for (bad, setting) in [
             (
                 serde_json::json!({"url": "https://myvault.vault.azure.net/secrets/web", "accounts": 5}),

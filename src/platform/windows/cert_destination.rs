@@ -62,6 +62,8 @@ impl DestinationError {
 pub(crate) struct Destination {
     records: PathBuf,
     link_on_renewal: bool,
+    /// `retainedVersions`: versions of a certificate kept in its store (`u32::MAX`: all).
+    retained: u32,
 }
 
 /// Held (shared) by every install, so [`CertificateDestination::quiesce`] can wait for them to end.
@@ -94,6 +96,31 @@ fn certificate_path(store: &CertificateStore, thumbprint: &str) -> PathBuf {
 }
 
 impl Destination {
+    /// The records of the versions of `cert` this product installed, newest first: each record file and the
+    /// thumbprint it holds.
+    fn records_of(&self, cert: &ObservedCertificate, version: &Version) -> Vec<(PathBuf, String)> {
+        let current = self.record(cert, version);
+        let prefix = format!("{}.", naming::file_prefix(&cert.secret));
+        let Some(entries) = current.parent().and_then(|d| std::fs::read_dir(d).ok()) else {
+            return Vec::new();
+        };
+        let mut records: Vec<_> = entries
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(&prefix) && !n.ends_with(".tmp"))
+            })
+            .filter_map(|e| {
+                let modified = e.metadata().ok()?.modified().ok()?;
+                let thumbprint = std::fs::read_to_string(e.path()).ok()?.trim().to_string();
+                Some((modified, e.path(), thumbprint))
+            })
+            .collect();
+        records.sort_by(|a, b| b.0.cmp(&a.0));
+        records.into_iter().map(|(_, path, t)| (path, t)).collect()
+    }
+
     /// The thumbprint of the version of `cert` this product installed most recently before `version` (by its
     /// record), if the store still holds it.
     fn previous(
@@ -103,21 +130,42 @@ impl Destination {
         store: &CertStore,
     ) -> Option<String> {
         let current = self.record(cert, version);
-        let prefix = format!("{}.", naming::file_prefix(&cert.secret));
-        std::fs::read_dir(current.parent()?)
-            .ok()?
-            .flatten()
-            .filter(|e| {
-                e.file_name()
-                    .to_str()
-                    .is_some_and(|n| n.starts_with(&prefix) && !n.ends_with(".tmp"))
-                    && e.path() != current
-            })
-            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-            .max()
-            .and_then(|(_, path)| std::fs::read_to_string(path).ok())
-            .map(|t| t.trim().to_string())
+        self.records_of(cert, version)
+            .into_iter()
+            .find(|(path, _)| *path != current)
+            .map(|(_, thumbprint)| thumbprint)
             .filter(|t| store.contains(t))
+    }
+
+    /// `retainedVersions`: removes from the store the versions of `cert` this product installed beyond the
+    /// newest `self.retained` (the one just installed, `current`, is never removed), with their records; a
+    /// certificate it did not install is never touched. What it removed, as the status names them; a version
+    /// that cannot be removed stays, with a warning in the log, and is tried again at the next rotation.
+    fn remove_older(
+        &self,
+        name: &str,
+        cert: &ObservedCertificate,
+        version: &Version,
+        store: &CertStore,
+        current: &str,
+    ) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        let keep = usize::try_from(self.retained).unwrap_or(usize::MAX).max(1);
+        for (record, thumbprint) in self.records_of(cert, version).into_iter().skip(keep) {
+            if thumbprint != current {
+                match store.remove(&thumbprint) {
+                    Ok(true) => removed.push(certificate_path(&cert.store_location, &thumbprint)),
+                    Ok(false) => {}
+                    Err(e) => {
+                        log::warn!("{name}: {e}");
+                        continue;
+                    }
+                }
+            }
+            // Its record goes too (a version removed by hand included): nothing is left to find.
+            let _ = std::fs::remove_file(&record);
+        }
+        removed
     }
 
     /// `linkOnRenewal`: marks `old`, the previous version, as renewed by `new` when every name of `old` is in
@@ -163,6 +211,7 @@ impl CertificateDestination for Destination {
         Destination {
             records: options.lock_dir.to_path_buf(),
             link_on_renewal: options.link_on_renewal,
+            retained: options.retained_versions,
         }
     }
 
@@ -239,6 +288,20 @@ impl CertificateDestination for Destination {
             path: record.clone(),
             source,
         })?;
+        // What this handle added is in the store once it is closed; the removal works on the store as it is.
+        drop(store);
+        let removed = if imported.added {
+            let store = CertStore::open(target.location, &target.name)?;
+            self.remove_older(&name, cert, version, &store, &imported.thumbprint)
+        } else {
+            Vec::new()
+        };
+        for old in &removed {
+            log::info!(
+                "{name}: removed the older version {} (retainedVersions)",
+                old.display()
+            );
+        }
         Ok(Installed {
             placement: Placement {
                 file: certificate_path(target, &imported.thumbprint),
@@ -246,7 +309,7 @@ impl CertificateDestination for Destination {
                 folder: None,
             },
             changed: imported.added,
-            removed: Vec::new(),
+            removed,
             remark,
         })
     }
@@ -260,11 +323,11 @@ mod tests {
     use crate::platform::windows::cert_store::tests::{fixture, one_key_at_a_time};
     use crate::settings::parse_public_settings;
 
-    /// A destination with its records in `records`.
+    /// A destination with its records in `records`, keeping every version (Windows' default).
     fn destination(records: &Path) -> Destination {
         Destination::new(DestinationOptions {
             acls: false,
-            retained_versions: 0,
+            retained_versions: u32::MAX,
             lock_dir: records,
             link_on_renewal: true,
         })
@@ -415,7 +478,7 @@ mod tests {
         // Without linkOnRenewal nothing is linked.
         let unlinked = Destination::new(DestinationOptions {
             acls: false,
-            retained_versions: 0,
+            retained_versions: u32::MAX,
             lock_dir: &Destination::lock_folder(state.path()).join("other"),
             link_on_renewal: false,
         });
@@ -429,6 +492,65 @@ mod tests {
         let store =
             CertStore::open(other.store_location.location, &other.store_location.name).unwrap();
         assert_eq!(store.renewal_of(&thumb(&one)), None);
+    }
+
+    #[test]
+    fn older_versions_this_product_installed_go_beyond_retained_versions() {
+        let _keys = one_key_at_a_time();
+        let (Some(a), Some(b), Some(c)) = (fixture("a"), fixture("b"), fixture("c")) else {
+            return;
+        };
+        let state = tempfile::tempdir().unwrap();
+        let records = Destination::lock_folder(state.path());
+        let keeps_two = Destination::new(DestinationOptions {
+            acls: false,
+            retained_versions: 2,
+            lock_dir: &records,
+            link_on_renewal: false,
+        });
+        let cert = observed("retain");
+        let store =
+            || CertStore::open(cert.store_location.location, &cert.store_location.name).unwrap();
+        // A certificate someone else put in the same store is never touched.
+        let ca = CertStore::open(cert.store_location.location, "CA").unwrap();
+        let theirs = store()
+            .import(
+                "someone else's",
+                &fixture("d").unwrap(),
+                &cert.link_name,
+                &ca,
+                &crate::settings::KeyOptions::default(),
+            )
+            .unwrap()
+            .thumbprint;
+        let first = keeps_two.install(&cert, &version('a'), &a).unwrap();
+        let second = keeps_two.install(&cert, &version('b'), &b).unwrap();
+        assert!(
+            second.removed.is_empty(),
+            "two versions are kept: {second:?}"
+        );
+        let third = keeps_two.install(&cert, &version('c'), &c).unwrap();
+        assert_eq!(
+            third.removed,
+            vec![first.placement.file.clone()],
+            "{third:?}"
+        );
+        let thumbs = store().thumbprints();
+        assert_eq!(
+            thumbs.len(),
+            3,
+            "{thumbs:?}: theirs {theirs}, {second:?}, {third:?}"
+        );
+        assert!(store().contains(&theirs));
+        assert_eq!(keeps_two.current(&cert, &version('a')), None);
+        assert_eq!(
+            keeps_two.current(&cert, &version('b')),
+            Some(second.placement)
+        );
+        assert_eq!(
+            keeps_two.current(&cert, &version('c')),
+            Some(third.placement)
+        );
     }
 
     #[test]

@@ -11,12 +11,13 @@ use std::ptr;
 use windows_sys::Win32::Foundation::GetLastError;
 use windows_sys::Win32::Security::Cryptography::{
     CERT_CONTEXT, CERT_FIND_SHA1_HASH, CERT_KEY_PROV_INFO_PROP_ID, CERT_RENEWAL_PROP_ID,
-    CERT_STORE_ADD_USE_EXISTING, CERT_STORE_PROV_SYSTEM_W, CERT_SYSTEM_STORE_CURRENT_USER,
-    CERT_SYSTEM_STORE_LOCAL_MACHINE, CRYPT_EXPORTABLE, CRYPT_INTEGER_BLOB, CRYPT_MACHINE_KEYSET,
-    CRYPT_USER_KEYSET, CertAddCertificateContextToStore, CertCloseStore,
-    CertEnumCertificatesInStore, CertFindCertificateInStore, CertFreeCertificateContext,
-    CertGetCertificateContextProperty, CertOpenStore, CertSetCertificateContextProperty,
-    HCERTSTORE, PFXImportCertStore, PKCS_7_ASN_ENCODING, X509_ASN_ENCODING,
+    CERT_STORE_ADD_USE_EXISTING, CERT_STORE_PROV_SYSTEM_REGISTRY_W, CERT_STORE_PROV_SYSTEM_W,
+    CERT_SYSTEM_STORE_CURRENT_USER, CERT_SYSTEM_STORE_LOCAL_MACHINE, CRYPT_EXPORTABLE,
+    CRYPT_INTEGER_BLOB, CRYPT_MACHINE_KEYSET, CRYPT_USER_KEYSET, CertAddCertificateContextToStore,
+    CertCloseStore, CertDeleteCertificateFromStore, CertEnumCertificatesInStore,
+    CertFindCertificateInStore, CertFreeCertificateContext, CertGetCertificateContextProperty,
+    CertOpenStore, CertSetCertificateContextProperty, HCERTSTORE, PFXImportCertStore,
+    PKCS_7_ASN_ENCODING, X509_ASN_ENCODING,
 };
 
 use rustls_pki_types::CertificateDer;
@@ -84,6 +85,22 @@ pub enum CertStoreError {
         /// What went wrong.
         source: super::key_acl::KeyAclError,
     },
+    /// An older version could not be removed (`retainedVersions`); it stays in the store.
+    #[error(
+        "cannot remove the older version {thumbprint} from {location}\\{store} ({error}); it stays installed \
+         beside the newer ones",
+        error = windows_error(*code)
+    )]
+    Remove {
+        /// Its thumbprint.
+        thumbprint: String,
+        /// `LocalMachine` or `CurrentUser`.
+        location: &'static str,
+        /// The store's name.
+        store: String,
+        /// `GetLastError()`.
+        code: u32,
+    },
     /// The previous version could not be marked as renewed by the new one (`linkOnRenewal`).
     #[error(
         "cannot mark {old} in {location}\\{store} as renewed by {new} (CERT_RENEWAL_PROP_ID, {error}); both \
@@ -122,6 +139,7 @@ impl CertStoreError {
             Self::NoLeaf { .. } => "cert-store-no-key",
             Self::Add { .. } => "cert-store-add",
             Self::Renewal { .. } => "renewal-link-failed",
+            Self::Remove { .. } => "cert-store-remove",
             Self::KeyAcl { source, .. } => source.reason(),
         }
     }
@@ -214,6 +232,15 @@ impl CertStore {
     /// Opens the system store `name` of `location`, creating it if it does not exist (any name is a store, as
     /// `certutil -addstore` makes it).
     pub(crate) fn open(location: StoreLocation, name: &str) -> Result<CertStore, CertStoreError> {
+        CertStore::open_with(CERT_STORE_PROV_SYSTEM_W, location, name)
+    }
+
+    /// Opens `name` of `location` with the store provider `provider` (the system store, or its registry part).
+    fn open_with(
+        provider: windows_sys::core::PCSTR,
+        location: StoreLocation,
+        name: &str,
+    ) -> Result<CertStore, CertStoreError> {
         let flags = match location {
             StoreLocation::LocalMachine => CERT_SYSTEM_STORE_LOCAL_MACHINE,
             StoreLocation::CurrentUser => CERT_SYSTEM_STORE_CURRENT_USER,
@@ -221,15 +248,8 @@ impl CertStore {
         let wide_name = wide(name);
         // SAFETY: the provider is the system store and its parameter a NUL-terminated UTF-16 name that
         // outlives the call.
-        let handle = unsafe {
-            CertOpenStore(
-                CERT_STORE_PROV_SYSTEM_W,
-                0,
-                0,
-                flags,
-                wide_name.as_ptr().cast::<c_void>(),
-            )
-        };
+        let handle =
+            unsafe { CertOpenStore(provider, 0, 0, flags, wide_name.as_ptr().cast::<c_void>()) };
         if handle.is_null() {
             return Err(CertStoreError::Open {
                 location: location.as_str(),
@@ -275,6 +295,30 @@ impl CertStore {
     pub(crate) fn names_of(&self, thumbprint: &str) -> Option<Vec<String>> {
         self.find(thumbprint)
             .map(|c| crate::certificate::subject_alt_names(c.der()))
+    }
+
+    /// Removes the certificate `thumbprint` from the store; whether it was there. Its key stays where Windows
+    /// keeps keys (as `certutil -delstore` leaves it).
+    pub(crate) fn remove(&self, thumbprint: &str) -> Result<bool, CertStoreError> {
+        // From the registry store the import added it to: a system store is a collection of physical stores,
+        // and Wine's collection does not pass a removal on.
+        let registry =
+            CertStore::open_with(CERT_STORE_PROV_SYSTEM_REGISTRY_W, self.location, &self.name)?;
+        let Some(context) = registry.find(thumbprint) else {
+            return Ok(false);
+        };
+        // SAFETY: a live context, which the call frees whether it succeeds or not.
+        let ok = unsafe { CertDeleteCertificateFromStore(context.0) };
+        std::mem::forget(context);
+        if ok == 0 {
+            return Err(CertStoreError::Remove {
+                thumbprint: thumbprint.to_string(),
+                location: self.location.as_str(),
+                store: self.name.clone(),
+                code: last_error(),
+            });
+        }
+        Ok(true)
     }
 
     /// The thumbprint the certificate `thumbprint` names as its renewal (`CERT_RENEWAL_PROP_ID`), if it has one.

@@ -59,7 +59,7 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let options = SyncOptions {
             acl_enabled: false,
-            retained_versions: 0,
+            retained_versions: u32::MAX,
             lock_dir: Destination::lock_folder(state.path()),
             link_on_renewal: false,
         };
