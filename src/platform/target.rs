@@ -24,7 +24,8 @@ mod implementation;
 #[path = "windows/target.rs"]
 mod implementation;
 
-pub use implementation::{DEFAULT_STORE, StoreTarget};
 pub(crate) use implementation::{
-    EXPECT_LOCATION, EXPECT_NAME, KEY_STORE_OPTIONS, NAMES_A_STORE, default_target, parse, shown,
+    DEFAULT_RETAINED_VERSIONS, EXPECT_LOCATION, EXPECT_NAME, KEY_STORE_OPTIONS, NAMES_A_STORE,
+    default_target, parse, shown,
 };
+pub use implementation::{DEFAULT_STORE, StoreTarget};

@@ -46,9 +46,9 @@ use sections::{
 
 /// `pollingIntervalInS` when absent: one hour, as the Microsoft extension does.
 pub const DEFAULT_POLLING_INTERVAL: Duration = Duration::from_secs(3600);
-/// `retainedVersions` when absent on Linux: the current version and the previous one (Windows keeps every
-/// version unless told, as Microsoft's v3 for Windows does).
-pub const DEFAULT_RETAINED_VERSIONS: u32 = 2;
+/// `retainedVersions` when absent, the platform's: on Linux the current version and the previous one; on
+/// Windows every version (`u32::MAX`), as Microsoft's v3 for Windows leaves them.
+pub const DEFAULT_RETAINED_VERSIONS: u32 = crate::platform::target::DEFAULT_RETAINED_VERSIONS;
 /// fluentd `endpoint` when absent.
 pub const DEFAULT_FLUENTD_ENDPOINT: &str = "tcp://localhost:24224";
 /// fluentd port when the endpoint names none (fluentd's own default).

@@ -57,12 +57,7 @@ pub(super) fn polling_interval(
 /// `retainedVersions`: a positive whole number.
 pub(super) fn retained_versions(value: Option<&Value>, path: &str) -> Result<u32, SettingsError> {
     let Some(v) = value else {
-        return Ok(if crate::platform::target::KEY_STORE_OPTIONS {
-            // Windows: every version stays unless the settings say, as Microsoft's v3 for Windows leaves them.
-            u32::MAX
-        } else {
-            DEFAULT_RETAINED_VERSIONS
-        });
+        return Ok(DEFAULT_RETAINED_VERSIONS);
     };
     whole_number(v, u64::from(u32::MAX))
         .and_then(|n| u32::try_from(n).ok())

@@ -13,6 +13,8 @@ pub use crate::platform::paths::DEFAULT_STORE;
 
 /// Whether `certificateStoreName` means something on this platform.
 pub(crate) const NAMES_A_STORE: bool = false;
+/// `retainedVersions` when absent: the current version file and the previous one.
+pub(crate) const DEFAULT_RETAINED_VERSIONS: u32 = 2;
 /// Whether a certificate's private key lives in a key store with its own options (`keyExportable`, `accounts`,
 /// `linkOnRenewal`): Windows' only; Linux keys are files, read by `acls`.
 pub(crate) const KEY_STORE_OPTIONS: bool = false;

@@ -223,7 +223,12 @@ fn wide(text: &str) -> Vec<u16> {
 /// The thumbprint Windows gives a certificate: the upper-case hex SHA-1 of its DER.
 pub(crate) fn thumbprint(der: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, der);
-    digest.as_ref().iter().map(|b| format!("{b:02X}")).collect()
+    hex_upper(digest.as_ref())
+}
+
+/// A hash as Windows shows it: upper-case hex (the reverse of [`unhex`]).
+fn hex_upper(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
 const ENCODING: u32 = X509_ASN_ENCODING | PKCS_7_ASN_ENCODING;
@@ -335,7 +340,7 @@ impl CertStore {
                 &mut size,
             )
         };
-        (ok != 0 && size == 20).then(|| hash.iter().map(|b| format!("{b:02X}")).collect())
+        (ok != 0 && size == 20).then(|| hex_upper(&hash))
     }
 
     /// Marks the certificate `old` as renewed by `new` (`CERT_RENEWAL_PROP_ID` = `new`'s SHA-1), so Schannel

@@ -185,7 +185,7 @@ impl KeepAlive for Keeper {
         if self.not_the_application().is_err() {
             return self.stop(grace);
         }
-        let outcome = self.stop(grace)?;
+        let outcome = self.service.stop(grace)?;
         if self.service.remove(grace)? {
             log::info!("the Windows service {SERVICE} was deleted");
         }

@@ -12,6 +12,8 @@ pub const DEFAULT_STORE: &str = "LocalMachine\\MY";
 
 /// Whether `certificateStoreName` means something on this platform.
 pub(crate) const NAMES_A_STORE: bool = true;
+/// `retainedVersions` when absent: every version stays in its store, as Microsoft's v3 for Windows leaves them.
+pub(crate) const DEFAULT_RETAINED_VERSIONS: u32 = u32::MAX;
 /// Whether a certificate's private key lives in a key store with its own options (`keyExportable`, `accounts`,
 /// `linkOnRenewal`): yes, Windows' key storage providers.
 pub(crate) const KEY_STORE_OPTIONS: bool = true;
