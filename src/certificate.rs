@@ -217,6 +217,8 @@ pub struct CertificateBundle {
     serial: String,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
+    /// The provider the vault's PFX names for its key (Windows' key-provider bag attribute), if it names one.
+    key_provider: Option<String>,
 }
 
 impl std::fmt::Debug for CertificateBundle {
@@ -393,11 +395,23 @@ impl CertificateBundle {
         kind: ContentKind,
         value: &str,
     ) -> Result<CertificateBundle, CertificateError> {
-        let (certs, keys) = match kind {
+        let (certs, keys, key_provider) = match kind {
             ContentKind::Pkcs12 => read_pkcs12(name, value)?,
-            ContentKind::Pem => read_pem(name, value)?,
+            ContentKind::Pem => {
+                let (certs, keys) = read_pem(name, value)?;
+                (certs, keys, None)
+            }
         };
-        Self::assemble(name, certs, keys)
+        let mut bundle = Self::assemble(name, certs, keys)?;
+        bundle.key_provider = key_provider;
+        Ok(bundle)
+    }
+
+    /// The provider the vault's PFX names for its key (the bag attribute Windows writes when it exports a key,
+    /// e.g. `Microsoft Enhanced RSA and AES Cryptographic Provider`); `None` for PEM and for PFX files that name
+    /// none. Windows keeps the key with that provider; kvvm's own PFX carries it on (`to_pkcs12`).
+    pub fn key_provider(&self) -> Option<&str> {
+        self.key_provider.as_deref()
     }
 
     fn assemble(
@@ -506,6 +520,7 @@ impl CertificateBundle {
             serial,
             not_before,
             not_after,
+            key_provider: None,
         })
     }
 
@@ -594,7 +609,15 @@ impl CertificateBundle {
             .mac_iterations(PFX_ITERATIONS)
             .write()
             .map_err(err)?;
-        Ok(Zeroizing::new(der))
+        match &self.key_provider {
+            None => Ok(Zeroizing::new(der)),
+            Some(provider) => name_key_provider(&der, provider)
+                .map(Zeroizing::new)
+                .map_err(|e| CertificateError::Pkcs12Write {
+                    name: name.to_string(),
+                    detail: format!("naming its key's provider {provider:?}: {e}"),
+                }),
+        }
     }
 
     /// The leaf's subject.
@@ -704,7 +727,10 @@ fn wrap_pkcs8(algorithm_der: &[u8], key: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
     Some(out)
 }
 
-fn read_pkcs12(name: &str, value: &str) -> Result<(Vec<Vec<u8>>, Vec<FoundKey>), CertificateError> {
+/// What a PFX holds: its certificates, its keys and the provider it names for its key.
+type Pkcs12Content = (Vec<Vec<u8>>, Vec<FoundKey>, Option<String>);
+
+fn read_pkcs12(name: &str, value: &str) -> Result<Pkcs12Content, CertificateError> {
     let compact: Zeroizing<String> =
         Zeroizing::new(value.chars().filter(|c| !c.is_ascii_whitespace()).collect());
     let der = Zeroizing::new(STANDARD.decode(compact.as_bytes()).map_err(|e| {
@@ -742,7 +768,7 @@ fn read_pkcs12(name: &str, value: &str) -> Result<(Vec<Vec<u8>>, Vec<FoundKey>),
         .iter()
         .map(|bag| FoundKey::Pkcs8(Zeroizing::new(bag.key.as_der().to_vec())))
         .collect();
-    Ok((certs, keys))
+    Ok((certs, keys, pkcs12_key_provider(&der)))
 }
 
 /// The most key-derivation iterations kvvm runs for one part of a PFX: p12-keystore's own cap, well above what
@@ -753,6 +779,7 @@ const OID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.
 const OID_ENCRYPTED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.6");
 const OID_PBES2: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.5.13");
 const OID_PBKDF2: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.5.12");
+const OID_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
 /// The pkcs-12PbeIds (RFC 7292 appendix C), whose parameters are { salt, iterations }.
 const OIDS_PKCS12_PBE: [ObjectIdentifier; 6] = [
     pkcs12::PKCS_12_PBE_WITH_SHAAND128_BIT_RC4,
@@ -781,6 +808,24 @@ fn pbe_iterations(algorithm: &AlgorithmIdentifierOwned) -> Option<u64> {
     None
 }
 
+/// The ContentInfos of a PFX's AuthenticatedSafe (its `data` content), if it decodes.
+fn authenticated_safe(pfx: &Pfx) -> Option<AuthenticatedSafe<'static>> {
+    if pfx.auth_safe.content_type != OID_DATA {
+        return None;
+    }
+    let safes = pfx.auth_safe.content.decode_as::<OctetString>().ok()?;
+    AuthenticatedSafe::from_der(safes.as_bytes()).ok()
+}
+
+/// The bags of an unencrypted (`data`) ContentInfo; `None` for encrypted ones and what does not decode.
+fn plain_bags(content_info: &cms::content_info::ContentInfo) -> Option<SafeContents> {
+    if content_info.content_type != OID_DATA {
+        return None;
+    }
+    let bags = content_info.content.decode_as::<OctetString>().ok()?;
+    SafeContents::from_der(bags.as_bytes()).ok()
+}
+
 /// Every key-derivation iteration count a PFX declares, with what it protects, read before any derivation
 /// runs. What does not decode (BER indefinite lengths, odd layouts) is skipped: p12-keystore judges it.
 fn pkcs12_iterations(pfx: &[u8]) -> Vec<(&'static str, u64)> {
@@ -793,39 +838,113 @@ fn pkcs12_iterations(pfx: &[u8]) -> Vec<(&'static str, u64)> {
     {
         found.push(("its integrity MAC", n));
     }
-    if pfx.auth_safe.content_type != OID_DATA {
-        return found;
-    }
-    let Ok(safes) = pfx.auth_safe.content.decode_as::<OctetString>() else {
-        return found;
-    };
-    let Ok(safes) = AuthenticatedSafe::from_der(safes.as_bytes()) else {
-        return found;
-    };
-    for content_info in safes {
+    for content_info in authenticated_safe(&pfx).unwrap_or_default() {
         if content_info.content_type == OID_ENCRYPTED_DATA {
             if let Ok(data) = content_info.content.decode_as::<EncryptedData>()
                 && let Some(n) = pbe_iterations(&data.enc_content_info.content_enc_alg)
             {
                 found.push(("its encrypted certificates", n));
             }
-        } else if content_info.content_type == OID_DATA
-            && let Ok(bags) = content_info.content.decode_as::<OctetString>()
-            && let Ok(bags) = SafeContents::from_der(bags.as_bytes())
-        {
-            for bag in bags {
-                // bagValue is kept whole: the [0] wrapper around an EncryptedPrivateKeyInfo.
-                if bag.bag_id == pkcs12::PKCS_12_PKCS8_KEY_BAG_OID
-                    && let Ok(value) = AnyRef::from_der(&bag.bag_value)
-                    && let Ok(key) = EncryptedPrivateKeyInfo::from_der(value.value())
-                    && let Some(n) = pbe_iterations(&key.encryption_algorithm)
-                {
-                    found.push(("its private key", n));
-                }
+            continue;
+        }
+        for bag in plain_bags(&content_info).unwrap_or_default() {
+            // bagValue is kept whole: the [0] wrapper around an EncryptedPrivateKeyInfo.
+            if bag.bag_id == pkcs12::PKCS_12_PKCS8_KEY_BAG_OID
+                && let Ok(value) = AnyRef::from_der(&bag.bag_value)
+                && let Ok(key) = EncryptedPrivateKeyInfo::from_der(value.value())
+                && let Some(n) = pbe_iterations(&key.encryption_algorithm)
+            {
+                found.push(("its private key", n));
             }
         }
     }
     found
+}
+
+/// szOID_PKCS_12_KEY_PROVIDER_NAME_ATTR: the bag attribute (a BMPString) in which Windows names the provider
+/// that keeps a PFX's key; its PFX import keeps the key with that provider.
+const OID_KEY_PROVIDER: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.311.17.1");
+
+/// Whether a bag holds a private key (shrouded, as every real tool writes it, or plain).
+fn is_key_bag(bag: &pkcs12::safe_bag::SafeBag) -> bool {
+    bag.bag_id == pkcs12::PKCS_12_PKCS8_KEY_BAG_OID || bag.bag_id == pkcs12::PKCS_12_KEY_BAG_OID
+}
+
+/// The provider a PFX names for its key, from the first key bag that carries the attribute.
+fn pkcs12_key_provider(pfx: &[u8]) -> Option<String> {
+    let pfx = Pfx::from_der(pfx).ok()?;
+    authenticated_safe(&pfx)?
+        .iter()
+        .filter_map(plain_bags)
+        .flatten()
+        .filter(is_key_bag)
+        .flat_map(|bag| bag.bag_attributes.unwrap_or_default().into_vec())
+        .filter(|attribute| attribute.oid == OID_KEY_PROVIDER)
+        .flat_map(|attribute| attribute.values.into_vec())
+        .find_map(|value| value.decode_as::<der::asn1::BmpString>().ok())
+        .map(|name| name.to_string())
+        .filter(|name| !name.is_empty())
+}
+
+/// `pfx` (kvvm's own, empty password) with `provider` named on its key bags, its MAC computed again. Only the
+/// bag attributes change: the encrypted key and certificates are carried over as they are.
+fn name_key_provider(pfx: &[u8], provider: &str) -> Result<Vec<u8>, der::Error> {
+    use der::asn1::{Any, BmpString, SetOfVec};
+    use hmac::{KeyInit as _, Mac as _};
+    let mut pfx = Pfx::from_der(pfx)?;
+    let mut safes = authenticated_safe(&pfx).ok_or(der::ErrorKind::Failed)?;
+    let attribute = cms::cert::x509::attr::Attribute {
+        oid: OID_KEY_PROVIDER,
+        values: SetOfVec::try_from(vec![Any::encode_from(&BmpString::from_utf8(provider)?)?])?,
+    };
+    let mut named = false;
+    for content_info in &mut safes {
+        let Some(mut bags) = plain_bags(content_info) else {
+            continue;
+        };
+        if !bags.iter().any(is_key_bag) {
+            continue;
+        }
+        // The decoder keeps bagValue with its [0] wrapper, the encoder adds one: unwrap it first.
+        for bag in &mut bags {
+            bag.bag_value = AnyRef::from_der(&bag.bag_value)?.value().to_vec();
+        }
+        let mut changed = false;
+        for bag in bags.iter_mut().filter(|bag| is_key_bag(bag)) {
+            let mut attributes = bag.bag_attributes.take().unwrap_or_default().into_vec();
+            attributes.retain(|a| a.oid != OID_KEY_PROVIDER);
+            attributes.push(attribute.clone());
+            bag.bag_attributes = Some(SetOfVec::try_from(attributes)?);
+            changed = true;
+        }
+        if changed {
+            content_info.content = Any::encode_from(&OctetString::new(bags.to_der()?)?)?;
+            named = true;
+        }
+    }
+    if !named {
+        return Err(der::ErrorKind::Failed.into());
+    }
+    let content = safes.to_der()?;
+    let mac = pfx.mac_data.as_mut().ok_or(der::ErrorKind::Failed)?;
+    // The PKCS#12 MAC (RFC 7292 appendix B) kvvm's writer uses: HMAC-SHA-256 under a key derived from the
+    // empty password with the MAC's own salt and iteration count.
+    if mac.mac.algorithm.oid != OID_SHA256 {
+        return Err(der::ErrorKind::Failed.into());
+    }
+    let key = pkcs12::kdf::derive_key_utf8::<sha2::Sha256>(
+        "",
+        mac.mac_salt.as_bytes(),
+        pkcs12::kdf::Pkcs12KeyType::Mac,
+        mac.iterations,
+        32,
+    )?;
+    let mut hmac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).map_err(|_| der::ErrorKind::Failed)?;
+    hmac.update(&content);
+    mac.mac.digest = OctetString::new(hmac.finalize().into_bytes().to_vec())?;
+    pfx.auth_safe.content = Any::encode_from(&OctetString::new(content)?)?;
+    pfx.to_der()
 }
 
 fn read_pem(name: &str, value: &str) -> Result<(Vec<Vec<u8>>, Vec<FoundKey>), CertificateError> {

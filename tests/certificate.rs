@@ -925,3 +925,79 @@ fn the_pfx_is_read_back_by_kvvm_itself() {
             .unwrap();
     assert_eq!(*again.to_pem(), *bundle.to_pem());
 }
+
+// The key's provider (Windows' bag attribute 1.3.6.1.4.1.311.17.1, which `openssl pkcs12 -CSP` writes too).
+
+const CAPI_PROVIDER: &str = "Microsoft Enhanced RSA and AES Cryptographic Provider";
+
+#[test]
+fn the_provider_a_pfx_names_for_its_key_is_read_and_carried_into_kvvms_pfx() {
+    let chain = fixture(KeyType::Rsa(2048));
+    for variant in [
+        PfxVariant::KeyVault,
+        PfxVariant::Aes,
+        PfxVariant::Unencrypted,
+    ] {
+        let tag = format!("csp-{variant:?}");
+        let pfx = chain.pfx_with(variant, &["-CSP", CAPI_PROVIDER]).unwrap();
+        let bundle =
+            CertificateBundle::from_secret(&tag, ContentKind::Pkcs12, &STANDARD.encode(&pfx))
+                .unwrap_or_else(|e| panic!("{tag}: {e}"));
+        assert_eq!(bundle.key_provider(), Some(CAPI_PROVIDER), "{tag}");
+        // kvvm's own PFX names it on its key bag, and its MAC still verifies (openssl checks it first).
+        let ours = bundle.to_pkcs12(&tag, "web").unwrap();
+        let file = chain.dir.join(format!("{tag}.pfx"));
+        fs::write(&file, &*ours).unwrap();
+        let info = pki::openssl(
+            &chain.dir,
+            &[
+                "pkcs12",
+                "-in",
+                file.to_str().unwrap(),
+                "-passin",
+                "pass:",
+                "-nocerts",
+                "-nodes",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{tag}: openssl refused kvvm's PFX: {e}"));
+        let info = String::from_utf8_lossy(&info);
+        assert!(
+            info.contains(&format!("Microsoft CSP Name: {CAPI_PROVIDER}")),
+            "{tag}: {info}"
+        );
+        assert!(info.contains("BEGIN PRIVATE KEY"), "{tag}: {info}");
+        // Read again, it is the same certificate naming the same provider.
+        let again =
+            CertificateBundle::from_secret(&tag, ContentKind::Pkcs12, &STANDARD.encode(&*ours))
+                .unwrap();
+        assert_eq!(again.key_provider(), Some(CAPI_PROVIDER), "{tag}");
+        assert_eq!(again.serial_hex(), bundle.serial_hex(), "{tag}");
+        assert_eq!(*again.to_pem(), *bundle.to_pem(), "{tag}");
+    }
+}
+
+#[test]
+fn a_pfx_or_pem_that_names_no_provider_gives_a_pfx_that_names_none() {
+    let chain = fixture(KeyType::Ec("P-256"));
+    let from_pfx = CertificateBundle::from_secret(
+        "plain",
+        ContentKind::Pkcs12,
+        &STANDARD.encode(chain.pfx(PfxVariant::KeyVault).unwrap()),
+    )
+    .unwrap();
+    let from_pem = CertificateBundle::from_secret(
+        "pem",
+        ContentKind::Pem,
+        &chain.pem(PemLayout::default()).unwrap(),
+    )
+    .unwrap();
+    for bundle in [from_pfx, from_pem] {
+        assert_eq!(bundle.key_provider(), None);
+        let ours = bundle.to_pkcs12("plain", "web").unwrap();
+        let again =
+            CertificateBundle::from_secret("again", ContentKind::Pkcs12, &STANDARD.encode(&*ours))
+                .unwrap();
+        assert_eq!(again.key_provider(), None);
+    }
+}

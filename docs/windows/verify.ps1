@@ -2,7 +2,8 @@
 .SYNOPSIS
   Checks on a real Windows machine what kvvm's Windows tests cannot show under Wine: that each observed
   certificate is in its store with its private key, its intermediates in the location's CA store, and its root
-  not added to Root; who may use its private key (`accounts`); and the worker's service's recovery actions.
+  not added to Root; which provider keeps its private key and whether it exports (`keyExportable`); who may use
+  it (`accounts`); and the worker's service's recovery actions.
 
 .DESCRIPTION
   Wine's crypt32 implements the import and the stores, and kvvm's tests check those under Wine. It does not keep
@@ -30,6 +31,12 @@ param(
     [string[]] $Thumbprint,
     # The certificate's `accounts`, as its settings list them: each must be able to read its private key.
     [string[]] $Accounts = @(),
+    # The provider expected to keep each key: the Microsoft Software Key Storage Provider (CNG), unless the vault's
+    # PFX named another for its key (e.g. 'Microsoft Enhanced RSA and AES Cryptographic Provider').
+    [string] $KeyProvider = 'Microsoft Software Key Storage Provider',
+    # The certificate's `keyExportable`: its key must then export encrypted only (a CNG key never in plaintext),
+    # and otherwise not at all.
+    [switch] $Exportable,
     # The worker's Windows service, whose recovery actions Wine's service manager cannot report.
     [string] $Service = 'kvvm'
 )
@@ -104,6 +111,22 @@ foreach ($t in $Thumbprint) {
             $pub = [System.Security.Cryptography.X509Certificates.ECDsaCertificateExtensions]::GetECDsaPublicKey($cert)
             Check ($pub.VerifyData($data, $sig, 'SHA256')) "$t's key matches its certificate"
         }
+    }
+    # Who keeps the key (cert_store.rs, PKCS12_PREFER_CNG_KSP) and whether it exports (keyExportable): a CNG key's
+    # export policy is AllowExport alone when exportable (never AllowPlaintextExport), None otherwise.
+    if ($null -ne $key) {
+        if ($key -is [System.Security.Cryptography.RSACng] -or $key -is [System.Security.Cryptography.ECDsaCng]) {
+            $provider = $key.Key.Provider.Provider
+            $policy = "$($key.Key.ExportPolicy)"
+            $expected = if ($Exportable) { 'AllowExport' } else { 'None' }
+            Check ($policy -eq $expected) "$t's CNG key's export policy is $expected (found: $policy)"
+        } elseif ($null -ne $key.PSObject.Properties['CspKeyContainerInfo']) {
+            $provider = $key.CspKeyContainerInfo.ProviderName
+            Check ($key.CspKeyContainerInfo.Exportable -eq [bool]$Exportable) "$t's CryptoAPI key is exportable: $([bool]$Exportable)"
+        } else {
+            $provider = "unknown ($($key.GetType().FullName))"
+        }
+        Check ($provider -eq $KeyProvider) "$t's key is kept by $KeyProvider (found: $provider)"
     }
     # Who may use the key (`accounts`): SYSTEM and Administrators full control, each account read, nothing
     # inherited (kvvm sets a protected DACL, key_acl.rs).

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Certificates for the Windows tests (run under Wine, where there is no openssl): a root, an intermediate and
 # two leaves it issued, each leaf as a Key Vault PEM secret value (the leaf, the intermediate, the root, then
-# the PKCS#8 key), in DIR: a.pem, b.pem, c.pem, d.pem.
+# the PKCS#8 key), in DIR: a.pem, b.pem, c.pem, d.pem; and c-capi.b64 (below).
 set -euo pipefail
 dir=${1:?usage: fixtures.sh DIR}
 rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
@@ -22,3 +22,9 @@ for leaf in a:DNS:web.example.com b:DNS:web.example.com c:DNS:other.example.com 
     openssl pkcs8 -topk8 -nocrypt -in "$leaf.key" -out "$leaf.p8"
     cat "$leaf.crt" int.crt root.crt "$leaf.p8" > "$leaf.pem"
 done
+# c again as a PFX secret value (base64) that names a CryptoAPI provider for its key, as Windows does when it
+# exports one: c-capi.b64.
+cat int.crt root.crt > chain.crt
+openssl pkcs12 -export -passout pass: -in c.crt -inkey c.key -certfile chain.crt \
+    -CSP "Microsoft Enhanced RSA and AES Cryptographic Provider" -out c-capi.pfx
+base64 -w0 c-capi.pfx > c-capi.b64

@@ -273,10 +273,18 @@ impl CertificateDestination for Destination {
         if let Some(linked) = &linked {
             log::info!("{name}: {linked}");
         }
-        let remark = match (remark, linked) {
-            (Some(a), Some(b)) => Some(format!("{b}; {a}")),
-            (a, b) => a.or(b),
-        };
+        if let Some(provider) = &imported.key_provider {
+            log::info!("{name}: its key is kept by {provider}");
+        }
+        for remark in &imported.remarks {
+            log::warn!("{name}: {remark}");
+        }
+        let remarks: Vec<String> = linked
+            .into_iter()
+            .chain(remark)
+            .chain(imported.remarks.iter().cloned())
+            .collect();
+        let remark = (!remarks.is_empty()).then(|| remarks.join("; "));
         let record = self.record(cert, version);
         let write = || -> std::io::Result<()> {
             crate::files::create_folder(record.parent().unwrap_or(Path::new(".")), 0o700)?;

@@ -17,7 +17,7 @@ use windows_sys::Win32::Security::Cryptography::{
     CertCloseStore, CertDeleteCertificateFromStore, CertEnumCertificatesInStore,
     CertFindCertificateInStore, CertFreeCertificateContext, CertGetCertificateContextProperty,
     CertOpenStore, CertSetCertificateContextProperty, HCERTSTORE, PFXImportCertStore,
-    PKCS_7_ASN_ENCODING, X509_ASN_ENCODING,
+    PKCS_7_ASN_ENCODING, PKCS12_PREFER_CNG_KSP, X509_ASN_ENCODING,
 };
 
 use rustls_pki_types::CertificateDer;
@@ -156,6 +156,11 @@ pub(crate) struct Imported {
     pub(crate) intermediates: Vec<String>,
     /// The thumbprint of the root the chain ends in, which was left out (never added to `Root`).
     pub(crate) root: Option<String>,
+    /// Who keeps the new key, as `<provider> (CNG)` or `<provider> (CryptoAPI)`; `None` when nothing was added.
+    pub(crate) key_provider: Option<String>,
+    /// What the status should say about the new key (a provider Windows would not use, an export policy it
+    /// would not set), each a sentence.
+    pub(crate) remarks: Vec<String>,
 }
 
 /// An open system store. Closed when dropped.
@@ -197,6 +202,53 @@ impl Context {
         }
     }
 
+    /// Who keeps the certificate's key, from its key-provider property: `<provider> (CNG)` (provider type 0)
+    /// or `<provider> (CryptoAPI)`.
+    fn key_provider(&self) -> Option<String> {
+        use windows_sys::Win32::Security::Cryptography::CRYPT_KEY_PROV_INFO;
+        let mut size = 0u32;
+        // SAFETY: asks only for the property's size.
+        let ok = unsafe {
+            CertGetCertificateContextProperty(
+                self.0,
+                CERT_KEY_PROV_INFO_PROP_ID,
+                ptr::null_mut(),
+                &mut size,
+            )
+        };
+        if ok == 0 || (size as usize) < std::mem::size_of::<CRYPT_KEY_PROV_INFO>() {
+            return None;
+        }
+        // u64 cells: aligned for the structure at the buffer's start.
+        let mut buffer = vec![0u64; (size as usize).div_ceil(8)];
+        // SAFETY: a buffer of at least `size` bytes.
+        let ok = unsafe {
+            CertGetCertificateContextProperty(
+                self.0,
+                CERT_KEY_PROV_INFO_PROP_ID,
+                buffer.as_mut_ptr().cast::<c_void>(),
+                &mut size,
+            )
+        };
+        if ok == 0 {
+            return None;
+        }
+        // SAFETY: Windows wrote a CRYPT_KEY_PROV_INFO at the start, its strings inside the same buffer.
+        let info = unsafe { &*buffer.as_ptr().cast::<CRYPT_KEY_PROV_INFO>() };
+        let provider = if info.pwszProvName.is_null() {
+            String::new()
+        } else {
+            // SAFETY: a NUL-terminated string inside the buffer.
+            unsafe { from_wide(info.pwszProvName) }
+        };
+        let kind = if info.dwProvType == 0 {
+            "CNG"
+        } else {
+            "CryptoAPI"
+        };
+        Some(format!("{provider} ({kind})"))
+    }
+
     fn has_private_key(&self) -> bool {
         let mut size = 0u32;
         // SAFETY: asks only for the property's size.
@@ -211,9 +263,40 @@ impl Context {
     }
 }
 
+/// Imports a PFX with an empty password into a temporary store; `Err`: `GetLastError()`.
+fn pfx_import(pfx: &[u8], flags: u32, location: StoreLocation) -> Result<CertStore, u32> {
+    let blob = CRYPT_INTEGER_BLOB {
+        cbData: pfx.len() as u32,
+        pbData: pfx.as_ptr().cast_mut(),
+    };
+    let empty = wide("");
+    // SAFETY: the blob and the password outlive the call; the temporary store is closed by CertStore's Drop.
+    let handle = unsafe { PFXImportCertStore(&blob, empty.as_ptr(), flags) };
+    if handle.is_null() {
+        return Err(last_error());
+    }
+    Ok(CertStore {
+        handle,
+        location,
+        name: "(imported PFX)".to_string(),
+    })
+}
+
 fn last_error() -> u32 {
     // SAFETY: no preconditions.
     unsafe { GetLastError() }
+}
+
+/// # Safety
+/// `text` points at a NUL-terminated UTF-16 string.
+unsafe fn from_wide(text: *const u16) -> String {
+    let mut len = 0;
+    // SAFETY: reads up to the caller's NUL terminator.
+    while unsafe { *text.add(len) } != 0 {
+        len += 1;
+    }
+    // SAFETY: `len` units before the terminator.
+    String::from_utf16_lossy(unsafe { std::slice::from_raw_parts(text, len) })
 }
 
 fn wide(text: &str) -> Vec<u16> {
@@ -419,6 +502,8 @@ impl CertStore {
                 added: false,
                 intermediates: Vec::new(),
                 root: None,
+                key_provider: None,
+                remarks: Vec::new(),
             });
         }
         // Who may read the key, resolved before anything is imported: an unknown account changes nothing.
@@ -436,13 +521,14 @@ impl CertStore {
                 })?;
             Some(super::key_acl::key_dacl_sddl(&readers))
         };
-        // The PFX is kvvm's own (PBES2/AES, SHA-256 MAC, empty password), from whichever form the vault gave.
+        // The PFX is kvvm's own (PBES2/AES, SHA-256 MAC, empty password), from whichever form the vault gave; it
+        // names the provider the vault's PFX named for the key, if any.
         let pfx = bundle
             .to_pkcs12(name, friendly)
             .map_err(CertStoreError::Pfx)?;
-        // The key persisted in the location's key set, exportable only when the settings ask. (No
-        // PKCS12_PREFER_CNG_KSP: Wine's PFXImportCertStore refuses the flag, so nothing here could show what it
-        // does; Windows then keeps the key with the provider its PFX import picks.)
+        // The key persisted in the location's key set, exportable only when the settings ask, with the provider
+        // Microsoft documents for PKCS12_PREFER_CNG_KSP: the one the PFX names (a CryptoAPI provider, from the
+        // vault's PFX), otherwise the Microsoft Software Key Storage Provider (CNG).
         let mut flags = match self.location {
             StoreLocation::LocalMachine => CRYPT_MACHINE_KEYSET,
             StoreLocation::CurrentUser => CRYPT_USER_KEYSET,
@@ -450,24 +536,21 @@ impl CertStore {
         if key.exportable {
             flags |= CRYPT_EXPORTABLE;
         }
-        let blob = CRYPT_INTEGER_BLOB {
-            cbData: pfx.len() as u32,
-            pbData: pfx.as_ptr().cast_mut(),
-        };
-        let empty = wide("");
-        // SAFETY: the blob and the password outlive the call; the temporary store is closed by CertStore's Drop.
-        let temp = unsafe { PFXImportCertStore(&blob, empty.as_ptr(), flags) };
-        if temp.is_null() {
-            return Err(CertStoreError::Import {
-                name: name.to_string(),
-                code: last_error(),
-            });
-        }
-        let temp = CertStore {
-            handle: temp,
-            location: self.location,
-            name: "(imported PFX)".to_string(),
-        };
+        let (temp, cng_refused) =
+            match pfx_import(&pfx, flags | PKCS12_PREFER_CNG_KSP, self.location) {
+                Ok(temp) => (temp, None),
+                // "If the CNG KSP is unavailable, PFXImportCertStore will fail" (Wine 8 refuses the flag, too): the
+                // key is then kept by the provider the import picks without it, and the status says so.
+                Err(cng) => {
+                    let temp = pfx_import(&pfx, flags, self.location).map_err(|code| {
+                        CertStoreError::Import {
+                            name: name.to_string(),
+                            code,
+                        }
+                    })?;
+                    (temp, Some(cng))
+                }
+            };
         // Whether the chain the vault gave ends in a root, which is never added (whatever the PFX import does with
         // it: Windows returns it in the imported store, Wine leaves it out).
         let root = CertificateDer::pem_slice_iter(&bundle.fullchain_pem())
@@ -480,6 +563,8 @@ impl CertStore {
             added: false,
             intermediates: Vec::new(),
             root,
+            key_provider: None,
+            remarks: Vec::new(),
         };
         let mut previous: *const CERT_CONTEXT = ptr::null();
         loop {
@@ -503,6 +588,15 @@ impl CertStore {
                         });
                     }
                 }
+                if key.exportable {
+                    // SAFETY: a live context from the enumeration.
+                    if let Err(why) = unsafe { super::key_acl::export_encrypted_only(context.0) } {
+                        imported.remarks.push(format!(
+                            "its key is exportable, but plaintext export could not be turned off: {why}"
+                        ));
+                    }
+                }
+                imported.key_provider = context.key_provider();
                 self
             } else if this == leaf_thumbprint {
                 // The leaf without its key: not what applications can use.
@@ -524,6 +618,16 @@ impl CertStore {
             }
             // The enumeration frees `previous` itself on the next call.
             std::mem::forget(context);
+        }
+        if let Some(code) = cng_refused
+            && imported.added
+        {
+            imported.remarks.push(format!(
+                "Windows refused to import it with PKCS12_PREFER_CNG_KSP ({}), so its key is kept by the \
+                 provider its import picks without that flag: {}",
+                windows_error(code),
+                imported.key_provider.as_deref().unwrap_or("unknown")
+            ));
         }
         if !imported.added && !self.contains(&leaf_thumbprint) {
             return Err(CertStoreError::NoLeaf {
@@ -594,6 +698,13 @@ pub(in crate::platform::windows) mod tests {
         };
         let pem = std::fs::read_to_string(format!("{dir}\\{name}.pem")).expect("fixture");
         Some(CertificateBundle::from_secret(name, ContentKind::Pem, &pem).expect("bundle"))
+    }
+
+    /// A PFX secret value scripts/windows/fixtures.sh made (`<name>.b64`), as the vault gives it.
+    fn fixture_pfx(name: &str) -> Option<CertificateBundle> {
+        let dir = std::env::var("KVVM_WINDOWS_FIXTURES").ok()?;
+        let value = std::fs::read_to_string(format!("{dir}\\{name}.b64")).expect("fixture");
+        Some(CertificateBundle::from_secret(name, ContentKind::Pkcs12, &value).expect("bundle"))
     }
 
     /// Held by every test that imports a key. Wine's crypt32 puts every imported PFX key in one key container
@@ -724,6 +835,65 @@ pub(in crate::platform::windows) mod tests {
 
     /// A store of this test's own, so runs and tests do not see each other's certificates (Wine reuses pids, and
     /// its stores persist in the prefix's registry).
+    #[test]
+    fn the_key_is_kept_by_the_provider_the_vault_names_and_otherwise_by_cng() {
+        let _keys = one_key_at_a_time();
+        let (Some(named), Some(unnamed)) = (fixture_pfx("c-capi"), fixture("a")) else {
+            return;
+        };
+        assert_eq!(
+            named.key_provider(),
+            Some("Microsoft Enhanced RSA and AES Cryptographic Provider")
+        );
+        let store = CertStore::open(StoreLocation::CurrentUser, &test_store("provider")).unwrap();
+        let ca = CertStore::open(StoreLocation::CurrentUser, "CA").unwrap();
+        let friendly = LinkName::parse("myvault.web").unwrap();
+        // kvvm's PFX naming the vault's provider imports (its MAC computed again after naming it), with its key.
+        let capi = store
+            .import(
+                "myvault/web version capi",
+                &named,
+                &friendly,
+                &ca,
+                &KeyOptions::default(),
+            )
+            .unwrap();
+        eprintln!("named: {:?} {:?}", capi.key_provider, capi.remarks);
+        assert!(capi.added);
+        assert!(store.find(&capi.thumbprint).unwrap().has_private_key());
+        assert!(
+            capi.key_provider
+                .as_deref()
+                .is_some_and(|p| p.ends_with("(CryptoAPI)")),
+            "{:?}",
+            capi.key_provider
+        );
+        // A PFX naming none: CNG (PKCS12_PREFER_CNG_KSP), or, where Windows refuses that import (Wine 8 does),
+        // the provider the import picks without it, and the status says why.
+        let cng = store
+            .import(
+                "myvault/web version a",
+                &unnamed,
+                &friendly,
+                &ca,
+                &KeyOptions::default(),
+            )
+            .unwrap();
+        eprintln!("unnamed: {:?} {:?}", cng.key_provider, cng.remarks);
+        let provider = cng.key_provider.clone().expect("a key provider");
+        if provider.ends_with("(CNG)") {
+            assert!(cng.remarks.is_empty(), "{:?}", cng.remarks);
+        } else {
+            assert_eq!(cng.remarks.len(), 1, "{:?}", cng.remarks);
+            assert!(
+                cng.remarks[0].contains("PKCS12_PREFER_CNG_KSP")
+                    && cng.remarks[0].ends_with(&provider),
+                "{:?}",
+                cng.remarks
+            );
+        }
+    }
+
     fn test_store(tag: &str) -> String {
         format!("kvvm-test-{tag}-{:016x}", fastrand::u64(..))
     }

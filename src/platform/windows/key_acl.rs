@@ -19,8 +19,9 @@ use windows_sys::Win32::Security::Authorization::{
 use windows_sys::Win32::Security::Cryptography::{
     CERT_CONTEXT, CERT_NCRYPT_KEY_SPEC, CRYPT_ACQUIRE_ALLOW_NCRYPT_KEY_FLAG,
     CRYPT_ACQUIRE_SILENT_FLAG, CryptAcquireCertificatePrivateKey, CryptReleaseContext,
-    CryptSetProvParam, NCRYPT_SECURITY_DESCR_PROPERTY, NCryptFreeObject, NCryptSetProperty,
-    PP_KEYSET_SEC_DESCR,
+    CryptSetProvParam, NCRYPT_ALLOW_EXPORT_FLAG, NCRYPT_EXPORT_POLICY_PROPERTY,
+    NCRYPT_PERSIST_FLAG, NCRYPT_SECURITY_DESCR_PROPERTY, NCryptFreeObject, NCryptGetProperty,
+    NCryptSetProperty, PP_KEYSET_SEC_DESCR,
 };
 use windows_sys::Win32::Security::{
     DACL_SECURITY_INFORMATION, GetSecurityDescriptorLength, LookupAccountNameW,
@@ -78,6 +79,58 @@ impl KeyAclError {
             Self::OpenKey { .. } => "key-acl-open-key",
             Self::SetDescriptor { .. } => "key-acl-set",
         }
+    }
+}
+
+/// A CNG key imported exportable (`keyExportable`) gets the export policy `NCRYPT_ALLOW_EXPORT_FLAG` alone:
+/// exportable in encrypted form (a password-protected PFX, as `Export-PfxCertificate` writes), never in
+/// plaintext, which Windows' PFX import grants as well for persisted keys on some versions. A CAPI key has no
+/// such distinction and is left as it is.
+///
+/// `Ok(true)`: a CNG key, whose policy reads back as encrypted export only. `Err(text)`: why the policy could not
+/// be set (the key stays exportable as the import left it), for the status.
+///
+/// # Safety
+/// `cert` is a live certificate context for the duration of the call.
+pub(crate) unsafe fn export_encrypted_only(cert: *const CERT_CONTEXT) -> Result<bool, String> {
+    // SAFETY: the caller's live context.
+    let key = unsafe { PrivateKey::acquire(cert) }.map_err(|e| e.to_string())?;
+    let PrivateKey::Cng { handle, .. } = key else {
+        return Ok(false);
+    };
+    let policy: u32 = NCRYPT_ALLOW_EXPORT_FLAG;
+    // SAFETY: a live key handle; the 4-byte policy outlives the call.
+    let status = unsafe {
+        NCryptSetProperty(
+            handle,
+            NCRYPT_EXPORT_POLICY_PROPERTY,
+            (&policy as *const u32).cast::<u8>(),
+            4,
+            NCRYPT_PERSIST_FLAG,
+        )
+    };
+    let mut read = 0u32;
+    let mut size = 0u32;
+    // SAFETY: a live key handle; a 4-byte buffer for the 4-byte property.
+    let got = unsafe {
+        NCryptGetProperty(
+            handle,
+            NCRYPT_EXPORT_POLICY_PROPERTY,
+            (&mut read as *mut u32).cast::<u8>(),
+            4,
+            &mut size,
+            0,
+        )
+    };
+    match (status, got) {
+        (0, 0) if read == policy => Ok(true),
+        (0, 0) => Err(format!(
+            "Windows kept its export policy {read:#x} instead of encrypted export only ({policy:#x})"
+        )),
+        (0, code) | (code, _) => Err(format!(
+            "NCryptSetProperty(NCRYPT_EXPORT_POLICY_PROPERTY) failed ({})",
+            windows_error(code as u32)
+        )),
     }
 }
 

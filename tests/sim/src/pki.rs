@@ -298,6 +298,12 @@ impl Chain {
     /// The PFX (DER) with an empty password, its chain given to openssl root-first (so bag order is not
     /// leaf → root).
     pub fn pfx(&self, variant: PfxVariant) -> io::Result<Vec<u8>> {
+        self.pfx_with(variant, &[])
+    }
+
+    /// A PFX as [`Chain::pfx`] makes it, with more `openssl pkcs12 -export` arguments (e.g. `-CSP NAME`, which
+    /// names the key's provider as Windows does when it exports a key).
+    pub fn pfx_with(&self, variant: PfxVariant, extra: &[&str]) -> io::Result<Vec<u8>> {
         let certfile = self.dir.join("pfx-chain.pem");
         let mut chain = fs::read(&self.root)?;
         chain.extend(fs::read(&self.intermediate)?);
@@ -319,6 +325,7 @@ impl Chain {
             args.extend(["-inkey", self.leaf_key.to_str().unwrap()]);
         }
         args.extend(variant.args());
+        args.extend(extra);
         openssl(&self.dir, &args)?;
         fs::read(out)
     }
