@@ -1007,6 +1007,22 @@ pub(crate) fn subject_alt_names(der: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// Whether a certificate names TLS server authentication (1.3.6.1.5.5.7.3.1) among its extended key usages:
+/// the certificates whose chain Windows validates before they are added (as Microsoft's v4 does). One without
+/// the extension, or that cannot be read, is not one of them.
+#[cfg_attr(unix, allow(dead_code, reason = "Windows' chain validation uses it"))]
+pub(crate) fn is_for_server_auth(der: &[u8]) -> bool {
+    X509Certificate::from_der(der)
+        .ok()
+        .and_then(|(_, cert)| {
+            cert.extended_key_usage()
+                .ok()
+                .flatten()
+                .map(|eku| eku.value.server_auth)
+        })
+        .unwrap_or(false)
+}
+
 /// Whether a certificate for the names `new` renews one for `old` (Microsoft's rule for renewal links: every
 /// name of the old one is in the new one). A certificate with no names renews nothing: nothing would say that
 /// the new one serves what the old one served.

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Certificates for the Windows tests (run under Wine, where there is no openssl): a root, an intermediate and
 # two leaves it issued, each leaf as a Key Vault PEM secret value (the leaf, the intermediate, the root, then
-# the PKCS#8 key), in DIR: a.pem, b.pem, c.pem, d.pem; and c-capi.b64 (below).
+# the PKCS#8 key), in DIR: a.pem, b.pem, c.pem, d.pem; and c-capi.b64, e.pem, f.pem, g.pem (below).
 set -euo pipefail
 dir=${1:?usage: fixtures.sh DIR}
 rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
@@ -28,3 +28,21 @@ cat int.crt root.crt > chain.crt
 openssl pkcs12 -export -passout pass: -in c.crt -inkey c.key -certfile chain.crt \
     -CSP "Microsoft Enhanced RSA and AES Cryptographic Provider" -out c-capi.pfx
 base64 -w0 c-capi.pfx > c-capi.b64
+# Chains Windows refuses for a TLS server (platform/windows/chain.rs): e's intermediate is a CA whose key usage
+# does not include keyCertSign; f is issued by c, which is no CA. g is f's twin for client authentication only,
+# whose chain is not checked (only server-auth certificates are). (An intermediate whose extended key usages
+# leave out serverAuth is refused by Windows too, but Wine checks only the leaf's: docs/windows/verify.ps1.)
+printf 'basicConstraints=critical,CA:true\nkeyUsage=critical,digitalSignature\n' > signless-ca.ext
+openssl req -newkey rsa:2048 -nodes -keyout signless-int.key -out signless-int.csr \
+    -subj "/CN=kvvm Windows test intermediate without keyCertSign" 2>/dev/null
+openssl x509 -req -in signless-int.csr -CA root.crt -CAkey root.key -CAcreateserial -out signless-int.crt -days $days \
+    -extfile signless-ca.ext 2>/dev/null
+for leaf in e:serverAuth:signless-int:signless-int.crt f:serverAuth:c:c.crt,int.crt g:clientAuth:c:c.crt,int.crt; do
+    IFS=: read -r leaf eku issuer chain <<< "$leaf"
+    printf 'basicConstraints=CA:false\nextendedKeyUsage=%s\nsubjectAltName=DNS:web.example.com\n' "$eku" > "$leaf.ext"
+    openssl req -newkey rsa:2048 -nodes -keyout "$leaf.key" -out "$leaf.csr" -subj "/CN=web.example.com ($leaf)" 2>/dev/null
+    openssl x509 -req -in "$leaf.csr" -CA "$issuer.crt" -CAkey "$issuer.key" -CAcreateserial -out "$leaf.crt" \
+        -days $days -extfile "$leaf.ext" 2>/dev/null
+    openssl pkcs8 -topk8 -nocrypt -in "$leaf.key" -out "$leaf.p8"
+    cat "$leaf.crt" $(tr , ' ' <<< "$chain") root.crt "$leaf.p8" > "$leaf.pem"
+done

@@ -85,6 +85,14 @@ pub enum CertStoreError {
         /// What went wrong.
         source: super::key_acl::KeyAclError,
     },
+    /// A certificate for TLS server authentication whose chain does not validate; nothing was added.
+    #[error("{name}: {source}; what was installed before stays")]
+    Chain {
+        /// The certificate, as `<vault>/<certificate> version <v>`.
+        name: String,
+        /// What is wrong with the chain.
+        source: super::chain::ChainError,
+    },
     /// An older version could not be removed (`retainedVersions`); it stays in the store.
     #[error(
         "cannot remove the older version {thumbprint} from {location}\\{store} ({error}); it stays installed \
@@ -141,6 +149,7 @@ impl CertStoreError {
             Self::Renewal { .. } => "renewal-link-failed",
             Self::Remove { .. } => "cert-store-remove",
             Self::KeyAcl { source, .. } => source.reason(),
+            Self::Chain { .. } => "chain-invalid",
         }
     }
 }
@@ -521,6 +530,23 @@ impl CertStore {
                 })?;
             Some(super::key_acl::key_dacl_sddl(&readers))
         };
+        // A certificate for TLS server authentication goes in only if its chain validates (Microsoft's v4):
+        // checked before anything is imported, so a refused one leaves no key behind either.
+        let mut chain_remarks = Vec::new();
+        if crate::certificate::is_for_server_auth(&leaf_der) {
+            let chain: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(&bundle.fullchain_pem())
+                .filter_map(Result::ok)
+                .map(|der| der.to_vec())
+                .collect();
+            let machine = self.location == StoreLocation::LocalMachine;
+            let remarks = super::chain::validate(&chain, machine).map_err(|source| {
+                CertStoreError::Chain {
+                    name: name.to_string(),
+                    source,
+                }
+            })?;
+            chain_remarks = remarks;
+        }
         // The PFX is kvvm's own (PBES2/AES, SHA-256 MAC, empty password), from whichever form the vault gave; it
         // names the provider the vault's PFX named for the key, if any.
         let pfx = bundle
@@ -564,7 +590,7 @@ impl CertStore {
             intermediates: Vec::new(),
             root,
             key_provider: None,
-            remarks: Vec::new(),
+            remarks: chain_remarks,
         };
         let mut previous: *const CERT_CONTEXT = ptr::null();
         loop {
@@ -881,17 +907,94 @@ pub(in crate::platform::windows) mod tests {
             .unwrap();
         eprintln!("unnamed: {:?} {:?}", cng.key_provider, cng.remarks);
         let provider = cng.key_provider.clone().expect("a key provider");
+        let said: Vec<&String> = cng
+            .remarks
+            .iter()
+            .filter(|r| r.contains("PKCS12_PREFER_CNG_KSP"))
+            .collect();
         if provider.ends_with("(CNG)") {
-            assert!(cng.remarks.is_empty(), "{:?}", cng.remarks);
+            assert!(said.is_empty(), "{:?}", cng.remarks);
         } else {
-            assert_eq!(cng.remarks.len(), 1, "{:?}", cng.remarks);
+            assert_eq!(said.len(), 1, "{:?}", cng.remarks);
+            assert!(said[0].ends_with(&provider), "{:?}", cng.remarks);
+        }
+    }
+
+    #[test]
+    fn a_server_certificate_whose_chain_does_not_validate_is_refused_and_nothing_is_added() {
+        let _keys = one_key_at_a_time();
+        let Some(valid) = fixture("a") else {
+            return;
+        };
+        let store = CertStore::open(StoreLocation::CurrentUser, &test_store("chain")).unwrap();
+        let ca = CertStore::open(StoreLocation::CurrentUser, "CA").unwrap();
+        let friendly = LinkName::parse("myvault.web").unwrap();
+        let refused = [
+            (
+                "e",
+                "\"CN=kvvm Windows test intermediate without keyCertSign\" is not valid for its use here",
+            ),
+            (
+                "f",
+                "\"CN=web.example.com (c)\" breaks basic constraints (an issuer that is not a CA",
+            ),
+        ];
+        for (leaf, said) in refused {
+            let bundle = fixture(leaf).unwrap();
+            let name = format!("myvault/web version {leaf}");
+            let err = store
+                .import(&name, &bundle, &friendly, &ca, &KeyOptions::default())
+                .unwrap_err();
+            let text = err.to_string();
             assert!(
-                cng.remarks[0].contains("PKCS12_PREFER_CNG_KSP")
-                    && cng.remarks[0].ends_with(&provider),
-                "{:?}",
-                cng.remarks
+                matches!(err, CertStoreError::Chain { .. }),
+                "{leaf}: {text}"
+            );
+            assert_eq!(err.reason(), "chain-invalid");
+            assert!(
+                text.starts_with(&format!(
+                    "{name}: its chain does not validate for TLS server authentication, so it was not added: "
+                )) && text.contains(said)
+                    && text.ends_with("; what was installed before stays"),
+                "{leaf}: {text}"
+            );
+            // Nothing went in: not the leaf, not its issuer (in no other test's CA).
+            assert!(!store.contains(&bundle_thumbprint(&bundle)), "{leaf}");
+            let issuer = CertificateDer::from_pem_slice(&bundle.chain_pem()).unwrap();
+            let ca_now = CertStore::open(StoreLocation::CurrentUser, "CA").unwrap();
+            assert!(
+                !ca_now.contains(&thumbprint(&issuer)),
+                "{leaf}: its issuer went into CA"
             );
         }
+        // A certificate for client authentication only is not checked: g (issued by c, no CA) goes in.
+        let g = fixture("g").unwrap();
+        let client = store
+            .import(
+                "myvault/web version g",
+                &g,
+                &friendly,
+                &ca,
+                &KeyOptions::default(),
+            )
+            .unwrap();
+        assert!(client.added && store.contains(&client.thumbprint));
+        // A valid server chain goes in, without a remark from the check (its root is only untrusted).
+        let server = store
+            .import(
+                "myvault/web version a",
+                &valid,
+                &friendly,
+                &ca,
+                &KeyOptions::default(),
+            )
+            .unwrap();
+        assert!(server.added && store.contains(&server.thumbprint));
+        assert!(
+            server.remarks.iter().all(|r| !r.contains("chain")),
+            "{:?}",
+            server.remarks
+        );
     }
 
     fn test_store(tag: &str) -> String {

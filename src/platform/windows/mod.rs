@@ -5,6 +5,7 @@
 
 mod cert_destination;
 pub(crate) mod cert_store;
+pub(crate) mod chain;
 mod keeper;
 pub(crate) mod key_acl;
 pub(crate) mod paths;
