@@ -65,6 +65,10 @@ case "${1:-}" in
         # A minimal Windows service of the tests' own, for the service management tests.
         x86_64-w64-mingw32-gcc -O2 -Wall -o "$fixtures/test-service.exe" "$root/scripts/windows/test-service.c" -ladvapi32
         export KVVM_WINDOWS_TEST_SERVICE="$KVVM_WINDOWS_FIXTURES\\test-service.exe"
+        # A stand-in for powershell.exe, which Wine lacks (the replace notification's test puts it in place).
+        x86_64-w64-mingw32-gcc -O2 -Wall -municode -o "$fixtures/fake-powershell.exe" \
+            "$root/scripts/windows/fake-powershell.c"
+        export KVVM_WINDOWS_FAKE_POWERSHELL="$KVVM_WINDOWS_FIXTURES\\fake-powershell.exe"
         exe=$(cargo_windows test --lib -p kvvm --no-run --message-format=json \
             | sed -n 's/.*"executable":"\([^"]*\.exe\)".*/\1/p' | tail -1)
         [ -n "$exe" ] || { echo "windows: no test executable was built" >&2; exit 1; }

@@ -2,8 +2,9 @@
 .SYNOPSIS
   Checks on a real Windows machine what kvvm's Windows tests cannot show under Wine: that each observed
   certificate is in its store with its private key, its intermediates in the location's CA store, and its root
-  not added to Root; which provider keeps its private key and whether it exports (`keyExportable`); who may use
-  it (`accounts`); and the worker's service's recovery actions.
+  not added to Root; that a server-auth certificate's chain validates; which provider keeps its private key and
+  whether it exports (`keyExportable`); who may use it (`accounts`); the replace notification IIS's automatic
+  rebind follows (`-Renews`, linkOnRenewal); and the worker's service's recovery actions.
 
 .DESCRIPTION
   Wine's crypt32 implements the import and the stores, and kvvm's tests check those under Wine. It does not keep
@@ -22,6 +23,9 @@
 
 .EXAMPLE
   .\verify.ps1 -Thumbprint 3D41ED6F291657224B7D28860E96146D5A41A55C -Accounts 'Network Service', 'IIS_IUSRS'
+
+.EXAMPLE
+  .\verify.ps1 -Thumbprint 8E1C0D1F5A0B7F2E3C4D5A6B7C8D9E0F1A2B3C4D -Renews 3D41ED6F291657224B7D28860E96146D5A41A55C
 #>
 param(
     [ValidateSet('LocalMachine', 'CurrentUser')]
@@ -37,6 +41,8 @@ param(
     # The certificate's `keyExportable`: its key must then export encrypted only (a CNG key never in plaintext),
     # and otherwise not at all.
     [switch] $Exportable,
+    # With one -Thumbprint: the version it replaced (linkOnRenewal), to check the replace notification IIS follows.
+    [string] $Renews = '',
     # The worker's Windows service, whose recovery actions Wine's service manager cannot report.
     [string] $Service = 'kvvm'
 )
@@ -168,6 +174,32 @@ foreach ($t in $Thumbprint) {
         } else {
             Check (Test-Path "Cert:\$Location\CA\$($c.Thumbprint)") "intermediate $($c.Subject) is in $Location\CA"
         }
+    }
+    # A certificate for TLS server authentication went in only because its chain validated for that usage
+    # (platform/windows/chain.rs): build it again with the server-auth policy; only an untrusted root or a
+    # revocation that could not be checked may be left (kvvm never adds a root, and does not check revocation).
+    $serverAuth = '1.3.6.1.5.5.7.3.1'
+    $eku = $cert.Extensions | Where-Object { $_.Oid.Value -eq '2.5.29.37' }
+    if ($null -ne $eku -and @($eku.EnhancedKeyUsages | ForEach-Object { $_.Value }) -contains $serverAuth) {
+        $policy = New-Object System.Security.Cryptography.X509Certificates.X509Chain
+        $policy.ChainPolicy.RevocationMode = 'NoCheck'
+        [void] $policy.ChainPolicy.ApplicationPolicy.Add((New-Object System.Security.Cryptography.Oid $serverAuth))
+        [void] $policy.Build($cert)
+        $left = @($policy.ChainStatus | Where-Object { $_.Status -notin 'UntrustedRoot', 'PartialChain', 'RevocationStatusUnknown', 'OfflineRevocation' })
+        Check ($left.Count -eq 0) "$t's chain validates for TLS server authentication (found: $(($left | ForEach-Object { $_.Status }) -join ', '))"
+    }
+    # The certificate replace notification (linkOnRenewal; platform/windows/lifecycle.rs): with -Renews, the
+    # version this one replaced, event 1001 of the lifecycle channel names both, which is what IIS's automatic
+    # rebind task (IIS-AutoCertRebind) runs `appcmd renew binding` on.
+    if ($Renews) {
+        $old = $Renews.ToUpperInvariant()
+        Check (Test-Path "Cert:\$Location\$Store\$old") "$old (the version $t replaced) is in $Location\$Store"
+        $log = 'Microsoft-Windows-CertificateServicesClient-Lifecycle-System/Operational'
+        $events = @(Get-WinEvent -LogName $log -FilterXPath '*[System[EventID=1001]]' -ErrorAction SilentlyContinue |
+            Where-Object { $x = $_.ToXml(); $x -match $old -and $x -match $t })
+        Check ($events.Count -gt 0) "event 1001 (certificate replaced) names $old and $t in $log (enable the log with: wevtutil sl $log /e:true)"
+        $task = Get-ScheduledTask -TaskPath '\Microsoft\Windows\CertificateServicesClient\' -TaskName 'IIS-AutoCertRebind' -ErrorAction SilentlyContinue
+        Write-Output "info  IIS automatic rebind task: $(if ($task) { 'registered' } else { 'not registered (enable it in IIS Manager: Server Certificates > Enable Automatic Rebind of Renewed Certificate)' })"
     }
 }
 # The service's recovery actions: restart after 1 s, 30 s, then 300 s, the count reset after 600 s without a

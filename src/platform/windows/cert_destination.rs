@@ -169,9 +169,11 @@ impl Destination {
     }
 
     /// `linkOnRenewal`: marks `old`, the previous version, as renewed by `new` when every name of `old` is in
-    /// `new`. What it did, for the status; nothing when there is nothing to say.
+    /// `new`, and raises the certificate replace notification IIS's automatic rebind follows. What it did, for
+    /// the status; nothing when there is nothing to say.
     fn link_renewal(
         &self,
+        target: &CertificateStore,
         store: &CertStore,
         old: &str,
         new: &str,
@@ -190,9 +192,31 @@ impl Destination {
             )));
         }
         store.link_renewal(old, new)?;
-        Ok(Some(format!(
+        let linked = format!(
             "linked as the renewal of {old} (linkOnRenewal): bindings that name {old} now present this one"
-        )))
+        );
+        let notified = match super::lifecycle::notify_replaced(
+            target.location,
+            &target.name,
+            old,
+            new,
+        ) {
+            Ok(()) => format!(
+                "; the certificate replace notification is raised (Switch-Certificate -NotifyOnly), so IIS \
+                 sites with automatic rebind move their bindings to it"
+            ),
+            Err(why) => {
+                log::warn!(
+                    "{target}: the replace notification of {old} by {new} was not raised: {why}"
+                );
+                format!(
+                    "; the certificate replace notification was not raised ({why}), so IIS sites with automatic \
+                     rebind keep their bindings: move them with `appcmd renew binding /oldcert:{old} \
+                     /newcert:{new}`"
+                )
+            }
+        };
+        Ok(Some(linked + &notified))
     }
 
     /// The file recording which thumbprint `version` of `cert` was imported as.
@@ -266,7 +290,7 @@ impl CertificateDestination for Destination {
         // product installed.
         let linked = match self.previous(cert, version, &store) {
             Some(old) if self.link_on_renewal && imported.added => {
-                self.link_renewal(&store, &old, &imported.thumbprint)?
+                self.link_renewal(target, &store, &old, &imported.thumbprint)?
             }
             _ => None,
         };
@@ -328,6 +352,7 @@ mod tests {
     //! Under Wine (scripts/windows.sh), with the fixtures' certificates and a store of each test's own.
 
     use super::*;
+    use crate::names::StoreLocation;
     use crate::platform::windows::cert_store::tests::{fixture, one_key_at_a_time};
     use crate::settings::parse_public_settings;
 
@@ -409,6 +434,105 @@ mod tests {
         assert_eq!(
             destination.current(&cert, &version('b')),
             Some(second.placement)
+        );
+    }
+
+    /// The tests' stand-in for powershell.exe (scripts/windows/fake-powershell.c), where Windows keeps
+    /// PowerShell, for as long as this lives (Wine has none); it logs each command line.
+    struct FakePowerShell {
+        exe: PathBuf,
+        log: PathBuf,
+    }
+
+    impl FakePowerShell {
+        fn install() -> Option<FakePowerShell> {
+            let Ok(from) = std::env::var("KVVM_WINDOWS_FAKE_POWERSHELL") else {
+                eprintln!(
+                    "skipped: KVVM_WINDOWS_FAKE_POWERSHELL is not set (run scripts/windows.sh test)"
+                );
+                return None;
+            };
+            let exe = super::super::lifecycle::powershell();
+            let folder = exe.parent().unwrap().to_path_buf();
+            std::fs::create_dir_all(&folder).unwrap();
+            std::fs::copy(from, &exe).unwrap();
+            let log = folder.join("powershell.log");
+            let _ = std::fs::remove_file(&log);
+            Some(FakePowerShell { exe, log })
+        }
+
+        fn command_lines(&self) -> Vec<String> {
+            std::fs::read_to_string(&self.log)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect()
+        }
+    }
+
+    impl Drop for FakePowerShell {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.exe);
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+
+    #[test]
+    fn a_linked_renewal_raises_the_replace_notification_iis_rebinds_on() {
+        let _keys = one_key_at_a_time();
+        let (Some(a), Some(b), Some(d)) = (fixture("a"), fixture("b"), fixture("d")) else {
+            return;
+        };
+        let Some(powershell) = FakePowerShell::install() else {
+            return;
+        };
+        let state = tempfile::tempdir().unwrap();
+        let destination = destination(&Destination::lock_folder(state.path()));
+        let cert = observed("notify");
+        let thumb = |i: &Installed| {
+            i.placement
+                .file
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        };
+        let first = destination.install(&cert, &version('a'), &a).unwrap();
+        assert!(
+            powershell.command_lines().is_empty(),
+            "nothing was replaced yet"
+        );
+        // b renews a: PowerShell is asked to raise the notification for exactly a → b in this store.
+        let second = destination.install(&cert, &version('b'), &b).unwrap();
+        let (ta, tb) = (thumb(&first), thumb(&second));
+        let lines = powershell.command_lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let script = super::super::lifecycle::switch_script(
+            StoreLocation::CurrentUser,
+            &cert.store_location.name,
+            &ta,
+            &tb,
+        );
+        assert!(
+            lines[0].contains("-NonInteractive") && lines[0].contains(&script),
+            "{lines:?}"
+        );
+        assert!(
+            second.remark.as_deref().is_some_and(|r| r.contains(
+                "the certificate replace notification is raised (Switch-Certificate -NotifyOnly)"
+            )),
+            "{second:?}"
+        );
+        // Without PowerShell the link still goes on, and the status says how to rebind by hand.
+        drop(powershell);
+        let third = destination.install(&cert, &version('d'), &d).unwrap();
+        let td = thumb(&third);
+        let remark = third.remark.clone().unwrap_or_default();
+        assert!(
+            remark.contains(&format!("linked as the renewal of {tb}"))
+                && remark.contains("the certificate replace notification was not raised (")
+                && remark.contains(&format!("appcmd renew binding /oldcert:{tb} /newcert:{td}")),
+            "{third:?}"
         );
     }
 

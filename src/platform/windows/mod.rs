@@ -8,6 +8,7 @@ pub(crate) mod cert_store;
 pub(crate) mod chain;
 mod keeper;
 pub(crate) mod key_acl;
+mod lifecycle;
 pub(crate) mod paths;
 pub(crate) mod process;
 pub(crate) mod service;

@@ -1,0 +1,22 @@
+/* A stand-in for Windows PowerShell in the Wine tests (Wine has none): put where Windows keeps powershell.exe,
+ * it appends its command line to powershell.log beside itself and succeeds, so a test can read what kvvm asked
+ * PowerShell to run (platform/windows/lifecycle.rs). */
+#include <stdio.h>
+#include <wchar.h>
+#include <windows.h>
+
+int wmain(void)
+{
+    wchar_t path[MAX_PATH];
+    DWORD n = GetModuleFileNameW(NULL, path, MAX_PATH);
+    wchar_t *slash = wcsrchr(path, L'\\');
+    if (n == 0 || n >= MAX_PATH || !slash || (size_t)(slash - path) + 16 >= MAX_PATH)
+        return 2;
+    wcscpy(slash + 1, L"powershell.log");
+    FILE *log = _wfopen(path, L"a");
+    if (!log)
+        return 3;
+    fwprintf(log, L"%ls\n", GetCommandLineW());
+    fclose(log);
+    return 0;
+}
