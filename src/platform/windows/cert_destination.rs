@@ -80,6 +80,21 @@ pub(crate) fn store_path(store: &CertificateStore) -> PathBuf {
     PathBuf::from(format!(r"Cert:\{}\{}", store.location.as_str(), store.name))
 }
 
+/// The suffix of the file beside a version's record that holds the `accounts` its key's access was set for.
+const ACCESS_SUFFIX: &str = ".access";
+
+/// The file beside `record` that holds the `accounts` its key's access was set for.
+fn access_record(record: &Path) -> PathBuf {
+    let mut name = record.as_os_str().to_owned();
+    name.push(ACCESS_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// A certificate's `accounts` as its access record holds them, one per line (empty: none).
+fn access_text(cert: &ObservedCertificate) -> String {
+    cert.key.accounts.join("\n")
+}
+
 /// What the status says of a version whose chain ends in `root` (a thumbprint) that `target`'s location does not
 /// trust.
 fn untrusted_root(target: &CertificateStore, root: &str) -> String {
@@ -107,9 +122,9 @@ impl Destination {
         let mut records: Vec<_> = entries
             .flatten()
             .filter(|e| {
-                e.file_name()
-                    .to_str()
-                    .is_some_and(|n| n.starts_with(&prefix) && !n.ends_with(".tmp"))
+                e.file_name().to_str().is_some_and(|n| {
+                    n.starts_with(&prefix) && !n.ends_with(".tmp") && !n.ends_with(ACCESS_SUFFIX)
+                })
             })
             .filter_map(|e| {
                 let modified = e.metadata().ok()?.modified().ok()?;
@@ -164,6 +179,7 @@ impl Destination {
             }
             // Its record goes too (a version removed by hand included): nothing is left to find.
             let _ = std::fs::remove_file(&record);
+            let _ = std::fs::remove_file(access_record(&record));
         }
         removed
     }
@@ -219,6 +235,12 @@ impl Destination {
         Ok(Some(linked + &notified))
     }
 
+    /// Whether the key of the version recorded in `record` has the access `cert`'s `accounts` ask for now
+    /// (what was last set is recorded beside it; no record: nothing was set, as for no accounts).
+    fn access_is_current(record: &Path, cert: &ObservedCertificate) -> bool {
+        std::fs::read_to_string(access_record(record)).unwrap_or_default() == access_text(cert)
+    }
+
     /// The file recording which thumbprint `version` of `cert` was imported as.
     fn record(&self, cert: &ObservedCertificate, version: &Version) -> PathBuf {
         let store = &cert.store_location;
@@ -254,8 +276,13 @@ impl CertificateDestination for Destination {
     }
 
     fn current(&self, cert: &ObservedCertificate, version: &Version) -> Option<Placement> {
-        let thumbprint = std::fs::read_to_string(self.record(cert, version)).ok()?;
+        let record = self.record(cert, version);
+        let thumbprint = std::fs::read_to_string(&record).ok()?;
         let thumbprint = thumbprint.trim();
+        // `accounts` changed since this version went in: the install brings its key's access up to date.
+        if !Self::access_is_current(&record, cert) {
+            return None;
+        }
         let store =
             CertStore::open(cert.store_location.location, &cert.store_location.name).ok()?;
         store.contains(thumbprint).then(|| Placement {
@@ -276,7 +303,20 @@ impl CertificateDestination for Destination {
         let name = cert.secret.version_label(version.as_str());
         let store = CertStore::open(target.location, &target.name)?;
         let ca = CertStore::open(target.location, "CA")?;
-        let imported = store.import(&name, bundle, &cert.link_name, &ca, &cert.key)?;
+        let mut imported = store.import(&name, bundle, &cert.link_name, &ca, &cert.key)?;
+        let record = self.record(cert, version);
+        // A version installed before `accounts` changed: its key gets the access they ask for now.
+        if !imported.added && !Self::access_is_current(&record, cert) {
+            store.set_key_access(&name, &imported.thumbprint, &cert.key.accounts)?;
+            let readers = match cert.key.accounts.as_slice() {
+                [] => "no account beyond SYSTEM and Administrators".to_string(),
+                accounts => accounts.join(", "),
+            };
+            let done =
+                format!("its private key's access was updated to the accounts now set: {readers}");
+            log::info!("{name}: {done}");
+            imported.remarks.push(done);
+        }
         // A root is never added (trust stays the administrator's); the status says when this machine does not
         // trust it already.
         let remark = imported.root.as_ref().and_then(|root| {
@@ -309,10 +349,17 @@ impl CertificateDestination for Destination {
             .chain(imported.remarks.iter().cloned())
             .collect();
         let remark = (!remarks.is_empty()).then(|| remarks.join("; "));
-        let record = self.record(cert, version);
         let write = || -> std::io::Result<()> {
             crate::files::create_folder(record.parent().unwrap_or(Path::new(".")), 0o700)?;
-            crate::files::write_atomically(&record, imported.thumbprint.as_bytes(), 0o600)
+            crate::files::write_atomically(&record, imported.thumbprint.as_bytes(), 0o600)?;
+            let access = access_record(&record);
+            match access_text(cert) {
+                text if text.is_empty() => match std::fs::remove_file(&access) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                },
+                text => crate::files::write_atomically(&access, text.as_bytes(), 0o600),
+            }
         };
         write().map_err(|source| DestinationError::Record {
             name: name.clone(),
@@ -378,6 +425,75 @@ mod tests {
         }))
         .unwrap();
         settings.observed_certificates.into_iter().next().unwrap()
+    }
+
+    /// An observed certificate going to the `CurrentUser` store `store`, its key readable by `accounts`.
+    fn observed_in(store: &str, accounts: &[&str]) -> ObservedCertificate {
+        let settings = parse_public_settings(&serde_json::json!({
+            "secretsManagementSettings": {"observedCertificates": [{
+                "url": "https://myvault.vault.azure.net/secrets/web",
+                "certificateStoreLocation": "CurrentUser",
+                "certificateStoreName": store,
+                "accounts": accounts,
+            }]}
+        }))
+        .unwrap();
+        settings.observed_certificates.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn changed_accounts_reach_the_key_of_the_version_already_installed() {
+        use crate::platform::windows::cert_store::tests::key_dacl_of;
+        let _keys = one_key_at_a_time();
+        let Some(a) = fixture("a") else {
+            return;
+        };
+        let state = tempfile::tempdir().unwrap();
+        let destination = destination(&Destination::lock_folder(state.path()));
+        let store = format!("kvvm-test-dest-access-{:016x}", fastrand::u64(..));
+        let none = observed_in(&store, &[]);
+        let first = destination.install(&none, &version('a'), &a).unwrap();
+        assert!(first.changed);
+        let thumbprint = first
+            .placement
+            .file
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert!(destination.current(&none, &version('a')).is_some());
+        // Network Service added: the version is no longer current until its key has that access, which the
+        // next install gives it without importing anything.
+        let some = observed_in(&store, &["Network Service"]);
+        assert_eq!(destination.current(&some, &version('a')), None);
+        let updated = destination.install(&some, &version('a'), &a).unwrap();
+        assert!(!updated.changed, "{updated:?}");
+        assert!(
+            updated.remark.as_deref().is_some_and(|r| r.contains(
+                "its private key's access was updated to the accounts now set: Network Service"
+            )),
+            "{updated:?}"
+        );
+        // The ACEs as Windows reads them back (Wine drops the DACL's protection flag; verify.ps1 checks it).
+        let aces = |thumbprint: &str| {
+            let opened = CertStore::open(StoreLocation::CurrentUser, &store).unwrap();
+            let (_, sddl) = key_dacl_of(&opened, thumbprint);
+            sddl[sddl.find('(').unwrap_or(0)..]
+                .replace(";FA;", ";GA;")
+                .replace(";FR;", ";GR;")
+        };
+        assert_eq!(aces(&thumbprint), "(A;;GA;;;SY)(A;;GA;;;BA)(A;;GR;;;NS)");
+        assert_eq!(
+            destination.current(&some, &version('a')),
+            Some(first.placement.clone())
+        );
+        // The same settings again change nothing.
+        let again = destination.install(&some, &version('a'), &a).unwrap();
+        assert!(again.remark.is_none(), "{again:?}");
+        // Every account removed: not current either, until the key is back to SYSTEM and Administrators only.
+        // (Setting that is Windows' part: Wine keeps kvvm's generic rights unmapped, so it refuses to open the
+        // container again once they are on it; verify.ps1 -Accounts checks the key's ACL on a real VM.)
+        assert_eq!(destination.current(&none, &version('a')), None);
     }
 
     fn version(c: char) -> Version {

@@ -272,6 +272,19 @@ impl Context {
     }
 }
 
+/// The DACL a key gets for `accounts` (the version `name`), each account resolved to its SID first.
+fn key_access(name: &str, accounts: &[String]) -> Result<String, CertStoreError> {
+    let readers = accounts
+        .iter()
+        .map(|account| super::key_acl::resolve(account))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| CertStoreError::KeyAcl {
+            name: name.to_string(),
+            source,
+        })?;
+    Ok(super::key_acl::key_dacl_sddl(&readers))
+}
+
 /// Imports a PFX with an empty password into a temporary store; `Err`: `GetLastError()`.
 fn pfx_import(pfx: &[u8], flags: u32, location: StoreLocation) -> Result<CertStore, u32> {
     let blob = CRYPT_INTEGER_BLOB {
@@ -519,16 +532,7 @@ impl CertStore {
         let key_acl = if key.accounts.is_empty() {
             None
         } else {
-            let readers = key
-                .accounts
-                .iter()
-                .map(|account| super::key_acl::resolve(account))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|source| CertStoreError::KeyAcl {
-                    name: name.to_string(),
-                    source,
-                })?;
-            Some(super::key_acl::key_dacl_sddl(&readers))
+            Some(key_access(name, &key.accounts)?)
         };
         // A certificate for TLS server authentication goes in only if its chain validates (Microsoft's v4):
         // checked before anything is imported, so a refused one leaves no key behind either.
@@ -663,6 +667,30 @@ impl CertStore {
         Ok(imported)
     }
 
+    /// Gives the private key of the certificate `thumbprint` (the version `name`, in this store) the access
+    /// `accounts` asks for: SYSTEM and Administrators full control and each account read, nothing else (with no
+    /// accounts, only SYSTEM and Administrators). For a version installed before its `accounts` changed.
+    pub(crate) fn set_key_access(
+        &self,
+        name: &str,
+        thumbprint: &str,
+        accounts: &[String],
+    ) -> Result<(), CertStoreError> {
+        let sddl = key_access(name, accounts)?;
+        let context = self
+            .find(thumbprint)
+            .ok_or_else(|| CertStoreError::NoLeaf {
+                name: name.to_string(),
+            })?;
+        // SAFETY: a live context found in this open store.
+        unsafe { super::key_acl::apply(context.0, &sddl) }.map_err(|source| {
+            CertStoreError::KeyAcl {
+                name: name.to_string(),
+                source,
+            }
+        })
+    }
+
     /// Adds `context` unless a certificate with its thumbprint is there; whether it was added.
     fn add(&self, name: &str, context: &Context) -> Result<bool, CertStoreError> {
         if self.contains(&thumbprint(context.der())) {
@@ -731,6 +759,15 @@ pub(in crate::platform::windows) mod tests {
         let dir = std::env::var("KVVM_WINDOWS_FIXTURES").ok()?;
         let value = std::fs::read_to_string(format!("{dir}\\{name}.b64")).expect("fixture");
         Some(CertificateBundle::from_secret(name, ContentKind::Pkcs12, &value).expect("bundle"))
+    }
+
+    /// The kind (`CNG`/`CAPI`) and DACL of the private key of the certificate `thumbprint` in `store`.
+    pub(in crate::platform::windows) fn key_dacl_of(
+        store: &CertStore,
+        thumbprint: &str,
+    ) -> (&'static str, String) {
+        let context = store.find(thumbprint).expect("in the store");
+        super::super::key_acl::tests::key_dacl(context.0).expect("the key's DACL")
     }
 
     /// Held by every test that imports a key. Wine's crypt32 puts every imported PFX key in one key container

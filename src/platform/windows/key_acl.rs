@@ -469,7 +469,7 @@ unsafe fn from_wide(text: *const u16) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::platform::windows) mod tests {
     //! The SDDL is pinned exactly (pure); the account look-ups and the descriptor are Wine's advapi32, which
     //! implements them; the ACL on an imported key is Wine's rsaenh (CAPI). What only a real Windows machine
     //! shows (CNG key files, LocalMachine keys, localized names): docs/windows/verify.ps1.
@@ -642,7 +642,9 @@ mod tests {
 
     /// The private key of `cert`, `"CNG"` or `"CAPI"`, and its DACL as SDDL, read back the way `apply` set it
     /// (`Err`: the call that failed and its code).
-    fn key_dacl(cert: *const CERT_CONTEXT) -> Result<(&'static str, String), (&'static str, u32)> {
+    pub(in crate::platform::windows) fn key_dacl(
+        cert: *const CERT_CONTEXT,
+    ) -> Result<(&'static str, String), (&'static str, u32)> {
         use windows_sys::Win32::Security::Authorization::ConvertSecurityDescriptorToStringSecurityDescriptorW;
         use windows_sys::Win32::Security::Cryptography::{CryptGetProvParam, NCryptGetProperty};
         // SAFETY: the test's live context.
