@@ -454,13 +454,7 @@ mod tests {
         let none = observed_in(&store, &[]);
         let first = destination.install(&none, &version('a'), &a).unwrap();
         assert!(first.changed);
-        let thumbprint = first
-            .placement
-            .file
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
+        let thumbprint = thumbprint_of(&first);
         assert!(destination.current(&none, &version('a')).is_some());
         // Network Service added: the version is no longer current until its key has that access, which the
         // next install gives it without importing anything.
@@ -494,6 +488,17 @@ mod tests {
         // (Setting that is Windows' part: Wine keeps kvvm's generic rights unmapped, so it refuses to open the
         // container again once they are on it; verify.ps1 -Accounts checks the key's ACL on a real VM.)
         assert_eq!(destination.current(&none, &version('a')), None);
+    }
+
+    /// The thumbprint an install put in the store (the last part of its `Cert:\…` path).
+    fn thumbprint_of(installed: &Installed) -> String {
+        installed
+            .placement
+            .file
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
     }
 
     fn version(c: char) -> Version {
@@ -605,14 +610,6 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let destination = destination(&Destination::lock_folder(state.path()));
         let cert = observed("notify");
-        let thumb = |i: &Installed| {
-            i.placement
-                .file
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .into_owned()
-        };
         let first = destination.install(&cert, &version('a'), &a).unwrap();
         assert!(
             powershell.command_lines().is_empty(),
@@ -620,7 +617,7 @@ mod tests {
         );
         // b renews a: PowerShell is asked to raise the notification for exactly a → b in this store.
         let second = destination.install(&cert, &version('b'), &b).unwrap();
-        let (ta, tb) = (thumb(&first), thumb(&second));
+        let (ta, tb) = (thumbprint_of(&first), thumbprint_of(&second));
         let lines = powershell.command_lines();
         assert_eq!(lines.len(), 1, "{lines:?}");
         let script = super::super::lifecycle::switch_script(
@@ -642,7 +639,7 @@ mod tests {
         // Without PowerShell the link still goes on, and the status says how to rebind by hand.
         drop(powershell);
         let third = destination.install(&cert, &version('d'), &d).unwrap();
-        let td = thumb(&third);
+        let td = thumbprint_of(&third);
         let remark = third.remark.clone().unwrap_or_default();
         assert!(
             remark.contains(&format!("linked as the renewal of {tb}"))
@@ -663,21 +660,13 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let destination = destination(&Destination::lock_folder(state.path()));
         let cert = observed("renew");
-        let thumb = |i: &Installed| {
-            i.placement
-                .file
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .into_owned()
-        };
         let first = destination.install(&cert, &version('a'), &a).unwrap();
         assert!(
             !first.remark.clone().unwrap_or_default().contains("renewal"),
             "nothing to link the first version to: {first:?}"
         );
         let second = destination.install(&cert, &version('b'), &b).unwrap();
-        let (ta, tb) = (thumb(&first), thumb(&second));
+        let (ta, tb) = (thumbprint_of(&first), thumbprint_of(&second));
         // What the store holds now (a store handle shows what was in the store when it was opened).
         let renewal_of = |thumbprint: &str| {
             CertStore::open(cert.store_location.location, &cert.store_location.name)
@@ -696,7 +685,7 @@ mod tests {
         );
         // d (one name more) renews b: a chain a → b → d.
         let third = destination.install(&cert, &version('d'), &d).unwrap();
-        let td = thumb(&third);
+        let td = thumbprint_of(&third);
         assert!(
             third
                 .remark
@@ -712,7 +701,7 @@ mod tests {
         );
         // c serves another name: d is not linked to it, and the status says why.
         let fourth = destination.install(&cert, &version('c'), &c).unwrap();
-        let tc = thumb(&fourth);
+        let tc = thumbprint_of(&fourth);
         assert!(
             fourth.remark.as_deref().is_some_and(|r| r.contains(&format!(
                 "not linked as the renewal of {td}: its names (DNS:web.example.com, DNS:www.example.com) are \
@@ -739,7 +728,7 @@ mod tests {
         );
         let store =
             CertStore::open(other.store_location.location, &other.store_location.name).unwrap();
-        assert_eq!(store.renewal_of(&thumb(&one)), None);
+        assert_eq!(store.renewal_of(&thumbprint_of(&one)), None);
     }
 
     #[test]

@@ -5,10 +5,10 @@
 //! thumbprint (the SHA-1 of the leaf's DER, as Windows names certificates): a version already in the store is
 //! not imported again, and a new one is added beside the old one, as Microsoft's v3 does.
 
+use super::{from_wide, last_error, wide};
 use std::ffi::c_void;
 use std::ptr;
 
-use windows_sys::Win32::Foundation::GetLastError;
 use windows_sys::Win32::Security::Cryptography::{
     CERT_CONTEXT, CERT_FIND_SHA1_HASH, CERT_KEY_PROV_INFO_PROP_ID, CERT_RENEWAL_PROP_ID,
     CERT_STORE_ADD_USE_EXISTING, CERT_STORE_PROV_SYSTEM_REGISTRY_W, CERT_STORE_PROV_SYSTEM_W,
@@ -302,27 +302,6 @@ fn pfx_import(pfx: &[u8], flags: u32, location: StoreLocation) -> Result<CertSto
         location,
         name: "(imported PFX)".to_string(),
     })
-}
-
-fn last_error() -> u32 {
-    // SAFETY: no preconditions.
-    unsafe { GetLastError() }
-}
-
-/// # Safety
-/// `text` points at a NUL-terminated UTF-16 string.
-unsafe fn from_wide(text: *const u16) -> String {
-    let mut len = 0;
-    // SAFETY: reads up to the caller's NUL terminator.
-    while unsafe { *text.add(len) } != 0 {
-        len += 1;
-    }
-    // SAFETY: `len` units before the terminator.
-    String::from_utf16_lossy(unsafe { std::slice::from_raw_parts(text, len) })
-}
-
-fn wide(text: &str) -> Vec<u16> {
-    text.encode_utf16().chain(std::iter::once(0)).collect()
 }
 
 /// The thumbprint Windows gives a certificate: the upper-case hex SHA-1 of its DER.

@@ -9,6 +9,7 @@
 //!
 //! What the bits mean is one pure function ([`problems`]), so every message is pinned by a test.
 
+use super::last_error;
 use std::ptr;
 
 use windows_sys::Win32::Security::Cryptography::{
@@ -272,11 +273,6 @@ impl Drop for Store {
         // SAFETY: a store this module opened, closed once.
         unsafe { CertCloseStore(self.0, 0) };
     }
-}
-
-fn last_error() -> u32 {
-    // SAFETY: no preconditions.
-    unsafe { windows_sys::Win32::Foundation::GetLastError() }
 }
 
 /// A certificate's subject as a message names it.

@@ -6,12 +6,11 @@
 //! accounts become SIDs first ([`resolve`]), the service accounts by their well-known SIDs because Windows
 //! localizes their names ("Network Service" is "Netzwerkdienst" on a German VM).
 
+use super::{from_wide, last_error, wide};
 use std::ffi::c_void;
 use std::ptr;
 
-use windows_sys::Win32::Foundation::{
-    ERROR_INSUFFICIENT_BUFFER, ERROR_NONE_MAPPED, GetLastError, LocalFree,
-};
+use windows_sys::Win32::Foundation::{ERROR_INSUFFICIENT_BUFFER, ERROR_NONE_MAPPED, LocalFree};
 use windows_sys::Win32::Security::Authorization::{
     ConvertSidToStringSidW, ConvertStringSecurityDescriptorToSecurityDescriptorW,
     ConvertStringSidToSidW, SDDL_REVISION_1,
@@ -445,27 +444,6 @@ impl Drop for Local {
             unsafe { LocalFree(self.0) };
         }
     }
-}
-
-fn last_error() -> u32 {
-    // SAFETY: no preconditions.
-    unsafe { GetLastError() }
-}
-
-fn wide(text: &str) -> Vec<u16> {
-    text.encode_utf16().chain(std::iter::once(0)).collect()
-}
-
-/// # Safety
-/// `text` points at a NUL-terminated UTF-16 string.
-unsafe fn from_wide(text: *const u16) -> String {
-    let mut len = 0;
-    // SAFETY: reads up to the caller's NUL terminator.
-    while unsafe { *text.add(len) } != 0 {
-        len += 1;
-    }
-    // SAFETY: `len` units before the terminator.
-    String::from_utf16_lossy(unsafe { std::slice::from_raw_parts(text, len) })
 }
 
 #[cfg(test)]

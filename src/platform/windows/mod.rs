@@ -17,6 +17,31 @@ pub(crate) mod vmapp;
 pub(crate) use cert_destination::{Destination, DestinationError};
 pub(crate) use keeper::{Keeper, KeeperError as KeepAliveError};
 
+/// `GetLastError()`.
+fn last_error() -> u32 {
+    // SAFETY: no preconditions.
+    unsafe { windows_sys::Win32::Foundation::GetLastError() }
+}
+
+/// `text` as a NUL-terminated UTF-16 string.
+fn wide(text: &str) -> Vec<u16> {
+    text.encode_utf16().chain(std::iter::once(0)).collect()
+}
+
+/// The text of a NUL-terminated UTF-16 string.
+///
+/// # Safety
+/// `text` points at a NUL-terminated UTF-16 string.
+unsafe fn from_wide(text: *const u16) -> String {
+    let mut len = 0;
+    // SAFETY: reads up to the caller's NUL terminator.
+    while unsafe { *text.add(len) } != 0 {
+        len += 1;
+    }
+    // SAFETY: `len` units before the terminator.
+    String::from_utf16_lossy(unsafe { std::slice::from_raw_parts(text, len) })
+}
+
 #[cfg(test)]
 mod tests {
     //! The whole path a certificate takes on Windows, short of the worker: a managed-identity token from IMDS,
