@@ -415,16 +415,10 @@ mod tests {
 
     /// An observed certificate going to a `CurrentUser` store of the test's own, as the settings give it.
     fn observed(tag: &str) -> ObservedCertificate {
-        let store = format!("kvvm-test-dest-{tag}-{:016x}", fastrand::u64(..));
-        let settings = parse_public_settings(&serde_json::json!({
-            "secretsManagementSettings": {"observedCertificates": [{
-                "url": "https://myvault.vault.azure.net/secrets/web",
-                "certificateStoreLocation": "CurrentUser",
-                "certificateStoreName": store,
-            }]}
-        }))
-        .unwrap();
-        settings.observed_certificates.into_iter().next().unwrap()
+        observed_in(
+            &format!("kvvm-test-dest-{tag}-{:016x}", fastrand::u64(..)),
+            &[],
+        )
     }
 
     /// An observed certificate going to the `CurrentUser` store `store`, its key readable by `accounts`.
@@ -450,8 +444,8 @@ mod tests {
         };
         let state = tempfile::tempdir().unwrap();
         let destination = destination(&Destination::lock_folder(state.path()));
-        let store = format!("kvvm-test-dest-access-{:016x}", fastrand::u64(..));
-        let none = observed_in(&store, &[]);
+        let none = observed("access");
+        let store = none.store_location.name.clone();
         let first = destination.install(&none, &version('a'), &a).unwrap();
         assert!(first.changed);
         let thumbprint = thumbprint_of(&first);
