@@ -78,6 +78,7 @@ fn the_windows_agent_installs_the_package_whose_service_keeps_certificates_in_th
                 0,
                 json!({"secretsManagementSettings": {
                     "pollingIntervalInS": "2",
+                    "linkOnRenewal": true,
                     "observedCertificates": [
                         {"url": url("web"), "certificateStoreName": "MY", "certificateStoreLocation": "LocalMachine"},
                         {"url": url("api"), "certificateStoreName": "WebHosting",
@@ -170,6 +171,16 @@ fn the_windows_agent_installs_the_package_whose_service_keeps_certificates_in_th
                 rotated.contains(&format!(
                     r"file Cert:\LocalMachine\MY\{web2}; replaced Cert:\LocalMachine\MY\{web1}"
                 )),
+                "{rotated}"
+            );
+            // linkOnRenewal: the old version now names the new one as its renewal; the replace notification IIS
+            // follows needs PowerShell, which this machine lacks, so the status gives the appcmd line instead.
+            assert!(
+                rotated.contains(&format!("linked as the renewal of {web1} (linkOnRenewal)"))
+                    && rotated.contains("the certificate replace notification was not raised (")
+                    && rotated.contains(&format!(
+                        "appcmd renew binding /oldcert:{web1} /newcert:{web2}"
+                    )),
                 "{rotated}"
             );
             let my = machine.certificates("LocalMachine", "MY");
