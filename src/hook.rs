@@ -113,16 +113,7 @@ pub(crate) fn run(hook: &Hook, changed: &[Installed]) -> Result<HookRun, HookErr
         (first, rest.iter().map(String::as_str).collect())
     };
     let mut command = Command::new(program);
-    if hook.shell && cfg!(windows) {
-        // cmd.exe parses its command line itself: the line goes to it as written, not quoted as one argument.
-        #[cfg(windows)]
-        {
-            use std::os::windows::process::CommandExt;
-            command.arg(SHELL_FLAG).raw_arg(args[1]);
-        }
-    } else {
-        command.args(&args);
-    }
+    shell_args(&mut command, hook.shell, &args);
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -229,6 +220,27 @@ pub(crate) fn run(hook: &Hook, changed: &[Installed]) -> Result<HookRun, HookErr
         duration: started.elapsed(),
         output_tail: String::from_utf8_lossy(&output).into_owned(),
     })
+}
+
+/// The arguments: as they are, except a shell line on Windows, which goes to cmd.exe as written (cmd.exe parses
+/// its command line itself, so quoting it as one argument would change it).
+#[cfg(windows)]
+fn shell_args(command: &mut Command, shell: bool, args: &[&str]) {
+    use std::os::windows::process::CommandExt;
+    match (shell, args) {
+        (true, [flag, line]) => {
+            command.arg(flag).raw_arg(line);
+        }
+        _ => {
+            command.args(args);
+        }
+    }
+}
+
+/// The arguments, as they are (`/bin/sh -c` takes the line as one argument).
+#[cfg(unix)]
+fn shell_args(command: &mut Command, _shell: bool, args: &[&str]) {
+    command.args(args);
 }
 
 /// The shell a `shell: true` command runs in, and how it is given the line.
