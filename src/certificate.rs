@@ -581,6 +581,26 @@ impl CertificateBundle {
         name: &str,
         alias: &str,
     ) -> Result<Zeroizing<Vec<u8>>, CertificateError> {
+        self.pkcs12_naming(name, alias, self.key_provider.as_deref())
+    }
+
+    /// [`to_pkcs12`](Self::to_pkcs12) without the key provider the vault's PFX named (for a machine where that
+    /// provider cannot keep the key).
+    #[cfg_attr(unix, allow(dead_code, reason = "Windows' import falls back on it"))]
+    pub(crate) fn to_pkcs12_without_key_provider(
+        &self,
+        name: &str,
+        alias: &str,
+    ) -> Result<Zeroizing<Vec<u8>>, CertificateError> {
+        self.pkcs12_naming(name, alias, None)
+    }
+
+    fn pkcs12_naming(
+        &self,
+        name: &str,
+        alias: &str,
+        provider: Option<&str>,
+    ) -> Result<Zeroizing<Vec<u8>>, CertificateError> {
         let err = |e: p12_keystore::error::Error| CertificateError::Pkcs12Write {
             name: name.to_string(),
             detail: e.to_string(),
@@ -601,22 +621,24 @@ impl CertificateBundle {
                 key_id, key, certs,
             )),
         );
-        let der = store
-            .writer("")
-            .encryption_algorithm(p12_keystore::EncryptionAlgorithm::PbeWithHmacSha256AndAes256)
-            .encryption_iterations(PFX_ITERATIONS)
-            .mac_algorithm(p12_keystore::MacAlgorithm::HmacSha256)
-            .mac_iterations(PFX_ITERATIONS)
-            .write()
-            .map_err(err)?;
-        match &self.key_provider {
-            None => Ok(Zeroizing::new(der)),
-            Some(provider) => name_key_provider(&der, provider)
-                .map(Zeroizing::new)
-                .map_err(|e| CertificateError::Pkcs12Write {
+        let der = Zeroizing::new(
+            store
+                .writer("")
+                .encryption_algorithm(p12_keystore::EncryptionAlgorithm::PbeWithHmacSha256AndAes256)
+                .encryption_iterations(PFX_ITERATIONS)
+                .mac_algorithm(p12_keystore::MacAlgorithm::HmacSha256)
+                .mac_iterations(PFX_ITERATIONS)
+                .write()
+                .map_err(err)?,
+        );
+        match provider {
+            None => Ok(der),
+            Some(provider) => {
+                name_key_provider(&der, provider).map_err(|e| CertificateError::Pkcs12Write {
                     name: name.to_string(),
                     detail: format!("naming its key's provider {provider:?}: {e}"),
-                }),
+                })
+            }
         }
     }
 
@@ -888,7 +910,7 @@ fn pkcs12_key_provider(pfx: &[u8]) -> Option<String> {
 
 /// `pfx` (kvvm's own, empty password) with `provider` named on its key bags, its MAC computed again. Only the
 /// bag attributes change: the encrypted key and certificates are carried over as they are.
-fn name_key_provider(pfx: &[u8], provider: &str) -> Result<Vec<u8>, der::Error> {
+fn name_key_provider(pfx: &[u8], provider: &str) -> Result<Zeroizing<Vec<u8>>, der::Error> {
     use der::asn1::{Any, BmpString, SetOfVec};
     use hmac::{KeyInit as _, Mac as _};
     let mut pfx = Pfx::from_der(pfx)?;
@@ -918,14 +940,16 @@ fn name_key_provider(pfx: &[u8], provider: &str) -> Result<Vec<u8>, der::Error> 
             changed = true;
         }
         if changed {
-            content_info.content = Any::encode_from(&OctetString::new(bags.to_der()?)?)?;
+            let encoded = Zeroizing::new(bags.to_der()?);
+            content_info.content = Any::encode_from(&OctetString::new(encoded.as_slice())?)?;
             named = true;
         }
     }
     if !named {
         return Err(der::ErrorKind::Failed.into());
     }
-    let content = safes.to_der()?;
+    // The key bag is encrypted under the empty password, so every copy is wiped like the key itself.
+    let content = Zeroizing::new(safes.to_der()?);
     let mac = pfx.mac_data.as_mut().ok_or(der::ErrorKind::Failed)?;
     // The PKCS#12 MAC (RFC 7292 appendix B) kvvm's writer uses: HMAC-SHA-256 under a key derived from the
     // empty password with the MAC's own salt and iteration count.
@@ -941,10 +965,10 @@ fn name_key_provider(pfx: &[u8], provider: &str) -> Result<Vec<u8>, der::Error> 
     )?;
     let mut hmac =
         hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).map_err(|_| der::ErrorKind::Failed)?;
-    hmac.update(&content);
+    hmac.update(content.as_slice());
     mac.mac.digest = OctetString::new(hmac.finalize().into_bytes().to_vec())?;
-    pfx.auth_safe.content = Any::encode_from(&OctetString::new(content)?)?;
-    pfx.to_der()
+    pfx.auth_safe.content = Any::encode_from(&OctetString::new(content.as_slice())?)?;
+    pfx.to_der().map(Zeroizing::new)
 }
 
 fn read_pem(name: &str, value: &str) -> Result<(Vec<Vec<u8>>, Vec<FoundKey>), CertificateError> {

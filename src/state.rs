@@ -224,6 +224,11 @@ impl CertificateState {
             );
         } else {
             log::debug!("{name}: version {} is current", c.version);
+            // A check that did something to the version in place (Windows: its key's access brought up to date)
+            // says so; one that found it current says nothing, and what the install said stays.
+            if c.remark.is_some() {
+                self.remark = c.remark.clone();
+            }
         }
         for removed in &c.removed {
             log::info!("{name}: removed old version file {}", removed.display());
@@ -485,6 +490,19 @@ mod tests {
             c.remark.as_deref(),
             Some("root not trusted"),
             "kept while unchanged"
+        );
+        record(
+            &mut c,
+            &checked(
+                "Cert:\\LocalMachine\\MY\\OLD",
+                false,
+                Some("access updated"),
+            ),
+        );
+        assert_eq!(
+            c.remark.as_deref(),
+            Some("access updated"),
+            "what a check did in place is said"
         );
         record(&mut c, &checked("Cert:\\LocalMachine\\MY\\NEW", true, None));
         assert_eq!(

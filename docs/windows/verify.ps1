@@ -118,21 +118,27 @@ foreach ($t in $Thumbprint) {
             Check ($pub.VerifyData($data, $sig, 'SHA256')) "$t's key matches its certificate"
         }
     }
-    # Who keeps the key (cert_store.rs, PKCS12_PREFER_CNG_KSP) and whether it exports (keyExportable): a CNG key's
-    # export policy is AllowExport alone when exportable (never AllowPlaintextExport), None otherwise.
+    # Who keeps the key (cert_store.rs, PKCS12_PREFER_CNG_KSP), as the certificate's key-provider property says
+    # (certutil prints it; .NET may open a CryptoAPI key through CNG and so name the wrong provider), and whether
+    # it exports (keyExportable): a CNG key's export policy is AllowExport alone when exportable (never
+    # AllowPlaintextExport), None otherwise; a CryptoAPI key is exportable or not.
     if ($null -ne $key) {
-        if ($key -is [System.Security.Cryptography.RSACng] -or $key -is [System.Security.Cryptography.ECDsaCng]) {
-            $provider = $key.Key.Provider.Provider
+        $scope = if ($Location -eq 'CurrentUser') { @('-user') } else { @() }
+        $dump = & certutil.exe @scope -store $Store $t 2>$null
+        $line = $dump | Where-Object { $_ -match '^\s*Provider = (.+)$' } | Select-Object -First 1
+        $provider = if ($line -match '^\s*Provider = (.+)$') { $Matches[1].Trim() } else { $null }
+        Check ($provider -eq $KeyProvider) "$t's key is kept by $KeyProvider (found: $provider)"
+        $capi = $null
+        try { $capi = $cert.PrivateKey.CspKeyContainerInfo } catch { $capi = $null }
+        if ($null -ne $capi) {
+            Check ($capi.Exportable -eq [bool]$Exportable) "$t's CryptoAPI key is exportable: $([bool]$Exportable) (found: $($capi.Exportable))"
+        } elseif ($key -is [System.Security.Cryptography.RSACng] -or $key -is [System.Security.Cryptography.ECDsaCng]) {
             $policy = "$($key.Key.ExportPolicy)"
             $expected = if ($Exportable) { 'AllowExport' } else { 'None' }
             Check ($policy -eq $expected) "$t's CNG key's export policy is $expected (found: $policy)"
-        } elseif ($null -ne $key.PSObject.Properties['CspKeyContainerInfo']) {
-            $provider = $key.CspKeyContainerInfo.ProviderName
-            Check ($key.CspKeyContainerInfo.Exportable -eq [bool]$Exportable) "$t's CryptoAPI key is exportable: $([bool]$Exportable)"
         } else {
-            $provider = "unknown ($($key.GetType().FullName))"
+            Write-Output "info  $t's key is a $($key.GetType().FullName): its export policy is not checked"
         }
-        Check ($provider -eq $KeyProvider) "$t's key is kept by $KeyProvider (found: $provider)"
     }
     # Who may use the key (`accounts`): SYSTEM and Administrators full control, each account read, nothing
     # inherited (kvvm sets a protected DACL, key_acl.rs).

@@ -1,6 +1,7 @@
 /* A stand-in for Windows PowerShell in the Wine tests (Wine has none): put where Windows keeps powershell.exe,
- * it appends its command line to powershell.log beside itself and succeeds, so a test can read what kvvm asked
- * PowerShell to run (platform/windows/lifecycle.rs). */
+ * it appends its command line to powershell.log beside itself, then a line with the two certificates kvvm
+ * hands the script in its environment, and succeeds, so a test can read what kvvm asked PowerShell to run
+ * (platform/windows/lifecycle.rs). */
 #include <stdio.h>
 #include <wchar.h>
 #include <windows.h>
@@ -16,7 +17,11 @@ int wmain(void)
     FILE *log = _wfopen(path, L"a");
     if (!log)
         return 3;
+    wchar_t old_cert[512] = L"", new_cert[512] = L"";
+    GetEnvironmentVariableW(L"KVVM_REPLACED_CERTIFICATE", old_cert, 512);
+    GetEnvironmentVariableW(L"KVVM_REPLACING_CERTIFICATE", new_cert, 512);
     fwprintf(log, L"%ls\n", GetCommandLineW());
+    fwprintf(log, L"KVVM_REPLACED_CERTIFICATE=%ls KVVM_REPLACING_CERTIFICATE=%ls\n", old_cert, new_cert);
     fclose(log);
     return 0;
 }

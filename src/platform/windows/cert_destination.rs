@@ -13,7 +13,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::cert_store::{CertStore, CertStoreError};
 use crate::certificate::CertificateBundle;
-use crate::names::{CertificateStore, Version};
+use crate::names::{CertificateStore, StoreLocation, Version};
 use crate::platform::destination::{
     CertificateDestination, DestinationOptions, Installed, Placement,
 };
@@ -29,11 +29,11 @@ pub enum DestinationError {
     /// The store refused the certificate (or could not be opened).
     #[error(transparent)]
     Store(#[from] CertStoreError),
-    /// The record of what was imported could not be written; the certificate is in the store, and the next
-    /// check finds it there by its thumbprint.
+    /// kvvm's record of a version (its thumbprint, or the accounts its key's access was set for) could not be
+    /// written; the certificate is in the store, and the next check finds it there by its thumbprint.
     #[error(
-        "{name} was imported into {store}, but the record of it, {path}, cannot be written: {source}; check that \
-         kvvm's state folder is writable"
+        "{name} is in {store}, but kvvm's record of it, {path}, cannot be written: {source}; check that kvvm's \
+         state folder is writable"
     )]
     Record {
         /// The certificate, as `<vault>/<certificate> version <v>`.
@@ -78,6 +78,14 @@ fn importing() -> RwLockReadGuard<'static, ()> {
 /// `Cert:\LocalMachine\MY`, as PowerShell's certificate drive names the store.
 pub(crate) fn store_path(store: &CertificateStore) -> PathBuf {
     PathBuf::from(format!(r"Cert:\{}\{}", store.location.as_str(), store.name))
+}
+
+/// What `linkOnRenewal` did with a new version, in words for the status.
+enum Linking {
+    /// The previous version now names the new one as its renewal.
+    Linked(String),
+    /// The previous version serves names the new one does not: not linked.
+    NotLinked(String),
 }
 
 /// The suffix of the file beside a version's record that holds the `accounts` its key's access was set for.
@@ -165,7 +173,11 @@ impl Destination {
         current: &str,
     ) -> Vec<PathBuf> {
         let mut removed = Vec::new();
-        let keep = usize::try_from(self.retained).unwrap_or(usize::MAX).max(1);
+        // With linkOnRenewal the version a new one renews stays too: bindings that name it follow the link.
+        let floor = if self.link_on_renewal { 2 } else { 1 };
+        let keep = usize::try_from(self.retained)
+            .unwrap_or(usize::MAX)
+            .max(floor);
         for (record, thumbprint) in self.records_of(cert, version).into_iter().skip(keep) {
             if thumbprint != current {
                 match store.remove(&thumbprint) {
@@ -185,15 +197,13 @@ impl Destination {
     }
 
     /// `linkOnRenewal`: marks `old`, the previous version, as renewed by `new` when every name of `old` is in
-    /// `new`, and raises the certificate replace notification IIS's automatic rebind follows. What it did, for
-    /// the status; nothing when there is nothing to say.
+    /// `new`. What it did, for the status; nothing when there is nothing to say.
     fn link_renewal(
         &self,
-        target: &CertificateStore,
         store: &CertStore,
         old: &str,
         new: &str,
-    ) -> Result<Option<String>, DestinationError> {
+    ) -> Result<Option<Linking>, DestinationError> {
         if old == new || store.renewal_of(old).as_deref() == Some(new) {
             return Ok(None);
         }
@@ -201,38 +211,39 @@ impl Destination {
             return Ok(None);
         };
         if !crate::certificate::names_carry_over(&old_names, &new_names) {
-            return Ok(Some(format!(
+            return Ok(Some(Linking::NotLinked(format!(
                 "not linked as the renewal of {old}: its names ({}) are not all in this one's ({})",
                 old_names.join(", "),
                 new_names.join(", ")
-            )));
+            ))));
         }
         store.link_renewal(old, new)?;
-        let linked = format!(
+        Ok(Some(Linking::Linked(format!(
             "linked as the renewal of {old} (linkOnRenewal): bindings that name {old} now present this one"
-        );
-        let notified = match super::lifecycle::notify_replaced(
-            target.location,
-            &target.name,
-            old,
-            new,
-        ) {
-            Ok(()) => format!(
-                "; the certificate replace notification is raised (Switch-Certificate -NotifyOnly), so IIS \
-                 sites with automatic rebind move their bindings to it"
-            ),
-            Err(why) => {
-                log::warn!(
-                    "{target}: the replace notification of {old} by {new} was not raised: {why}"
-                );
-                format!(
-                    "; the certificate replace notification was not raised ({why}), so IIS sites with automatic \
-                     rebind keep their bindings: move them with `appcmd renew binding /oldcert:{old} \
-                     /newcert:{new}`"
-                )
-            }
-        };
-        Ok(Some(linked + &notified))
+        ))))
+    }
+
+    /// After `old` was linked to `new`: raises the certificate replace notification IIS's automatic rebind
+    /// follows (a `LocalMachine` store: IIS binds only those). What happened, for the status.
+    fn notify_replaced(target: &CertificateStore, old: &str, new: &str) -> Option<String> {
+        if target.location != StoreLocation::LocalMachine {
+            return None;
+        }
+        Some(
+            match super::lifecycle::notify_replaced(target.location, &target.name, old, new) {
+                Ok(()) => "the certificate replace notification is raised (Switch-Certificate \
+                           -NotifyOnly), so IIS sites with automatic rebind move their bindings to it"
+                    .to_string(),
+                Err(why) => {
+                    log::warn!("{target}: the replace notification of {old} by {new} was not raised: {why}");
+                    format!(
+                        "the certificate replace notification was not raised ({why}), so IIS sites with \
+                         automatic rebind keep their bindings: move them with `appcmd renew binding \
+                         /oldcert:{old} /newcert:{new}`"
+                    )
+                }
+            },
+        )
     }
 
     /// Whether the key of the version recorded in `record` has the access `cert`'s `accounts` ask for now
@@ -305,8 +316,8 @@ impl CertificateDestination for Destination {
         let ca = CertStore::open(target.location, "CA")?;
         let mut imported = store.import(&name, bundle, &cert.link_name, &ca, &cert.key)?;
         let record = self.record(cert, version);
-        // A version installed before `accounts` changed: its key gets the access they ask for now.
-        if !imported.added && !Self::access_is_current(&record, cert) {
+        // A version this product installed before `accounts` changed: its key gets the access they ask for now.
+        if !imported.added && record.exists() && !Self::access_is_current(&record, cert) {
             store.set_key_access(&name, &imported.thumbprint, &cert.key.accounts)?;
             let readers = match cert.key.accounts.as_slice() {
                 [] => "no account beyond SYSTEM and Administrators".to_string(),
@@ -328,11 +339,15 @@ impl CertificateDestination for Destination {
         }
         // The renewal link goes on only once the new version is in the store, and only on a version this
         // product installed.
-        let linked = match self.previous(cert, version, &store) {
+        let (linked, renewed) = match self.previous(cert, version, &store) {
             Some(old) if self.link_on_renewal && imported.added => {
-                self.link_renewal(target, &store, &old, &imported.thumbprint)?
+                match self.link_renewal(&store, &old, &imported.thumbprint)? {
+                    Some(Linking::Linked(text)) => (Some(text), Some(old)),
+                    Some(Linking::NotLinked(text)) => (Some(text), None),
+                    None => (None, None),
+                }
             }
-            _ => None,
+            _ => (None, None),
         };
         if let Some(linked) = &linked {
             log::info!("{name}: {linked}");
@@ -343,28 +358,25 @@ impl CertificateDestination for Destination {
         for remark in &imported.remarks {
             log::warn!("{name}: {remark}");
         }
-        let remarks: Vec<String> = linked
-            .into_iter()
-            .chain(remark)
-            .chain(imported.remarks.iter().cloned())
-            .collect();
-        let remark = (!remarks.is_empty()).then(|| remarks.join("; "));
-        let write = || -> std::io::Result<()> {
-            crate::files::create_folder(record.parent().unwrap_or(Path::new(".")), 0o700)?;
-            crate::files::write_atomically(&record, imported.thumbprint.as_bytes(), 0o600)?;
+        let write = || -> Result<(), (PathBuf, std::io::Error)> {
+            let folder = record.parent().unwrap_or(Path::new("."));
+            crate::files::create_folder(folder, 0o700).map_err(|e| (folder.to_path_buf(), e))?;
+            crate::files::write_atomically(&record, imported.thumbprint.as_bytes(), 0o600)
+                .map_err(|e| (record.clone(), e))?;
             let access = access_record(&record);
             match access_text(cert) {
                 text if text.is_empty() => match std::fs::remove_file(&access) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err((access, e)),
                     _ => Ok(()),
                 },
-                text => crate::files::write_atomically(&access, text.as_bytes(), 0o600),
+                text => crate::files::write_atomically(&access, text.as_bytes(), 0o600)
+                    .map_err(|e| (access, e)),
             }
         };
-        write().map_err(|source| DestinationError::Record {
+        write().map_err(|(path, source)| DestinationError::Record {
             name: name.clone(),
             store: target.to_string(),
-            path: record.clone(),
+            path,
             source,
         })?;
         // What this handle added is in the store once it is closed; the removal works on the store as it is.
@@ -381,6 +393,17 @@ impl CertificateDestination for Destination {
                 old.display()
             );
         }
+        // The notification may take a while (PowerShell loads the PKI module): other imports need not wait.
+        drop(_importing);
+        let notified =
+            renewed.and_then(|old| Self::notify_replaced(target, &old, &imported.thumbprint));
+        let remarks: Vec<String> = linked
+            .into_iter()
+            .chain(notified)
+            .chain(remark)
+            .chain(imported.remarks.iter().cloned())
+            .collect();
+        let remark = (!remarks.is_empty()).then(|| remarks.join("; "));
         Ok(Installed {
             placement: Placement {
                 file: certificate_path(target, &imported.thumbprint),
@@ -399,7 +422,6 @@ mod tests {
     //! Under Wine (scripts/windows.sh), with the fixtures' certificates and a store of each test's own.
 
     use super::*;
-    use crate::names::StoreLocation;
     use crate::platform::windows::cert_store::tests::{fixture, one_key_at_a_time};
     use crate::settings::parse_public_settings;
 
@@ -423,10 +445,15 @@ mod tests {
 
     /// An observed certificate going to the `CurrentUser` store `store`, its key readable by `accounts`.
     fn observed_in(store: &str, accounts: &[&str]) -> ObservedCertificate {
+        observed_at("CurrentUser", store, accounts)
+    }
+
+    /// An observed certificate going to the store `location\store`, its key readable by `accounts`.
+    fn observed_at(location: &str, store: &str, accounts: &[&str]) -> ObservedCertificate {
         let settings = parse_public_settings(&serde_json::json!({
             "secretsManagementSettings": {"observedCertificates": [{
                 "url": "https://myvault.vault.azure.net/secrets/web",
-                "certificateStoreLocation": "CurrentUser",
+                "certificateStoreLocation": location,
                 "certificateStoreName": store,
                 "accounts": accounts,
             }]}
@@ -603,7 +630,12 @@ mod tests {
         };
         let state = tempfile::tempdir().unwrap();
         let destination = destination(&Destination::lock_folder(state.path()));
-        let cert = observed("notify");
+        // A LocalMachine store: IIS binds only those, so only there is the notification raised.
+        let cert = observed_at(
+            "LocalMachine",
+            &format!("kvvm-test-dest-notify-{:016x}", fastrand::u64(..)),
+            &[],
+        );
         let first = destination.install(&cert, &version('a'), &a).unwrap();
         assert!(
             powershell.command_lines().is_empty(),
@@ -613,16 +645,21 @@ mod tests {
         let second = destination.install(&cert, &version('b'), &b).unwrap();
         let (ta, tb) = (thumbprint_of(&first), thumbprint_of(&second));
         let lines = powershell.command_lines();
-        assert_eq!(lines.len(), 1, "{lines:?}");
-        let script = super::super::lifecycle::switch_script(
-            StoreLocation::CurrentUser,
-            &cert.store_location.name,
-            &ta,
-            &tb,
-        );
+        assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(
-            lines[0].contains("-NonInteractive") && lines[0].contains(&script),
+            lines[0].contains("-NonInteractive")
+                && lines[0].contains(super::super::lifecycle::SWITCH_SCRIPT),
             "{lines:?}"
+        );
+        let store = &cert.store_location.name;
+        let path = |thumbprint: &str| format!(r"Cert:\LocalMachine\{store}\{thumbprint}");
+        assert_eq!(
+            lines[1],
+            format!(
+                "KVVM_REPLACED_CERTIFICATE={} KVVM_REPLACING_CERTIFICATE={}",
+                path(&ta),
+                path(&tb)
+            )
         );
         assert!(
             second.remark.as_deref().is_some_and(|r| r.contains(
@@ -688,6 +725,14 @@ mod tests {
             "{third:?}"
         );
         assert_eq!(renewal_of(&tb).as_deref(), Some(td.as_str()));
+        assert!(
+            !third
+                .remark
+                .clone()
+                .unwrap_or_default()
+                .contains("replace notification"),
+            "IIS binds only LocalMachine certificates: no notification for a CurrentUser one: {third:?}"
+        );
         assert_eq!(
             renewal_of(&ta).as_deref(),
             Some(tb.as_str()),
@@ -781,6 +826,35 @@ mod tests {
         assert_eq!(
             keeps_two.current(&cert, &version('c')),
             Some(third.placement)
+        );
+    }
+
+    #[test]
+    fn with_link_on_renewal_the_version_a_new_one_renews_stays_whatever_retained_versions_says() {
+        let _keys = one_key_at_a_time();
+        let (Some(a), Some(b), Some(d)) = (fixture("a"), fixture("b"), fixture("d")) else {
+            return;
+        };
+        let state = tempfile::tempdir().unwrap();
+        let records = Destination::lock_folder(state.path());
+        let keeps_one = Destination::new(DestinationOptions {
+            acls: false,
+            retained_versions: 1,
+            lock_dir: &records,
+            link_on_renewal: true,
+        });
+        let cert = observed("retain-linked");
+        let first = keeps_one.install(&cert, &version('a'), &a).unwrap();
+        let second = keeps_one.install(&cert, &version('b'), &b).unwrap();
+        assert!(
+            second.removed.is_empty(),
+            "a, which b renews, stays for the bindings that name it: {second:?}"
+        );
+        let third = keeps_one.install(&cert, &version('d'), &d).unwrap();
+        assert_eq!(third.removed, vec![first.placement.file], "{third:?}");
+        assert_eq!(
+            keeps_one.current(&cert, &version('b')),
+            Some(second.placement)
         );
     }
 

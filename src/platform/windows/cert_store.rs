@@ -45,15 +45,19 @@ pub enum CertStoreError {
     },
     /// The PFX kvvm made of the version could not be imported.
     #[error(
-        "{name}: Windows refused to import it (PFXImportCertStore, {}); what was installed stays. Check that \
-         Windows supports its key (RSA of 2048 bits or more, or EC on P-256, P-384 or P-521)",
-        windows_error(*code)
+        "{name}: Windows refused to import it (PFXImportCertStore with PKCS12_PREFER_CNG_KSP, {}; without it, \
+         {}); what was installed stays. Check that Windows supports its key (RSA of 2048 bits or more, or EC on \
+         P-256, P-384 or P-521)",
+        windows_error(*code),
+        windows_error(*retried)
     )]
     Import {
         /// The certificate, as `<vault>/<certificate> version <v>`.
         name: String,
-        /// `GetLastError()`.
+        /// `GetLastError()` of the import with `PKCS12_PREFER_CNG_KSP`.
         code: u32,
+        /// `GetLastError()` of the import without it.
+        retried: u32,
     },
     /// No PFX could be made of the version.
     #[error(transparent)]
@@ -149,7 +153,7 @@ impl CertStoreError {
             Self::Renewal { .. } => "renewal-link-failed",
             Self::Remove { .. } => "cert-store-remove",
             Self::KeyAcl { source, .. } => source.reason(),
-            Self::Chain { .. } => "chain-invalid",
+            Self::Chain { source, .. } => source.reason(),
         }
     }
 }
@@ -170,6 +174,34 @@ pub(crate) struct Imported {
     /// What the status should say about the new key (a provider Windows would not use, an export policy it
     /// would not set), each a sentence.
     pub(crate) remarks: Vec<String>,
+}
+
+/// What a PFX import fell back on when Windows refused the first one (`PKCS12_PREFER_CNG_KSP`, error `first`).
+#[derive(Debug, Clone, Copy)]
+enum Fallback {
+    /// The same PFX, without the flag.
+    WithoutCngFlag { first: u32 },
+    /// A PFX that names no key provider, with the flag.
+    WithoutProvider { first: u32 },
+}
+
+impl Fallback {
+    /// The status's words for it: `named`, the provider the vault's PFX named; `kept`, who keeps the key.
+    fn remark(self, named: Option<&str>, kept: &str) -> String {
+        match self {
+            Fallback::WithoutCngFlag { first } => format!(
+                "Windows refused to import it with PKCS12_PREFER_CNG_KSP ({}), so its key is kept by the \
+                 provider its import picks without that flag: {kept}",
+                windows_error(first)
+            ),
+            Fallback::WithoutProvider { first } => format!(
+                "Windows could not import it with the key provider its PFX names ({:?}: {}), so its key is \
+                 kept by {kept}",
+                named.unwrap_or_default(),
+                windows_error(first)
+            ),
+        }
+    }
 }
 
 /// An open system store. Closed when dropped.
@@ -545,21 +577,7 @@ impl CertStore {
         if key.exportable {
             flags |= CRYPT_EXPORTABLE;
         }
-        let (temp, cng_refused) =
-            match pfx_import(&pfx, flags | PKCS12_PREFER_CNG_KSP, self.location) {
-                Ok(temp) => (temp, None),
-                // "If the CNG KSP is unavailable, PFXImportCertStore will fail" (Wine 8 refuses the flag, too): the
-                // key is then kept by the provider the import picks without it, and the status says so.
-                Err(cng) => {
-                    let temp = pfx_import(&pfx, flags, self.location).map_err(|code| {
-                        CertStoreError::Import {
-                            name: name.to_string(),
-                            code,
-                        }
-                    })?;
-                    (temp, Some(cng))
-                }
-            };
+        let (temp, fallback) = self.import_pfx(name, bundle, friendly, &pfx, flags)?;
         // Whether the chain the vault gave ends in a root, which is never added (whatever the PFX import does with
         // it: Windows returns it in the imported store, Wine leaves it out).
         let root = CertificateDer::pem_slice_iter(&bundle.fullchain_pem())
@@ -628,14 +646,12 @@ impl CertStore {
             // The enumeration frees `previous` itself on the next call.
             std::mem::forget(context);
         }
-        if let Some(code) = cng_refused
+        if let Some(fallback) = fallback
             && imported.added
         {
-            imported.remarks.push(format!(
-                "Windows refused to import it with PKCS12_PREFER_CNG_KSP ({}), so its key is kept by the \
-                 provider its import picks without that flag: {}",
-                windows_error(code),
-                imported.key_provider.as_deref().unwrap_or("unknown")
+            imported.remarks.push(fallback.remark(
+                bundle.key_provider(),
+                imported.key_provider.as_deref().unwrap_or("unknown"),
             ));
         }
         if !imported.added && !self.contains(&leaf_thumbprint) {
@@ -667,6 +683,41 @@ impl CertStore {
                 name: name.to_string(),
                 source,
             }
+        })
+    }
+
+    /// Imports kvvm's PFX of `bundle` (`pfx`, naming the vault's key provider if it named one) into a temporary
+    /// store with `flags` and `PKCS12_PREFER_CNG_KSP`, Microsoft's provider rule. Where Windows refuses that:
+    /// the same PFX without the flag, then one that names no provider with it (the named provider may not be
+    /// one this machine has). What it fell back on, if anything.
+    fn import_pfx(
+        &self,
+        name: &str,
+        bundle: &CertificateBundle,
+        friendly: &LinkName,
+        pfx: &[u8],
+        flags: u32,
+    ) -> Result<(CertStore, Option<Fallback>), CertStoreError> {
+        let first = match pfx_import(pfx, flags | PKCS12_PREFER_CNG_KSP, self.location) {
+            Ok(temp) => return Ok((temp, None)),
+            Err(code) => code,
+        };
+        let second = match pfx_import(pfx, flags, self.location) {
+            Ok(temp) => return Ok((temp, Some(Fallback::WithoutCngFlag { first }))),
+            Err(code) => code,
+        };
+        if bundle.key_provider().is_some() {
+            let unnamed = bundle
+                .to_pkcs12_without_key_provider(name, friendly)
+                .map_err(CertStoreError::Pfx)?;
+            if let Ok(temp) = pfx_import(&unnamed, flags | PKCS12_PREFER_CNG_KSP, self.location) {
+                return Ok((temp, Some(Fallback::WithoutProvider { first })));
+            }
+        }
+        Err(CertStoreError::Import {
+            name: name.to_string(),
+            code: first,
+            retried: second,
         })
     }
 
@@ -877,6 +928,27 @@ pub(in crate::platform::windows) mod tests {
 
     /// A store of this test's own, so runs and tests do not see each other's certificates (Wine reuses pids, and
     /// its stores persist in the prefix's registry).
+    #[test]
+    fn each_fallback_says_what_windows_refused_and_who_keeps_the_key() {
+        assert_eq!(
+            Fallback::WithoutCngFlag { first: 0x8009_0016 }.remark(
+                None,
+                "Microsoft Enhanced Cryptographic Provider v1.0 (CryptoAPI)"
+            ),
+            "Windows refused to import it with PKCS12_PREFER_CNG_KSP (error 0x80090016), so its key is kept by \
+             the provider its import picks without that flag: Microsoft Enhanced Cryptographic Provider v1.0 \
+             (CryptoAPI)"
+        );
+        assert_eq!(
+            Fallback::WithoutProvider { first: 0 }.remark(
+                Some("Contoso HSM Provider"),
+                "Microsoft Software Key Storage Provider (CNG)"
+            ),
+            "Windows could not import it with the key provider its PFX names (\"Contoso HSM Provider\": without \
+             an error code), so its key is kept by Microsoft Software Key Storage Provider (CNG)"
+        );
+    }
+
     #[test]
     fn the_key_is_kept_by_the_provider_the_vault_names_and_otherwise_by_cng() {
         let _keys = one_key_at_a_time();

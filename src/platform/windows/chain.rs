@@ -30,15 +30,39 @@ use windows_sys::Win32::Security::Cryptography::{
 /// The chain engine of `LocalMachine` (wincrypt.h's `HCCE_LOCAL_MACHINE`); null is the current user's.
 const HCCE_LOCAL_MACHINE: HCERTCHAINENGINE = 1usize as HCERTCHAINENGINE;
 
-/// Why a server-auth certificate was refused: each problem with its fix, joined.
+/// Why a server-auth certificate was refused.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "its chain does not validate for TLS server authentication, so it was not added: {problems} (Windows \
-     builds the chain from the vault's certificates and this machine's stores, as Microsoft's v4 does)"
-)]
-pub struct ChainError {
-    /// What is wrong, each problem with its fix, as [`problems`] says it.
-    pub problems: String,
+pub enum ChainError {
+    /// The chain does not validate: each problem with its fix, joined.
+    #[error(
+        "its chain does not validate for TLS server authentication, so it was not added: {problems} (Windows \
+         builds the chain from the vault's certificates and this machine's stores, as Microsoft's v4 does)"
+    )]
+    Invalid {
+        /// What is wrong, each problem with its fix, as [`problems`] says it.
+        problems: String,
+    },
+    /// Windows could not build the chain at all, so nothing says it validates; it was not added.
+    #[error(
+        "Windows could not build its chain to validate it for TLS server authentication ({call}, error \
+         {code:#x}), so it was not added; the check is tried again at the next poll"
+    )]
+    Build {
+        /// The call that failed.
+        call: &'static str,
+        /// `GetLastError()`.
+        code: u32,
+    },
+}
+
+impl ChainError {
+    /// A short fixed reason for the status file.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Invalid { .. } => "chain-invalid",
+            Self::Build { .. } => "chain-build-failed",
+        }
+    }
 }
 
 /// The chain's error bits that make a certificate unusable for a TLS server, each with what to say of the
@@ -159,11 +183,7 @@ pub(crate) fn problems(chain: u32, elements: &[(String, u32)]) -> Result<Vec<Str
 /// (`LocalMachine`'s, else the current user's), which adds what this machine's stores hold and decides trust.
 /// `Ok`: remarks for the status.
 pub(crate) fn validate(chain: &[Vec<u8>], machine: bool) -> Result<Vec<String>, ChainError> {
-    let failed = |call: &str, code: u32| ChainError {
-        problems: format!(
-            "Windows could not build it ({call}, error {code:#x}): run kvvm as SYSTEM or an administrator"
-        ),
-    };
+    let failed = |call: &'static str, code: u32| ChainError::Build { call, code };
     // SAFETY: an in-memory store of the call's own, closed below.
     let extra = unsafe {
         CertOpenStore(
@@ -262,7 +282,7 @@ pub(crate) fn validate(chain: &[Vec<u8>], machine: bool) -> Result<Vec<String>, 
         CertFreeCertificateChain(context);
         (bits, elements)
     };
-    problems(bits, &elements).map_err(|problems| ChainError { problems })
+    problems(bits, &elements).map_err(|problems| ChainError::Invalid { problems })
 }
 
 /// A store of this module's own, closed when dropped.

@@ -122,12 +122,17 @@ pub(crate) unsafe fn export_encrypted_only(cert: *const CERT_CONTEXT) -> Result<
         )
     };
     match (status, got) {
-        (0, 0) if read == policy => Ok(true),
+        // What counts is the policy the key has now, whatever the setting call said.
+        (_, 0) if read == policy => Ok(true),
         (0, 0) => Err(format!(
             "Windows kept its export policy {read:#x} instead of encrypted export only ({policy:#x})"
         )),
-        (0, code) | (code, _) => Err(format!(
-            "NCryptSetProperty(NCRYPT_EXPORT_POLICY_PROPERTY) failed ({})",
+        (_, 0) => Err(format!(
+            "NCryptSetProperty(NCRYPT_EXPORT_POLICY_PROPERTY) failed ({}); its export policy is {read:#x}",
+            windows_error(status as u32)
+        )),
+        (_, code) => Err(format!(
+            "its export policy could not be read back (NCryptGetProperty, {})",
             windows_error(code as u32)
         )),
     }

@@ -7,7 +7,7 @@
 //! property of the old certificate": kvvm sets the renewal property itself, `linkOnRenewal`), so kvvm runs it
 //! with Windows PowerShell, by its full path, with a timeout.
 //!
-//! The script is one pure function ([`switch_script`]) so its exact text is pinned by a test.
+//! The script is a constant; the two certificates reach it through its environment, never spliced into it.
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -19,25 +19,21 @@ use crate::names::StoreLocation;
 /// How long `Switch-Certificate` may take (loading the PKI module is most of it) before it is killed.
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A single-quoted PowerShell string of `text` (a quote is written twice).
-fn quoted(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
+/// The environment variables that hand the script the two certificates' paths: given as data, never spliced
+/// into the script, so no store name can change what PowerShell runs.
+pub(crate) const OLD_VAR: &str = "KVVM_REPLACED_CERTIFICATE";
+/// See [`OLD_VAR`].
+pub(crate) const NEW_VAR: &str = "KVVM_REPLACING_CERTIFICATE";
 
-/// The PowerShell that raises the replace notification for `old` → `new` (thumbprints) in `location\store`.
-pub(crate) fn switch_script(location: StoreLocation, store: &str, old: &str, new: &str) -> String {
-    let path = |thumbprint: &str| {
-        quoted(&format!(
-            "Cert:\\{}\\{store}\\{thumbprint}",
-            location.as_str()
-        ))
-    };
-    format!(
-        "$ErrorActionPreference = 'Stop'; Import-Module PKI; Switch-Certificate -OldCert (Get-Item -LiteralPath \
-         {}) -NewCert (Get-Item -LiteralPath {}) -NotifyOnly -Confirm:$false",
-        path(old),
-        path(new)
-    )
+/// The PowerShell that raises the replace notification for the certificates at `$env:` [`OLD_VAR`] and
+/// [`NEW_VAR`] (drive paths, as [`cert_path`] makes them).
+pub(crate) const SWITCH_SCRIPT: &str = "$ErrorActionPreference = 'Stop'; $ProgressPreference = 'SilentlyContinue'; \
+     Import-Module PKI; Switch-Certificate -OldCert (Get-Item -LiteralPath $env:KVVM_REPLACED_CERTIFICATE) \
+     -NewCert (Get-Item -LiteralPath $env:KVVM_REPLACING_CERTIFICATE) -NotifyOnly -Confirm:$false";
+
+/// A certificate's path on PowerShell's certificate drive.
+pub(crate) fn cert_path(location: StoreLocation, store: &str, thumbprint: &str) -> String {
+    format!("Cert:\\{}\\{store}\\{thumbprint}", location.as_str())
 }
 
 /// Windows PowerShell, by its full path (never found through `PATH`: kvvm runs as SYSTEM).
@@ -62,8 +58,10 @@ pub(crate) fn notify_replaced(
             "-ExecutionPolicy",
             "Bypass",
             "-Command",
+            SWITCH_SCRIPT,
         ])
-        .arg(switch_script(location, store, old, new))
+        .env(OLD_VAR, cert_path(location, store, old))
+        .env(NEW_VAR, cert_path(location, store, new))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -71,11 +69,12 @@ pub(crate) fn notify_replaced(
         .map_err(|e| format!("{} could not be started: {e}", program.display()))?;
     let mut stderr = child.stderr.take();
     let reader = std::thread::spawn(move || {
-        let mut text = String::new();
+        // Lossy: PowerShell may write its errors in the console's code page.
+        let mut bytes = Vec::new();
         if let Some(stderr) = stderr.as_mut() {
-            let _ = stderr.take(4096).read_to_string(&mut text);
+            let _ = stderr.take(4096).read_to_end(&mut bytes);
         }
-        text
+        String::from_utf8_lossy(&bytes).into_owned()
     });
     let started = Instant::now();
     let status = loop {
@@ -111,17 +110,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_script_names_both_certificates_by_their_drive_paths() {
+    fn the_script_takes_both_certificates_from_its_environment() {
+        assert!(SWITCH_SCRIPT.contains(&format!(
+            "Switch-Certificate -OldCert (Get-Item -LiteralPath $env:{OLD_VAR}) -NewCert (Get-Item -LiteralPath \
+             $env:{NEW_VAR}) -NotifyOnly -Confirm:$false"
+        )));
         assert_eq!(
-            switch_script(StoreLocation::LocalMachine, "MY", "AA11", "BB22"),
-            "$ErrorActionPreference = 'Stop'; Import-Module PKI; Switch-Certificate -OldCert (Get-Item \
-             -LiteralPath 'Cert:\\LocalMachine\\MY\\AA11') -NewCert (Get-Item -LiteralPath \
-             'Cert:\\LocalMachine\\MY\\BB22') -NotifyOnly -Confirm:$false"
+            cert_path(StoreLocation::LocalMachine, "MY", "AA11"),
+            "Cert:\\LocalMachine\\MY\\AA11"
         );
-        // A quote in a store's name stays inside its string.
-        assert!(
-            switch_script(StoreLocation::CurrentUser, "it's", "AA", "BB")
-                .contains("'Cert:\\CurrentUser\\it''s\\AA'")
+        // A store's name is data: quotes of any kind stay in the path.
+        assert_eq!(
+            cert_path(StoreLocation::CurrentUser, "Bob\u{2019}s 'web'", "AA"),
+            "Cert:\\CurrentUser\\Bob\u{2019}s 'web'\\AA"
         );
     }
 }
