@@ -317,7 +317,10 @@ impl CertificateDestination for Destination {
         let mut imported = store.import(&name, bundle, &cert.link_name, &ca, &cert.key)?;
         let record = self.record(cert, version);
         // A version this product installed before `accounts` changed: its key gets the access they ask for now.
+        // (Whether the key's access is what `accounts` says now: what the access record will say.)
+        let mut access_set = imported.added;
         if !imported.added && record.exists() && !Self::access_is_current(&record, cert) {
+            access_set = true;
             store.set_key_access(&name, &imported.thumbprint, &cert.key.accounts)?;
             let readers = match cert.key.accounts.as_slice() {
                 [] => "no account beyond SYSTEM and Administrators".to_string(),
@@ -365,6 +368,7 @@ impl CertificateDestination for Destination {
                 .map_err(|e| (record.clone(), e))?;
             let access = access_record(&record);
             match access_text(cert) {
+                _ if !access_set => Ok(()),
                 text if text.is_empty() => match std::fs::remove_file(&access) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err((access, e)),
                     _ => Ok(()),
