@@ -1,7 +1,8 @@
 #!/bin/bash
 # The Windows build (x86_64-pc-windows-gnu) and its tests under Wine, on a Linux machine.
 #
-#   scripts/windows.sh test      build the library's tests for Windows and run them under Wine
+#   scripts/windows.sh test      build the library's tests for Windows and run them under Wine (in a copy of
+#                                the prefix, target/windows/wine-test)
 #   scripts/windows.sh prefix    (re)create the Wine prefix the tests run in (target/windows/wine)
 #   scripts/windows.sh check     type-check the library, the binary and their tests for Windows (no Wine)
 #   scripts/windows.sh build     build kvvm.exe (release) and print its path
@@ -58,7 +59,18 @@ case "${1:-}" in
         echo "$out/target/x86_64-pc-windows-gnu/release/kvvm.exe" ;;
     test)
         need
+        # The tests run in a copy of the prefix: what they put in it (certificates, a stand-in powershell.exe)
+        # stays out of the one the end-to-end tests copy (tests/sim/src/windows.rs), maybe at the same time;
+        # both make and copy it under the same lock.
+        mkdir -p "$out"
+        exec 9>"$out/wine.lock"
+        flock 9
         [ -f "$WINEPREFIX/drive_c/windows/system32/bcryptprimitives.dll" ] || prefix
+        rm -rf "$out/wine-test"
+        cp -a "$WINEPREFIX" "$out/wine-test"
+        flock -u 9
+        exec 9>&-
+        export WINEPREFIX="$out/wine-test"
         fixtures="$out/fixtures"
         bash "$root/scripts/windows/fixtures.sh" "$fixtures"
         export KVVM_WINDOWS_FIXTURES="Z:${fixtures//\//\\}"
