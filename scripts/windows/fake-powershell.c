@@ -1,7 +1,7 @@
 /* A stand-in for Windows PowerShell in the Wine tests (Wine has none): put where Windows keeps powershell.exe,
  * it appends its command line to powershell.log beside itself, then a line with the two certificates kvvm
- * hands the script in its environment, and succeeds, so a test can read what kvvm asked PowerShell to run
- * (platform/windows/lifecycle.rs). */
+ * hands the script in its environment, and writes what the script writes once Switch-Certificate returned
+ * (lifecycle.rs, DONE), so a test can read what kvvm asked PowerShell to run (platform/windows/lifecycle.rs). */
 #include <stdio.h>
 #include <wchar.h>
 #include <windows.h>
@@ -23,5 +23,6 @@ int wmain(void)
     fwprintf(log, L"%ls\n", GetCommandLineW());
     fwprintf(log, L"KVVM_REPLACED_CERTIFICATE=%ls KVVM_REPLACING_CERTIFICATE=%ls\n", old_cert, new_cert);
     fclose(log);
+    wprintf(L"kvvm: the replace notification is raised\r\n");
     return 0;
 }

@@ -588,6 +588,8 @@ mod tests {
     struct FakePowerShell {
         exe: PathBuf,
         log: PathBuf,
+        /// Where what was there before (Wine's own powershell.exe, a stub that runs nothing) waits to go back.
+        saved: PathBuf,
     }
 
     impl FakePowerShell {
@@ -601,10 +603,14 @@ mod tests {
             let exe = super::super::lifecycle::powershell();
             let folder = exe.parent().unwrap().to_path_buf();
             std::fs::create_dir_all(&folder).unwrap();
+            let saved = folder.join("powershell.exe.kvvm-saved");
+            if exe.exists() && !saved.exists() {
+                std::fs::rename(&exe, &saved).unwrap();
+            }
             std::fs::copy(from, &exe).unwrap();
             let log = folder.join("powershell.log");
             let _ = std::fs::remove_file(&log);
-            Some(FakePowerShell { exe, log })
+            Some(FakePowerShell { exe, log, saved })
         }
 
         fn command_lines(&self) -> Vec<String> {
@@ -620,6 +626,7 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_file(&self.exe);
             let _ = std::fs::remove_file(&self.log);
+            let _ = std::fs::rename(&self.saved, &self.exe);
         }
     }
 
@@ -671,9 +678,19 @@ mod tests {
             )),
             "{second:?}"
         );
-        // Without PowerShell the link still goes on, and the status says how to rebind by hand.
+        // Without Windows PowerShell (Wine's powershell.exe is a stub that runs nothing and exits 0, or none at
+        // all) the link still goes on, and the status says how to rebind by hand.
+        let wine_stub = powershell.saved.exists();
         drop(powershell);
         let third = destination.install(&cert, &version('d'), &d).unwrap();
+        if wine_stub {
+            assert!(
+                third.remark.as_deref().is_some_and(|r| r.contains(
+                    r"System32\WindowsPowerShell\v1.0\powershell.exe exited without running Switch-Certificate"
+                )),
+                "Wine's stub exits 0 but is not taken for PowerShell: {third:?}"
+            );
+        }
         let td = thumbprint_of(&third);
         let remark = third.remark.clone().unwrap_or_default();
         assert!(

@@ -26,10 +26,15 @@ pub(crate) const OLD_VAR: &str = "KVVM_REPLACED_CERTIFICATE";
 pub(crate) const NEW_VAR: &str = "KVVM_REPLACING_CERTIFICATE";
 
 /// The PowerShell that raises the replace notification for the certificates at `$env:` [`OLD_VAR`] and
-/// [`NEW_VAR`] (drive paths, as [`cert_path`] makes them).
+/// [`NEW_VAR`] (drive paths, as [`cert_path`] makes them), then writes [`DONE`]: any error stops it before.
 pub(crate) const SWITCH_SCRIPT: &str = "$ErrorActionPreference = 'Stop'; $ProgressPreference = 'SilentlyContinue'; \
      Import-Module PKI; Switch-Certificate -OldCert (Get-Item -LiteralPath $env:KVVM_REPLACED_CERTIFICATE) \
-     -NewCert (Get-Item -LiteralPath $env:KVVM_REPLACING_CERTIFICATE) -NotifyOnly -Confirm:$false";
+     -NewCert (Get-Item -LiteralPath $env:KVVM_REPLACING_CERTIFICATE) -NotifyOnly -Confirm:$false; \
+     Write-Output 'kvvm: the replace notification is raised'";
+
+/// What [`SWITCH_SCRIPT`] writes once `Switch-Certificate` returned. An exit code of 0 alone proves nothing: a
+/// `powershell.exe` that is not Windows PowerShell (Wine's is a stub that runs nothing) exits 0 too.
+pub(crate) const DONE: &str = "kvvm: the replace notification is raised";
 
 /// A certificate's path on PowerShell's certificate drive.
 pub(crate) fn cert_path(location: StoreLocation, store: &str, thumbprint: &str) -> String {
@@ -63,18 +68,31 @@ pub(crate) fn notify_replaced(
         .env(OLD_VAR, cert_path(location, store, old))
         .env(NEW_VAR, cert_path(location, store, new))
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("{} could not be started: {e}", program.display()))?;
-    let mut stderr = child.stderr.take();
-    let reader = std::thread::spawn(move || {
-        // Lossy: PowerShell may write its errors in the console's code page.
-        let mut bytes = Vec::new();
-        if let Some(stderr) = stderr.as_mut() {
-            let _ = stderr.take(4096).read_to_end(&mut bytes);
-        }
-        String::from_utf8_lossy(&bytes).into_owned()
+    let readers = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .map(|stream| {
+        std::thread::spawn(move || {
+            // Read to the end (a full pipe would stall PowerShell), keep the start; lossy: PowerShell may write
+            // in the console's code page.
+            let mut bytes = Vec::new();
+            if let Some(mut stream) = stream {
+                let _ = stream.read_to_end(&mut bytes);
+            }
+            bytes.truncate(4096);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
     });
     let started = Instant::now();
     let status = loop {
@@ -90,10 +108,16 @@ pub(crate) fn notify_replaced(
             }
         }
     };
-    let stderr = reader.join().unwrap_or_default();
+    let [stdout, stderr] = readers.map(|r| r.join().unwrap_or_default());
     let stderr = stderr.split_whitespace().collect::<Vec<_>>().join(" ");
     match status {
-        Some(status) if status.success() => Ok(()),
+        Some(status) if status.success() && stdout.lines().any(|l| l.trim() == DONE) => Ok(()),
+        Some(status) if status.success() => Err(format!(
+            "{} exited without running Switch-Certificate (it did not write what the script writes after it{}{})",
+            program.display(),
+            if stderr.is_empty() { "" } else { ": " },
+            stderr
+        )),
         Some(status) => Err(format!(
             "Switch-Certificate -NotifyOnly failed ({status}{}{stderr})",
             if stderr.is_empty() { "" } else { ": " }
@@ -111,6 +135,7 @@ mod tests {
 
     #[test]
     fn the_script_takes_both_certificates_from_its_environment() {
+        assert!(SWITCH_SCRIPT.ends_with(&format!("Write-Output '{DONE}'")));
         assert!(SWITCH_SCRIPT.contains(&format!(
             "Switch-Certificate -OldCert (Get-Item -LiteralPath $env:{OLD_VAR}) -NewCert (Get-Item -LiteralPath \
              $env:{NEW_VAR}) -NotifyOnly -Confirm:$false"
