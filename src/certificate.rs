@@ -547,6 +547,12 @@ impl CertificateBundle {
         out
     }
 
+    /// The chain as DER, leaf first, then the intermediates and the root in order.
+    #[cfg_attr(unix, allow(dead_code, reason = "Windows' certificate store reads it"))]
+    pub(crate) fn chain_der(&self) -> &[Vec<u8>] {
+        &self.chain
+    }
+
     /// `chain.pem`: the intermediates then the root, without the leaf (empty when the leaf stands alone).
     pub fn chain_pem(&self) -> Vec<u8> {
         let mut out = Vec::new();

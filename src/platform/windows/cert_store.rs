@@ -20,9 +20,6 @@ use windows_sys::Win32::Security::Cryptography::{
     PKCS_7_ASN_ENCODING, PKCS12_PREFER_CNG_KSP, X509_ASN_ENCODING,
 };
 
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
-
 use crate::certificate::{CertificateBundle, CertificateError};
 use crate::names::{LinkName, StoreLocation};
 use crate::settings::KeyOptions;
@@ -523,12 +520,11 @@ impl CertStore {
         ca: &CertStore,
         key: &KeyOptions,
     ) -> Result<Imported, CertStoreError> {
-        let leaf_pem = bundle.leaf_pem();
-        let leaf_der =
-            CertificateDer::from_pem_slice(&leaf_pem).map_err(|_| CertStoreError::NoLeaf {
-                name: name.to_string(),
-            })?;
-        let leaf_thumbprint = thumbprint(&leaf_der);
+        let chain = bundle.chain_der();
+        let leaf_der = chain.first().ok_or_else(|| CertStoreError::NoLeaf {
+            name: name.to_string(),
+        })?;
+        let leaf_thumbprint = thumbprint(leaf_der);
         if self.contains(&leaf_thumbprint) {
             return Ok(Imported {
                 thumbprint: leaf_thumbprint,
@@ -548,18 +544,13 @@ impl CertStore {
         // A certificate for TLS server authentication goes in only if its chain validates (Microsoft's v4):
         // checked before anything is imported, so a refused one leaves no key behind either.
         let mut chain_remarks = Vec::new();
-        if crate::certificate::is_for_server_auth(&leaf_der) {
-            let chain: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(&bundle.fullchain_pem())
-                .filter_map(Result::ok)
-                .map(|der| der.to_vec())
-                .collect();
+        if crate::certificate::is_for_server_auth(leaf_der) {
             let machine = self.location == StoreLocation::LocalMachine;
-            let remarks = super::chain::validate(&chain, machine).map_err(|source| {
-                CertStoreError::Chain {
+            let remarks =
+                super::chain::validate(chain, machine).map_err(|source| CertStoreError::Chain {
                     name: name.to_string(),
                     source,
-                }
-            })?;
+                })?;
             chain_remarks = remarks;
         }
         // The PFX is kvvm's own (PBES2/AES, SHA-256 MAC, empty password), from whichever form the vault gave; it
@@ -580,11 +571,11 @@ impl CertStore {
         let (temp, fallback) = self.import_pfx(name, bundle, friendly, &pfx, flags)?;
         // Whether the chain the vault gave ends in a root, which is never added (whatever the PFX import does with
         // it: Windows returns it in the imported store, Wine leaves it out).
-        let root = CertificateDer::pem_slice_iter(&bundle.fullchain_pem())
-            .filter_map(Result::ok)
+        let root = chain
+            .iter()
             .skip(1)
             .find(|der| is_self_issued(der))
-            .map(|der| thumbprint(&der));
+            .map(|der| thumbprint(der));
         let mut imported = Imported {
             thumbprint: leaf_thumbprint.clone(),
             added: false,
@@ -864,21 +855,12 @@ pub(in crate::platform::windows) mod tests {
     #[test]
     fn an_account_windows_does_not_know_is_named_and_nothing_is_added() {
         let Some(a) = fixture("a") else { return };
-        let store = CertStore::open(StoreLocation::CurrentUser, &test_store("account")).unwrap();
-        let ca = CertStore::open(StoreLocation::CurrentUser, "CA").unwrap();
+        let store = TestStore::new("account");
         let key = KeyOptions {
             accounts: vec!["Network Service".into(), "no-such-account-xyz".into()],
             ..KeyOptions::default()
         };
-        let e = store
-            .import(
-                "myvault/web version a",
-                &a,
-                &LinkName::parse("myvault.web").unwrap(),
-                &ca,
-                &key,
-            )
-            .unwrap_err();
+        let e = store.import("a", &a, &key).unwrap_err();
         let message = e.to_string();
         assert!(
             message.starts_with(
@@ -897,18 +879,8 @@ pub(in crate::platform::windows) mod tests {
         let (Some(a), Some(b)) = (fixture("a"), fixture("b")) else {
             return;
         };
-        let store = CertStore::open(StoreLocation::CurrentUser, &test_store("export")).unwrap();
-        let ca = CertStore::open(StoreLocation::CurrentUser, "CA").unwrap();
-        let friendly = LinkName::parse("myvault.web").unwrap();
-        let kept = store
-            .import(
-                "myvault/web version a",
-                &a,
-                &friendly,
-                &ca,
-                &KeyOptions::default(),
-            )
-            .unwrap();
+        let store = TestStore::new("export");
+        let kept = store.import("a", &a, &KeyOptions::default()).unwrap();
         assert!(
             !key_exports(&store, &kept.thumbprint),
             "keyExportable is false by default"
@@ -917,9 +889,7 @@ pub(in crate::platform::windows) mod tests {
             exportable: true,
             ..KeyOptions::default()
         };
-        let given = store
-            .import("myvault/web version b", &b, &friendly, &ca, &exportable)
-            .unwrap();
+        let given = store.import("b", &b, &exportable).unwrap();
         assert!(
             key_exports(&store, &given.thumbprint),
             "keyExportable: true"
@@ -959,18 +929,10 @@ pub(in crate::platform::windows) mod tests {
             named.key_provider(),
             Some("Microsoft Enhanced RSA and AES Cryptographic Provider")
         );
-        let store = CertStore::open(StoreLocation::CurrentUser, &test_store("provider")).unwrap();
-        let ca = CertStore::open(StoreLocation::CurrentUser, "CA").unwrap();
-        let friendly = LinkName::parse("myvault.web").unwrap();
+        let store = TestStore::new("provider");
         // kvvm's PFX naming the vault's provider imports (its MAC computed again after naming it), with its key.
         let capi = store
-            .import(
-                "myvault/web version capi",
-                &named,
-                &friendly,
-                &ca,
-                &KeyOptions::default(),
-            )
+            .import("capi", &named, &KeyOptions::default())
             .unwrap();
         eprintln!("named: {:?} {:?}", capi.key_provider, capi.remarks);
         assert!(capi.added);
@@ -984,15 +946,7 @@ pub(in crate::platform::windows) mod tests {
         );
         // A PFX naming none: CNG (PKCS12_PREFER_CNG_KSP), or, where Windows refuses that import (Wine 8 does),
         // the provider the import picks without it, and the status says why.
-        let cng = store
-            .import(
-                "myvault/web version a",
-                &unnamed,
-                &friendly,
-                &ca,
-                &KeyOptions::default(),
-            )
-            .unwrap();
+        let cng = store.import("a", &unnamed, &KeyOptions::default()).unwrap();
         eprintln!("unnamed: {:?} {:?}", cng.key_provider, cng.remarks);
         let provider = cng.key_provider.clone().expect("a key provider");
         let said: Vec<&String> = cng
@@ -1014,9 +968,7 @@ pub(in crate::platform::windows) mod tests {
         let Some(valid) = fixture("a") else {
             return;
         };
-        let store = CertStore::open(StoreLocation::CurrentUser, &test_store("chain")).unwrap();
-        let ca = CertStore::open(StoreLocation::CurrentUser, "CA").unwrap();
-        let friendly = LinkName::parse("myvault.web").unwrap();
+        let store = TestStore::new("chain");
         let refused = [
             (
                 "e",
@@ -1031,7 +983,7 @@ pub(in crate::platform::windows) mod tests {
             let bundle = fixture(leaf).unwrap();
             let name = format!("myvault/web version {leaf}");
             let err = store
-                .import(&name, &bundle, &friendly, &ca, &KeyOptions::default())
+                .import(leaf, &bundle, &KeyOptions::default())
                 .unwrap_err();
             let text = err.to_string();
             assert!(
@@ -1048,35 +1000,19 @@ pub(in crate::platform::windows) mod tests {
             );
             // Nothing went in: not the leaf, not its issuer (in no other test's CA).
             assert!(!store.contains(&bundle_thumbprint(&bundle)), "{leaf}");
-            let issuer = CertificateDer::from_pem_slice(&bundle.chain_pem()).unwrap();
+            let issuer = &bundle.chain_der()[1];
             let ca_now = CertStore::open(StoreLocation::CurrentUser, "CA").unwrap();
             assert!(
-                !ca_now.contains(&thumbprint(&issuer)),
+                !ca_now.contains(&thumbprint(issuer)),
                 "{leaf}: its issuer went into CA"
             );
         }
         // A certificate for client authentication only is not checked: g (issued by c, no CA) goes in.
         let g = fixture("g").unwrap();
-        let client = store
-            .import(
-                "myvault/web version g",
-                &g,
-                &friendly,
-                &ca,
-                &KeyOptions::default(),
-            )
-            .unwrap();
+        let client = store.import("g", &g, &KeyOptions::default()).unwrap();
         assert!(client.added && store.contains(&client.thumbprint));
         // A valid server chain goes in, without a remark from the check (its root is only untrusted).
-        let server = store
-            .import(
-                "myvault/web version a",
-                &valid,
-                &friendly,
-                &ca,
-                &KeyOptions::default(),
-            )
-            .unwrap();
+        let server = store.import("a", &valid, &KeyOptions::default()).unwrap();
         assert!(server.added && store.contains(&server.thumbprint));
         assert!(
             server.remarks.iter().all(|r| !r.contains("chain")),
@@ -1089,30 +1025,77 @@ pub(in crate::platform::windows) mod tests {
         format!("kvvm-test-{tag}-{:016x}", fastrand::u64(..))
     }
 
+    /// A `CurrentUser` store of the test's own and that location's `CA` store, into which the test imports
+    /// versions of `myvault/web` under the friendly name `myvault.web`. Reads as the store itself.
+    struct TestStore {
+        name: String,
+        store: CertStore,
+        ca: CertStore,
+        friendly: LinkName,
+    }
+
+    impl TestStore {
+        fn new(tag: &str) -> TestStore {
+            let name = test_store(tag);
+            TestStore {
+                store: CertStore::open(StoreLocation::CurrentUser, &name).unwrap(),
+                ca: CertStore::open(StoreLocation::CurrentUser, "CA").unwrap(),
+                friendly: LinkName::parse("myvault.web").unwrap(),
+                name,
+            }
+        }
+
+        /// Imports `bundle` as `myvault/web version <version>`.
+        fn import(
+            &self,
+            version: &str,
+            bundle: &CertificateBundle,
+            key: &KeyOptions,
+        ) -> Result<Imported, CertStoreError> {
+            let name = format!("myvault/web version {version}");
+            self.store
+                .import(&name, bundle, &self.friendly, &self.ca, key)
+        }
+
+        /// The same store through a handle opened anew: what crypt32 persisted, not the old handle's view.
+        fn reopened(self) -> TestStore {
+            let TestStore {
+                name,
+                store,
+                ca,
+                friendly,
+            } = self;
+            drop(store);
+            TestStore {
+                store: CertStore::open(StoreLocation::CurrentUser, &name).unwrap(),
+                name,
+                ca,
+                friendly,
+            }
+        }
+    }
+
+    impl std::ops::Deref for TestStore {
+        type Target = CertStore;
+
+        fn deref(&self) -> &CertStore {
+            &self.store
+        }
+    }
+
     fn bundle_thumbprint(bundle: &CertificateBundle) -> String {
-        thumbprint(&CertificateDer::from_pem_slice(&bundle.leaf_pem()).unwrap())
+        thumbprint(&bundle.chain_der()[0])
     }
 
     #[test]
     fn a_version_lands_in_the_named_store_once_and_its_intermediate_in_ca_but_never_its_root() {
         let _keys = one_key_at_a_time();
         let Some(a) = fixture("a") else { return };
-        let name = test_store("once");
-        let store = CertStore::open(StoreLocation::CurrentUser, &name).unwrap();
-        let ca = CertStore::open(StoreLocation::CurrentUser, "CA").unwrap();
+        let store = TestStore::new("once");
         let root = CertStore::open(StoreLocation::CurrentUser, "Root").unwrap();
         let roots_before = root.thumbprints();
-        let friendly = LinkName::parse("myvault.web").unwrap();
 
-        let first = store
-            .import(
-                "myvault/web version a",
-                &a,
-                &friendly,
-                &ca,
-                &KeyOptions::default(),
-            )
-            .unwrap();
+        let first = store.import("a", &a, &KeyOptions::default()).unwrap();
         assert!(first.added, "{first:?}");
         assert_eq!(first.thumbprint, bundle_thumbprint(&a));
         assert_eq!(store.thumbprints(), vec![first.thumbprint.clone()]);
@@ -1122,9 +1105,9 @@ pub(in crate::platform::windows) mod tests {
         );
         assert_eq!(root.thumbprints(), roots_before, "nothing is added to Root");
         // chain.pem's first certificate is the intermediate (the root follows it).
-        let intermediate = thumbprint(&CertificateDer::from_pem_slice(&a.chain_pem()).unwrap());
+        let intermediate = thumbprint(&a.chain_der()[1]);
         assert!(
-            ca.contains(&intermediate),
+            store.ca.contains(&intermediate),
             "the intermediate is in CurrentUser\\CA"
         );
         assert!(
@@ -1133,19 +1116,10 @@ pub(in crate::platform::windows) mod tests {
         );
 
         // Read back through a store opened anew: what crypt32 persisted, not this handle's cache.
-        drop(store);
-        let store = CertStore::open(StoreLocation::CurrentUser, &name).unwrap();
+        let store = store.reopened();
         assert!(store.contains(&first.thumbprint));
 
-        let again = store
-            .import(
-                "myvault/web version a",
-                &a,
-                &friendly,
-                &ca,
-                &KeyOptions::default(),
-            )
-            .unwrap();
+        let again = store.import("a", &a, &KeyOptions::default()).unwrap();
         assert!(
             !again.added,
             "the same version is not imported twice: {again:?}"
@@ -1159,27 +1133,9 @@ pub(in crate::platform::windows) mod tests {
         let (Some(a), Some(b)) = (fixture("a"), fixture("b")) else {
             return;
         };
-        let store = CertStore::open(StoreLocation::CurrentUser, &test_store("rotate")).unwrap();
-        let ca = CertStore::open(StoreLocation::CurrentUser, "CA").unwrap();
-        let friendly = LinkName::parse("myvault.web").unwrap();
-        let old = store
-            .import(
-                "myvault/web version a",
-                &a,
-                &friendly,
-                &ca,
-                &KeyOptions::default(),
-            )
-            .unwrap();
-        let new = store
-            .import(
-                "myvault/web version b",
-                &b,
-                &friendly,
-                &ca,
-                &KeyOptions::default(),
-            )
-            .unwrap();
+        let store = TestStore::new("rotate");
+        let old = store.import("a", &a, &KeyOptions::default()).unwrap();
+        let new = store.import("b", &b, &KeyOptions::default()).unwrap();
         assert!(new.added);
         assert_ne!(old.thumbprint, new.thumbprint);
         let mut both = vec![old.thumbprint.clone(), new.thumbprint.clone()];
@@ -1197,17 +1153,8 @@ pub(in crate::platform::windows) mod tests {
     fn the_leaf_in_the_store_carries_its_private_key() {
         let _keys = one_key_at_a_time();
         let Some(b) = fixture("b") else { return };
-        let store = CertStore::open(StoreLocation::CurrentUser, &test_store("key")).unwrap();
-        let ca = CertStore::open(StoreLocation::CurrentUser, "CA").unwrap();
-        let imported = store
-            .import(
-                "myvault/web version b",
-                &b,
-                &LinkName::parse("myvault.web").unwrap(),
-                &ca,
-                &KeyOptions::default(),
-            )
-            .unwrap();
+        let store = TestStore::new("key");
+        let imported = store.import("b", &b, &KeyOptions::default()).unwrap();
         let mut previous: *const CERT_CONTEXT = ptr::null();
         let mut with_key = Vec::new();
         loop {
