@@ -431,11 +431,16 @@ mod tests {
 
     /// A destination with its records in `records`, keeping every version (Windows' default).
     fn destination(records: &Path) -> Destination {
+        destination_keeping(records, u32::MAX, true)
+    }
+
+    /// A destination with its records in `records`, keeping `retained` versions, linking renewals or not.
+    fn destination_keeping(records: &Path, retained: u32, link_on_renewal: bool) -> Destination {
         Destination::new(DestinationOptions {
             acls: false,
-            retained_versions: u32::MAX,
+            retained_versions: retained,
             lock_dir: records,
-            link_on_renewal: true,
+            link_on_renewal,
         })
     }
 
@@ -773,12 +778,11 @@ mod tests {
         assert_eq!(renewal_of(&tc), None);
 
         // Without linkOnRenewal nothing is linked.
-        let unlinked = Destination::new(DestinationOptions {
-            acls: false,
-            retained_versions: u32::MAX,
-            lock_dir: &Destination::lock_folder(state.path()).join("other"),
-            link_on_renewal: false,
-        });
+        let unlinked = destination_keeping(
+            &Destination::lock_folder(state.path()).join("other"),
+            u32::MAX,
+            false,
+        );
         let other = observed("unlinked");
         let one = unlinked.install(&other, &version('a'), &a).unwrap();
         let two = unlinked.install(&other, &version('b'), &b).unwrap();
@@ -799,12 +803,7 @@ mod tests {
         };
         let state = tempfile::tempdir().unwrap();
         let records = Destination::lock_folder(state.path());
-        let keeps_two = Destination::new(DestinationOptions {
-            acls: false,
-            retained_versions: 2,
-            lock_dir: &records,
-            link_on_renewal: false,
-        });
+        let keeps_two = destination_keeping(&records, 2, false);
         let cert = observed("retain");
         let store =
             || CertStore::open(cert.store_location.location, &cert.store_location.name).unwrap();
@@ -858,12 +857,7 @@ mod tests {
         };
         let state = tempfile::tempdir().unwrap();
         let records = Destination::lock_folder(state.path());
-        let keeps_one = Destination::new(DestinationOptions {
-            acls: false,
-            retained_versions: 1,
-            lock_dir: &records,
-            link_on_renewal: true,
-        });
+        let keeps_one = destination_keeping(&records, 1, true);
         let cert = observed("retain-linked");
         let first = keeps_one.install(&cert, &version('a'), &a).unwrap();
         let second = keeps_one.install(&cert, &version('b'), &b).unwrap();
